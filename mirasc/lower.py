@@ -1,0 +1,364 @@
+"""lower: the chunk program of a spec, as an IR graph over one chunk of C tokens (batched over heads).
+
+Inputs: the chunk-start state (`w1..wL`, and `s1..sL` with momentum), `q`, `k` (t, i), `v` (t, o), one
+input per gate (`gate_<name>`: data-dependent (t) or (t, i); static () or (i)), and the LayerNorm
+parameters (`ln_weight`, `ln_bias`: (o)). Outputs: `out` (t, o) and the next state `new_w1..`.
+
+The steps follow docs/semantics.md: base weights (mirror map or lag step), the key path's forward pass and
+inner gradient at those weights (back-propagated with the IR's own reverse mode), the in-chunk decay and
+momentum coefficients (Eq. 28), the query path read through masked score matmuls (the TTT dual form), the
+end state, and the boundary map for the chunk's last token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import spec as S
+from .derive import NCH, Derivation, R, V
+from .grad import backprop
+from .ir import Graph, Value
+
+MIRROR_MAPS = (S.LqMap, S.SigmoidMap)
+
+
+def layer_axes(depth: int) -> list[tuple[str, str]]:
+    """(output axis, input axis) of each weight matrix, in application order."""
+    if depth == 1:
+        return [("o", "i")]
+    hidden = ["h" if n % 2 == 0 else "g" for n in range(depth - 1)]
+    ins = ["i"] + hidden
+    outs = hidden + ["o"]
+    return list(zip(outs, ins))
+
+
+def channel_axis(depth: int, layer: int) -> str | None:
+    """The D-sized axis a channel gate scales on this layer (input columns first, output rows last)."""
+    if layer == 0:
+        return "i"
+    if layer == depth - 1:
+        return "o"
+    return None
+
+
+def is_mirror(m) -> bool:
+    return isinstance(m, MIRROR_MAPS) or (isinstance(m, S.SoftThresholdMap) and m.form == "ftrl")
+
+
+def is_projection(m) -> bool:
+    return isinstance(m, S.SoftThresholdMap) and m.form == "retaining"
+
+
+def state_names(spec: S.Spec) -> list[str]:
+    n = spec.memory.depth
+    names = [f"w{j + 1}" for j in range(n)]
+    if spec.algorithm.kind == "momentum":
+        names += [f"s{j + 1}" for j in range(n)]
+    return names
+
+
+@dataclass
+class Coefficients:
+    """In-chunk coefficients with channel gates on axis i (renamed per layer)."""
+
+    decay: Value | None  # a_t = prod_{j<=t} alpha_j  (t[, i]); None = 1
+    grad: Value  # Gamma[t, s] (t, s[, i]): weight of token s's gradient in P_t (sign included: P -= ...)
+    momentum_read: Value | None = None  # b_t: weight of S' in P_t
+    momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
+    momentum_grad: Value | None = None  # weight of token s's gradient in S_t
+
+
+class ChunkLowering:
+    def __init__(self, derivation: Derivation):
+        self.d = derivation
+        self.spec = derivation.spec
+        self.mem = self.spec.memory
+        self.depth = self.mem.depth
+        self.axes = layer_axes(self.depth)
+        self.g = Graph()
+
+    # ---------------------------------------------------------------- inputs
+    def declare_inputs(self) -> None:
+        g = self.g
+        self.P = [g.input(f"w{j + 1}", ax) for j, ax in enumerate(self.axes)]
+        self.Smom = None
+        if self.spec.algorithm.kind == "momentum":
+            self.Smom = [g.input(f"s{j + 1}", ax) for j, ax in enumerate(self.axes)]
+        self.q = g.input("q", ("t", "i"))
+        self.k = g.input("k", ("t", "i"))
+        self.v = g.input("v", ("t", "o"))
+        self.gates: dict[str, Value] = {}
+        for gate in self.spec.gates:
+            axes = (("t",) if gate.data_dependent else ()) + (("i",) if gate.kind == "channel" else ())
+            self.gates[gate.name] = g.input(f"gate_{gate.name}", axes)
+        self.ln = None
+        if self.mem.norm == "layernorm":
+            self.ln = (self.g.input("ln_weight", ("o",)), self.g.input("ln_bias", ("o",)))
+
+    def operand(self, o: S.Operand | None) -> Value | None:
+        if o is None:
+            return None
+        if isinstance(o, S.Const):
+            return self.g.const(o.value)
+        return self.gates[o.name]
+
+    def on_layer(self, x: Value | None, layer: int) -> Value | None:
+        """Relabel a channel quantity (axis i) onto this layer's D-sized axis."""
+        if x is None or "i" not in x.axes:
+            return x
+        return self.g.rename(x, i=channel_axis(self.depth, layer))
+
+    # ---------------------------------------------------------------- the memory
+    def sym_ew(self, expr: sp.Expr, env: dict[sp.Symbol, Value]) -> Value:
+        syms = sorted(expr.free_symbols, key=str)
+        args = [env[s] if s is not NCH else self.g.size("o") for s in syms]
+        return self.g.ew(lambda *a: expr.xreplace(dict(zip(syms, a))), *args)
+
+    def output_map(self, z: Value, x: Value) -> Value:
+        g = self.g
+        y = z
+        if self.ln is not None:
+            dsize = g.size("o")
+            mu = g.ew(lambda s, n: s / n, g.sum(z, "o"), dsize)
+            zc = g.ew(lambda a, b: a - b, z, mu)
+            var = g.ew(lambda s, n: s / n, g.sum(g.ew(lambda a: a**2, zc), "o"), dsize)
+            eps = self.mem.norm_eps
+            y = g.ew(lambda c, vr, w, b: c / sp.sqrt(vr + eps) * w + b, zc, var, *self.ln)
+        if self.mem.residual:
+            y = g.ew(lambda a, b: a + b, y, g.rename(x, i="o"))
+        return y
+
+    def forward(self, W: list[Value], x: Value):
+        """M(x; W) for fixed weights: returns (layer inputs, pre-activations, output)."""
+        g = self.g
+        xs, zs = [], []
+        h = x
+        for j, (out_ax, in_ax) in enumerate(self.axes):
+            z = g.einsum([a for a in h.axes if a != in_ax] + [out_ax], h, W[j])
+            xs.append(h)
+            zs.append(z)
+            if j < self.depth - 1:
+                h = self.sym_ew(self.d.act, {self.d.x: z})
+        return xs, zs, self.output_map(zs[-1], x)
+
+    def loss_grad(self, y: Value, v: Value, gates: dict[str, Value]) -> Value:
+        """g = dl/dy from the derivation, evaluated on IR values (channel quantities on axis o)."""
+        g = self.g
+        ld = self.d.loss
+        env: dict[sp.Symbol, Value] = {R: g.ew(lambda a, b: a - b, y, v), V: v}
+        for name, sym in ld.gate_symbols.items():
+            if name in gates:
+                env[sym] = g.rename(gates[name], i="o")
+        for red in ld.reductions:
+            env[red.symbol] = g.sum(self.sym_ew(red.body, env), "o")
+        for sym, expr in ld.adjoints:
+            env[sym] = self.sym_ew(expr, env)
+        return self.sym_ew(ld.grad, env)
+
+    def inner_gradient(self, W: list[Value], x: Value, v: Value, gates: dict[str, Value]):
+        """Per-token gradient factors at W: (layer inputs x_l, pre-activation adjoints z̄_l); G_l = z̄_l ⊗ x_l."""
+        xs, zs, y = self.forward(W, x)
+        gy = self.loss_grad(y, v, gates)
+        adj = backprop(self.g, {y.id: (y, gy)}, zs)
+        zbars = [adj[z.id] for z in zs]
+        if any(zb is None for zb in zbars):
+            raise ValueError("the loss does not reach every layer of the memory")
+        return xs, zbars
+
+    # ---------------------------------------------------------------- boundary maps
+    def kappa(self, P: Value) -> Value | None:
+        """The frozen slope of a scaling map: lq's 1 / (||P||_q^(q-2) + eps); None for slope 1."""
+        m = self.spec.retention.map
+        if not isinstance(m, S.LqMap):
+            return None
+        g = self.g
+        total = g.sum(g.ew(lambda a: sp.Abs(a) ** m.q, P), *P.axes)
+        q, eps = sp.Float(m.q), sp.Float(m.eps)
+        return g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), total)
+
+    def apply_map(self, P: Value, layer: int) -> Value:
+        m = self.spec.retention.map
+        g = self.g
+        if isinstance(m, S.LqMap):
+            return g.ew(lambda a, kp: a * kp, P, self.kappa(P))
+        if isinstance(m, S.SigmoidMap):
+            from .symbolic import sigmoid
+
+            return g.ew(lambda a: sigmoid(a), P)
+        if isinstance(m, S.SoftThresholdMap):
+            gamma = self.on_layer(self.operand(m.gamma), layer)
+            return g.ew(lambda a, c: sp.sign(a) * sp.Max(sp.Abs(a) - c, 0), P, gamma)
+        return P
+
+    def lag_step(self, alpha: Value | None, eta: Value) -> list[Value]:
+        """Memora's exact step at the chunk's first token: W1 = softmax_in(alpha0 log max(W', eps) - eta0 G0)."""
+        g = self.g
+        first = {n: (g.select(x, "first") if "t" in x.axes else x) for n, x in self.gates.items()}
+        xs, zbars = self.inner_gradient(self.P, g.select(self.k, "first"), g.select(self.v, "first"), first)
+        eps = self.spec.retention.map.eps
+        a0 = None if alpha is None else (g.select(alpha, "first") if "t" in alpha.axes else alpha)
+        e0 = g.select(eta, "first") if "t" in eta.axes else eta
+        out = []
+        for j, (out_ax, in_ax) in enumerate(self.axes):
+            grad0 = g.ew(lambda zb, x: zb * x, zbars[j], xs[j])
+            logw = g.ew(lambda w: sp.log(sp.Max(w, eps)), self.P[j])
+            if a0 is not None:
+                logw = g.ew(lambda a, lw: a * lw, self.on_layer(a0, j), logw)
+            logits = g.ew(lambda lw, e, gr: lw - e * gr, logw, self.on_layer(e0, j), grad0)
+            lse = g.logsumexp(logits, in_ax)
+            out.append(g.ew(lambda lg, ls: sp.exp(lg - ls), logits, lse))
+        return out
+
+    # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
+    def decay_tiles(self, gate: Value | None):
+        """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s)."""
+        g = self.g
+        causal = g.mask("causal")
+        if gate is None:
+            return None, causal
+        logs = g.ew(lambda a: sp.log(a), gate)
+        if "t" not in logs.axes:
+            logs = g.broadcast(logs, logs.axes + ("t",))
+        cum = g.cumsum(logs, "t")
+        pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
+        return g.ew(lambda c: sp.exp(c), cum), pair
+
+    def coefficients(self, alpha: Value | None, eta: Value, theta: Value | None) -> Coefficients:
+        g = self.g
+        a_cum, a_pair = self.decay_tiles(alpha)
+        eta_s = g.rename(eta, t="s")
+        if theta is None:
+            return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s))
+        th_cum, th_pair = self.decay_tiles(theta)
+        a_tu = g.rename(a_pair, s="u")
+        grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
+        total = g.einsum(("t", "s") + tuple(a for a in ("i",) if a in a_tu.axes or a in grad_s.axes),
+                         a_tu, g.rename(grad_s, t="u"))
+        read = g.einsum(("t",) + tuple(a for a in ("i",) if a in a_tu.axes or a in th_cum.axes),
+                        a_tu, g.rename(th_cum, t="u"))
+        return Coefficients(a_cum, total, read, th_cum, grad_s)
+
+    # ---------------------------------------------------------------- reads and end state
+    def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value, out_ax: str, in_ax: str) -> Value:
+        """sum_s gamma[t, s] (z̄_s ⊗ xk_s) x_t, through (t, s) scores: never a per-token weight matrix."""
+        g = self.g
+        xk_s, zb_s = g.rename(xk, t="s"), g.rename(zbar, t="s")
+        keep = [a for a in x.axes if a != in_ax]
+        if in_ax in gamma.axes:
+            scores = g.einsum(keep + ["s"], x, gamma, xk_s)
+            return g.einsum(keep + [out_ax], scores, zb_s)
+        scores = g.einsum(keep + ["s"], x, xk_s)
+        if out_ax in gamma.axes:
+            return g.einsum(keep + [out_ax], scores, gamma, zb_s)
+        return g.einsum(keep + [out_ax], g.ew(lambda a, b: a * b, scores, gamma), zb_s)
+
+    def read_layer(self, j: int, x: Value, base: list[Value], kappa: list, coef: Coefficients, xk, zbar) -> Value:
+        g = self.g
+        out_ax, in_ax = self.axes[j]
+        keep = [a for a in x.axes if a != in_ax] + [out_ax]
+        a = self.on_layer(coef.decay, j)
+        P = self.P[j]
+        if kappa[j] is not False:  # a scaling map (none, lq, lag, projection): W' = kappa P'
+            inner = g.einsum(keep, x, P, a) if a is not None else g.einsum(keep, x, P)
+        else:  # an elementwise mirror map: W' x + (a - 1) P' x
+            am1 = g.ew(lambda c: c - 1, a) if a is not None else None
+            inner = g.einsum(keep, x, P, am1) if am1 is not None else None
+        if coef.momentum_read is not None:
+            mom = g.einsum(keep, x, self.Smom[j], self.on_layer(coef.momentum_read, j))
+            inner = mom if inner is None else g.ew(lambda p, m: p + m, inner, mom)
+        gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax)
+        inner = g.ew(lambda p, m: -m, gterm, gterm) if inner is None else g.ew(lambda p, m: p - m, inner, gterm)
+        if kappa[j] is False:
+            return g.ew(lambda b, c: b + c, g.einsum(keep, x, base[j]), inner)
+        if kappa[j] is None:
+            return inner
+        return g.ew(lambda c, kp: c * kp, inner, kappa[j])
+
+    def read(self, x: Value, base, kappa, coef, xk, zbar) -> Value:
+        h = x
+        for j in range(self.depth):
+            z = self.read_layer(j, h, base, kappa, coef, xk, zbar)
+            if j < self.depth - 1:
+                h = self.sym_ew(self.d.act, {self.d.x: z})
+        return self.output_map(z, x)
+
+    def end_state(self, j: int, coef: Coefficients, xk, zbar) -> tuple[Value, Value | None]:
+        g = self.g
+        out_ax, in_ax = self.axes[j]
+        last = (lambda x: None if x is None else self.on_layer(g.select(x, "last"), j))
+        grads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.grad, "last"), j),
+                         g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
+        P = self.P[j]
+        a_end = last(coef.decay)
+        kept = P if a_end is None else g.ew(lambda a, p: a * p, a_end, P)
+        if coef.momentum_read is not None:
+            kept = g.ew(lambda p, b, s: p + b * s, kept, last(coef.momentum_read), self.Smom[j])
+        new_P = g.ew(lambda p, gr: p - gr, kept, grads)
+        if coef.momentum_grad is None:
+            return new_P, None
+        mgrads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.momentum_grad, "last"), j),
+                          g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
+        new_S = g.ew(lambda c, s, gr: c * s - gr, last(coef.momentum_decay), self.Smom[j], mgrads)
+        return new_P, new_S
+
+    # ---------------------------------------------------------------- the whole program
+    def build(self) -> Graph:
+        self.declare_inputs()
+        g = self.g
+        spec = self.spec
+        rmap = spec.retention.map
+        alpha = self.operand(spec.retention.decay)
+        eta = self.operand(spec.algorithm.lr)
+        theta = self.operand(spec.algorithm.momentum)
+        if "t" not in eta.axes:
+            eta = g.broadcast(eta, eta.axes + ("t",))
+        if isinstance(rmap, S.KLMap):
+            self.P = self.lag_step(alpha, eta)
+            first = g.mask("first")
+            if alpha is not None:
+                alpha = g.ew(lambda m, a: m + (1 - m) * a, first, alpha)
+            eta = g.ew(lambda m, e: (1 - m) * e, first, eta)
+        if is_mirror(rmap):
+            base = [self.apply_map(P, j) for j, P in enumerate(self.P)]
+            kappa = [self.kappa(P) if isinstance(rmap, S.LqMap) else False for P in self.P]
+        else:
+            base, kappa = list(self.P), [None] * self.depth
+        xk, zbar = self.inner_gradient(base, self.k, self.v, self.gates)
+        coef = self.coefficients(alpha, eta, theta)
+        out = self.read(self.q, base, kappa, coef, xk, zbar)
+        new_state = [self.end_state(j, coef, xk, zbar) for j in range(self.depth)]
+        carried = [P for P, _ in new_state]
+        if is_mirror(rmap) or is_projection(rmap):
+            mapped = [self.apply_map(P, j) for j, P in enumerate(carried)]
+            _, _, last_out = self.forward(mapped, g.select(self.q, "last"))
+            out = g.ew(lambda m, a, b: m * a + (1 - m) * b, g.mask("last"), last_out, out)
+            if is_projection(rmap):
+                carried = mapped
+        g.outputs["out"] = out
+        for j, P in enumerate(carried):
+            g.outputs[f"new_w{j + 1}"] = P
+        for j, (_, Snew) in enumerate(new_state):
+            if Snew is not None:
+                g.outputs[f"new_s{j + 1}"] = Snew
+        return g
+
+
+def lower(derivation: Derivation) -> Graph:
+    """The forward chunk program of a derived spec."""
+    from .ir import prune
+
+    return prune(ChunkLowering(derivation).build())
+
+
+def input_names(spec: S.Spec) -> list[str]:
+    """The chunk program's inputs, in the order the runtime passes them."""
+    names = state_names(spec) + ["q", "k", "v"] + [f"gate_{g.name}" for g in spec.gates]
+    if spec.memory.norm == "layernorm":
+        names += ["ln_weight", "ln_bias"]
+    return names
+
+
+def output_names(spec: S.Spec) -> list[str]:
+    return ["out"] + [f"new_{n}" for n in state_names(spec)]

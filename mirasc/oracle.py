@@ -1,0 +1,357 @@
+"""The reference oracle: a plain, token-by-token implementation of `docs/semantics.md`.
+
+This is the yardstick generated kernels are tested against (relative RMS error < 1e-10 in float64), so it
+follows the document literally and shares nothing with the compiler: a Python loop over tokens, batched
+over the N = B*H heads (row n = b*H + h), in plain torch. The inner gradient G of every token comes from
+`torch.func.grad` of the caller's loss, never from a hand derivation, and everything stays differentiable
+with ordinary autograd (outputs and final state w.r.t. q, k, v, the gates, the params and the initial state).
+
+`recurrent(..., chunk_size=None)` is the exact per-token recurrence ("One token, exactly");
+`chunk_size=C` is the chunked variant ("Chunks of C tokens"), with C = 1 equal to the exact recurrence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mirasc.spec import (
+    Const,
+    GateRef,
+    KLMap,
+    LqMap,
+    Operand,
+    SigmoidMap,
+    SoftThresholdMap,
+    Spec,
+)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+Weights = list[torch.Tensor]  # one [N, out, in] tensor per layer, in application order
+
+_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "gelu": lambda x: F.gelu(x, approximate="none"),
+    "silu": F.silu,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclass
+class _Run:
+    """Everything fixed for one call: the spec, the loss, the per-head LayerNorm affine, the shapes."""
+
+    spec: Spec
+    loss_fn: LossFn
+    depth: int
+    ln_weight: torch.Tensor | None  # [N, D]
+    ln_bias: torch.Tensor | None  # [N, D]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The memory M(x; W) and its inner gradient.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _layer_norm(z: torch.Tensor, eps: float) -> torch.Tensor:
+    mean = z.mean(-1, keepdim=True)
+    var = ((z - mean) ** 2).mean(-1, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def _memory(run: _Run, ws: Weights, x: torch.Tensor) -> torch.Tensor:
+    """M(x; W) for x [N, D]: x_l = act(W_l x_{l-1}) for l < L, z = W_L x_{L-1}, then [x +] N(z)."""
+    mem = run.spec.memory
+    act = _ACTIVATIONS[mem.activation] if mem.kind == "mlp" else _ACTIVATIONS["identity"]
+    h = x
+    for l, w in enumerate(ws):
+        h = torch.einsum("noi,ni->no", w, h)
+        if l < len(ws) - 1:
+            h = act(h)
+    if mem.kind == "mlp" and mem.norm == "layernorm":
+        h = _layer_norm(h, mem.norm_eps) * run.ln_weight + run.ln_bias
+    if mem.kind == "mlp" and mem.residual:
+        h = x + h
+    return h
+
+
+def _inner_grad(run: _Run, ws: Weights, k: torch.Tensor, v: torch.Tensor, g: dict) -> Weights:
+    """G_l = ∇_{W_l} ℓ(M(k; W), v), by torch.func.grad of the caller's loss (rows are independent)."""
+
+    def total_loss(weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return run.loss_fn(_memory(run, list(weights), k), v, g).sum()
+
+    return list(torch.func.grad(total_loss)(tuple(ws)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gates: per-token values and how they scale a matrix.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _token_gates(spec: Spec, gates: dict, t: int, n: int, dtype: torch.dtype) -> dict:
+    """Token t's value of every gate: [N] for scalar gates, [N, D] for channel gates (static ones broadcast)."""
+    out = {}
+    for gate in spec.gates:
+        x = gates[gate.name].to(dtype)
+        if gate.data_dependent:
+            x = x[:, t]  # [B, H] or [B, H, D]
+        else:
+            b = n // x.shape[0]
+            x = x.expand(b, *x.shape)  # [H] -> [B, H], [H, D] -> [B, H, D]
+        out[gate.name] = x.reshape(n, *x.shape[2:])
+    return out
+
+
+def _operand(op: Operand | None, g: dict, default: float) -> torch.Tensor | float:
+    if op is None:
+        return default
+    if isinstance(op, Const):
+        return float(op.value)
+    if isinstance(op, GateRef):
+        return g[op.name]
+    raise TypeError(f"unknown operand {op!r}")
+
+
+def _on_matrix(value: torch.Tensor | float, layer: int, depth: int) -> torch.Tensor | float:
+    """Shape a gate value to scale layer `layer`'s [N, out, in] matrix.
+
+    Scalar: the whole matrix. Channel: the D-sized axis — the input columns of layer 1 (and of a depth-1
+    D x D matrix), the output rows of the last layer. A middle h x h matrix has no D axis.
+    """
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 1:
+        return value[:, None, None]
+    if layer == 0:
+        return value[:, None, :]
+    if layer == depth - 1:
+        return value[:, :, None]
+    raise ValueError("a channel gate cannot scale a middle (h x h) matrix")
+
+
+def _scale(value: torch.Tensor | float, ms: Weights, depth: int) -> Weights:
+    """value ⊙ M_l for every layer l."""
+    return [_on_matrix(value, l, depth) * m for l, m in enumerate(ms)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Boundary maps.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_mirror(spec: Spec) -> bool:
+    m = spec.retention.map
+    return isinstance(m, (LqMap, SigmoidMap)) or (isinstance(m, SoftThresholdMap) and m.form == "ftrl")
+
+
+def _is_projection(spec: Spec) -> bool:
+    m = spec.retention.map
+    return isinstance(m, SoftThresholdMap) and m.form == "retaining"
+
+
+def _lq_scale(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
+    """1 / (||P||_q^(q-2) + eps), entry-wise q-norm over each [out, in] matrix: shape [N, 1, 1].
+
+    ||P||_q^(q-2) = (Σ|P|^q)^((q-2)/q). At P = 0 (a zero initial state) the value is torch's 0^e, and the
+    outer gradient is taken as 0 instead of pow's 0 * inf = nan (exact for q >= 3, a subgradient below).
+    """
+    total = (p.abs() ** lq.q).sum(dim=(-2, -1), keepdim=True)
+    e = (lq.q - 2.0) / lq.q
+    nonzero = total > 0
+    norm_pow = torch.where(nonzero, torch.where(nonzero, total, 1.0) ** e, torch.zeros_like(total) ** e)
+    return 1.0 / (norm_pow + lq.eps)
+
+
+def _soft_threshold(run: _Run, ps: Weights, g: dict) -> Weights:
+    """S_γ(P) = sign(P) · max(|P| − γ, 0), γ a constant or a static (scalar or channel) gate."""
+    gamma = _operand(run.spec.retention.map.gamma, g, 0.0)
+    return [torch.sign(p) * torch.relu(p.abs() - _on_matrix(gamma, l, run.depth)) for l, p in enumerate(ps)]
+
+
+def _phi(run: _Run, ps: Weights, g: dict) -> Weights:
+    """The primal weights W = φ(P) for a mirror map; W = P for every other retention."""
+    m = run.spec.retention.map
+    if isinstance(m, LqMap):
+        return [p * _lq_scale(p, m) for p in ps]
+    if isinstance(m, SigmoidMap):
+        return [torch.sigmoid(p) for p in ps]
+    if isinstance(m, SoftThresholdMap) and m.form == "ftrl":
+        return _soft_threshold(run, ps, g)
+    return list(ps)
+
+
+def _kappa(run: _Run, ps: Weights) -> list[torch.Tensor | float]:
+    """The map's slope frozen at the chunk start: lq 1/(||P'||_q^(q-2)+eps); every other map 1."""
+    m = run.spec.retention.map
+    if isinstance(m, LqMap):
+        return [_lq_scale(p, m) for p in ps]
+    return [1.0 for _ in ps]
+
+
+def _end_map(run: _Run, ps: Weights, g: dict) -> Weights:
+    """What the last token of a chunk reads: φ(P_end) (mirror), S_γ(P_end) (projection), else P_end."""
+    if _is_projection(run.spec):
+        return _soft_threshold(run, ps, g)
+    return _phi(run, ps, g)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One write.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _linear_write(run: _Run, ps: Weights, ss: Weights, grads: Weights, g: dict) -> tuple[Weights, Weights]:
+    """gd: P = α ⊙ P − η ⊙ G.  momentum: S = θ ⊙ S − η ⊙ G; P = α ⊙ P + S.  Returns (P, S)."""
+    spec = run.spec
+    alpha = _operand(spec.retention.decay, g, 1.0)
+    eta = _operand(spec.algorithm.lr, g, 0.0)
+    step = _scale(eta, grads, run.depth)
+    kept = _scale(alpha, ps, run.depth)
+    if spec.algorithm.kind == "gd":
+        return [a - s for a, s in zip(kept, step)], ss
+    if spec.algorithm.momentum is None:
+        raise ValueError("momentum needs a momentum operand")
+    theta = _operand(spec.algorithm.momentum, g, 0.0)
+    ss = [a - s for a, s in zip(_scale(theta, ss, run.depth), step)]
+    return [a + s for a, s in zip(kept, ss)], ss
+
+
+def _kl_write(run: _Run, ws: Weights, grads: Weights, g: dict) -> Weights:
+    """W = softmax_in(α ⊙ log max(W_prev, eps) − η ⊙ G), the softmax over each matrix's input axis."""
+    eps = run.spec.retention.map.eps
+    alpha = _operand(run.spec.retention.decay, g, 1.0)
+    eta = _operand(run.spec.algorithm.lr, g, 0.0)
+    logs = _scale(alpha, [torch.log(torch.clamp(w, min=eps)) for w in ws], run.depth)
+    steps = _scale(eta, grads, run.depth)
+    return [torch.softmax(a - s, dim=-1) for a, s in zip(logs, steps)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two recurrences.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _exact(run: _Run, ps, ss, qs, ks, vs, gs):
+    """One token at a time: G at W_{t-1} = φ(P_{t-1}), write, then read W_t."""
+    ys = []
+    is_kl = isinstance(run.spec.retention.map, KLMap)
+    for q, k, v, g in zip(qs, ks, vs, gs):
+        w_prev = _phi(run, ps, g)
+        grads = _inner_grad(run, w_prev, k, v, g)
+        if is_kl:
+            ps = _kl_write(run, w_prev, grads, g)
+        else:
+            ps, ss = _linear_write(run, ps, ss, grads, g)
+            if _is_projection(run.spec):
+                ps = _soft_threshold(run, ps, g)
+        ys.append(_memory(run, _phi(run, ps, g), q))
+    return ys, ps, ss
+
+
+def _chunk(run: _Run, ps, ss, qs, ks, vs, gs):
+    """One chunk: gradients at the chunk-start weights, linear accumulation, frozen-map reads."""
+    n_tok = len(qs)
+    ys = []
+    first = 0
+    if isinstance(run.spec.retention.map, KLMap):
+        # The lag step: token 0 takes the exact step from W' = P'; the rest of the chunk starts from W1
+        # with token 0's α := 1 and η := 0, i.e. P_0 = W1. Token 0 reads W1 (= P_end if it is also last).
+        w1 = _kl_write(run, ps, _inner_grad(run, ps, ks[0], vs[0], gs[0]), gs[0])
+        ps = w1
+        ys.append(_memory(run, w1, qs[0]))
+        first = 1
+    p0 = ps
+    base = _phi(run, p0, gs[0])  # W' (static gates only in a map, so any token's g will do)
+    kappa = _kappa(run, p0)
+    for t in range(first, n_tok):
+        g = gs[t]
+        grads = _inner_grad(run, base, ks[t], vs[t], g)
+        ps, ss = _linear_write(run, ps, ss, grads, g)
+        if t == n_tok - 1:
+            read = _end_map(run, ps, g)
+        else:
+            read = [b + kp * (p - p_start) for b, kp, p, p_start in zip(base, kappa, ps, p0)]
+        ys.append(_memory(run, read, qs[t]))
+    if _is_projection(run.spec):
+        ps = _soft_threshold(run, ps, gs[-1])
+    return ys, ps, ss
+
+
+def _chunked(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
+    ys = []
+    for c0 in range(0, len(qs), chunk_size):
+        sl = slice(c0, c0 + chunk_size)
+        y, ps, ss = _chunk(run, ps, ss, qs[sl], ks[sl], vs[sl], gs[sl])
+        ys.extend(y)
+    return ys, ps, ss
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The entry point.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ln_param(params: dict, name: str, fill: float, b: int, h: int, d: int, dtype) -> torch.Tensor:
+    x = (params or {}).get(name)
+    if x is None:
+        x = torch.full((h, d), fill, dtype=dtype)
+    return x.to(dtype).expand(b, h, d).reshape(b * h, d)
+
+
+def recurrent(
+    spec: Spec,
+    loss_fn: LossFn,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: dict,
+    params: dict,
+    initial_state: tuple,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, tuple]:
+    """The op of `spec` on q, k, v `[B, T, H, D]`; returns (o `[B, T, H, D]`, final state).
+
+    gates: name -> `[B, T, H]` / `[B, T, H, D]` (data-dependent) or `[H]` / `[H, D]` (static).
+    params: `ln_weight`, `ln_bias` (`[H, D]` or `[D]`) for a layernorm MLP; absent means ones / zeros.
+    initial_state / final state: `w1 … wL` then, with momentum, `s1 … sL`, each `[B, H, out, in]`.
+    chunk_size None is the exact per-token recurrence; an int C is the chunked semantics.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(spec.retention.map, KLMap) and spec.algorithm.kind == "momentum":
+        raise ValueError("kl with momentum is not defined")
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    b, t_len, h, d = q.shape
+    n = b * h
+    depth = 1 if spec.memory.kind == "linear" else spec.memory.depth
+    n_state = 2 * depth if spec.algorithm.kind == "momentum" else depth
+    if len(initial_state) != n_state:
+        raise ValueError(f"expected {n_state} state tensors, got {len(initial_state)}")
+    run = _Run(spec, loss_fn, depth, None, None)
+    if spec.memory.kind == "mlp" and spec.memory.norm == "layernorm":
+        run.ln_weight = _ln_param(params, "ln_weight", 1.0, b, h, d, dtype)
+        run.ln_bias = _ln_param(params, "ln_bias", 0.0, b, h, d, dtype)
+
+    def rows(x: torch.Tensor, t: int) -> torch.Tensor:
+        return x[:, t].to(dtype).reshape(n, d)
+
+    qs = [rows(q, t) for t in range(t_len)]
+    ks = [rows(k, t) for t in range(t_len)]
+    vs = [rows(v, t) for t in range(t_len)]
+    gs = [_token_gates(spec, gates, t, n, dtype) for t in range(t_len)]
+    state = [s.to(dtype).reshape(n, *s.shape[2:]) for s in initial_state]
+    ps, ss = state[:depth], state[depth:]
+
+    if chunk_size is None:
+        ys, ps, ss = _exact(run, ps, ss, qs, ks, vs, gs)
+    else:
+        ys, ps, ss = _chunked(run, ps, ss, qs, ks, vs, gs, chunk_size)
+
+    o = torch.stack(ys, dim=0).reshape(t_len, b, h, d).transpose(0, 1).to(q.dtype)
+    final = tuple(x.reshape(b, h, *x.shape[1:]) for x in ps + ss)
+    return o, final

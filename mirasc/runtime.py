@@ -1,0 +1,304 @@
+"""runtime: `mirasc.compile` and the `MemoryOp` a compiled spec becomes.
+
+A compiled spec is a generated Python module (mirasc.codegen), cached on disk by the hash of the spec text,
+the options, the backend and the compiler version, written atomically so two processes compiling the same
+spec at once both end up importing a complete file. A cached compile reads the file, hashes it and imports
+the module: neither lark nor sympy is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import threading
+from collections import namedtuple
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .cachekey import spec_hash
+
+_LOCK = threading.Lock()
+_OPS: dict[str, MemoryOp] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MIRASC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mirasc")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _read_spec(spec_or_path) -> tuple[str, str]:
+    """(text, file name) of a path, spec text, or Spec."""
+    from .spec import Spec
+
+    if isinstance(spec_or_path, Spec):
+        return spec_or_path.source, spec_or_path.file
+    s = str(spec_or_path)
+    if isinstance(spec_or_path, os.PathLike) or (("\n" not in s) and (s.endswith(".miras") or os.path.exists(s))):
+        from .load import read_spec
+
+        return read_spec(s)
+    return s, "<string>"
+
+
+def _import(path: Path, key: str) -> ModuleType:
+    name = f"mirasc_generated_{key[:16]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def compile(spec_or_path, backend: str = "auto", options: dict | None = None) -> MemoryOp:  # noqa: A001
+    """Compile a spec (path, text or Spec) to a MemoryOp, cached by content hash.
+
+    backend: "torch" (the chunkwise torch path), "auto" (Triton on CUDA tensors once it exists, torch
+    otherwise), "triton" (not available yet: the Triton emitter is the next issue).
+    """
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton":
+        raise NotImplementedError("the Triton backend is not built yet; use backend='torch' or 'auto'")
+    text, file = _read_spec(spec_or_path)
+    key = spec_hash(text, options, "torch")
+    with _LOCK:
+        if key in _OPS:
+            return _OPS[key]
+        path = cache_dir() / f"mirasc_{key[:24]}.py"
+        if not path.exists():
+            from .codegen import generate
+            from .load import load
+
+            spec = load(spec_or_path if not isinstance(spec_or_path, str) or file != "<string>" else text,
+                        options=options)
+            _write_atomic(path, generate(spec, options))
+        op = MemoryOp(_import(path, key), text, file, options)
+        _OPS[key] = op
+        return op
+
+
+def _expected(name: str, shape, got) -> ValueError:
+    return ValueError(f"{name}: expected shape {list(shape)}, got {list(got)}")
+
+
+class MemoryOp:
+    """A compiled Miras memory. See docs/semantics.md for what it computes.
+
+    op(q, k, v, gates=..., initial_state=None, output_final_state=False, chunk_size=None, params=None)
+        -> (o, final_state or None); q, k, v [B, T, H, D]; o in q's dtype; state fp32 (fp64 for fp64 inputs).
+    op.recurrent(...)  the exact per-token recurrence (or the chunked oracle with chunk_size=C)
+    op.step(q_t, k_t, v_t, gates_t, state)  one decoding step ([B, H, D] inputs)
+    """
+
+    def __init__(self, module: ModuleType, text: str, file: str, options: dict | None):
+        self.module = module
+        self.meta: dict[str, Any] = module.METADATA
+        self.name = self.meta["name"]
+        self.source, self.file, self.options = text, file, options
+        self.State = namedtuple(f"{self.name.title().replace('_', '')}State", module.STATE_FIELDS)
+        self._spec = None
+
+    def __repr__(self) -> str:
+        return f"MemoryOp({self.name!r}, backend='torch', state={self.module.STATE_FIELDS})"
+
+    @property
+    def spec(self):
+        """The checked Spec (parsed on first use; a cached compile does not need it)."""
+        if self._spec is None:
+            from .load import load
+
+            self._spec = load(self.source if self.file == "<string>" else self.file, options=self.options)
+        return self._spec
+
+    # ------------------------------------------------------------------ shapes
+    def gate_shapes(self, B: int, T: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for g in self.meta["gates"]:
+            lead = (B, T, H) if g["data_dependent"] else (H,)
+            out[g["name"]] = lead + ((D,) if g["kind"] == "channel" else ())
+        return out
+
+    def param_shapes(self, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        return {p: (H, D) for p in self.meta["params"]}
+
+    def state_shapes(self, B: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        mem = self.meta["memory"]
+        depth, hid = mem["depth"], mem["expansion"] * D
+        dims = [D] + [hid] * (depth - 1) + [D]
+        shapes = {f"w{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)}
+        if self.meta["algorithm"] == "momentum":
+            shapes.update({f"s{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
+        return shapes
+
+    def init_state(self, batch: int, heads: int, head_dim: int, dtype=torch.float32, device="cpu"):
+        """The default initial state (what initial_state=None means).
+
+        A linear memory with no map, or with the projection, starts at zero (as linear attention and the delta
+        rule do). Every other memory starts from fixed pseudo-random matrices, the same for every batch
+        element and head, drawn from a generator seeded with 0: N(0, 1/fan_in) entries, or N(0, 1) logits
+        for the sigmoid map, or row-wise softmax of N(0, 1) logits for the KL map. An MLP memory at zero is a
+        dead fixed point (no gradient reaches the first layer), and lq normalisation is undefined at zero.
+        Momentum buffers start at zero.
+        """
+        shapes = self.state_shapes(batch, heads, head_dim)
+        mem, kind, rmap = self.meta["memory"], self.meta["map_kind"], self.meta["map"]
+        gen = torch.Generator().manual_seed(0)
+        zero = mem["kind"] == "linear" and kind in (None, "projection")
+        out = []
+        for name, shape in shapes.items():
+            if name.startswith("s") or zero:
+                out.append(torch.zeros(shape, dtype=dtype, device=device))
+                continue
+            base = torch.randn(shape[2:], generator=gen, dtype=torch.float64)
+            if rmap == "KLMap":
+                base = torch.softmax(base, dim=-1)
+            elif rmap != "SigmoidMap":
+                base = base / shape[3] ** 0.5
+            out.append(base.to(dtype=dtype, device=device).expand(shape).clone())
+        return self.State(*out)
+
+    # ------------------------------------------------------------------ validation
+    def _check(self, q, k, v, gates, params, initial_state):
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{name}: expected a torch.Tensor of shape [B, T, H, D], got {type(x).__name__}")
+            if x.dim() != 4:
+                raise ValueError(f"{name}: expected shape [B, T, H, D], got {list(x.shape)}")
+            if not x.is_floating_point():
+                raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+        if k.shape != q.shape:
+            raise _expected("k", q.shape, k.shape)
+        if v.shape != q.shape:
+            raise _expected("v", q.shape, v.shape)
+        for name, x in (("k", k), ("v", v)):
+            if x.dtype != q.dtype:
+                raise ValueError(f"{name}: dtype {x.dtype} differs from q's {q.dtype}")
+            if x.device != q.device:
+                raise ValueError(f"{name}: device {x.device} differs from q's {q.device}")
+        B, T, H, D = q.shape
+        gates = dict(gates or {})
+        want = self.gate_shapes(B, T, H, D)
+        missing = sorted(set(want) - set(gates))
+        extra = sorted(set(gates) - set(want))
+        if missing:
+            raise ValueError(f"gates: missing {missing}; this op takes {({k: list(s) for k, s in want.items()})}")
+        if extra:
+            raise ValueError(f"gates: unexpected {extra}; this op takes {sorted(want) or 'no gates'}")
+        for g in self.meta["gates"]:
+            x = gates[g["name"]]
+            name = f"gates[{g['name']!r}]"
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != want[g["name"]]:
+                raise _expected(name, want[g["name"]], getattr(x, "shape", ()))
+            if x.device != q.device:
+                raise ValueError(f"{name}: device {x.device} differs from q's {q.device}")
+            _check_range(name, x, g)
+        params = dict(params or {})
+        extra = sorted(set(params) - set(self.meta["params"]))
+        if extra:
+            raise ValueError(f"params: unexpected {extra}; this op takes {self.meta['params'] or 'no params'}")
+        for p, x in params.items():
+            if tuple(x.shape) not in ((H, D), (D,)):
+                raise _expected(f"params[{p!r}]", (H, D), x.shape)
+        if initial_state is not None:
+            shapes = self.state_shapes(B, H, D)
+            if len(initial_state) != len(shapes):
+                raise ValueError(f"initial_state: expected {len(shapes)} tensors {list(shapes)}, got {len(initial_state)}")
+            for (name, shape), x in zip(shapes.items(), initial_state):
+                if tuple(x.shape) != shape:
+                    raise _expected(f"initial_state.{name}", shape, x.shape)
+        return gates, params
+
+    # ------------------------------------------------------------------ calls
+    def _prepare(self, q, k, v, gates, params, initial_state):
+        """Flatten heads into rows: token inputs [N, T, ...], static gates and params [N, ...], state [N, ...]."""
+        B, T, H, D = q.shape
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        if initial_state is None:
+            initial_state = self.init_state(B, H, D, dt, q.device)
+        flat = [s.to(dt).reshape(B * H, *s.shape[2:]) for s in initial_state]
+        tok = [x.to(dt).permute(0, 2, 1, 3).reshape(B * H, T, D) for x in (q, k, v)]
+        gate_rows = []
+        for g in self.meta["gates"]:
+            x = gates[g["name"]].to(dt)
+            if g["data_dependent"]:
+                x = x.transpose(1, 2)  # [B, H, T(, D)]
+            else:
+                x = x.unsqueeze(0).expand(B, *x.shape)
+            gate_rows.append(x.reshape(B * H, *x.shape[2:]))
+        param_rows = []
+        for p in self.meta["params"]:
+            default = torch.ones if p == "ln_weight" else torch.zeros
+            x = params.get(p)
+            x = default(H, D, dtype=dt, device=q.device) if x is None else x.to(dt).expand(H, D)
+            param_rows.append(x.unsqueeze(0).expand(B, H, D).reshape(B * H, D))
+        return flat, tok, gate_rows, param_rows
+
+    def __call__(self, q, k, v, gates=None, initial_state=None, output_final_state=False, chunk_size=None,
+                 params=None):
+        gates, params = self._check(q, k, v, gates, params, initial_state)
+        chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
+        if chunk < 1:
+            raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        B, T, H, D = q.shape
+        if T == 0:
+            raise ValueError("q: the sequence is empty (T = 0)")
+        flat, tok, gate_rows, param_rows = self._prepare(q, k, v, gates, params, initial_state)
+        res = self.module.ChunkwiseMemory.apply(chunk, *flat, *tok, *gate_rows, *param_rows)
+        o = res[0].reshape(B, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
+        state = None
+        if output_final_state:
+            state = self.State(*(s.reshape(B, H, *s.shape[1:]) for s in res[1:]))
+        return o, state
+
+    def recurrent(self, q, k, v, gates=None, initial_state=None, chunk_size=None, params=None,
+                  output_final_state=True):
+        """The reference recurrence (mirasc.oracle): exact per token, or chunked with chunk_size=C."""
+        from .oracle import recurrent
+
+        gates, params = self._check(q, k, v, gates, params, initial_state)
+        B, T, H, D = q.shape
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        if initial_state is None:
+            initial_state = self.init_state(B, H, D, dt, q.device)
+        o, state = recurrent(self.spec, self.module.loss, q, k, v, gates, params, tuple(initial_state),
+                             chunk_size=chunk_size)
+        return o, (self.State(*state) if output_final_state else None)
+
+    def step(self, q_t, k_t, v_t, gates_t=None, state=None, params=None):
+        """One decoding step: q_t, k_t, v_t [B, H, D]; data-dependent gates [B, H(, D)]. Exact (chunk size 1)."""
+        gates = {}
+        for g in self.meta["gates"]:
+            x = (gates_t or {}).get(g["name"])
+            gates[g["name"]] = x.unsqueeze(1) if (x is not None and g["data_dependent"]) else x
+        gates = {n: x for n, x in gates.items() if x is not None}
+        o, new_state = self(q_t.unsqueeze(1), k_t.unsqueeze(1), v_t.unsqueeze(1), gates=gates,
+                            initial_state=state, output_final_state=True, chunk_size=1, params=params)
+        return o[:, 0], new_state
+
+
+def _check_range(name: str, x: torch.Tensor, g: dict) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains non-finite values")
+    lo, hi = x.min().item(), x.max().item()
+    low_ok = lo > g["low"] if g["low_open"] else lo >= g["low"]
+    high_ok = hi < g["high"] if g["high_open"] else hi <= g["high"]
+    if not (low_ok and high_ok):
+        interval = ("(" if g["low_open"] else "[") + f"{g['low']:g}, {g['high']:g}" + (")" if g["high_open"] else "]")
+        raise ValueError(f"{name}: values must lie in {interval}, got min {lo:g}, max {hi:g}")

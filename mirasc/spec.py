@@ -1,0 +1,263 @@
+"""The checked specification: typed, frozen dataclasses produced by `mirasc.check`.
+
+Everything downstream (derive, lower, the oracle, the runtime) reads only these types; the parse tree and
+the raw text stay behind in the front end. Every node that came from the source keeps its `Span` so later
+stages can still point at the line that caused a problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+
+@dataclass(frozen=True)
+class Span:
+    """A location in a spec: 1-based line and column of the first character, and of the end."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int = 0
+    end_col: int = 0
+
+
+NO_SPAN = Span("<builtin>", 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss expressions (the attentional bias), after every `def`, `let` and `param` has been inlined.
+# Only builtin functions remain. Names left are the prediction `y`, the value `v`, the residual `r = y - v`
+# and gate names.
+# ---------------------------------------------------------------------------------------------------------
+
+ELEMENTWISE_FUNCTIONS = ("abs", "sign", "sqrt", "exp", "log", "tanh", "sigmoid", "softplus", "pow", "min", "max")
+REDUCTIONS = ("sum", "norm2")
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+@dataclass(frozen=True)
+class Num:
+    value: float
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Var:
+    """`y`, `v`, `r` or a gate name (role says which)."""
+
+    name: str
+    role: Literal["y", "v", "r", "gate"]
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: Literal["+", "-", "*", "/", "^"]
+    lhs: Expr
+    rhs: Expr
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Neg:
+    arg: Expr
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Call:
+    """A builtin elementwise function, one of ELEMENTWISE_FUNCTIONS."""
+
+    fn: str
+    args: tuple[Expr, ...]
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Compare:
+    op: str  # one of COMPARISONS
+    lhs: Expr
+    rhs: Expr
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Where:
+    """where(cond, then, otherwise): elementwise piecewise choice. `cond` is never differentiated."""
+
+    cond: Compare
+    then: Expr
+    otherwise: Expr
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """sum(x) or norm2(x) over the channel axis: turns a per-channel expression into a per-token scalar."""
+
+    fn: Literal["sum", "norm2"]
+    arg: Expr
+    span: Span = NO_SPAN
+
+
+Expr = Union[Num, Var, BinOp, Neg, Call, Compare, Where, Reduce]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The four Miras choices and the gates.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A per-token (data-dependent) or per-head (static) input of the op, passed in its natural units.
+
+    Shapes the op expects: data-dependent scalar [B, T, H], channel [B, T, H, D];
+    static scalar [H], channel [H, D]. `activation` is what a layer applies to produce it (issue 4).
+    """
+
+    name: str
+    kind: Literal["scalar", "channel"]
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+    activation: str | None
+    data_dependent: bool
+    span: Span = NO_SPAN
+
+    def contains(self, low: float, high: float) -> bool:
+        """Whether this gate's range lies inside [low, high]."""
+        return self.low >= low and self.high <= high
+
+
+@dataclass(frozen=True)
+class GateRef:
+    name: str
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+    span: Span = NO_SPAN
+
+
+Operand = Union[GateRef, Const]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """`linear`: M(x) = W x (one D x D matrix per head).
+    `mlp`: M(x) = [x +] N(W_L s(... s(W_1 x))), hidden size expansion * D, no biases, N = LayerNorm or none.
+    """
+
+    kind: Literal["linear", "mlp"]
+    depth: int = 1
+    expansion: int = 1
+    activation: str = "identity"  # gelu | silu | relu | tanh | identity
+    residual: bool = False
+    norm: Literal["layernorm", "none"] = "none"
+    norm_eps: float = 1e-5
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class LqMap:
+    """Moneta's lq normalisation (Eq. 24): W = A / (||A||_q^(q-2) + eps), a mirror map on an accumulator."""
+
+    q: float
+    eps: float = 1e-6
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class KLMap:
+    """Memora's KL / softmax retention (Eq. 27) with the lag token: an exact step at each chunk's first token."""
+
+    eps: float = 1e-6
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class SoftThresholdMap:
+    """Elastic-net soft thresholding S_gamma. form='retaining' (Eq. 22) projects the state at chunk ends;
+    form='ftrl' (Eq. 23) is a mirror map on an accumulator. gamma is a constant or a static gate."""
+
+    gamma: Operand
+    form: Literal["retaining", "ftrl"] = "retaining"
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class SigmoidMap:
+    """The sigmoid Bregman map (Section 5.2, Variant 5): W = sigmoid(U), a mirror map on logits U."""
+
+    span: Span = NO_SPAN
+
+
+BoundaryMap = Union[LqMap, KLMap, SoftThresholdMap, SigmoidMap]
+
+
+@dataclass(frozen=True)
+class Retention:
+    decay: Operand | None = None  # W <- decay * W (a gate in (0, 1] or a constant)
+    map: BoundaryMap | None = None
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """gd: P_t = decay P_{t-1} - lr G_t.  momentum: S_t = momentum S_{t-1} - lr G_t; P_t = decay P_{t-1} + S_t."""
+
+    kind: Literal["gd", "momentum"]
+    lr: Operand
+    momentum: Operand | None = None
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Surrogates:
+    """Smooth stand-ins applied to the loss in value positions (never inside `where` conditions).
+
+    abs: 'exact' | 'sqrt' (sqrt(x^2 + eps)) | 'logcosh' (log(cosh(s x)) / s, whose derivative is tanh(s x)).
+    sign: 'exact' | 'tanh' (tanh(s x)).
+    """
+
+    abs: Literal["exact", "sqrt", "logcosh"] = "exact"
+    abs_eps: float = 1e-6
+    abs_sharpness: float = 10.0
+    sign: Literal["exact", "tanh"] = "exact"
+    sign_sharpness: float = 10.0
+
+
+@dataclass(frozen=True)
+class Bias:
+    """The attentional bias: a per-token loss. `expr` is per-channel (then summed over channels) or scalar."""
+
+    expr: Expr
+    text: str  # how the spec wrote it, for messages and `mirasc explain`
+    span: Span = NO_SPAN
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    file: str
+    source: str
+    memory: Memory
+    gates: tuple[Gate, ...]
+    bias: Bias
+    retention: Retention
+    algorithm: Algorithm
+    chunk_size: int = 64
+    surrogates: Surrogates = field(default_factory=Surrogates)
+    options: tuple[tuple[str, str], ...] = ()  # resolved option values, in declaration order
+    params: tuple[tuple[str, float], ...] = ()  # resolved `param` constants, in declaration order
+
+    def gate(self, name: str) -> Gate:
+        for g in self.gates:
+            if g.name == name:
+                return g
+        raise KeyError(name)

@@ -1,0 +1,62 @@
+"""Shared test utilities: random inputs in natural gate units, relative RMS error, gradient collection."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """rms(a - b) / rms(b), fla's habit (0 when both are 0)."""
+    a, b = a.detach().double(), b.detach().double()
+    den = b.pow(2).mean().sqrt()
+    num = (a - b).pow(2).mean().sqrt()
+    if den == 0:
+        return float(num)
+    return float(num / den)
+
+
+GATE_RANGES = {"alpha": (0.85, 1.0), "eta": (0.0, 0.2), "theta": (0.0, 0.6), "delta": (0.3, 1.0)}
+
+
+def make_inputs(op, B: int, T: int, H: int, D: int, dtype=torch.float64, seed: int = 0, scale_params=0.1):
+    """q, k, v (l2-normalised q and k, as the layer feeds them), gates in natural units, params, initial state."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    q, k, v = randn(B, T, H, D), randn(B, T, H, D), randn(B, T, H, D)
+    q = q / q.norm(dim=-1, keepdim=True)
+    k = k / k.norm(dim=-1, keepdim=True)
+    gates = {}
+    for name, shape in op.gate_shapes(B, T, H, D).items():
+        lo, hi = GATE_RANGES.get(name, (0.1, 0.9))
+        gates[name] = (lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+    params = {}
+    for name, shape in op.param_shapes(H, D).items():
+        base = 1.0 if name == "ln_weight" else 0.0
+        params[name] = (base + scale_params * randn(*shape)).to(dtype)
+    state = [s.clone() for s in op.init_state(B, H, D, dtype)]
+    if state and float(sum(s.abs().sum() for s in state)) == 0.0:
+        state = [0.1 * randn(*s.shape) for s in state]
+    return q, k, v, gates, params, state
+
+
+def outputs_and_grads(fn, q, k, v, gates, params, state, seed: int = 1):
+    """Run fn(q, k, v, gates, params, state) -> (o, final_state); return o, state and the gradients of a fixed
+    random projection of both with respect to every input (q, k, v, each gate, each param, each state)."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    g_leaves = {n: x.detach().clone().requires_grad_(True) for n, x in gates.items()}
+    p_leaves = {n: x.detach().clone().requires_grad_(True) for n, x in params.items()}
+    s_leaves = [x.detach().clone().requires_grad_(True) for x in state]
+    o, final = fn(*leaves, g_leaves, p_leaves, s_leaves)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+    for s in final:
+        loss = loss + (s * torch.randn(s.shape, generator=gen, dtype=torch.float64).to(s.dtype)).sum()
+    names = ["q", "k", "v"] + [f"gate {n}" for n in g_leaves] + [f"param {n}" for n in p_leaves] + [
+        f"state {j}" for j in range(len(s_leaves))]
+    tensors = leaves + list(g_leaves.values()) + list(p_leaves.values()) + s_leaves
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+    return o.detach(), [s.detach() for s in final], dict(zip(names, grads))
