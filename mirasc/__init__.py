@@ -16,7 +16,7 @@ from .spec import Spec
 
 def load(path_or_text, options=None) -> Spec:
     """Parse and check a spec (a path or spec text); raises SpecError with file, line and column."""
-    from .load import load as _load
+    from .loader import load as _load
 
     return _load(path_or_text, options)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import sympy as sp
 
-from .cachekey import __version__, spec_hash
 from . import spec as S
+from .cachekey import __version__, spec_hash
 from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate
-from .resources import resource_dir
 from .lower import input_names, is_mirror, is_projection, lower, output_names, state_names
+from .resources import resource_dir
 
 TEMPLATES = resource_dir("templates")
 

@@ -62,6 +62,9 @@ class _Builder:
         return bool(e.free_symbols & chan)
 
     def reduce(self, body: sp.Expr) -> sp.Symbol:
+        for red in self.reductions:  # the same sum twice is one reduction
+            if red.body == body:
+                return red.symbol
         sym = sp.Symbol(f"R{len(self.reductions) + 1}", real=True)
         self.reductions.append(Reduction(sym, body))
         return sym
@@ -82,7 +85,8 @@ class _Builder:
             return -b(e.arg, in_condition)
         if isinstance(e, S.BinOp):
             x, y = b(e.lhs, in_condition), b(e.rhs, in_condition)
-            return {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y, "/": lambda: x / y, "^": lambda: x**y}[e.op]()
+            ops = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y, "/": lambda: x / y, "^": lambda: x**y}
+            return ops[e.op]()
         if isinstance(e, S.Compare):
             x, y = b(e.lhs, True), b(e.rhs, True)
             return {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}[e.op](x, y)
@@ -110,7 +114,8 @@ class _Builder:
             if in_condition or self.sur.sign == "exact":
                 return sp.sign(x)
             return sp.tanh(sp.Float(self.sur.sign_sharpness) * x)
-        simple = {"sqrt": sp.sqrt, "exp": sp.exp, "log": sp.log, "tanh": sp.tanh, "sigmoid": sigmoid, "softplus": softplus}
+        simple = {"sqrt": sp.sqrt, "exp": sp.exp, "log": sp.log, "tanh": sp.tanh, "sigmoid": sigmoid,
+                  "softplus": softplus}
         if fn in simple:
             return simple[fn](x)
         if fn == "pow":
@@ -229,8 +234,8 @@ def explain(d: Derivation, latex: bool = False) -> str:
     if m.kind == "mlp":
         out += ["", f"memory: M(x) = {'x + ' if m.residual else ''}{'LN(' if m.norm == 'layernorm' else '('}"
                 f"W{m.depth} σ(… σ(W1 x))), depth {m.depth}, hidden {m.expansion}·D, σ = {m.activation}",
-                f"  σ(x)   = {_fmt(d.act, latex)}", f"  σ'(x)  = {_fmt(d.act_prime, latex)}",
-                f"  σ''(x) = {_fmt(d.act_second, latex)}"]
+                "  σ(x) =", _indent(_fmt(d.act, latex)), "  σ'(x) =", _indent(_fmt(d.act_prime, latex)),
+                "  σ''(x) =", _indent(_fmt(d.act_second, latex))]
     else:
         out += ["", "memory: M(x) = W x (a D×D matrix per head)"]
     out += ["", "update (per token; G_t = ∇_W ℓ(M(k_t; W), v_t), per layer G = z̄ ⊗ x):", _update_text(s)]
@@ -278,4 +283,4 @@ def _update_text(s: S.Spec) -> str:
     return core + ";  W_t = sigmoid(P_t)   (Bregman, Variant 5)"
 
 
-__all__ = ["Derivation", "LossDerivation", "Reduction", "derive", "derive_loss", "explain", "R", "V", "NCH", "sigmoid", "softplus", "logcosh"]
+__all__ = ["Derivation", "LossDerivation", "Reduction", "derive", "derive_loss", "explain", "R", "V", "NCH"]

@@ -40,8 +40,14 @@ class TorchPrinter:
         if e.is_number:  # any closed-form constant (pi, sqrt(2), ...) becomes a float literal
             return self.num(e)
         if isinstance(e, sp.Add):
-            terms = [p(a) for a in e.args]
-            return "(" + " + ".join(terms) + ")"
+            out = ""
+            for a in e.args:
+                coeff, rest = a.as_coeff_Mul()
+                if coeff.is_Number and coeff < 0 and out:
+                    out += " - " + p(-a)
+                else:
+                    out += (" + " if out else "") + p(a)
+            return f"({out})"
         if isinstance(e, sp.Mul):
             num, den = [], []
             for f in e.args:
@@ -107,7 +113,20 @@ class TorchPrinter:
         return f"torch.where({self.p(cond)}, {a}, {b})"
 
 
+def _is_alias(v: Value) -> bool:
+    """A rename that moves no data (the stored axis order is unchanged) is just another name."""
+    if not isinstance(v.op, ir.Rename):
+        return False
+    mapping = dict(v.op.mapping)
+    return tuple(mapping.get(x, x) for x in v.args[0].axes) == v.axes
+
+
 def _name(v: Value) -> str:
+    """Inputs keep their own names (they are the function's parameters); other values are v<id>."""
+    while _is_alias(v):
+        v = v.args[0]
+    if isinstance(v.op, ir.Input):
+        return v.op.name
     return f"v{v.id}"
 
 
@@ -140,7 +159,7 @@ def _line(v: Value) -> list[str]:
     if isinstance(op, ir.Const):
         return [f"{name} = _t({op.value!r})"]
     if isinstance(op, ir.Size):
-        return [f"{name} = _size_{op.axis}"]
+        return []  # always inlined as _size_<axis>
     if isinstance(op, ir.Mask):
         return [f"{name} = _mask_{op.kind}(_size_t, _dt, _dev)"]
     if isinstance(op, ir.Elementwise):
@@ -167,6 +186,8 @@ def _line(v: Value) -> list[str]:
             return [f"{name} = {src}.flip({d}).cumsum({d}).flip({d})"]
         return [f"{name} = {src}.cumsum({d})"]
     if isinstance(op, ir.Rename):
+        if _is_alias(v):
+            return []
         a = v.args[0]
         mapping = dict(op.mapping)
         renamed = [mapping.get(x, x) for x in a.axes]
@@ -190,13 +211,17 @@ def _line(v: Value) -> list[str]:
 
 def emit_function(graph: Graph, fname: str, input_order: list[str], output_order: list[str], doc: str = "") -> str:
     """Python source of `def fname(*inputs) -> tuple(outputs)` computing the graph with torch."""
-    params = [f"x_{n}" for n in input_order]
+    params = list(input_order)
     for p_ in params:
         if not p_.isidentifier():
             raise ValueError(f"input name {p_!r} is not an identifier")
     body = []
-    body.append(f"_dt, _dev, _N = x_{input_order[0]}.dtype, x_{input_order[0]}.device, x_{input_order[0]}.shape[0]")
-    body.append("def _t(x):\n        return torch.tensor(x, dtype=_dt, device=_dev)")
+    lead = input_order[0]
+    body.append(f"_dt, _dev, _N = {lead}.dtype, {lead}.device, {lead}.shape[0]")
+    body.append("")
+    body.append("def _t(x):")
+    body.append("    return torch.tensor(x, dtype=_dt, device=_dev)")
+    body.append("")
     used_axes = set()
     for v in graph.values:
         used_axes |= set(v.axes)
@@ -216,11 +241,12 @@ def emit_function(graph: Graph, fname: str, input_order: list[str], output_order
                 break
         if holder is None:
             raise ValueError(f"no input carries the length of axis {axis}")
-        body.append(f"_size_{axis} = x_{holder.op.name}.shape[{_dim(holder, src_axis)}]")
-    for name in input_order:
-        body.append(f"{_name(graph.inputs[name])} = x_{name}")
+        body.append(f"_size_{axis} = {holder.op.name}.shape[{_dim(holder, src_axis)}]")
     for v in graph.values:
-        body.extend(_line(v))
+        lines = _line(v)
+        if lines and v.hint and not isinstance(v.op, ir.Mask):
+            lines[-1] += f"  # {v.hint}"
+        body.extend(lines)
     outs = ", ".join(_name(graph.outputs[n]) for n in output_order)
     body.append(f"return ({outs}{',' if len(output_order) == 1 else ''})")
     header = f"def {fname}({', '.join(params)}):"

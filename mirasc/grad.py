@@ -83,7 +83,7 @@ def backprop(graph: Graph, seeds: dict[int, tuple[Value, Value]], wrt: list[Valu
     """Adjoints of `wrt` given adjoint seeds {value id: (value, adjoint)}; appends nodes to `graph`."""
     relevant = _descendants(graph, wrt) & _ancestors([v for v, _ in seeds.values()])
     pending: dict[int, list[Value]] = {}
-    for vid, (v, gbar) in seeds.items():
+    for vid, (_, gbar) in seeds.items():
         if vid in relevant:
             pending.setdefault(vid, []).append(gbar)
     done: dict[int, Value] = {}
@@ -112,7 +112,7 @@ def differentiate(forward: Graph, wrt_inputs: list[str]) -> Graph:
     """
     graph = ir.rebuild(forward, lambda v: True)
     seeds = {}
-    for name, out in forward.outputs.items():
+    for name, _out in forward.outputs.items():
         out_v = graph.outputs[name]
         seeds[out_v.id] = (out_v, graph.input(f"d_{name}", out_v.axes))
     wrt = [graph.inputs[n] for n in wrt_inputs]

@@ -26,8 +26,8 @@ The same graph is emitted to torch (emit_torch) and, later, to Triton; `grad` di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import sympy as sp
 

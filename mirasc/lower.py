@@ -24,6 +24,13 @@ from .ir import Graph, Value
 MIRROR_MAPS = (S.LqMap, S.SigmoidMap)
 
 
+def _named(v: Value, hint: str) -> Value:
+    """Label a value for the IR dump and the generated code (the first label a shared value gets wins)."""
+    if not v.hint:
+        v.hint = hint
+    return v
+
+
 def layer_axes(depth: int) -> list[tuple[str, str]]:
     """(output axis, input axis) of each weight matrix, in application order."""
     if depth == 1:
@@ -141,7 +148,7 @@ class ChunkLowering:
             zs.append(z)
             if j < self.depth - 1:
                 h = self.sym_ew(self.d.act, {self.d.x: z})
-        return xs, zs, self.output_map(zs[-1], x)
+        return xs, zs, _named(self.output_map(zs[-1], x), "memory output M(x)")
 
     def loss_grad(self, y: Value, v: Value, gates: dict[str, Value]) -> Value:
         """g = dl/dy from the derivation, evaluated on IR values (channel quantities on axis o)."""
@@ -155,14 +162,14 @@ class ChunkLowering:
             env[red.symbol] = g.sum(self.sym_ew(red.body, env), "o")
         for sym, expr in ld.adjoints:
             env[sym] = self.sym_ew(expr, env)
-        return self.sym_ew(ld.grad, env)
+        return _named(self.sym_ew(ld.grad, env), "inner gradient signal g = dl/dy")
 
     def inner_gradient(self, W: list[Value], x: Value, v: Value, gates: dict[str, Value]):
         """Per-token gradient factors at W: (layer inputs x_l, pre-activation adjoints z̄_l); G_l = z̄_l ⊗ x_l."""
         xs, zs, y = self.forward(W, x)
         gy = self.loss_grad(y, v, gates)
         adj = backprop(self.g, {y.id: (y, gy)}, zs)
-        zbars = [adj[z.id] for z in zs]
+        zbars = [_named(adj[z.id], f"layer {j + 1} pre-activation adjoint (G = adj ⊗ input)") for j, z in enumerate(zs)]
         if any(zb is None for zb in zbars):
             raise ValueError("the loss does not reach every layer of the memory")
         return xs, zbars
@@ -176,7 +183,7 @@ class ChunkLowering:
         g = self.g
         total = g.sum(g.ew(lambda a: sp.Abs(a) ** m.q, P), *P.axes)
         q, eps = sp.Float(m.q), sp.Float(m.eps)
-        return g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), total)
+        return _named(g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), total), "lq frozen slope 1/(||P||_q^(q-2)+eps)")
 
     def apply_map(self, P: Value, layer: int) -> Value:
         m = self.spec.retention.map
@@ -201,14 +208,15 @@ class ChunkLowering:
         a0 = None if alpha is None else (g.select(alpha, "first") if "t" in alpha.axes else alpha)
         e0 = g.select(eta, "first") if "t" in eta.axes else eta
         out = []
-        for j, (out_ax, in_ax) in enumerate(self.axes):
+        for j, (_out_ax, in_ax) in enumerate(self.axes):
             grad0 = g.ew(lambda zb, x: zb * x, zbars[j], xs[j])
             logw = g.ew(lambda w: sp.log(sp.Max(w, eps)), self.P[j])
             if a0 is not None:
                 logw = g.ew(lambda a, lw: a * lw, self.on_layer(a0, j), logw)
             logits = g.ew(lambda lw, e, gr: lw - e * gr, logw, self.on_layer(e0, j), grad0)
             lse = g.logsumexp(logits, in_ax)
-            out.append(g.ew(lambda lg, ls: sp.exp(lg - ls), logits, lse))
+            w1 = g.ew(lambda lg, ls: sp.exp(lg - ls), logits, lse)
+            out.append(_named(w1, "lag step: softmax over the input axis"))
         return out
 
     # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
@@ -223,7 +231,8 @@ class ChunkLowering:
             logs = g.broadcast(logs, logs.axes + ("t",))
         cum = g.cumsum(logs, "t")
         pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
-        return g.ew(lambda c: sp.exp(c), cum), pair
+        cumulative = g.ew(lambda c: sp.exp(c), cum)
+        return _named(cumulative, "cumulative decay in the chunk"), _named(pair, "pairwise decay D[t,s]")
 
     def coefficients(self, alpha: Value | None, eta: Value, theta: Value | None) -> Coefficients:
         g = self.g
@@ -248,8 +257,8 @@ class ChunkLowering:
         keep = [a for a in x.axes if a != in_ax]
         if in_ax in gamma.axes:
             scores = g.einsum(keep + ["s"], x, gamma, xk_s)
-            return g.einsum(keep + [out_ax], scores, zb_s)
-        scores = g.einsum(keep + ["s"], x, xk_s)
+            return g.einsum(keep + [out_ax], _named(scores, "decayed scores x_t·x_s"), zb_s)
+        scores = _named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
         if out_ax in gamma.axes:
             return g.einsum(keep + [out_ax], scores, gamma, zb_s)
         return g.einsum(keep + [out_ax], g.ew(lambda a, b: a * b, scores, gamma), zb_s)
@@ -282,12 +291,13 @@ class ChunkLowering:
             z = self.read_layer(j, h, base, kappa, coef, xk, zbar)
             if j < self.depth - 1:
                 h = self.sym_ew(self.d.act, {self.d.x: z})
-        return self.output_map(z, x)
+        return _named(self.output_map(z, x), "read: M(q_t; W_t)")
 
     def end_state(self, j: int, coef: Coefficients, xk, zbar) -> tuple[Value, Value | None]:
         g = self.g
         out_ax, in_ax = self.axes[j]
-        last = (lambda x: None if x is None else self.on_layer(g.select(x, "last"), j))
+        def last(x):
+            return (None if x is None else self.on_layer(g.select(x, "last"), j))
         grads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.grad, "last"), j),
                          g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
         P = self.P[j]
@@ -295,7 +305,7 @@ class ChunkLowering:
         kept = P if a_end is None else g.ew(lambda a, p: a * p, a_end, P)
         if coef.momentum_read is not None:
             kept = g.ew(lambda p, b, s: p + b * s, kept, last(coef.momentum_read), self.Smom[j])
-        new_P = g.ew(lambda p, gr: p - gr, kept, grads)
+        new_P = _named(g.ew(lambda p, gr: p - gr, kept, grads), f"layer {j + 1} end state")
         if coef.momentum_grad is None:
             return new_P, None
         mgrads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.momentum_grad, "last"), j),

@@ -40,7 +40,7 @@ def _read_spec(spec_or_path) -> tuple[str, str]:
         return spec_or_path.source, spec_or_path.file
     s = str(spec_or_path)
     if isinstance(spec_or_path, os.PathLike) or (("\n" not in s) and (s.endswith(".miras") or os.path.exists(s))):
-        from .load import read_spec
+        from .loader import read_spec
 
         return read_spec(s)
     return s, "<string>"
@@ -84,7 +84,7 @@ def compile(spec_or_path, backend: str = "auto", options: dict | None = None) ->
         path = cache_dir() / f"mirasc_{key[:24]}.py"
         if not path.exists():
             from .codegen import generate
-            from .load import load
+            from .loader import load
 
             spec = load(spec_or_path if not isinstance(spec_or_path, str) or file != "<string>" else text,
                         options=options)
@@ -122,7 +122,7 @@ class MemoryOp:
     def spec(self):
         """The checked Spec (parsed on first use; a cached compile does not need it)."""
         if self._spec is None:
-            from .load import load
+            from .loader import load
 
             self._spec = load(self.source if self.file == "<string>" else self.file, options=self.options)
         return self._spec
@@ -219,7 +219,8 @@ class MemoryOp:
         if initial_state is not None:
             shapes = self.state_shapes(B, H, D)
             if len(initial_state) != len(shapes):
-                raise ValueError(f"initial_state: expected {len(shapes)} tensors {list(shapes)}, got {len(initial_state)}")
+                raise ValueError(
+                    f"initial_state: expected {len(shapes)} tensors {list(shapes)}, got {len(initial_state)}")
             for (name, shape), x in zip(shapes.items(), initial_state):
                 if tuple(x.shape) != shape:
                     raise _expected(f"initial_state.{name}", shape, x.shape)

@@ -8,7 +8,7 @@ stages can still point at the line that caused a problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Reduce:
     span: Span = NO_SPAN
 
 
-Expr = Union[Num, Var, BinOp, Neg, Call, Compare, Where, Reduce]
+Expr = Num | Var | BinOp | Neg | Call | Compare | Where | Reduce
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class Const:
     span: Span = NO_SPAN
 
 
-Operand = Union[GateRef, Const]
+Operand = GateRef | Const
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class SigmoidMap:
     span: Span = NO_SPAN
 
 
-BoundaryMap = Union[LqMap, KLMap, SoftThresholdMap, SigmoidMap]
+BoundaryMap = LqMap | KLMap | SoftThresholdMap | SigmoidMap
 
 
 @dataclass(frozen=True)

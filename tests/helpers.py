@@ -60,3 +60,64 @@ def outputs_and_grads(fn, q, k, v, gates, params, state, seed: int = 1):
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
     return o.detach(), [s.detach() for s in final], dict(zip(names, grads))
+
+
+# ------------------------------------------------------------------------------------------------ additions
+MODELS_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "models"
+PREBUILT = sorted(p.stem for p in MODELS_DIR.glob("*.miras"))
+
+
+def model_path(stem: str) -> str:
+    return str(MODELS_DIR / f"{stem}.miras")
+
+
+def chunked_fn(op, chunk_size):
+    """fn(q, k, v, gates, params, state) -> (o, final_state) running the compiled chunkwise op."""
+
+    def fn(q, k, v, g, p, s):
+        return op(q, k, v, gates=g, params=p, initial_state=s, output_final_state=True, chunk_size=chunk_size)
+
+    return fn
+
+
+def oracle_fn(op, chunk_size):
+    """fn(q, k, v, gates, params, state) -> (o, final_state) running the reference oracle."""
+
+    def fn(q, k, v, g, p, s):
+        return op.recurrent(q, k, v, gates=g, params=p, initial_state=s, chunk_size=chunk_size)
+
+    return fn
+
+
+def assert_all_finite(res, what: str = "") -> None:
+    """Every output, state and gradient of an outputs_and_grads result is finite."""
+    o, state, grads = res
+    assert torch.isfinite(o).all(), f"{what}: output has non-finite values"
+    for j, s in enumerate(state):
+        assert torch.isfinite(s).all(), f"{what}: state {j} has non-finite values"
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), f"{what}: gradient of {name} has non-finite values"
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float, label: str) -> None:
+    assert a.shape == b.shape, f"{label}: shape {list(a.shape)} != {list(b.shape)}"
+    err = rel_rms(a, b)
+    assert err < tol, f"{label}: relative RMS error {err:.3e} >= {tol:g}"
+    # a relative RMS over many elements could hide a few wrong ones: bound the worst element too
+    scale = float(b.detach().double().abs().max())
+    worst = float((a.detach().double() - b.detach().double()).abs().max())
+    assert worst <= 10 * tol * max(scale, 1e-300) or worst == 0.0, (
+        f"{label}: worst element error {worst:.3e} vs max |ref| {scale:.3e}")
+
+
+def assert_results_close(a, b, tol: float, what: str = "") -> None:
+    """Compare two outputs_and_grads results: output, every state tensor, every gradient (all elements)."""
+    assert_all_finite(a, what)
+    assert_all_finite(b, what + " (reference)")
+    _close(a[0], b[0], tol, f"{what}: output")
+    assert len(a[1]) == len(b[1]), f"{what}: {len(a[1])} state tensors vs {len(b[1])}"
+    for j, (x, y) in enumerate(zip(a[1], b[1])):
+        _close(x, y, tol, f"{what}: final state {j}")
+    assert a[2].keys() == b[2].keys()
+    for name in a[2]:
+        _close(a[2][name], b[2][name], tol, f"{what}: gradient of {name}")

@@ -12,7 +12,7 @@ import pytest
 
 from mirasc.check import check, stdlib_defs
 from mirasc.errors import SpecError
-from mirasc.load import load
+from mirasc.loader import load
 from mirasc.parse import parse
 from mirasc.spec import (
     BinOp,

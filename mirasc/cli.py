@@ -1,0 +1,162 @@
+"""The `mirasc` command line: check, explain, compile (train and eval come with the models issue).
+
+Bad specs print located errors and exit 1; no Python traceback reaches the user for a bad spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _options(pairs: list[str] | None) -> dict | None:
+    """-O NAME=VALUE pairs (option choices or param overrides); values stay text, never evaluated."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"mirasc: error: -O expects NAME=VALUE, got {pair!r}")
+        name, value = pair.split("=", 1)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def cmd_check(args) -> int:
+    from .errors import SpecError
+    from .loader import load
+
+    status = 0
+    for file in args.files:
+        try:
+            spec = load(Path(file), options=_options(args.option))
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            status = 1
+            continue
+        if not args.quiet:
+            gates = ", ".join(f"{g.name}:{g.kind}" for g in spec.gates) or "no gates"
+            print(f"{file}: ok ({spec.name}: {spec.memory.kind} memory, {gates})")
+    return status
+
+
+def cmd_explain(args) -> int:
+    from .derive import derive, explain
+    from .errors import SpecError
+    from .loader import load
+
+    try:
+        spec = load(Path(args.file), options=_options(args.option))
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 1
+    d = derive(spec)
+    print(explain(d, latex=args.latex))
+    if args.dump_ir:
+        from .grad import differentiate
+        from .lower import input_names, lower
+
+        fwd = lower(d)
+        print("\nchunk program (forward):")
+        print(fwd.dump())
+        if args.dump_ir == "all":
+            print("\nchunk program (backward):")
+            print(differentiate(fwd, input_names(spec)).dump())
+    return 0
+
+
+def generated_path(out_dir: Path, spec_file: str) -> Path:
+    return out_dir / "torch" / f"{Path(spec_file).stem}.py"
+
+
+def cmd_compile(args) -> int:
+    from .codegen import generate
+    from .errors import SpecError
+    from .loader import load
+
+    out_dir = Path(args.output) if args.output else None
+    status = 0
+    for file in args.files:
+        try:
+            spec = load(Path(file), options=_options(args.option))
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            status = 1
+            continue
+        command = f"mirasc compile {Path(file).as_posix()} -o {args.output or '.'}"
+        text = generate(spec, _options(args.option), command=command)
+        if out_dir is None:
+            import mirasc
+
+            mirasc.compile(Path(file), backend="torch", options=_options(args.option))
+            print(f"{file}: compiled ({len(text.splitlines())} lines, cached)")
+            continue
+        target = generated_path(out_dir, file)
+        if args.check:
+            current = target.read_text(encoding="utf-8") if target.exists() else None
+            if current != text:
+                print(f"{target}: stale (regenerate with: mirasc compile {file} -o {args.output})", file=sys.stderr)
+                status = 1
+            elif not args.quiet:
+                print(f"{target}: up to date")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from .runtime import _write_atomic
+
+        _write_atomic(target, text)
+        if not args.quiet:
+            print(f"{file} -> {target}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mirasc", description="Compile .miras specs of Miras test-time memories.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="parse and check specs; located errors, exit 1 on any")
+    c.add_argument("files", nargs="+")
+    c.add_argument("-O", "--option", action="append", metavar="NAME=VALUE", help="pick an option or override a param")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(fn=cmd_check)
+
+    e = sub.add_parser("explain", help="print the derived inner gradient, update rule and chunk form")
+    e.add_argument("file")
+    e.add_argument("--latex", action="store_true", help="LaTeX instead of unicode")
+    e.add_argument("--dump-ir", nargs="?", const="forward", choices=["forward", "all"],
+                   help="also print the chunk IR (forward, or forward and backward)")
+    e.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
+    e.set_defaults(fn=cmd_explain)
+
+    k = sub.add_parser("compile", help="write (or verify with --check) the generated module of each spec")
+    k.add_argument("files", nargs="+")
+    k.add_argument("-o", "--output", help="directory for the generated modules (DIR/torch/NAME.py)")
+    k.add_argument("--check", action="store_true", help="fail if the files under -o are stale")
+    k.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
+    k.add_argument("-q", "--quiet", action="store_true")
+    k.set_defaults(fn=cmd_compile)
+
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Subcommands contributed by other parts of the package (train, eval, bench), when present."""
+    found = []
+    try:
+        from .train.cli import register as train_register
+    except ImportError:
+        pass
+    else:
+        found.append(train_register)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
