@@ -96,3 +96,87 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
         backward_fn=bwd_src,
     )
     return text
+
+
+# --------------------------------------------------------------------------------------------------- Triton
+def _triton_parts(spec: S.Spec, fwd, bwd) -> dict:
+    """The lines the Triton template splices in: argument lists, loads, bodies, stores, carries."""
+    from . import emit_triton as et
+
+    states = state_names(spec)
+    ins = input_names(spec)
+    rest = [n for n in ins if n not in states]
+    token = {n: n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in rest}
+    axes = {n: fwd.inputs[n].axes for n in ins}
+    other = {n: (1.0 if n.startswith("gate_") else 0.0) for n in rest}
+
+    def state_at(ptr: str, s: str) -> str:
+        size = et.row_size(axes[s], False)
+        return f"{ptr} + (n * N_CHUNKS + c) * {size} + {et.offsets(axes[s], False)}"
+
+    offs = [f"offs_{a} = tl.arange(0, {et.SIZE[a]})" for a in ir_axes()]
+    fwd_args = [f"{n}_ptr" for n in ins] + ["out_ptr"] + [f"final_{s}_ptr" for s in states] + [
+        f"starts_{s}_ptr" for s in states]
+    fwd_pro = [f"{s} = {et.load(f'{s}_ptr', fwd.inputs[s], False)}" for s in states]
+    fwd_pro += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], False)}" for n in rest if not token[n]]
+    fwd_loop = [f"tl.store({state_at(f'starts_{s}_ptr', s)}, {s})" for s in states]
+    fwd_loop += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], True, other[n])}" for n in rest if token[n]]
+    fwd_loop += et.body(fwd)
+    fwd_loop.append(et.store("out_ptr", fwd.outputs["out"].axes, True, et.name(fwd.outputs["out"])))
+    fwd_loop += [f"{s} = {et.name(fwd.outputs['new_' + s])}" for s in states]
+    fwd_epi = [et.store(f"final_{s}_ptr", axes[s], False, s) for s in states]
+
+    bwd_args = [f"starts_{s}_ptr" for s in states] + [f"{n}_ptr" for n in rest] + ["d_out_ptr"] + [
+        f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] + [f"grad_{n}_ptr" for n in rest]
+    bwd_pro = [f"carry_{s} = {et.load(f'd_final_{s}_ptr', fwd.inputs[s], False)}" for s in states]
+    bwd_pro += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], False)}" for n in rest if not token[n]]
+    bwd_pro += [f"acc_{n} = tl.zeros({et._shape(axes[n])}, DTYPE)" for n in rest if not token[n]]
+    bwd_loop = [f"{s} = tl.load({state_at(f'starts_{s}_ptr', s)})" for s in states]
+    bwd_loop += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], True, other[n])}" for n in rest if token[n]]
+    bwd_loop.append(f"d_out = {et.load('d_out_ptr', bwd.inputs['d_out'], True)}")
+    bwd_loop += [f"d_new_{s} = carry_{s}" for s in states]
+    bwd_loop += et.body(bwd)
+    for n in rest:
+        g = et.name(bwd.outputs[f"d_{n}"])
+        if token[n]:
+            bwd_loop.append(et.store(f"grad_{n}_ptr", axes[n], True, g))
+        else:
+            bwd_loop.append(f"acc_{n} += {g}")
+    bwd_loop += [f"carry_{s} = {et.name(bwd.outputs['d_' + s])}" for s in states]
+    bwd_epi = [et.store(f"d_init_{s}_ptr", axes[s], False, f"carry_{s}") for s in states]
+    bwd_epi += [et.store(f"grad_{n}_ptr", axes[n], False, f"acc_{n}") for n in rest if not token[n]]
+    return {
+        "fwd_args": ", ".join(fwd_args), "bwd_args": ", ".join(bwd_args), "offsets": offs,
+        "fwd_prologue": fwd_pro, "fwd_loop": fwd_loop, "fwd_epilogue": fwd_epi,
+        "bwd_prologue": bwd_pro, "bwd_loop": bwd_loop, "bwd_epilogue": bwd_epi,
+    }
+
+
+def ir_axes() -> tuple[str, ...]:
+    from .ir import AXIS_ORDER
+
+    return AXIS_ORDER
+
+
+def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
+    """The source of the spec's Triton module (templates/triton_module.py.j2)."""
+    import jinja2
+
+    d = derive(spec)
+    fwd = lower(d)
+    ins, outs = input_names(spec), output_names(spec)
+    bwd = differentiate(fwd, ins)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    token = [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in ins]
+    return env.get_template("triton_module.py.j2").render(
+        version=__version__,
+        spec_file=_safe_comment(Path(spec.file).name),
+        spec_name=spec.name,
+        command=_safe_comment(command or f"mirasc compile {Path(spec.file).name}"),
+        spec_hash=spec_hash(spec.source, options, "triton"),
+        state_fields=repr(tuple(state_names(spec))),
+        inputs=repr(tuple(ins)),
+        token_inputs=repr(tuple(token)),
+        **_triton_parts(spec, fwd, bwd),
+    )

@@ -66,30 +66,67 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _module(text: str, spec_or_path, file: str, options: dict | None, backend: str) -> tuple[ModuleType, str]:
+    """Import the generated module of one backend ("torch" or "triton"), generating it on a cache miss."""
+    key = spec_hash(text, options, backend)
+    path = cache_dir() / f"mirasc_{backend}_{key[:24]}.py"
+    if not path.exists():
+        from .codegen import generate, generate_triton
+        from .loader import load
+
+        spec = load(spec_or_path if not isinstance(spec_or_path, str) or file != "<string>" else text,
+                    options=options)
+        _write_atomic(path, (generate if backend == "torch" else generate_triton)(spec, options))
+    if backend == "triton":
+        _prepare_triton()
+    return _import(path, f"{backend}_{key}"), key
+
+
+def _prepare_triton() -> None:
+    """Triton kernels need a GPU, or the interpreter, which must be chosen before triton is imported (its own
+    library functions are defined at import time)."""
+    import sys
+
+    if not torch.cuda.is_available():
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("backend='triton' on a machine without a GPU runs the Triton interpreter, which "
+                               "must be chosen before triton is imported: set TRITON_INTERPRET=1 at start-up")
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)") from e
+
+
+def triton_usable() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def compile(spec_or_path, backend: str = "auto", options: dict | None = None) -> MemoryOp:  # noqa: A001
     """Compile a spec (path, text or Spec) to a MemoryOp, cached by content hash.
 
-    backend: "torch" (the chunkwise torch path), "auto" (Triton on CUDA tensors once it exists, torch
-    otherwise), "triton" (not available yet: the Triton emitter is the next issue).
+    backend: "torch" (the chunkwise torch path), "triton" (the Triton kernels: natively on CUDA tensors, under
+    the Triton interpreter on CPU tensors), or "auto" (Triton on CUDA tensors when triton is installed,
+    torch otherwise, decided per call).
     """
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("the Triton backend is not built yet; use backend='torch' or 'auto'")
     text, file = _read_spec(spec_or_path)
-    key = spec_hash(text, options, "torch")
     with _LOCK:
+        key = (spec_hash(text, options, "torch"), backend)
         if key in _OPS:
             return _OPS[key]
-        path = cache_dir() / f"mirasc_{key[:24]}.py"
-        if not path.exists():
-            from .codegen import generate
-            from .loader import load
-
-            spec = load(spec_or_path if not isinstance(spec_or_path, str) or file != "<string>" else text,
-                        options=options)
-            _write_atomic(path, generate(spec, options))
-        op = MemoryOp(_import(path, key), text, file, options)
+        torch_module, _ = _module(text, spec_or_path, file, options, "torch")
+        triton_module = None
+        if backend == "triton" or (backend == "auto" and triton_usable()):
+            triton_module, _ = _module(text, spec_or_path, file, options, "triton")
+        op = MemoryOp(torch_module, text, file, options, backend=backend, triton_module=triton_module)
         _OPS[key] = op
         return op
 
@@ -107,8 +144,11 @@ class MemoryOp:
     op.step(q_t, k_t, v_t, gates_t, state)  one decoding step ([B, H, D] inputs)
     """
 
-    def __init__(self, module: ModuleType, text: str, file: str, options: dict | None):
+    def __init__(self, module: ModuleType, text: str, file: str, options: dict | None, backend: str = "torch",
+                 triton_module: ModuleType | None = None):
         self.module = module
+        self.triton_module = triton_module
+        self.backend = backend
         self.meta: dict[str, Any] = module.METADATA
         self.name = self.meta["name"]
         self.source, self.file, self.options = text, file, options
@@ -116,7 +156,13 @@ class MemoryOp:
         self._spec = None
 
     def __repr__(self) -> str:
-        return f"MemoryOp({self.name!r}, backend='torch', state={self.module.STATE_FIELDS})"
+        return f"MemoryOp({self.name!r}, backend={self.backend!r}, state={self.module.STATE_FIELDS})"
+
+    def module_for(self, x: torch.Tensor) -> ModuleType:
+        """The generated module that runs a call on tensors like x (see compile's `backend`)."""
+        if self.backend == "triton" or (self.backend == "auto" and x.is_cuda and self.triton_module is not None):
+            return self.triton_module
+        return self.module
 
     @property
     def spec(self):
@@ -261,7 +307,7 @@ class MemoryOp:
         if T == 0:
             raise ValueError("q: the sequence is empty (T = 0)")
         flat, tok, gate_rows, param_rows = self._prepare(q, k, v, gates, params, initial_state)
-        res = self.module.ChunkwiseMemory.apply(chunk, *flat, *tok, *gate_rows, *param_rows)
+        res = self.module_for(q).ChunkwiseMemory.apply(chunk, *flat, *tok, *gate_rows, *param_rows)
         o = res[0].reshape(B, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
         state = None
         if output_final_state:
