@@ -66,14 +66,18 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def generated_path(out_dir: Path, spec_file: str) -> Path:
-    return out_dir / "torch" / f"{Path(spec_file).stem}.py"
+BACKENDS = ("torch", "triton")
+
+
+def generated_path(out_dir: Path, spec_file: str, backend: str) -> Path:
+    return out_dir / backend / f"{Path(spec_file).stem}.py"
 
 
 def cmd_compile(args) -> int:
-    from .codegen import generate
+    from .codegen import generate, generate_triton
     from .errors import SpecError
     from .loader import load
+    from .runtime import _write_atomic
 
     out_dir = Path(args.output) if args.output else None
     status = 0
@@ -85,28 +89,28 @@ def cmd_compile(args) -> int:
             status = 1
             continue
         command = f"mirasc compile {Path(file).as_posix()} -o {args.output or '.'}"
-        text = generate(spec, _options(args.option), command=command)
         if out_dir is None:
             import mirasc
 
             mirasc.compile(Path(file), backend="torch", options=_options(args.option))
-            print(f"{file}: compiled ({len(text.splitlines())} lines, cached)")
+            print(f"{file}: compiled (cached)")
             continue
-        target = generated_path(out_dir, file)
-        if args.check:
-            current = target.read_text(encoding="utf-8") if target.exists() else None
-            if current != text:
-                print(f"{target}: stale (regenerate with: mirasc compile {file} -o {args.output})", file=sys.stderr)
-                status = 1
-            elif not args.quiet:
-                print(f"{target}: up to date")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        from .runtime import _write_atomic
-
-        _write_atomic(target, text)
-        if not args.quiet:
-            print(f"{file} -> {target}")
+        for backend in BACKENDS:
+            make = generate if backend == "torch" else generate_triton
+            text = make(spec, _options(args.option), command=command)
+            target = generated_path(out_dir, file, backend)
+            if args.check:
+                current = target.read_text(encoding="utf-8") if target.exists() else None
+                if current != text:
+                    print(f"{target}: stale (regenerate with: {command})", file=sys.stderr)
+                    status = 1
+                elif not args.quiet:
+                    print(f"{target}: up to date")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(target, text)
+            if not args.quiet:
+                print(f"{file} -> {target}")
     return status
 
 
@@ -130,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("compile", help="write (or verify with --check) the generated module of each spec")
     k.add_argument("files", nargs="+")
-    k.add_argument("-o", "--output", help="directory for the generated modules (DIR/torch/NAME.py)")
+    k.add_argument("-o", "--output", help="directory for the generated modules (DIR/torch/NAME.py, DIR/triton/NAME.py)")
     k.add_argument("--check", action="store_true", help="fail if the files under -o are stale")
     k.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
     k.add_argument("-q", "--quiet", action="store_true")

@@ -164,7 +164,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
 
     d = derive(spec)
     fwd = lower(d)
-    ins, outs = input_names(spec), output_names(spec)
+    ins = input_names(spec)
     bwd = differentiate(fwd, ins)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined)

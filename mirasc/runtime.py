@@ -298,7 +298,9 @@ class MemoryOp:
         return flat, tok, gate_rows, param_rows
 
     def __call__(self, q, k, v, gates=None, initial_state=None, output_final_state=False, chunk_size=None,
-                 params=None):
+                 params=None, cu_seqlens=None):
+        if cu_seqlens is not None:
+            return self._varlen(q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens)
         gates, params = self._check(q, k, v, gates, params, initial_state)
         chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
         if chunk < 1:
@@ -313,6 +315,31 @@ class MemoryOp:
         if output_final_state:
             state = self.State(*(s.reshape(B, H, *s.shape[1:]) for s in res[1:]))
         return o, state
+
+    def _varlen(self, q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens):
+        """Packed sequences, flash-linear-attention's convention: B = 1, sequence j is tokens
+        cu_seqlens[j]:cu_seqlens[j+1]; initial and final states are [num_sequences, H, ...]; each sequence
+        starts its own chunks."""
+        if q.dim() != 4 or q.shape[0] != 1:
+            raise ValueError(f"q: with cu_seqlens, expected shape [1, T, H, D], got {list(q.shape)}")
+        bounds = [int(x) for x in torch.as_tensor(cu_seqlens).tolist()]
+        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != q.shape[1] or any(
+                a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"cu_seqlens: expected increasing offsets from 0 to T={q.shape[1]}, got {bounds}")
+        gates = dict(gates or {})
+        data_dependent = {g["name"] for g in self.meta["gates"] if g["data_dependent"]}
+        outs, finals = [], []
+        for j, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            seg_gates = {n: (x[:, lo:hi] if n in data_dependent else x) for n, x in gates.items()}
+            state = None if initial_state is None else [s[j:j + 1] for s in initial_state]
+            o, st = self(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], gates=seg_gates, initial_state=state,
+                         output_final_state=output_final_state, chunk_size=chunk_size, params=params)
+            outs.append(o)
+            finals.append(st)
+        o = torch.cat(outs, dim=1)
+        if not output_final_state:
+            return o, None
+        return o, self.State(*(torch.cat(parts, dim=0) for parts in zip(*finals)))
 
     def recurrent(self, q, k, v, gates=None, initial_state=None, chunk_size=None, params=None,
                   output_final_state=True):

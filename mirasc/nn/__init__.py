@@ -1,0 +1,30 @@
+"""torch modules around compiled Miras memories: the Miras token mixer and Llama-style blocks."""
+
+from .blocks import (
+    AttentionCache,
+    CausalAttention,
+    MirasBlock,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    build_mixer,
+    default_intermediate_size,
+)
+from .layer import GATE_INIT, GateProjection, MirasLayer, MirasLayerCache, gate_activation, gate_init_value
+
+__all__ = [
+    "GATE_INIT",
+    "AttentionCache",
+    "CausalAttention",
+    "GateProjection",
+    "MirasBlock",
+    "MirasLayer",
+    "MirasLayerCache",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "build_mixer",
+    "default_intermediate_size",
+    "gate_activation",
+    "gate_init_value",
+]

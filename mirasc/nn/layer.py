@@ -1,0 +1,406 @@
+"""MirasLayer: the Miras token mixer of the paper's Figure 2 around a compiled memory op.
+
+    x ─ Linear ─ causal depthwise Conv1d(k=4) ─ SiLU ─┬─ q, k: ℓ₂-normalise (─ RoPE, optional) ─┐
+                                                      └─ v ─────────────────────────────────────┤
+    x ─ low-rank Linear ─ Linear ─ activation ─ gates (α, η, δ, θ, …, in natural units) ────────┤
+                                                                            memory op (mirasc) ─ per-head RMSNorm
+    x ─ Linear ─ sigmoid ───────────────────────────────────────────────────────────────────── ⊗ ─ Linear ─ y
+
+Learned outer parameters: the initial memory (one tensor per state field, [H, out, in], initialised from
+`op.init_state(1, H, D)`), the memory's LayerNorm affine (`op.param_shapes`), static gates, and the projections.
+
+Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
+packed) are handled exactly: each row's (segment's) real tokens are gathered to the front and the op runs once
+per distinct length on exactly those tokens, so every sequence is computed as if it were alone (chunk
+boundaries from its own first token, fresh initial memory and conv state); pad positions output zeros.
+With no padding this is a single op call on the whole batch.
+
+Decoding. The cache holds the recurrent state, the last conv_size-1 projected inputs (pre-conv) and the number
+of real tokens seen (the RoPE position). Tokens fed with a filled cache go one at a time through the exact
+per-token step (chunk size 1, as `op.step`), so they equal the full forward whenever the full forward is
+exact: chunk_size=1, or a memory whose chunk form is exact (e.g. linear attention, Mamba2, RetNet). With
+chunk_size > 1 and an update whose gradient depends on the state (delta rule, MLP memories) the chunked
+training form is the paper's approximation and decoding follows the exact recurrence instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import RotaryEmbedding, apply_rotary, new_token_mask
+
+__all__ = ["GATE_INIT", "GateProjection", "MirasLayer", "MirasLayerCache", "gate_activation", "gate_init_value"]
+
+# Initial value of a gate, by conventional name (natural units). Any other gate starts at the midpoint of its
+# range; a half-open range [lo, inf) starts at lo + 1, an unbounded one at 0 (see gate_init_value).
+GATE_INIT = {
+    "alpha": 0.99,  # retention / decay: keep almost everything
+    "eta": 0.1,  # inner learning rate: small
+    "delta": 1.0,  # Huber threshold
+    "theta": 0.5,  # momentum
+}
+GATE_MARGIN = 1e-6  # how far inside an open bound a gate is clamped
+
+
+def _default_activation(g: dict) -> str:
+    lo, hi = g["low"], g["high"]
+    if math.isfinite(lo) and math.isfinite(hi):
+        return "sigmoid"
+    if math.isfinite(lo):
+        return "softplus"
+    return "identity"
+
+
+def gate_activation(g: dict):
+    """The map R -> the gate's range for a gate of op.meta["gates"] (without the final clamp).
+
+    sigmoid / tanh: scaled onto [lo, hi] when both bounds are finite, else used as is.
+    softplus: lo + softplus(z) when lo is finite.  exp: hi * exp(-softplus(z)) when hi is finite (so a (0, 1]
+    range is exp(-softplus(z)), the Mamba2 / Gated DeltaNet decay), else lo + exp(z).  identity: z.
+    A gate with no declared activation gets sigmoid (finite range), softplus ([lo, inf)) or identity.
+    """
+    act = g.get("activation") or _default_activation(g)
+    lo, hi = float(g["low"]), float(g["high"])
+    both = math.isfinite(lo) and math.isfinite(hi)
+    if act == "sigmoid":
+        return (lambda z: lo + (hi - lo) * torch.sigmoid(z)) if both else torch.sigmoid
+    if act == "tanh":
+        return (lambda z: lo + (hi - lo) * 0.5 * (torch.tanh(z) + 1.0)) if both else torch.tanh
+    if act == "softplus":
+        return (lambda z: lo + F.softplus(z)) if math.isfinite(lo) else F.softplus
+    if act == "exp":
+        if math.isfinite(hi):
+            return lambda z: hi * torch.exp(-F.softplus(z))
+        return (lambda z: lo + torch.exp(z)) if math.isfinite(lo) else torch.exp
+    if act == "identity":
+        return lambda z: z
+    raise ValueError(f"gate {g['name']!r}: unknown activation {act!r}")
+
+
+def clamp_to_range(x: torch.Tensor, g: dict) -> torch.Tensor:
+    lo, hi = float(g["low"]), float(g["high"])
+    lo_c = (lo + GATE_MARGIN * max(1.0, abs(lo))) if g["low_open"] else lo
+    hi_c = (hi - GATE_MARGIN * max(1.0, abs(hi))) if g["high_open"] else hi
+    return x.clamp(min=lo_c if math.isfinite(lo) else None, max=hi_c if math.isfinite(hi) else None)
+
+
+def gate_init_value(g: dict) -> float:
+    """The target initial value of a gate: GATE_INIT by name, else the range midpoint (documented fallback)."""
+    lo, hi = float(g["low"]), float(g["high"])
+    if g["name"] in GATE_INIT:
+        t = GATE_INIT[g["name"]]
+    elif math.isfinite(lo) and math.isfinite(hi):
+        t = 0.5 * (lo + hi)
+    elif math.isfinite(lo):
+        t = lo + 1.0
+    elif math.isfinite(hi):
+        t = hi - 1.0
+    else:
+        t = 0.0
+    return t
+
+
+def inverse_activation(g: dict, target: float) -> float:
+    """The pre-activation z with activation(z) ≈ target (bisection on the monotone map, in float64)."""
+    f = gate_activation(g)
+
+    def ev(z: float) -> float:
+        return float(f(torch.tensor(z, dtype=torch.float64, device="cpu")))
+
+    a, b = -30.0, 30.0
+    fa, fb = ev(a), ev(b)
+    lo_v, hi_v = min(fa, fb), max(fa, fb)
+    span = hi_v - lo_v
+    t = min(max(target, lo_v + 1e-9 * max(span, 1.0)), hi_v - 1e-9 * max(span, 1.0))
+    increasing = fb >= fa
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        fm = ev(mid)
+        if (fm < t) == increasing:
+            a = mid
+        else:
+            b = mid
+    return 0.5 * (a + b)
+
+
+class GateProjection(nn.Module):
+    """Low-rank data-dependent gate: x [.., hidden] -> z = up(down(x)) + bias [.., H(, D)] -> activation -> clamp.
+
+    The bias starts at the inverse activation of the gate's initial value and `up` is small (std 0.1/sqrt(rank)),
+    so at initialisation the gate sits near its target with a small data-dependent spread.
+    """
+
+    def __init__(self, gate: dict, hidden_size: int, num_heads: int, head_dim: int, rank: int):
+        super().__init__()
+        self.gate = dict(gate)
+        self.out_shape = (num_heads, head_dim) if gate["kind"] == "channel" else (num_heads,)
+        out = math.prod(self.out_shape)
+        self.down = nn.Parameter(torch.empty(rank, hidden_size))
+        self.up = nn.Parameter(torch.empty(out, rank))
+        self.bias = nn.Parameter(torch.empty(out))
+        self._act = gate_activation(gate)
+        self._reset_own_parameters()
+
+    def _reset_own_parameters(self) -> None:
+        with torch.no_grad():
+            self.down.normal_(0.0, self.down.shape[1] ** -0.5)
+            self.up.normal_(0.0, 0.1 * self.up.shape[1] ** -0.5)
+            self.bias.fill_(inverse_activation(self.gate, gate_init_value(self.gate)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.linear(F.linear(x, self.down), self.up, self.bias).float()
+        return clamp_to_range(self._act(z), self.gate).view(*x.shape[:-1], *self.out_shape)
+
+
+@dataclass
+class MirasLayerCache:
+    """Decoding cache of one MirasLayer: state (the op's State of [B, H, ...] fp32 tensors), conv [B, K-1, 3·H·D]
+    (the last conv_size-1 projected q|k|v inputs, zeros before the first token), seen [B] (real tokens so far)."""
+
+    state: tuple | None = None
+    conv: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.state is not None:
+            self.state = type(self.state)(*(s.index_select(0, index.to(s.device)) for s in self.state))
+        for name in ("conv", "seen"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, index.to(t.device)))
+
+
+class MirasLayer(nn.Module):
+    """The Miras token mixer (Figure 2 of Behrouz et al. 2025) around a compiled memory op.
+
+    spec: a path, spec text, Spec or an already compiled MemoryOp. head_dim defaults to hidden_size // num_heads;
+    gate_rank to 32 (hidden <= 1024) or 64; chunk_size None uses the spec's chunk size.
+    forward(x [B, T, hidden], attention_mask=None, cu_seqlens=None, cache=None, use_cache=False) -> (y, cache)
+    """
+
+    def __init__(self, spec, hidden_size: int, num_heads: int, head_dim: int | None = None, conv_size: int = 4,
+                 gate_rank: int | None = None, use_rope: bool = False, chunk_size: int | None = None,
+                 backend: str = "auto", rope_base: float = 10000.0, norm_eps: float = 1e-6):
+        super().__init__()
+        from ..runtime import MemoryOp
+        from ..runtime import compile as _compile
+
+        self.op = spec if isinstance(spec, MemoryOp) else _compile(spec, backend=backend)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_dim = D = head_dim or hidden_size // num_heads
+        H = num_heads
+        if conv_size < 1:
+            raise ValueError(f"conv_size must be >= 1, got {conv_size}")
+        self.conv_size = conv_size
+        self.chunk_size = chunk_size
+        self.gate_rank = gate_rank or (32 if hidden_size <= 1024 else 64)
+        self.norm_eps = norm_eps
+        inner = H * D
+        self.q_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
+        # depthwise causal conv over the concatenated q|k|v projections (three depthwise convs in one)
+        self.conv_weight = nn.Parameter(torch.empty(3 * inner, conv_size))
+        self.rotary = RotaryEmbedding(D, rope_base) if use_rope else None
+
+        self.gate_meta = list(self.op.meta["gates"])
+        self.gate_proj = nn.ModuleDict()
+        self.static_gates = nn.ParameterDict()
+        for g in self.gate_meta:
+            if g["data_dependent"]:
+                self.gate_proj[g["name"]] = GateProjection(g, hidden_size, H, D, self.gate_rank)
+            else:
+                shape = (H, D) if g["kind"] == "channel" else (H,)
+                self.static_gates[g["name"]] = nn.Parameter(torch.empty(shape))
+        self._gate_acts = {g["name"]: gate_activation(g) for g in self.gate_meta}
+
+        # learned initial memory, one parameter per state field, [H, out, in]
+        self.state_fields = tuple(self.op.state_shapes(1, H, D))
+        with torch.device("cpu"):
+            s0 = self.op.init_state(1, H, D, torch.float32, "cpu")
+        self.initial_state = nn.ParameterList([nn.Parameter(s[0].clone()) for s in s0])
+        # the memory's LayerNorm affine (outer parameters)
+        self.memory_params = nn.ParameterDict(
+            {p: nn.Parameter(torch.empty(shape)) for p, shape in self.op.param_shapes(H, D).items()})
+
+        self.o_norm_weight = nn.Parameter(torch.ones(D))  # per-head RMSNorm of the memory output (shared weight)
+        self.g_proj = nn.Linear(hidden_size, inner, bias=False)  # output gate: sigmoid(g_proj(x))
+        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+        self._reset_own_parameters()
+
+    # ------------------------------------------------------------------ init
+    def _reset_own_parameters(self) -> None:
+        """Initialise the parameters this module owns directly (Linear children are left to their own init)."""
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.conv_size)
+            self.conv_weight.uniform_(-bound, bound)
+            for g in self.gate_meta:
+                if not g["data_dependent"]:
+                    self.static_gates[g["name"]].fill_(inverse_activation(g, gate_init_value(g)))
+            with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
+                s0 = self.op.init_state(1, self.num_heads, self.head_dim, torch.float32, "cpu")
+            for p, s in zip(self.initial_state, s0):
+                p.copy_(s[0].to(p.device))
+            for name, p in self.memory_params.items():
+                p.fill_(1.0 if name == "ln_weight" else 0.0)
+            self.o_norm_weight.fill_(1.0)
+
+    def __deepcopy__(self, memo):
+        # the compiled op (it holds a Python module) is shared, not copied; everything else is copied as usual
+        import copy
+
+        memo[id(self.op)] = self.op
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
+
+    def extra_repr(self) -> str:
+        return (f"op={self.op.name!r}, hidden={self.hidden_size}, heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"conv={self.conv_size}, gate_rank={self.gate_rank}, rope={self.rotary is not None}, "
+                f"chunk_size={self.chunk_size}")
+
+    # ------------------------------------------------------------------ pieces
+    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All gates the op takes, in natural units: data-dependent from x [B, T, hidden], static parameters."""
+        out = {}
+        for g in self.gate_meta:
+            if g["data_dependent"]:
+                out[g["name"]] = self.gate_proj[g["name"]](x)
+            else:
+                z = self.static_gates[g["name"]].float()
+                out[g["name"]] = clamp_to_range(self._gate_acts[g["name"]](z), g)
+        return out
+
+    def initial_memory(self, batch: int) -> tuple[torch.Tensor, ...]:
+        return self.op.State(*(p.unsqueeze(0).expand(batch, *p.shape) for p in self.initial_state))
+
+    def _mix(self, x: torch.Tensor, state=None, conv=None, pos0=None, chunk_size=None, want_state=False):
+        """The layer on rows that all start at their first token (state/conv/pos0 None) or continue from a cache.
+
+        Returns (y [B, T, hidden], final state or None, conv tail [B, K-1, 3·H·D])."""
+        B, T, _ = x.shape
+        H, D, K = self.num_heads, self.head_dim, self.conv_size
+        proj = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # [B, T, 3HD]
+        if conv is None:
+            conv = proj.new_zeros(B, K - 1, proj.shape[-1])
+        xp = torch.cat([conv.to(proj.dtype), proj], dim=1)
+        y = F.conv1d(xp.transpose(1, 2), self.conv_weight.to(proj.dtype).unsqueeze(1), groups=proj.shape[-1])
+        y = F.silu(y.transpose(1, 2))
+        q, k, v = (t.reshape(B, T, H, D) for t in y.split(H * D, dim=-1))
+        q = F.normalize(q, dim=-1, eps=1e-6)
+        k = F.normalize(k, dim=-1, eps=1e-6)
+        if self.rotary is not None:
+            pos = torch.arange(T, device=x.device)[None, :]
+            if pos0 is not None:
+                pos = pos + pos0[:, None]
+            cos, sin = self.rotary.cos_sin(pos)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if state is None:
+            state = self.initial_memory(B)
+        params = {n: p for n, p in self.memory_params.items()}
+        o, new_state = self.op(q, k, v, gates=self.gates(x), initial_state=state, output_final_state=want_state,
+                               chunk_size=self.chunk_size if chunk_size is None else chunk_size, params=params)
+        of = o.float()
+        of = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.o_norm_weight.float()
+        o = of.to(x.dtype).reshape(B, T, H * D) * torch.sigmoid(self.g_proj(x))
+        return self.o_proj(o), new_state, xp[:, xp.shape[1] - (K - 1):]
+
+    def _run_rows(self, xc: torch.Tensor, lengths: list[int], want_state: bool):
+        """xc [N, L, hidden] with row i's real tokens at [:lengths[i]]; one op call per distinct length."""
+        N, L, _ = xc.shape
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(int(n), []).append(i)
+        if len(groups) == 1 and next(iter(groups)) == L:
+            y, st, conv = self._mix(xc, want_state=want_state)
+            return y, st, conv
+        ys, sts, convs, perm = [], [], [], []
+        for n, rows in groups.items():
+            perm += rows
+            idx = torch.tensor(rows, device=xc.device)
+            if n == 0:
+                ys.append(xc.new_zeros(len(rows), L, self.hidden_size))
+                if want_state:
+                    sts.append(self.initial_memory(len(rows)))
+                    convs.append(xc.new_zeros(len(rows), self.conv_size - 1, 3 * self.num_heads * self.head_dim))
+                continue
+            y, st, conv = self._mix(xc.index_select(0, idx)[:, :n], want_state=want_state)
+            ys.append(F.pad(y, (0, 0, 0, L - n)))
+            if want_state:
+                sts.append(st)
+                convs.append(conv)
+        inv = torch.argsort(torch.tensor(perm, device=xc.device))
+        y = torch.cat(ys).index_select(0, inv)
+        if not want_state:
+            return y, None, None
+        state = self.op.State(*(torch.cat([s[j] for s in sts]).index_select(0, inv) for j in range(len(sts[0]))))
+        conv = torch.cat(convs).index_select(0, inv)
+        return y, state, conv
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None, cache: MirasLayerCache | None = None,
+                use_cache: bool = False):
+        B, T, _ = x.shape
+        if cache is not None and cache.state is not None:
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens cannot be combined with a filled cache")
+            return self._decode(x, new_token_mask(attention_mask, B, T, x.device), cache)
+        want = bool(use_cache)
+        if cu_seqlens is not None:
+            if B != 1:
+                raise ValueError(f"cu_seqlens needs batch size 1 (packed sequences), got {B}")
+            bounds = [int(b) for b in cu_seqlens.tolist()]
+            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+            if bounds[0] != 0 or bounds[-1] != T or min(lengths, default=0) < 0:
+                raise ValueError(f"cu_seqlens must rise from 0 to T={T}, got {bounds}")
+            segs = [x[0, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            xc = nn.utils.rnn.pad_sequence(segs, batch_first=True)
+            yc, state, conv = self._run_rows(xc, lengths, want)
+            y = torch.cat([yc[i, :n] for i, n in enumerate(lengths)])[None]
+            seen = torch.tensor(lengths, device=x.device)
+        elif attention_mask is not None and not bool(new_token_mask(attention_mask, B, T, x.device).all()):
+            m = new_token_mask(attention_mask, B, T, x.device)
+            ar = torch.arange(T, device=x.device)
+            order = torch.argsort(torch.where(m, ar, ar + T), dim=1)  # real tokens first, in order
+            idx = order[..., None].expand(B, T, x.shape[-1])
+            lengths = m.sum(1)
+            yc, state, conv = self._run_rows(x.gather(1, idx), lengths.tolist(), want)
+            y = torch.zeros_like(yc).scatter(1, idx, yc)
+            seen = lengths
+        else:
+            y, state, conv = self._mix(x, want_state=want)
+            seen = torch.full((B,), T, dtype=torch.long, device=x.device)
+        if not want:
+            return y, None
+        cache = cache if cache is not None else MirasLayerCache()
+        cache.state, cache.conv, cache.seen = state, conv, seen.to(torch.long)
+        return y, cache
+
+    def _decode(self, x: torch.Tensor, m: torch.Tensor, cache: MirasLayerCache):
+        """Tokens after a filled cache, one at a time with the exact step; rows whose token is masked keep their
+        state and output zeros."""
+        ys = []
+        for t in range(x.shape[1]):
+            y, st, conv = self._mix(x[:, t:t + 1], state=cache.state, conv=cache.conv, pos0=cache.seen,
+                                    chunk_size=1, want_state=True)
+            mt = m[:, t]
+            if bool(mt.all()):
+                cache.state, cache.conv = st, conv
+            else:
+                def keep(new, old, mt=mt):
+                    return torch.where(mt.view(-1, *([1] * (new.dim() - 1))), new, old.to(new.dtype))
+
+                cache.state = type(st)(*(keep(a, b) for a, b in zip(st, cache.state)))
+                cache.conv = keep(conv, cache.conv)
+                y = y * mt[:, None, None].to(y.dtype)
+            cache.seen = cache.seen + mt.long()
+            ys.append(y)
+        return torch.cat(ys, dim=1), cache

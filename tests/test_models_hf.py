@@ -1,0 +1,119 @@
+"""mirasc.models: the Hugging Face wrappers (needs the optional extra `transformers`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="mirasc.models needs transformers (pip install mirasc[hf])")
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E402
+
+from mirasc.models import MirasConfig, MirasForCausalLM, MirasModel  # noqa: E402
+
+TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    return MirasForCausalLM(MirasConfig(**{**TINY, **kw})).eval()
+
+
+def test_config_holds_spec_text(tmp_path):
+    cfg = MirasConfig(spec="models/titans.miras", **TINY)
+    assert "model titans" in cfg.spec and "\n" in cfg.spec
+    cfg.save_pretrained(tmp_path)
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(again, MirasConfig) and again.spec == cfg.spec and again.model_type == "miras"
+
+
+def test_save_load_round_trip(tmp_path):
+    model = make(spec="models/moneta.miras", chunk_size=4)
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is MirasForCausalLM
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, ref)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MirasModel)
+
+
+def test_loss_and_backbone():
+    model = make(spec="models/gated_deltanet.miras")
+    ids = torch.randint(0, 64, (2, 8))
+    labels = ids.clone()
+    labels[0, :3] = -100
+    out = model(ids, labels=labels)
+    logits = model.lm_head(model.model(ids).last_hidden_state)
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), labels[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, want, atol=1e-6)
+    out.loss.backward()
+
+
+def _greedy_by_full_forwards(model, ids, n):
+    seq = ids
+    with torch.no_grad():
+        for _ in range(n):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return seq
+
+
+@pytest.mark.parametrize("kw", [dict(spec="models/titans.miras", chunk_size=1),
+                                dict(spec="models/gated_deltanet.miras", chunk_size=1, hybrid=True, window=4),
+                                dict(spec=None, mixer="attention")])
+def test_generate_equals_repeated_full_forward(kw):
+    model = make(**kw)
+    ids = torch.randint(0, 64, (2, 6))
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.tolist() == _greedy_by_full_forwards(model, ids, 5).tolist()
+    # the cached logits themselves match the full forward
+    with torch.no_grad():
+        full = model(out).logits
+        first = model(out[:, :6], use_cache=True)
+        cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)
+        steps = [first.logits]
+        for t in range(6, out.shape[1]):
+            o = model(out[:, t:t + 1], past_key_values=cache, use_cache=True)
+            steps.append(o.logits)
+    stepped = torch.cat(steps, 1)
+    assert ((stepped - full).pow(2).mean().sqrt() / full.pow(2).mean().sqrt()) < 1e-5
+
+
+def test_generate_left_padded_batch():
+    model = make(spec="models/titans.miras", chunk_size=1)
+    a, b = torch.randint(0, 64, (1, 6)), torch.randint(0, 64, (1, 3))
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 3, dtype=torch.long), b], 1)])
+    mask = torch.tensor([[1] * 6, [0, 0, 0, 1, 1, 1]])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out[0].tolist() == model.generate(a, max_new_tokens=4, do_sample=False)[0].tolist()
+    assert out[1, 3:].tolist() == model.generate(b, max_new_tokens=4, do_sample=False)[0].tolist()
+
+
+@pytest.mark.parametrize("kw", [dict(spec="models/moneta.miras", hybrid=True, window=4),
+                                dict(spec=None, mixer="attention"),
+                                dict(spec=None, mixer="attention", window=4)])
+def test_hybrid_and_transformerpp_build_and_run(kw):
+    model = make(**kw)
+    kinds = [type(b.mixer).__name__ for b in model.model.layers]
+    if kw.get("hybrid"):
+        assert kinds == ["MirasLayer", "CausalAttention"]
+    else:
+        assert kinds == ["CausalAttention", "CausalAttention"]
+    ids = torch.randint(0, 64, (2, 10))
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 10, 64) and torch.isfinite(out.loss)
+    out.loss.backward()
+    packed = model(ids.reshape(1, 20), cu_seqlens=torch.tensor([0, 10, 20])).logits.reshape(2, 10, 64)
+    assert torch.allclose(packed, model(ids).logits, atol=1e-5)

@@ -1,0 +1,178 @@
+"""mirasc.nn: the Miras token mixer and the attention / block layer (tiny fp32 sizes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mirasc.nn import CausalAttention, MirasBlock, MirasLayer, build_mixer, gate_activation, gate_init_value
+
+HID, HEADS = 32, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: thread start-up and contention dominate on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rel(a, b):
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def layer(name, **kw):
+    torch.manual_seed(0)
+    return MirasLayer(f"models/{name}.miras", HID, HEADS, **kw)
+
+
+@pytest.mark.parametrize("name", ["moneta", "titans", "gated_deltanet", "retnet"])
+def test_shapes_and_gate_init(name):
+    m = layer(name)
+    x = torch.randn(2, 9, HID)
+    y, cache = m(x)
+    assert y.shape == x.shape and cache is None and torch.isfinite(y).all()
+    for g in m.op.meta["gates"]:
+        val = m.gates(x)[g["name"]]
+        want = gate_init_value(g)
+        assert (val - want).abs().max() < 0.1 * max(1.0, abs(want)), (g["name"], val.min(), val.max())
+    gates = {g["name"]: g for g in m.op.meta["gates"]}
+    if "alpha" in gates:
+        assert abs(m.gates(x)["alpha"].mean().item() - 0.99) < 0.005
+
+
+def test_gate_activations_respect_ranges():
+    z = torch.tensor([-200.0, -5.0, 0.0, 5.0, 200.0])
+    cases = [("alpha", 0.0, 1.0, True, False, "exp"), ("alpha", 0.0, 1.0, True, False, "sigmoid"),
+             ("theta", 0.0, 1.0, False, True, "sigmoid"), ("delta", 0.0, float("inf"), True, True, "softplus"),
+             ("eta", 0.0, float("inf"), False, True, "sigmoid"), ("x", -1.0, 1.0, False, False, "tanh")]
+    from mirasc.nn.layer import clamp_to_range
+
+    for name, lo, hi, lo_open, hi_open, act in cases:
+        g = dict(name=name, low=lo, high=hi, low_open=lo_open, high_open=hi_open, activation=act, kind="scalar")
+        v = clamp_to_range(gate_activation(g)(z), g)
+        assert (v > lo if lo_open else v >= lo).all() and (v < hi if hi_open else v <= hi).all(), (g, v)
+    g = dict(name="alpha", low=0.0, high=1.0, low_open=True, high_open=False, activation="exp", kind="scalar")
+    assert torch.allclose(gate_activation(g)(torch.tensor([0.0])), torch.exp(-torch.log(torch.tensor([2.0]))))
+
+
+@pytest.mark.parametrize("name", ["moneta", "titans", "gated_deltanet"])
+def test_causal(name):
+    m = layer(name, chunk_size=4)
+    x = torch.randn(2, 11, HID)
+    y, _ = m(x)
+    for t in (0, 3, 6, 9):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        y2, _ = m(x2)
+        assert torch.equal(y[:, :t + 1], y2[:, :t + 1]), t
+
+
+def _segments(lens):
+    torch.manual_seed(1)
+    return [torch.randn(1, n, HID) for n in lens]
+
+
+@pytest.mark.parametrize("name", ["moneta", "titans", "gated_deltanet", "attention", "swa"])
+def test_packed_padded_alone(name):
+    if name == "attention":
+        m = CausalAttention(HID, HEADS)
+    elif name == "swa":
+        m = CausalAttention(HID, HEADS, window=3)
+    else:
+        m = layer(name, chunk_size=4, use_rope=True)
+    lens, T = [5, 10, 7], 10
+    xs = _segments(lens)
+    alone = [m(x)[0][0] for x in xs]
+    tol = 1e-6
+    yp, _ = m(torch.cat(xs, 1), cu_seqlens=torch.tensor([0, 5, 15, 22]))
+    for a, b, ya in zip([0, 5, 15], [5, 15, 22], alone):
+        assert rel(yp[0, a:b], ya) < tol
+    for side in ("right", "left"):
+        x = torch.zeros(3, T, HID)
+        mask = torch.zeros(3, T, dtype=torch.long)
+        for i, (s, n) in enumerate(zip(xs, lens)):
+            sl = slice(0, n) if side == "right" else slice(T - n, T)
+            x[i, sl], mask[i, sl] = s[0], 1
+        y, _ = m(x, attention_mask=mask)
+        for i, n in enumerate(lens):
+            sl = slice(0, n) if side == "right" else slice(T - n, T)
+            assert rel(y[i, sl], alone[i]) < tol, (side, i)
+            assert (y[i][mask[i] == 0] == 0).all()
+
+
+def _decode_all(m, x, prefix):
+    y0, cache = m(x[:, :prefix], use_cache=True)
+    ys = [y0]
+    for t in range(prefix, x.shape[1]):
+        yt, cache = m(x[:, t:t + 1], cache=cache, use_cache=True)
+        ys.append(yt)
+    return torch.cat(ys, 1)
+
+
+@pytest.mark.parametrize("name,chunk", [("gated_deltanet", 1), ("titans", 1), ("mamba2", None), ("attention", None),
+                                        ("swa", None)])
+def test_cached_decoding_equals_full(name, chunk):
+    torch.manual_seed(2)
+    if name == "attention":
+        m = CausalAttention(HID, HEADS)
+    elif name == "swa":
+        m = CausalAttention(HID, HEADS, window=4)
+    else:
+        m = layer(name, chunk_size=chunk, use_rope=True)
+    x = torch.randn(2, 12, HID)
+    y, _ = m(x)
+    assert rel(_decode_all(m, x, 5), y) < 1e-5
+    assert rel(_decode_all(m, x, 1), y) < 1e-5
+
+
+def test_left_padded_prefill_then_decode():
+    m = layer("titans", chunk_size=1)
+    lens, T = [3, 6], 6
+    xs = _segments(lens)
+    x = torch.zeros(2, T, HID)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(xs, lens)):
+        x[i, T - n:], mask[i, T - n:] = s[0], 1
+    _, cache = m(x, attention_mask=mask, use_cache=True)
+    nxt = torch.randn(2, 1, HID)
+    y, cache = m(nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), cache=cache,
+                 use_cache=True)
+    for i in range(2):
+        ref = m(torch.cat([xs[i], nxt[i:i + 1]], 1))[0][0, -1]
+        assert rel(y[i, 0], ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["titans", "moneta", "retnet"])
+def test_gradients_reach_every_parameter(name):
+    m = layer(name, chunk_size=4)
+    block = MirasBlock(HID, m)
+    x = torch.randn(2, 9, HID)
+    y, _ = block(x)
+    y.pow(2).mean().backward()
+    names = [n for n, _ in block.named_parameters()]
+    assert any("initial_state" in n for n in names)
+    if m.op.meta["params"]:
+        assert any("memory_params" in n for n in names)
+    for n, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_build_mixer_hybrid():
+    mixers = [build_mixer(i, HID, HEADS, spec="models/gated_deltanet.miras", hybrid=True, window=8)
+              for i in range(4)]
+    assert [type(x).__name__ for x in mixers] == ["MirasLayer", "CausalAttention"] * 2
+    assert mixers[1].window == 8
+    assert isinstance(build_mixer(0, HID, HEADS, mixer="attention"), CausalAttention)
+
+
+def test_deepcopy_shares_the_op():
+    import copy
+
+    m = layer("titans")
+    m2 = copy.deepcopy(m)
+    x = torch.randn(1, 5, HID)
+    assert m2.op is m.op and m2.q_proj.weight is not m.q_proj.weight
+    assert torch.equal(m(x)[0], m2(x)[0])

@@ -1,0 +1,122 @@
+"""The Triton kernels (under TRITON_INTERPRET=1 on a machine without a GPU) against the torch backend.
+
+Outputs, final state and the gradients of q, k, v, every gate, every outer parameter and the initial state.
+fp32 is the kernels' precision; where fp32 itself is less accurate than 1e-5 (Memora's log/softmax, a few
+gradients of deep memories), the bar is three times the torch backend's own fp32 error against fp64.
+Outputs and gradients are allocated NaN-poisoned by the kernel wrapper, so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mirasc
+
+from helpers import make_inputs, outputs_and_grads, rel_rms
+
+pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SPECS = sorted(p.stem for p in MODELS.glob("*.miras"))
+D = 8  # hidden 32 for the x4 MLPs: powers of two, small enough for the interpreter
+
+
+def _run(op, ins, chunk):
+    return outputs_and_grads(
+        lambda q, k, v, g, p, s: op(q, k, v, gates=g, params=p, initial_state=s, output_final_state=True,
+                                    chunk_size=chunk), *ins)
+
+
+def _errors(a, b) -> dict[str, float]:
+    out = {"out": rel_rms(a[0], b[0])}
+    out.update({f"final state {j}": rel_rms(x, y) for j, (x, y) in enumerate(zip(a[1], b[1]))})
+    out.update({f"grad {n}": rel_rms(a[2][n], b[2][n]) for n in b[2]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ops():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = MODELS / f"{name}.miras"
+            cache[name] = (mirasc.compile(path, backend="triton"), mirasc.compile(path, backend="torch"))
+        return cache[name]
+
+    return get
+
+
+# Every prebuilt spec at chunk 16 with one token and with one partial chunk; several chunks (one partial) at
+# chunk 16 and 64 for a representative set (MLP memories with each retention, momentum, a delta rule). The
+# interpreter runs each op statement per head in numpy, so the full T x C matrix stays out of the default run.
+CASES = [(name, 16, T) for name in SPECS for T in (1, 15)] + [
+    (name, 16, 40) for name in ("moneta", "memora", "titans", "gated_deltanet", "yaad")] + [
+    (name, 64, 100) for name in ("moneta", "memora")]
+
+
+@pytest.mark.parametrize("name,chunk,T", CASES)
+def test_triton_matches_torch(ops, name, chunk, T):
+    tri, ref = ops(name)
+    ins32 = make_inputs(ref, 2, T, 2, D, dtype=torch.float32, seed=T)
+    ins64 = make_inputs(ref, 2, T, 2, D, dtype=torch.float64, seed=T)
+    got = _run(tri, ins32, chunk)
+    want32 = _run(ref, ins32, chunk)
+    want64 = _run(ref, ins64, chunk)
+    assert got[0].dtype == torch.float32
+    for part in [got[0], *got[1], *got[2].values()]:
+        assert torch.isfinite(part).all(), "a kernel left an element unwritten (NaN-poisoned) or non-finite"
+    err = _errors(got, want32)
+    own = _errors(want32, want64)
+    bad = {k: (e, own[k]) for k, e in err.items() if e >= max(1e-5, 3 * own[k])}
+    assert not bad, f"{name} C={chunk} T={T}: (triton vs torch, torch fp32 vs fp64) {bad}"
+
+
+@pytest.mark.parametrize("name", ["moneta", "memora", "yaad", "deltanet"])
+def test_triton_float64_matches_torch(ops, name):
+    """In fp64 the two backends agree to the precision of the kernels' fp32-typed literals (~1e-8)."""
+    tri, ref = ops(name)
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=3)
+    err = _errors(_run(tri, ins, 16), _run(ref, ins, 16))
+    assert max(err.values()) < 1e-6, err
+
+
+def test_triton_step_equals_recurrent(ops):
+    tri, ref = ops("titans")
+    B, T, H = 1, 6, 2
+    q, k, v, gates, params, state = make_inputs(ref, B, T, H, D, dtype=torch.float32, seed=5)
+    o_exact, s_exact = ref.recurrent(q, k, v, gates=gates, params=params, initial_state=state)
+    s = tri.State(*state)
+    outs = []
+    for t in range(T):
+        g_t = {n: x[:, t] for n, x in gates.items()}
+        o_t, s = tri.step(q[:, t], k[:, t], v[:, t], g_t, s, params=params)
+        outs.append(o_t)
+    assert rel_rms(torch.stack(outs, 1), o_exact) < 1e-5
+    for a, b in zip(s, s_exact):
+        assert rel_rms(a, b) < 1e-5
+
+
+def test_triton_varlen_equals_separate_sequences(ops):
+    tri, ref = ops("gated_deltanet")
+    lengths = [5, 17, 9]
+    seqs = [make_inputs(ref, 1, n, 2, D, dtype=torch.float32, seed=n) for n in lengths]
+    q, k, v = (torch.cat([s[j] for s in seqs], dim=1) for j in range(3))
+    gates = {n: torch.cat([s[3][n] for s in seqs], dim=1) for n in seqs[0][3]}
+    init = [torch.cat([s[5][j] for s in seqs], dim=0) for j in range(len(seqs[0][5]))]
+    cu = torch.tensor([0, 5, 22, 31])
+    o, st = tri(q, k, v, gates=gates, initial_state=init, output_final_state=True, chunk_size=16, cu_seqlens=cu)
+    for j, (s, lo, hi) in enumerate(zip(seqs, cu[:-1].tolist(), cu[1:].tolist())):
+        o_j, st_j = ref(s[0], s[1], s[2], gates=s[3], initial_state=s[5], output_final_state=True, chunk_size=16)
+        assert rel_rms(o[:, lo:hi], o_j) < 1e-5
+        for a, b in zip(st, st_j):
+            assert rel_rms(a[j:j + 1], b) < 1e-5
+
+
+def test_auto_backend_uses_torch_on_cpu_tensors(ops):
+    op = mirasc.compile(MODELS / "deltanet.miras", backend="auto")
+    q = torch.zeros(1, 2, 1, 4)
+    assert op.module_for(q) is op.module
