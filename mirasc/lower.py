@@ -75,6 +75,8 @@ class Coefficients:
     momentum_read: Value | None = None  # b_t: weight of S' in P_t
     momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
     momentum_grad: Value | None = None  # weight of token s's gradient in S_t
+    grad_end: Value | None = None  # Gamma[last, s]: weight of token s's gradient in the end state
+    momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
 
 
 class ChunkLowering:
@@ -221,33 +223,39 @@ class ChunkLowering:
 
     # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
     def decay_tiles(self, gate: Value | None):
-        """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s)."""
+        """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s, and the
+        last row D[last, s] built from the small cumulative sums, so the end state never touches D)."""
         g = self.g
         causal = g.mask("causal")
+        valid = g.select(causal, "last")  # s <= last: 1 on the chunk's real tokens
         if gate is None:
-            return None, causal
+            return None, causal, valid
         logs = g.ew(lambda a: sp.log(a), gate)
         if "t" not in logs.axes:
             logs = g.broadcast(logs, logs.axes + ("t",))
         cum = g.cumsum(logs, "t")
         pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
+        last_row = g.ew(lambda m, a, b: sp.exp(a - b) * m, valid, g.select(cum, "last"), g.rename(cum, t="s"))
         cumulative = g.ew(lambda c: sp.exp(c), cum)
-        return _named(cumulative, "cumulative decay in the chunk"), _named(pair, "pairwise decay D[t,s]")
+        return (_named(cumulative, "cumulative decay in the chunk"), _named(pair, "pairwise decay D[t,s]"),
+                _named(last_row, "decay from token s to the chunk's end"))
 
     def coefficients(self, alpha: Value | None, eta: Value, theta: Value | None) -> Coefficients:
         g = self.g
-        a_cum, a_pair = self.decay_tiles(alpha)
+        a_cum, a_pair, a_end = self.decay_tiles(alpha)
         eta_s = g.rename(eta, t="s")
         if theta is None:
-            return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s))
-        th_cum, th_pair = self.decay_tiles(theta)
+            return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
+                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s))
+        th_cum, th_pair, th_end = self.decay_tiles(theta)
         a_tu = g.rename(a_pair, s="u")
         grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
-        total = g.einsum(("t", "s") + tuple(a for a in ("i",) if a in a_tu.axes or a in grad_s.axes),
-                         a_tu, g.rename(grad_s, t="u"))
-        read = g.einsum(("t",) + tuple(a for a in ("i",) if a in a_tu.axes or a in th_cum.axes),
-                        a_tu, g.rename(th_cum, t="u"))
-        return Coefficients(a_cum, total, read, th_cum, grad_s)
+        chan = ("i",) if any("i" in x.axes for x in (a_tu, grad_s, th_cum)) else ()
+        total = g.einsum(("t", "s") + chan, a_tu, g.rename(grad_s, t="u"))
+        read = g.einsum(("t",) + chan, a_tu, g.rename(th_cum, t="u"))
+        total_end = g.einsum(("s",) + chan, g.rename(a_end, s="u"), g.rename(grad_s, t="u"))
+        return Coefficients(a_cum, total, read, th_cum, grad_s, grad_end=total_end,
+                            momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
 
     # ---------------------------------------------------------------- reads and end state
     def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value, out_ax: str, in_ax: str) -> Value:
@@ -298,7 +306,7 @@ class ChunkLowering:
         out_ax, in_ax = self.axes[j]
         def last(x):
             return (None if x is None else self.on_layer(g.select(x, "last"), j))
-        grads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.grad, "last"), j),
+        grads = g.einsum((out_ax, in_ax), self.on_layer(coef.grad_end, j),
                          g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
         P = self.P[j]
         a_end = last(coef.decay)
@@ -308,7 +316,7 @@ class ChunkLowering:
         new_P = _named(g.ew(lambda p, gr: p - gr, kept, grads), f"layer {j + 1} end state")
         if coef.momentum_grad is None:
             return new_P, None
-        mgrads = g.einsum((out_ax, in_ax), self.on_layer(g.select(coef.momentum_grad, "last"), j),
+        mgrads = g.einsum((out_ax, in_ax), self.on_layer(coef.momentum_grad_end, j),
                           g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
         new_S = g.ew(lambda c, s, gr: c * s - gr, last(coef.momentum_decay), self.Smom[j], mgrads)
         return new_P, new_S

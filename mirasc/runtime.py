@@ -40,7 +40,13 @@ def _read_spec(spec_or_path) -> tuple[str, str]:
         return spec_or_path.source, spec_or_path.file
     s = str(spec_or_path)
     if isinstance(spec_or_path, os.PathLike) or (("\n" not in s) and (s.endswith(".miras") or os.path.exists(s))):
-        from .loader import read_spec
+        try:  # the common case without the parser: a readable, small, UTF-8 file
+            data = Path(s).read_bytes()
+            if len(data) <= 65536:
+                return data.decode("utf-8"), s
+        except (OSError, UnicodeDecodeError):
+            pass
+        from .loader import read_spec  # raises the located error
 
         return read_spec(s)
     return s, "<string>"
@@ -239,6 +245,8 @@ class MemoryOp:
             if x.device != q.device:
                 raise ValueError(f"{name}: device {x.device} differs from q's {q.device}")
         B, T, H, D = q.shape
+        if T == 0:
+            raise ValueError("q: the sequence is empty (T = 0)")
         gates = dict(gates or {})
         want = self.gate_shapes(B, T, H, D)
         missing = sorted(set(want) - set(gates))

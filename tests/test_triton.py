@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_inputs, outputs_and_grads, rel_rms
 
 import mirasc
-
-from helpers import make_inputs, outputs_and_grads, rel_rms
 
 pytest.importorskip("triton", reason="the Triton backend needs the triton package")
 

@@ -85,17 +85,18 @@ def chunk_forward(w1, q, k, v):
     v5 = torch.full((_N, _size_t,), 1.0, dtype=_dt, device=_dev)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v7 = _mask_causal(_size_t, _dt, _dev)
-    v9 = (v7 * v5[:, None, :])
-    v10 = torch.einsum('nti,noi->nto', q, w1)
-    v13 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v14 = (v13 * v9)
-    v15 = torch.einsum('nts,nso->nto', v14, v6)
-    v16 = (v10 - v15)  # read: M(q_t; W_t)
-    v17 = _mask_last(_size_t, _dt, _dev)
-    v18 = torch.einsum('nts,t->ns', v9, v17)
-    v19 = torch.einsum('ns,nso,nsi->noi', v18, v6, k)
-    v20 = (w1 - v19)  # layer 1 end state
-    return (v16, v20)
+    v8 = _mask_last(_size_t, _dt, _dev)
+    v9 = torch.einsum('ts,t->s', v7, v8)
+    v11 = (v7 * v5[:, None, :])
+    v12 = (v9 * v5)
+    v13 = torch.einsum('nti,noi->nto', q, w1)
+    v16 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
+    v17 = (v16 * v11)
+    v18 = torch.einsum('nts,nso->nto', v17, v6)
+    v19 = (v13 - v18)  # read: M(q_t; W_t)
+    v20 = torch.einsum('ns,nso,nsi->noi', v12, v6, k)
+    v21 = (w1 - v20)  # layer 1 end state
+    return (v19, v21)
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -114,28 +115,29 @@ def chunk_backward(w1, q, k, v, d_out, d_new_w1):
     v5 = torch.full((_N, _size_t,), 1.0, dtype=_dt, device=_dev)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v7 = _mask_causal(_size_t, _dt, _dev)
-    v9 = (v7 * v5[:, None, :])
-    v12 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v13 = (v12 * v9)
-    v14 = _mask_last(_size_t, _dt, _dev)
-    v15 = torch.einsum('nts,t->ns', v9, v14)
-    v18 = ((-1.0) * d_new_w1)
-    v19 = torch.einsum('ns,nsi,noi->nso', v15, k, v18)
-    v20 = torch.einsum('ns,nso,noi->nsi', v15, v6, v18)
-    v21 = ((-1.0) * d_out)
-    v22 = torch.einsum('nso,nto->nts', v6, v21)
-    v23 = torch.einsum('nts,nto->nso', v13, v21)
-    v24 = (v9 * v22)
-    v25 = torch.einsum('nsi,nts->nti', k, v24)
-    v26 = torch.einsum('nti,nts->nsi', q, v24)
-    v27 = (v19 + v23)
-    v29 = (v20 + v26)
-    v31 = torch.einsum('noi,nto->nti', w1, d_out)
-    v32 = torch.einsum('nti,nto->noi', q, d_out)
-    v33 = ((-1.0) * v27)
-    v34 = (v25 + v31)
-    v35 = (d_new_w1 + v32)
-    return (v35, v34, v29, v33)
+    v8 = _mask_last(_size_t, _dt, _dev)
+    v9 = torch.einsum('ts,t->s', v7, v8)
+    v11 = (v7 * v5[:, None, :])
+    v12 = (v9 * v5)
+    v15 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
+    v16 = (v15 * v11)
+    v19 = ((-1.0) * d_new_w1)
+    v20 = torch.einsum('ns,nsi,noi->nso', v12, k, v19)
+    v21 = torch.einsum('ns,nso,noi->nsi', v12, v6, v19)
+    v22 = ((-1.0) * d_out)
+    v23 = torch.einsum('nso,nto->nts', v6, v22)
+    v24 = torch.einsum('nts,nto->nso', v16, v22)
+    v25 = (v11 * v23)
+    v26 = torch.einsum('nsi,nts->nti', k, v25)
+    v27 = torch.einsum('nti,nts->nsi', q, v25)
+    v28 = (v20 + v24)
+    v30 = (v21 + v27)
+    v32 = torch.einsum('noi,nto->nti', w1, d_out)
+    v33 = torch.einsum('nti,nto->noi', q, d_out)
+    v34 = ((-1.0) * v28)
+    v35 = (v26 + v32)
+    v36 = (d_new_w1 + v33)
+    return (v36, v35, v30, v34)
 
 
 class ChunkwiseMemory(torch.autograd.Function):

@@ -47,30 +47,31 @@ def chunk_fwd_kernel(
             v5 = tl.sum((k[:, None, :] * w1[None, :, :]), axis=2)  # memory output M(x)
         v6 = (v5 - v)  # inner gradient signal g = dl/dy
         v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = gate_eta
-        v9 = (v7 * v8[None, :])
+        v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v9 = tl.sum((v7 * v8[:, None]), axis=0)
+        v10 = gate_eta
+        v11 = (v7 * v10[None, :])
+        v12 = (v9 * v10)
         if USE_DOT:
-            v10 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v13 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v10 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v11 = k
-        v12 = v6
+            v13 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v14 = k
+        v15 = v6
         if USE_DOT:
-            v13 = tl.dot(q, tl.trans(v11), input_precision="ieee")
+            v16 = tl.dot(q, tl.trans(v14), input_precision="ieee")
         else:
-            v13 = tl.sum((q[:, None, :] * v11[None, :, :]), axis=2)  # scores x_t·x_s
-        v14 = (v13 * v9)
+            v16 = tl.sum((q[:, None, :] * v14[None, :, :]), axis=2)  # scores x_t·x_s
+        v17 = (v16 * v11)
         if USE_DOT:
-            v15 = tl.dot(v14, v12, input_precision="ieee")
+            v18 = tl.dot(v17, v15, input_precision="ieee")
         else:
-            v15 = tl.sum((v14[:, :, None] * v12[None, :, :]), axis=1)
-        v16 = (v10 - v15)  # read: M(q_t; W_t)
-        v17 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v18 = tl.sum((v9 * v17[:, None]), axis=0)
-        v19 = tl.sum((v18[:, None, None] * v12[:, :, None] * v11[:, None, :]), axis=0)
-        v20 = (w1 - v19)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v16.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v20
+            v18 = tl.sum((v17[:, :, None] * v15[None, :, :]), axis=1)
+        v19 = (v13 - v18)  # read: M(q_t; W_t)
+        v20 = tl.sum((v12[:, None, None] * v15[:, :, None] * v14[:, None, :]), axis=0)
+        v21 = (w1 - v20)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v19.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v21
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -104,44 +105,44 @@ def chunk_bwd_kernel(
             v5 = tl.sum((k[:, None, :] * w1[None, :, :]), axis=2)  # memory output M(x)
         v6 = (v5 - v)  # inner gradient signal g = dl/dy
         v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = gate_eta
-        v9 = (v7 * v8[None, :])
-        v10 = k
-        v11 = v6
+        v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v9 = tl.sum((v7 * v8[:, None]), axis=0)
+        v10 = gate_eta
+        v11 = (v7 * v10[None, :])
+        v12 = (v9 * v10)
+        v13 = k
+        v14 = v6
         if USE_DOT:
-            v12 = tl.dot(q, tl.trans(v10), input_precision="ieee")
+            v15 = tl.dot(q, tl.trans(v13), input_precision="ieee")
         else:
-            v12 = tl.sum((q[:, None, :] * v10[None, :, :]), axis=2)  # scores x_t·x_s
-        v13 = (v12 * v9)
-        v14 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v15 = tl.sum((v9 * v14[:, None]), axis=0)
-        v18 = ((-1.0) * d_new_w1)
-        v19 = tl.sum(tl.sum((v11[:, :, None] * v10[:, None, :] * v18[None, :, :]), axis=2), axis=1)
-        v20 = tl.sum((v15[:, None, None] * v10[:, None, :] * v18[None, :, :]), axis=2)
-        v21 = tl.sum((v15[:, None, None] * v11[:, :, None] * v18[None, :, :]), axis=1)
-        v22 = (v14[:, None] * v19[None, :])
+            v15 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
+        v16 = (v15 * v11)
+        v19 = ((-1.0) * d_new_w1)
+        v20 = tl.sum(tl.sum((v14[:, :, None] * v13[:, None, :] * v19[None, :, :]), axis=2), axis=1)
+        v21 = tl.sum((v12[:, None, None] * v13[:, None, :] * v19[None, :, :]), axis=2)
+        v22 = tl.sum((v12[:, None, None] * v14[:, :, None] * v19[None, :, :]), axis=1)
         v23 = ((-1.0) * d_out)
         if USE_DOT:
-            v24 = tl.trans(tl.dot(v11, tl.trans(v23), input_precision="ieee"))
+            v24 = tl.trans(tl.dot(v14, tl.trans(v23), input_precision="ieee"))
         else:
-            v24 = tl.sum((v11[None, :, :] * v23[:, None, :]), axis=2)
+            v24 = tl.sum((v14[None, :, :] * v23[:, None, :]), axis=2)
         if USE_DOT:
-            v25 = tl.dot(tl.trans(v13), v23, input_precision="ieee")
+            v25 = tl.dot(tl.trans(v16), v23, input_precision="ieee")
         else:
-            v25 = tl.sum((v13[:, :, None] * v23[:, None, :]), axis=0)
-        v26 = (v9 * v24)
-        v27 = (v12 * v24)
+            v25 = tl.sum((v16[:, :, None] * v23[:, None, :]), axis=0)
+        v26 = (v11 * v24)
+        v27 = (v15 * v24)
         if USE_DOT:
-            v28 = tl.trans(tl.dot(tl.trans(v10), tl.trans(v26), input_precision="ieee"))
+            v28 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v26), input_precision="ieee"))
         else:
-            v28 = tl.sum((v10[None, :, :] * v26[:, :, None]), axis=1)
+            v28 = tl.sum((v13[None, :, :] * v26[:, :, None]), axis=1)
         if USE_DOT:
             v29 = tl.trans(tl.dot(tl.trans(q), v26, input_precision="ieee"))
         else:
             v29 = tl.sum((q[:, None, :] * v26[:, :, None]), axis=0)
-        v30 = (v20 + v25)
+        v30 = (v21 + v25)
         v31 = v30
-        v32 = (v21 + v29)
+        v32 = (v22 + v29)
         v33 = v32
         if USE_DOT:
             v34 = tl.trans(tl.dot(tl.trans(w1), tl.trans(d_out), input_precision="ieee"))
@@ -151,27 +152,28 @@ def chunk_bwd_kernel(
             v35 = tl.trans(tl.dot(tl.trans(q), d_out, input_precision="ieee"))
         else:
             v35 = tl.sum((q[:, None, :] * d_out[:, :, None]), axis=0)
-        v36 = (v22 + v27)
-        v37 = (v7 * v36)
+        v36 = (v9 * v20)
+        v37 = (v7 * v27)
         v38 = tl.sum((v37), axis=0)
-        v39 = v38
-        v40 = ((-1.0) * v31)
+        v39 = (v36 + v38)
+        v40 = v39
+        v41 = ((-1.0) * v31)
         if USE_DOT:
-            v41 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v31), input_precision="ieee"))
+            v42 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v31), input_precision="ieee"))
         else:
-            v41 = tl.sum((w1[None, :, :] * v31[:, :, None]), axis=1)
+            v42 = tl.sum((w1[None, :, :] * v31[:, :, None]), axis=1)
         if USE_DOT:
-            v42 = tl.trans(tl.dot(tl.trans(k), v31, input_precision="ieee"))
+            v43 = tl.trans(tl.dot(tl.trans(k), v31, input_precision="ieee"))
         else:
-            v42 = tl.sum((k[:, None, :] * v31[:, :, None]), axis=0)
-        v43 = (v33 + v41)
-        v44 = (v28 + v34)
-        v45 = (d_new_w1 + v35 + v42)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v44.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v43.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v40.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v39.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        carry_w1 = v45
+            v43 = tl.sum((k[:, None, :] * v31[:, :, None]), axis=0)
+        v44 = (v33 + v42)
+        v45 = (v28 + v34)
+        v46 = (d_new_w1 + v35 + v43)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v45.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v44.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v41.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v40.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        carry_w1 = v46
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 

@@ -48,34 +48,37 @@ def chunk_fwd_kernel(
             v6 = tl.sum((k[:, None, :] * w1[None, :, :]), axis=2)  # memory output M(x)
         v7 = (v6 - v)  # inner gradient signal g = dl/dy
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v9 = tl.log(gate_alpha)
-        v10 = tl.cumsum(v9, axis=0, reverse=False)
-        v11 = v10
-        v12 = (v8 * tl.exp((v8 * (v10[:, None] - v11[None, :]))))  # pairwise decay D[t,s]
-        v13 = tl.exp(v10)  # cumulative decay in the chunk
-        v14 = gate_eta
-        v15 = (v12 * v14[None, :])
-        v16 = tl.sum((q[:, None, :] * w1[None, :, :] * v13[:, None, None]), axis=2)
-        v17 = k
-        v18 = v7
+        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v10 = tl.sum((v8 * v9[:, None]), axis=0)
+        v11 = tl.log(gate_alpha)
+        v12 = tl.cumsum(v11, axis=0, reverse=False)
+        v13 = v12
+        v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
+        v15 = tl.sum((v12 * v9), axis=0)
+        v16 = (v10 * tl.exp((v15 - v13)))  # decay from token s to the chunk's end
+        v17 = tl.exp(v12)  # cumulative decay in the chunk
+        v18 = gate_eta
+        v19 = (v14 * v18[None, :])
+        v20 = (v16 * v18)
+        v21 = tl.sum((q[:, None, :] * w1[None, :, :] * v17[:, None, None]), axis=2)
+        v22 = k
+        v23 = v7
         if USE_DOT:
-            v19 = tl.dot(q, tl.trans(v17), input_precision="ieee")
+            v24 = tl.dot(q, tl.trans(v22), input_precision="ieee")
         else:
-            v19 = tl.sum((q[:, None, :] * v17[None, :, :]), axis=2)  # scores x_t·x_s
-        v20 = (v19 * v15)
+            v24 = tl.sum((q[:, None, :] * v22[None, :, :]), axis=2)  # scores x_t·x_s
+        v25 = (v24 * v19)
         if USE_DOT:
-            v21 = tl.dot(v20, v18, input_precision="ieee")
+            v26 = tl.dot(v25, v23, input_precision="ieee")
         else:
-            v21 = tl.sum((v20[:, :, None] * v18[None, :, :]), axis=1)
-        v22 = (v16 - v21)  # read: M(q_t; W_t)
-        v23 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v24 = tl.sum((v15 * v23[:, None]), axis=0)
-        v25 = tl.sum((v24[:, None, None] * v18[:, :, None] * v17[:, None, :]), axis=0)
-        v26 = tl.sum((v13 * v23), axis=0)
-        v27 = (v26 * w1)
-        v28 = (v27 - v25)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v22.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v28
+            v26 = tl.sum((v25[:, :, None] * v23[None, :, :]), axis=1)
+        v27 = (v21 - v26)  # read: M(q_t; W_t)
+        v28 = tl.sum((v20[:, None, None] * v23[:, :, None] * v22[:, None, :]), axis=0)
+        v29 = tl.sum((v17 * v9), axis=0)
+        v30 = (v29 * w1)
+        v31 = (v30 - v28)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v27.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v31
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -110,91 +113,100 @@ def chunk_bwd_kernel(
             v6 = tl.sum((k[:, None, :] * w1[None, :, :]), axis=2)  # memory output M(x)
         v7 = (v6 - v)  # inner gradient signal g = dl/dy
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v9 = tl.log(gate_alpha)
-        v10 = tl.cumsum(v9, axis=0, reverse=False)
-        v11 = v10
-        v12 = (v8 * tl.exp((v8 * (v10[:, None] - v11[None, :]))))  # pairwise decay D[t,s]
-        v13 = tl.exp(v10)  # cumulative decay in the chunk
-        v14 = gate_eta
-        v15 = (v12 * v14[None, :])
-        v16 = k
-        v17 = v7
+        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v10 = tl.sum((v8 * v9[:, None]), axis=0)
+        v11 = tl.log(gate_alpha)
+        v12 = tl.cumsum(v11, axis=0, reverse=False)
+        v13 = v12
+        v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
+        v15 = tl.sum((v12 * v9), axis=0)
+        v16 = (v10 * tl.exp((v15 - v13)))  # decay from token s to the chunk's end
+        v17 = tl.exp(v12)  # cumulative decay in the chunk
+        v18 = gate_eta
+        v19 = (v14 * v18[None, :])
+        v20 = (v16 * v18)
+        v21 = k
+        v22 = v7
         if USE_DOT:
-            v18 = tl.dot(q, tl.trans(v16), input_precision="ieee")
+            v23 = tl.dot(q, tl.trans(v21), input_precision="ieee")
         else:
-            v18 = tl.sum((q[:, None, :] * v16[None, :, :]), axis=2)  # scores x_t·x_s
-        v19 = (v18 * v15)
-        v20 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v21 = tl.sum((v15 * v20[:, None]), axis=0)
-        v22 = tl.sum((v13 * v20), axis=0)
-        v25 = ((-1.0) * d_new_w1)
-        v26 = (w1 * d_new_w1)
-        v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
-        v28 = (v22 * d_new_w1)
-        v29 = (v20 * v27)
-        v30 = tl.sum(tl.sum((v17[:, :, None] * v16[:, None, :] * v25[None, :, :]), axis=2), axis=1)
-        v31 = tl.sum((v21[:, None, None] * v16[:, None, :] * v25[None, :, :]), axis=2)
-        v32 = tl.sum((v21[:, None, None] * v17[:, :, None] * v25[None, :, :]), axis=1)
-        v33 = (v20[:, None] * v30[None, :])
-        v34 = ((-1.0) * d_out)
+            v23 = tl.sum((q[:, None, :] * v21[None, :, :]), axis=2)  # scores x_t·x_s
+        v24 = (v23 * v19)
+        v25 = tl.sum((v17 * v9), axis=0)
+        v28 = ((-1.0) * d_new_w1)
+        v29 = (w1 * d_new_w1)
+        v30 = tl.sum(tl.sum((v29), axis=1), axis=0)
+        v31 = (v25 * d_new_w1)
+        v32 = (v9 * v30)
+        v33 = tl.sum(tl.sum((v22[:, :, None] * v21[:, None, :] * v28[None, :, :]), axis=2), axis=1)
+        v34 = tl.sum((v20[:, None, None] * v21[:, None, :] * v28[None, :, :]), axis=2)
+        v35 = tl.sum((v20[:, None, None] * v22[:, :, None] * v28[None, :, :]), axis=1)
+        v36 = ((-1.0) * d_out)
         if USE_DOT:
-            v35 = tl.trans(tl.dot(v17, tl.trans(v34), input_precision="ieee"))
+            v37 = tl.trans(tl.dot(v22, tl.trans(v36), input_precision="ieee"))
         else:
-            v35 = tl.sum((v17[None, :, :] * v34[:, None, :]), axis=2)
+            v37 = tl.sum((v22[None, :, :] * v36[:, None, :]), axis=2)
         if USE_DOT:
-            v36 = tl.dot(tl.trans(v19), v34, input_precision="ieee")
+            v38 = tl.dot(tl.trans(v24), v36, input_precision="ieee")
         else:
-            v36 = tl.sum((v19[:, :, None] * v34[:, None, :]), axis=0)
-        v37 = (v15 * v35)
-        v38 = (v18 * v35)
+            v38 = tl.sum((v24[:, :, None] * v36[:, None, :]), axis=0)
+        v39 = (v19 * v37)
+        v40 = (v23 * v37)
         if USE_DOT:
-            v39 = tl.trans(tl.dot(tl.trans(v16), tl.trans(v37), input_precision="ieee"))
+            v41 = tl.trans(tl.dot(tl.trans(v21), tl.trans(v39), input_precision="ieee"))
         else:
-            v39 = tl.sum((v16[None, :, :] * v37[:, :, None]), axis=1)
+            v41 = tl.sum((v21[None, :, :] * v39[:, :, None]), axis=1)
         if USE_DOT:
-            v40 = tl.trans(tl.dot(tl.trans(q), v37, input_precision="ieee"))
+            v42 = tl.trans(tl.dot(tl.trans(q), v39, input_precision="ieee"))
         else:
-            v40 = tl.sum((q[:, None, :] * v37[:, :, None]), axis=0)
-        v41 = (v31 + v36)
-        v42 = v41
-        v43 = (v32 + v40)
+            v42 = tl.sum((q[:, None, :] * v39[:, :, None]), axis=0)
+        v43 = (v34 + v38)
         v44 = v43
-        v45 = tl.sum((w1[None, :, :] * v13[:, None, None] * d_out[:, :, None]), axis=1)
-        v46 = tl.sum((q[:, None, :] * v13[:, None, None] * d_out[:, :, None]), axis=0)
-        v47 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
-        v48 = (v33 + v38)
-        v49 = (v14[None, :] * v48)
-        v50 = (v12 * v48)
-        v51 = tl.sum((v50), axis=0)
-        v52 = v51
-        v53 = (v29 + v47)
-        v54 = (v53 * tl.exp(v10))
-        v55 = (v49 * (v8 * v8) * tl.exp((v8 * (v10[:, None] - v11[None, :]))))
-        v56 = tl.sum((v55), axis=1)
-        v57 = ((-1.0) * v49 * (v8 * v8) * tl.exp((v8 * (v10[:, None] - v11[None, :]))))
-        v58 = tl.sum((v57), axis=0)
-        v59 = v58
-        v60 = (v54 + v56 + v59)
-        v61 = tl.cumsum(v60, axis=0, reverse=True)
-        v62 = (v61 / (gate_alpha))
-        v63 = ((-1.0) * v42)
+        v45 = (v35 + v42)
+        v46 = v45
+        v47 = tl.sum((w1[None, :, :] * v17[:, None, None] * d_out[:, :, None]), axis=1)
+        v48 = tl.sum((q[:, None, :] * v17[:, None, None] * d_out[:, :, None]), axis=0)
+        v49 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
+        v50 = (v18 * v33)
+        v51 = (v16 * v33)
+        v52 = (v18[None, :] * v40)
+        v53 = (v14 * v40)
+        v54 = tl.sum((v53), axis=0)
+        v55 = (v51 + v54)
+        v56 = v55
+        v57 = (v32 + v49)
+        v58 = (v57 * tl.exp(v12))
+        v59 = (v10 * v50 * tl.exp((v15 - v13)))
+        v60 = tl.sum((v59), axis=0)
+        v61 = ((-1.0) * v10 * v50 * tl.exp((v15 - v13)))
+        v62 = (v9 * v60)
+        v63 = (v52 * (v8 * v8) * tl.exp((v8 * (v12[:, None] - v13[None, :]))))
+        v64 = tl.sum((v63), axis=1)
+        v65 = ((-1.0) * v52 * (v8 * v8) * tl.exp((v8 * (v12[:, None] - v13[None, :]))))
+        v66 = tl.sum((v65), axis=0)
+        v67 = (v61 + v66)
+        v68 = v67
+        v69 = (v58 + v62 + v64 + v68)
+        v70 = tl.cumsum(v69, axis=0, reverse=True)
+        v71 = (v70 / (gate_alpha))
+        v72 = ((-1.0) * v44)
         if USE_DOT:
-            v64 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v42), input_precision="ieee"))
+            v73 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v44), input_precision="ieee"))
         else:
-            v64 = tl.sum((w1[None, :, :] * v42[:, :, None]), axis=1)
+            v73 = tl.sum((w1[None, :, :] * v44[:, :, None]), axis=1)
         if USE_DOT:
-            v65 = tl.trans(tl.dot(tl.trans(k), v42, input_precision="ieee"))
+            v74 = tl.trans(tl.dot(tl.trans(k), v44, input_precision="ieee"))
         else:
-            v65 = tl.sum((k[:, None, :] * v42[:, :, None]), axis=0)
-        v66 = (v44 + v64)
-        v67 = (v39 + v45)
-        v68 = (v28 + v46 + v65)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v67.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v66.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v63.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v62.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v52.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        carry_w1 = v68
+            v74 = tl.sum((k[:, None, :] * v44[:, :, None]), axis=0)
+        v75 = (v46 + v73)
+        v76 = (v41 + v47)
+        v77 = (v31 + v48 + v74)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v76.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v75.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v72.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v71.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v56.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        carry_w1 = v77
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 

@@ -44,30 +44,31 @@ def chunk_fwd_kernel(
         v5 = tl.full((C,), 1.0, DTYPE)
         v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = v5
-        v9 = (v7 * v8[None, :])
+        v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v9 = tl.sum((v7 * v8[:, None]), axis=0)
+        v10 = v5
+        v11 = (v7 * v10[None, :])
+        v12 = (v9 * v10)
         if USE_DOT:
-            v10 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v13 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v10 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v11 = k
-        v12 = v6
+            v13 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v14 = k
+        v15 = v6
         if USE_DOT:
-            v13 = tl.dot(q, tl.trans(v11), input_precision="ieee")
+            v16 = tl.dot(q, tl.trans(v14), input_precision="ieee")
         else:
-            v13 = tl.sum((q[:, None, :] * v11[None, :, :]), axis=2)  # scores x_t·x_s
-        v14 = (v13 * v9)
+            v16 = tl.sum((q[:, None, :] * v14[None, :, :]), axis=2)  # scores x_t·x_s
+        v17 = (v16 * v11)
         if USE_DOT:
-            v15 = tl.dot(v14, v12, input_precision="ieee")
+            v18 = tl.dot(v17, v15, input_precision="ieee")
         else:
-            v15 = tl.sum((v14[:, :, None] * v12[None, :, :]), axis=1)
-        v16 = (v10 - v15)  # read: M(q_t; W_t)
-        v17 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v18 = tl.sum((v9 * v17[:, None]), axis=0)
-        v19 = tl.sum((v18[:, None, None] * v12[:, :, None] * v11[:, None, :]), axis=0)
-        v20 = (w1 - v19)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v16.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v20
+            v18 = tl.sum((v17[:, :, None] * v15[None, :, :]), axis=1)
+        v19 = (v13 - v18)  # read: M(q_t; W_t)
+        v20 = tl.sum((v12[:, None, None] * v15[:, :, None] * v14[:, None, :]), axis=0)
+        v21 = (w1 - v20)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v19.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v21
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -98,57 +99,58 @@ def chunk_bwd_kernel(
         v5 = tl.full((C,), 1.0, DTYPE)
         v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = v5
-        v9 = (v7 * v8[None, :])
-        v10 = k
-        v11 = v6
+        v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v9 = tl.sum((v7 * v8[:, None]), axis=0)
+        v10 = v5
+        v11 = (v7 * v10[None, :])
+        v12 = (v9 * v10)
+        v13 = k
+        v14 = v6
         if USE_DOT:
-            v12 = tl.dot(q, tl.trans(v10), input_precision="ieee")
+            v15 = tl.dot(q, tl.trans(v13), input_precision="ieee")
         else:
-            v12 = tl.sum((q[:, None, :] * v10[None, :, :]), axis=2)  # scores x_t·x_s
-        v13 = (v12 * v9)
-        v14 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v15 = tl.sum((v9 * v14[:, None]), axis=0)
-        v18 = ((-1.0) * d_new_w1)
-        v19 = tl.sum((v15[:, None, None] * v10[:, None, :] * v18[None, :, :]), axis=2)
-        v20 = tl.sum((v15[:, None, None] * v11[:, :, None] * v18[None, :, :]), axis=1)
-        v21 = ((-1.0) * d_out)
+            v15 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
+        v16 = (v15 * v11)
+        v19 = ((-1.0) * d_new_w1)
+        v20 = tl.sum((v12[:, None, None] * v13[:, None, :] * v19[None, :, :]), axis=2)
+        v21 = tl.sum((v12[:, None, None] * v14[:, :, None] * v19[None, :, :]), axis=1)
+        v22 = ((-1.0) * d_out)
         if USE_DOT:
-            v22 = tl.trans(tl.dot(v11, tl.trans(v21), input_precision="ieee"))
+            v23 = tl.trans(tl.dot(v14, tl.trans(v22), input_precision="ieee"))
         else:
-            v22 = tl.sum((v11[None, :, :] * v21[:, None, :]), axis=2)
+            v23 = tl.sum((v14[None, :, :] * v22[:, None, :]), axis=2)
         if USE_DOT:
-            v23 = tl.dot(tl.trans(v13), v21, input_precision="ieee")
+            v24 = tl.dot(tl.trans(v16), v22, input_precision="ieee")
         else:
-            v23 = tl.sum((v13[:, :, None] * v21[:, None, :]), axis=0)
-        v24 = (v9 * v22)
+            v24 = tl.sum((v16[:, :, None] * v22[:, None, :]), axis=0)
+        v25 = (v11 * v23)
         if USE_DOT:
-            v25 = tl.trans(tl.dot(tl.trans(v10), tl.trans(v24), input_precision="ieee"))
+            v26 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v25), input_precision="ieee"))
         else:
-            v25 = tl.sum((v10[None, :, :] * v24[:, :, None]), axis=1)
+            v26 = tl.sum((v13[None, :, :] * v25[:, :, None]), axis=1)
         if USE_DOT:
-            v26 = tl.trans(tl.dot(tl.trans(q), v24, input_precision="ieee"))
+            v27 = tl.trans(tl.dot(tl.trans(q), v25, input_precision="ieee"))
         else:
-            v26 = tl.sum((q[:, None, :] * v24[:, :, None]), axis=0)
-        v27 = (v19 + v23)
-        v28 = v27
-        v29 = (v20 + v26)
-        v30 = v29
+            v27 = tl.sum((q[:, None, :] * v25[:, :, None]), axis=0)
+        v28 = (v20 + v24)
+        v29 = v28
+        v30 = (v21 + v27)
+        v31 = v30
         if USE_DOT:
-            v31 = tl.trans(tl.dot(tl.trans(w1), tl.trans(d_out), input_precision="ieee"))
+            v32 = tl.trans(tl.dot(tl.trans(w1), tl.trans(d_out), input_precision="ieee"))
         else:
-            v31 = tl.sum((w1[None, :, :] * d_out[:, :, None]), axis=1)
+            v32 = tl.sum((w1[None, :, :] * d_out[:, :, None]), axis=1)
         if USE_DOT:
-            v32 = tl.trans(tl.dot(tl.trans(q), d_out, input_precision="ieee"))
+            v33 = tl.trans(tl.dot(tl.trans(q), d_out, input_precision="ieee"))
         else:
-            v32 = tl.sum((q[:, None, :] * d_out[:, :, None]), axis=0)
-        v33 = ((-1.0) * v28)
-        v34 = (v25 + v31)
-        v35 = (d_new_w1 + v32)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v34.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v30.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v33.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        carry_w1 = v35
+            v33 = tl.sum((q[:, None, :] * d_out[:, :, None]), axis=0)
+        v34 = ((-1.0) * v29)
+        v35 = (v26 + v32)
+        v36 = (d_new_w1 + v33)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v35.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v31.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v34.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        carry_w1 = v36
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 

@@ -45,35 +45,38 @@ def chunk_fwd_kernel(
         v6 = tl.full((C,), 1.0, DTYPE)
         v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v9 = tl.log(gate_alpha)
-        v10 = tl.broadcast_to(v9, (C,))
-        v11 = tl.cumsum(v10, axis=0, reverse=False)
-        v12 = v11
-        v13 = (v8 * tl.exp((v8 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
-        v14 = tl.exp(v11)  # cumulative decay in the chunk
-        v15 = v6
-        v16 = (v13 * v15[None, :])
-        v17 = tl.sum((q[:, None, :] * w1[None, :, :] * v14[:, None, None]), axis=2)
-        v18 = k
-        v19 = v7
+        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v10 = tl.sum((v8 * v9[:, None]), axis=0)
+        v11 = tl.log(gate_alpha)
+        v12 = tl.broadcast_to(v11, (C,))
+        v13 = tl.cumsum(v12, axis=0, reverse=False)
+        v14 = v13
+        v15 = (v8 * tl.exp((v8 * (v13[:, None] - v14[None, :]))))  # pairwise decay D[t,s]
+        v16 = tl.sum((v13 * v9), axis=0)
+        v17 = (v10 * tl.exp((v16 - v14)))  # decay from token s to the chunk's end
+        v18 = tl.exp(v13)  # cumulative decay in the chunk
+        v19 = v6
+        v20 = (v15 * v19[None, :])
+        v21 = (v17 * v19)
+        v22 = tl.sum((q[:, None, :] * w1[None, :, :] * v18[:, None, None]), axis=2)
+        v23 = k
+        v24 = v7
         if USE_DOT:
-            v20 = tl.dot(q, tl.trans(v18), input_precision="ieee")
+            v25 = tl.dot(q, tl.trans(v23), input_precision="ieee")
         else:
-            v20 = tl.sum((q[:, None, :] * v18[None, :, :]), axis=2)  # scores x_t·x_s
-        v21 = (v20 * v16)
+            v25 = tl.sum((q[:, None, :] * v23[None, :, :]), axis=2)  # scores x_t·x_s
+        v26 = (v25 * v20)
         if USE_DOT:
-            v22 = tl.dot(v21, v19, input_precision="ieee")
+            v27 = tl.dot(v26, v24, input_precision="ieee")
         else:
-            v22 = tl.sum((v21[:, :, None] * v19[None, :, :]), axis=1)
-        v23 = (v17 - v22)  # read: M(q_t; W_t)
-        v24 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v25 = tl.sum((v16 * v24[:, None]), axis=0)
-        v26 = tl.sum((v25[:, None, None] * v19[:, :, None] * v18[:, None, :]), axis=0)
-        v27 = tl.sum((v14 * v24), axis=0)
-        v28 = (v27 * w1)
-        v29 = (v28 - v26)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v23.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v29
+            v27 = tl.sum((v26[:, :, None] * v24[None, :, :]), axis=1)
+        v28 = (v22 - v27)  # read: M(q_t; W_t)
+        v29 = tl.sum((v21[:, None, None] * v24[:, :, None] * v23[:, None, :]), axis=0)
+        v30 = tl.sum((v18 * v9), axis=0)
+        v31 = (v30 * w1)
+        v32 = (v31 - v29)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v28.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v32
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -106,80 +109,87 @@ def chunk_bwd_kernel(
         v6 = tl.full((C,), 1.0, DTYPE)
         v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v9 = tl.log(gate_alpha)
-        v10 = tl.broadcast_to(v9, (C,))
-        v11 = tl.cumsum(v10, axis=0, reverse=False)
-        v12 = v11
-        v13 = (v8 * tl.exp((v8 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
-        v14 = tl.exp(v11)  # cumulative decay in the chunk
-        v15 = v6
-        v16 = (v13 * v15[None, :])
-        v17 = k
-        v18 = v7
+        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v10 = tl.sum((v8 * v9[:, None]), axis=0)
+        v11 = tl.log(gate_alpha)
+        v12 = tl.broadcast_to(v11, (C,))
+        v13 = tl.cumsum(v12, axis=0, reverse=False)
+        v14 = v13
+        v15 = (v8 * tl.exp((v8 * (v13[:, None] - v14[None, :]))))  # pairwise decay D[t,s]
+        v16 = tl.sum((v13 * v9), axis=0)
+        v17 = (v10 * tl.exp((v16 - v14)))  # decay from token s to the chunk's end
+        v18 = tl.exp(v13)  # cumulative decay in the chunk
+        v19 = v6
+        v20 = (v15 * v19[None, :])
+        v21 = (v17 * v19)
+        v22 = k
+        v23 = v7
         if USE_DOT:
-            v19 = tl.dot(q, tl.trans(v17), input_precision="ieee")
+            v24 = tl.dot(q, tl.trans(v22), input_precision="ieee")
         else:
-            v19 = tl.sum((q[:, None, :] * v17[None, :, :]), axis=2)  # scores x_t·x_s
-        v20 = (v19 * v16)
-        v21 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v22 = tl.sum((v16 * v21[:, None]), axis=0)
-        v23 = tl.sum((v14 * v21), axis=0)
-        v26 = ((-1.0) * d_new_w1)
-        v27 = (w1 * d_new_w1)
-        v28 = tl.sum(tl.sum((v27), axis=1), axis=0)
-        v29 = (v23 * d_new_w1)
-        v30 = (v21 * v28)
-        v31 = tl.sum(tl.sum((v18[:, :, None] * v17[:, None, :] * v26[None, :, :]), axis=2), axis=1)
-        v32 = tl.sum((v22[:, None, None] * v17[:, None, :] * v26[None, :, :]), axis=2)
-        v33 = tl.sum((v22[:, None, None] * v18[:, :, None] * v26[None, :, :]), axis=1)
-        v34 = (v21[:, None] * v31[None, :])
-        v35 = ((-1.0) * d_out)
+            v24 = tl.sum((q[:, None, :] * v22[None, :, :]), axis=2)  # scores x_t·x_s
+        v25 = (v24 * v20)
+        v26 = tl.sum((v18 * v9), axis=0)
+        v29 = ((-1.0) * d_new_w1)
+        v30 = (w1 * d_new_w1)
+        v31 = tl.sum(tl.sum((v30), axis=1), axis=0)
+        v32 = (v26 * d_new_w1)
+        v33 = (v9 * v31)
+        v34 = tl.sum(tl.sum((v23[:, :, None] * v22[:, None, :] * v29[None, :, :]), axis=2), axis=1)
+        v35 = tl.sum((v21[:, None, None] * v22[:, None, :] * v29[None, :, :]), axis=2)
+        v36 = tl.sum((v21[:, None, None] * v23[:, :, None] * v29[None, :, :]), axis=1)
+        v37 = ((-1.0) * d_out)
         if USE_DOT:
-            v36 = tl.trans(tl.dot(v18, tl.trans(v35), input_precision="ieee"))
+            v38 = tl.trans(tl.dot(v23, tl.trans(v37), input_precision="ieee"))
         else:
-            v36 = tl.sum((v18[None, :, :] * v35[:, None, :]), axis=2)
+            v38 = tl.sum((v23[None, :, :] * v37[:, None, :]), axis=2)
         if USE_DOT:
-            v37 = tl.dot(tl.trans(v20), v35, input_precision="ieee")
+            v39 = tl.dot(tl.trans(v25), v37, input_precision="ieee")
         else:
-            v37 = tl.sum((v20[:, :, None] * v35[:, None, :]), axis=0)
-        v38 = (v16 * v36)
-        v39 = (v19 * v36)
+            v39 = tl.sum((v25[:, :, None] * v37[:, None, :]), axis=0)
+        v40 = (v20 * v38)
+        v41 = (v24 * v38)
         if USE_DOT:
-            v40 = tl.trans(tl.dot(tl.trans(v17), tl.trans(v38), input_precision="ieee"))
+            v42 = tl.trans(tl.dot(tl.trans(v22), tl.trans(v40), input_precision="ieee"))
         else:
-            v40 = tl.sum((v17[None, :, :] * v38[:, :, None]), axis=1)
+            v42 = tl.sum((v22[None, :, :] * v40[:, :, None]), axis=1)
         if USE_DOT:
-            v41 = tl.trans(tl.dot(tl.trans(q), v38, input_precision="ieee"))
+            v43 = tl.trans(tl.dot(tl.trans(q), v40, input_precision="ieee"))
         else:
-            v41 = tl.sum((q[:, None, :] * v38[:, :, None]), axis=0)
-        v42 = (v32 + v37)
-        v43 = v42
-        v44 = (v33 + v41)
+            v43 = tl.sum((q[:, None, :] * v40[:, :, None]), axis=0)
+        v44 = (v35 + v39)
         v45 = v44
-        v46 = tl.sum((w1[None, :, :] * v14[:, None, None] * d_out[:, :, None]), axis=1)
-        v47 = tl.sum((q[:, None, :] * v14[:, None, None] * d_out[:, :, None]), axis=0)
-        v48 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
-        v49 = (v34 + v39)
-        v50 = (v15[None, :] * v49)
-        v51 = (v30 + v48)
-        v52 = (v51 * tl.exp(v11))
-        v53 = (v50 * (v8 * v8) * tl.exp((v8 * (v11[:, None] - v12[None, :]))))
-        v54 = tl.sum((v53), axis=1)
-        v55 = ((-1.0) * v50 * (v8 * v8) * tl.exp((v8 * (v11[:, None] - v12[None, :]))))
+        v46 = (v36 + v43)
+        v47 = v46
+        v48 = tl.sum((w1[None, :, :] * v18[:, None, None] * d_out[:, :, None]), axis=1)
+        v49 = tl.sum((q[:, None, :] * v18[:, None, None] * d_out[:, :, None]), axis=0)
+        v50 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
+        v51 = (v19 * v34)
+        v52 = (v19[None, :] * v41)
+        v53 = (v33 + v50)
+        v54 = (v53 * tl.exp(v13))
+        v55 = (v10 * v51 * tl.exp((v16 - v14)))
         v56 = tl.sum((v55), axis=0)
-        v57 = v56
-        v58 = (v52 + v54 + v57)
-        v59 = tl.cumsum(v58, axis=0, reverse=True)
-        v60 = tl.sum((v59), axis=0)
-        v61 = (v60 / (gate_alpha))
-        v62 = ((-1.0) * v43)
-        v63 = (v40 + v46)
-        v64 = (v29 + v47)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v63.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v45.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v62.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        acc_gate_alpha += v61
-        carry_w1 = v64
+        v57 = ((-1.0) * v10 * v51 * tl.exp((v16 - v14)))
+        v58 = (v9 * v56)
+        v59 = (v52 * (v8 * v8) * tl.exp((v8 * (v13[:, None] - v14[None, :]))))
+        v60 = tl.sum((v59), axis=1)
+        v61 = ((-1.0) * v52 * (v8 * v8) * tl.exp((v8 * (v13[:, None] - v14[None, :]))))
+        v62 = tl.sum((v61), axis=0)
+        v63 = (v57 + v62)
+        v64 = v63
+        v65 = (v54 + v58 + v60 + v64)
+        v66 = tl.cumsum(v65, axis=0, reverse=True)
+        v67 = tl.sum((v66), axis=0)
+        v68 = (v67 / (gate_alpha))
+        v69 = ((-1.0) * v45)
+        v70 = (v42 + v48)
+        v71 = (v32 + v49)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v70.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v47.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v69.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        acc_gate_alpha += v68
+        carry_w1 = v71
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
     tl.store(grad_gate_alpha_ptr + n * 1 + 0, acc_gate_alpha.to(grad_gate_alpha_ptr.dtype.element_ty))
 

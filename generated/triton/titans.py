@@ -88,90 +88,96 @@ def chunk_fwd_kernel(
         _c0 = (0.5 * v12 * 1.4142135623730951)
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v39 = tl.log(gate_alpha)
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (v38 * tl.exp((v38 * (v40[:, None] - v41[None, :]))))  # pairwise decay D[t,s]
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = gate_eta
-        v45 = tl.log(gate_theta)
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        v48 = (v38 * tl.exp((v38 * (v46[:, None] - v47[None, :]))))  # pairwise decay D[t,s]
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v50 = v42
-        v51 = (v48 * v44[None, :])
-        v52 = tl.trans(v51)
+        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v40 = tl.sum((v38 * v39[:, None]), axis=0)
+        v41 = tl.log(gate_alpha)
+        v42 = tl.cumsum(v41, axis=0, reverse=False)
+        v43 = v42
+        v44 = (v38 * tl.exp((v38 * (v42[:, None] - v43[None, :]))))  # pairwise decay D[t,s]
+        v45 = tl.sum((v42 * v39), axis=0)
+        v46 = (v40 * tl.exp((v45 - v43)))  # decay from token s to the chunk's end
+        v47 = tl.exp(v42)  # cumulative decay in the chunk
+        v48 = gate_eta
+        v49 = tl.log(gate_theta)
+        v50 = tl.cumsum(v49, axis=0, reverse=False)
+        v51 = v50
+        v52 = (v38 * tl.exp((v38 * (v50[:, None] - v51[None, :]))))  # pairwise decay D[t,s]
+        v53 = tl.sum((v50 * v39), axis=0)
+        v54 = (v40 * tl.exp((v53 - v51)))  # decay from token s to the chunk's end
+        v55 = tl.exp(v50)  # cumulative decay in the chunk
+        v56 = v44
+        v57 = (v52 * v48[None, :])
+        v58 = tl.trans(v57)
         if USE_DOT:
-            v53 = tl.dot(v50, tl.trans(v52), input_precision="ieee")
+            v59 = tl.dot(v56, tl.trans(v58), input_precision="ieee")
         else:
-            v53 = tl.sum((v50[:, None, :] * v52[None, :, :]), axis=2)
-        v54 = v49
-        v55 = tl.sum((v50 * v54[None, :]), axis=1)
-        v56 = tl.sum((q[:, None, :] * w1[None, :, :] * v43[:, None, None]), axis=2)
-        v57 = tl.sum((q[:, None, :] * s1[None, :, :] * v55[:, None, None]), axis=2)
-        v58 = (v56 + v57)
-        v59 = k
-        v60 = v37
+            v59 = tl.sum((v56[:, None, :] * v58[None, :, :]), axis=2)
+        v60 = v55
+        v61 = tl.sum((v56 * v60[None, :]), axis=1)
+        v62 = v46
+        v63 = tl.sum((v62[None, :] * v58), axis=1)
+        v64 = (v54 * v48)
+        v65 = tl.sum((q[:, None, :] * w1[None, :, :] * v47[:, None, None]), axis=2)
+        v66 = tl.sum((q[:, None, :] * s1[None, :, :] * v61[:, None, None]), axis=2)
+        v67 = (v65 + v66)
+        v68 = k
+        v69 = v37
         if USE_DOT:
-            v61 = tl.dot(q, tl.trans(v59), input_precision="ieee")
+            v70 = tl.dot(q, tl.trans(v68), input_precision="ieee")
         else:
-            v61 = tl.sum((q[:, None, :] * v59[None, :, :]), axis=2)  # scores x_t·x_s
-        v62 = (v61 * v53)
+            v70 = tl.sum((q[:, None, :] * v68[None, :, :]), axis=2)  # scores x_t·x_s
+        v71 = (v70 * v59)
         if USE_DOT:
-            v63 = tl.dot(v62, v60, input_precision="ieee")
+            v72 = tl.dot(v71, v69, input_precision="ieee")
         else:
-            v63 = tl.sum((v62[:, :, None] * v60[None, :, :]), axis=1)
-        v64 = (v58 - v63)
-        _c0 = (0.5 * v64)
-        v65 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
-        v66 = tl.sum((v65[:, None, :] * w2[None, :, :] * v43[:, None, None]), axis=2)
-        v67 = tl.sum((v65[:, None, :] * s2[None, :, :] * v55[:, None, None]), axis=2)
-        v68 = (v66 + v67)
-        v69 = v13
-        v70 = v35
+            v72 = tl.sum((v71[:, :, None] * v69[None, :, :]), axis=1)
+        v73 = (v67 - v72)
+        _c0 = (0.5 * v73)
+        v74 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+        v75 = tl.sum((v74[:, None, :] * w2[None, :, :] * v47[:, None, None]), axis=2)
+        v76 = tl.sum((v74[:, None, :] * s2[None, :, :] * v61[:, None, None]), axis=2)
+        v77 = (v75 + v76)
+        v78 = v13
+        v79 = v35
         if USE_DOT:
-            v71 = tl.dot(v65, tl.trans(v69), input_precision="ieee")
+            v80 = tl.dot(v74, tl.trans(v78), input_precision="ieee")
         else:
-            v71 = tl.sum((v65[:, None, :] * v69[None, :, :]), axis=2)  # scores x_t·x_s
-        v72 = (v71 * v53)
+            v80 = tl.sum((v74[:, None, :] * v78[None, :, :]), axis=2)  # scores x_t·x_s
+        v81 = (v80 * v59)
         if USE_DOT:
-            v73 = tl.dot(v72, v70, input_precision="ieee")
+            v82 = tl.dot(v81, v79, input_precision="ieee")
         else:
-            v73 = tl.sum((v72[:, :, None] * v70[None, :, :]), axis=1)
-        v74 = (v68 - v73)
-        v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v77 = (v74 - v76[:, None])
-        v78 = (v77 * v77)
-        v79 = tl.sum((v78), axis=1)
-        v80 = (v79 / (D))
-        v81 = (ln_bias[None, :] + (v77 * ln_weight[None, :] / (tl.sqrt((1e-05 + v80[:, None])))))
-        v82 = q
-        v83 = (v81 + v82)  # read: M(q_t; W_t)
-        v84 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v85 = tl.sum((v53 * v84[:, None]), axis=0)
-        v86 = tl.sum((v85[:, None, None] * v60[:, :, None] * v59[:, None, :]), axis=0)
-        v87 = tl.sum((v43 * v84), axis=0)
-        v88 = (v87 * w1)
-        v89 = tl.sum((v55 * v84), axis=0)
-        v90 = (v88 + (v89 * s1))
-        v91 = (v90 - v86)  # layer 1 end state
-        v92 = tl.sum((v51 * v84[:, None]), axis=0)
-        v93 = tl.sum((v92[:, None, None] * v60[:, :, None] * v59[:, None, :]), axis=0)
-        v94 = tl.sum((v49 * v84), axis=0)
-        v95 = (((-1.0) * v93) + (v94 * s1))
-        v96 = tl.sum((v85[:, None, None] * v70[:, :, None] * v69[:, None, :]), axis=0)
-        v97 = (v87 * w2)
-        v98 = (v97 + (v89 * s2))
-        v99 = (v98 - v96)  # layer 2 end state
-        v100 = tl.sum((v92[:, None, None] * v70[:, :, None] * v69[:, None, :]), axis=0)
-        v101 = (((-1.0) * v100) + (v94 * s2))
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v83.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v91
-        w2 = v99
-        s1 = v95
-        s2 = v101
+            v82 = tl.sum((v81[:, :, None] * v79[None, :, :]), axis=1)
+        v83 = (v77 - v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        v86 = (v83 - v85[:, None])
+        v87 = (v86 * v86)
+        v88 = tl.sum((v87), axis=1)
+        v89 = (v88 / (D))
+        v90 = (ln_bias[None, :] + (v86 * ln_weight[None, :] / (tl.sqrt((1e-05 + v89[:, None])))))
+        v91 = q
+        v92 = (v90 + v91)  # read: M(q_t; W_t)
+        v93 = tl.sum((v63[:, None, None] * v69[:, :, None] * v68[:, None, :]), axis=0)
+        v94 = tl.sum((v47 * v39), axis=0)
+        v95 = (v94 * w1)
+        v96 = tl.sum((v61 * v39), axis=0)
+        v97 = (v95 + (v96 * s1))
+        v98 = (v97 - v93)  # layer 1 end state
+        v99 = tl.sum((v64[:, None, None] * v69[:, :, None] * v68[:, None, :]), axis=0)
+        v100 = tl.sum((v55 * v39), axis=0)
+        v101 = (((-1.0) * v99) + (v100 * s1))
+        v102 = tl.sum((v63[:, None, None] * v79[:, :, None] * v78[:, None, :]), axis=0)
+        v103 = (v94 * w2)
+        v104 = (v103 + (v96 * s2))
+        v105 = (v104 - v102)  # layer 2 end state
+        v106 = tl.sum((v64[:, None, None] * v79[:, :, None] * v78[:, None, :]), axis=0)
+        v107 = (((-1.0) * v106) + (v100 * s2))
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v92.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v98
+        w2 = v105
+        s1 = v101
+        s2 = v107
     tl.store(final_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
     tl.store(final_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(final_w2_ptr.dtype.element_ty))
     tl.store(final_s1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], s1.to(final_s1_ptr.dtype.element_ty))
@@ -254,322 +260,342 @@ def chunk_bwd_kernel(
         _c0 = (0.5 * v12 * 1.4142135623730951)
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v39 = tl.log(gate_alpha)
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (v38 * tl.exp((v38 * (v40[:, None] - v41[None, :]))))  # pairwise decay D[t,s]
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = gate_eta
-        v45 = tl.log(gate_theta)
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        v48 = (v38 * tl.exp((v38 * (v46[:, None] - v47[None, :]))))  # pairwise decay D[t,s]
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v50 = v42
-        v51 = (v48 * v44[None, :])
-        v52 = tl.trans(v51)
+        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v40 = tl.sum((v38 * v39[:, None]), axis=0)
+        v41 = tl.log(gate_alpha)
+        v42 = tl.cumsum(v41, axis=0, reverse=False)
+        v43 = v42
+        v44 = (v38 * tl.exp((v38 * (v42[:, None] - v43[None, :]))))  # pairwise decay D[t,s]
+        v45 = tl.sum((v42 * v39), axis=0)
+        v46 = (v40 * tl.exp((v45 - v43)))  # decay from token s to the chunk's end
+        v47 = tl.exp(v42)  # cumulative decay in the chunk
+        v48 = gate_eta
+        v49 = tl.log(gate_theta)
+        v50 = tl.cumsum(v49, axis=0, reverse=False)
+        v51 = v50
+        v52 = (v38 * tl.exp((v38 * (v50[:, None] - v51[None, :]))))  # pairwise decay D[t,s]
+        v53 = tl.sum((v50 * v39), axis=0)
+        v54 = (v40 * tl.exp((v53 - v51)))  # decay from token s to the chunk's end
+        v55 = tl.exp(v50)  # cumulative decay in the chunk
+        v56 = v44
+        v57 = (v52 * v48[None, :])
+        v58 = tl.trans(v57)
         if USE_DOT:
-            v53 = tl.dot(v50, tl.trans(v52), input_precision="ieee")
+            v59 = tl.dot(v56, tl.trans(v58), input_precision="ieee")
         else:
-            v53 = tl.sum((v50[:, None, :] * v52[None, :, :]), axis=2)
-        v54 = v49
-        v55 = tl.sum((v50 * v54[None, :]), axis=1)
-        v56 = tl.sum((q[:, None, :] * w1[None, :, :] * v43[:, None, None]), axis=2)
-        v57 = tl.sum((q[:, None, :] * s1[None, :, :] * v55[:, None, None]), axis=2)
-        v58 = (v56 + v57)
-        v59 = k
-        v60 = v37
+            v59 = tl.sum((v56[:, None, :] * v58[None, :, :]), axis=2)
+        v60 = v55
+        v61 = tl.sum((v56 * v60[None, :]), axis=1)
+        v62 = v46
+        v63 = tl.sum((v62[None, :] * v58), axis=1)
+        v64 = (v54 * v48)
+        v65 = tl.sum((q[:, None, :] * w1[None, :, :] * v47[:, None, None]), axis=2)
+        v66 = tl.sum((q[:, None, :] * s1[None, :, :] * v61[:, None, None]), axis=2)
+        v67 = (v65 + v66)
+        v68 = k
+        v69 = v37
         if USE_DOT:
-            v61 = tl.dot(q, tl.trans(v59), input_precision="ieee")
+            v70 = tl.dot(q, tl.trans(v68), input_precision="ieee")
         else:
-            v61 = tl.sum((q[:, None, :] * v59[None, :, :]), axis=2)  # scores x_t·x_s
-        v62 = (v61 * v53)
+            v70 = tl.sum((q[:, None, :] * v68[None, :, :]), axis=2)  # scores x_t·x_s
+        v71 = (v70 * v59)
         if USE_DOT:
-            v63 = tl.dot(v62, v60, input_precision="ieee")
+            v72 = tl.dot(v71, v69, input_precision="ieee")
         else:
-            v63 = tl.sum((v62[:, :, None] * v60[None, :, :]), axis=1)
-        v64 = (v58 - v63)
-        _c0 = (0.5 * v64)
-        v65 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
-        v66 = tl.sum((v65[:, None, :] * w2[None, :, :] * v43[:, None, None]), axis=2)
-        v67 = tl.sum((v65[:, None, :] * s2[None, :, :] * v55[:, None, None]), axis=2)
-        v68 = (v66 + v67)
-        v69 = v13
-        v70 = v35
+            v72 = tl.sum((v71[:, :, None] * v69[None, :, :]), axis=1)
+        v73 = (v67 - v72)
+        _c0 = (0.5 * v73)
+        v74 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+        v75 = tl.sum((v74[:, None, :] * w2[None, :, :] * v47[:, None, None]), axis=2)
+        v76 = tl.sum((v74[:, None, :] * s2[None, :, :] * v61[:, None, None]), axis=2)
+        v77 = (v75 + v76)
+        v78 = v13
+        v79 = v35
         if USE_DOT:
-            v71 = tl.dot(v65, tl.trans(v69), input_precision="ieee")
+            v80 = tl.dot(v74, tl.trans(v78), input_precision="ieee")
         else:
-            v71 = tl.sum((v65[:, None, :] * v69[None, :, :]), axis=2)  # scores x_t·x_s
-        v72 = (v71 * v53)
+            v80 = tl.sum((v74[:, None, :] * v78[None, :, :]), axis=2)  # scores x_t·x_s
+        v81 = (v80 * v59)
         if USE_DOT:
-            v73 = tl.dot(v72, v70, input_precision="ieee")
+            v82 = tl.dot(v81, v79, input_precision="ieee")
         else:
-            v73 = tl.sum((v72[:, :, None] * v70[None, :, :]), axis=1)
-        v74 = (v68 - v73)
-        v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v77 = (v74 - v76[:, None])
-        v78 = (v77 * v77)
-        v79 = tl.sum((v78), axis=1)
-        v80 = (v79 / (D))
-        v81 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v82 = tl.sum((v53 * v81[:, None]), axis=0)
-        v83 = tl.sum((v43 * v81), axis=0)
-        v84 = tl.sum((v55 * v81), axis=0)
-        v85 = tl.sum((v51 * v81[:, None]), axis=0)
-        v86 = tl.sum((v49 * v81), axis=0)
-        v92 = (s2 * d_new_s2)
-        v93 = tl.sum(tl.sum((v92), axis=1), axis=0)
-        v94 = (v86 * d_new_s2)
-        v95 = ((-1.0) * d_new_s2)
-        v96 = tl.sum(tl.sum((v70[:, :, None] * v69[:, None, :] * v95[None, :, :]), axis=2), axis=1)
-        v97 = tl.sum((v85[:, None, None] * v69[:, None, :] * v95[None, :, :]), axis=2)
-        v98 = tl.sum((v85[:, None, None] * v70[:, :, None] * v95[None, :, :]), axis=1)
-        v99 = ((-1.0) * d_new_w2)
-        v100 = (s2 * d_new_w2)
-        v101 = tl.sum(tl.sum((v100), axis=1), axis=0)
-        v102 = (v84 * d_new_w2)
-        v103 = (w2 * d_new_w2)
-        v104 = tl.sum(tl.sum((v103), axis=1), axis=0)
-        v105 = (v83 * d_new_w2)
-        v106 = tl.sum(tl.sum((v70[:, :, None] * v69[:, None, :] * v99[None, :, :]), axis=2), axis=1)
-        v107 = tl.sum((v82[:, None, None] * v69[:, None, :] * v99[None, :, :]), axis=2)
-        v108 = tl.sum((v82[:, None, None] * v70[:, :, None] * v99[None, :, :]), axis=1)
-        v109 = (s1 * d_new_s1)
+            v82 = tl.sum((v81[:, :, None] * v79[None, :, :]), axis=1)
+        v83 = (v77 - v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        v86 = (v83 - v85[:, None])
+        v87 = (v86 * v86)
+        v88 = tl.sum((v87), axis=1)
+        v89 = (v88 / (D))
+        v90 = tl.sum((v47 * v39), axis=0)
+        v91 = tl.sum((v61 * v39), axis=0)
+        v92 = tl.sum((v55 * v39), axis=0)
+        v98 = (s2 * d_new_s2)
+        v99 = tl.sum(tl.sum((v98), axis=1), axis=0)
+        v100 = (v92 * d_new_s2)
+        v101 = ((-1.0) * d_new_s2)
+        v102 = tl.sum(tl.sum((v79[:, :, None] * v78[:, None, :] * v101[None, :, :]), axis=2), axis=1)
+        v103 = tl.sum((v64[:, None, None] * v78[:, None, :] * v101[None, :, :]), axis=2)
+        v104 = tl.sum((v64[:, None, None] * v79[:, :, None] * v101[None, :, :]), axis=1)
+        v105 = ((-1.0) * d_new_w2)
+        v106 = (s2 * d_new_w2)
+        v107 = tl.sum(tl.sum((v106), axis=1), axis=0)
+        v108 = (v91 * d_new_w2)
+        v109 = (w2 * d_new_w2)
         v110 = tl.sum(tl.sum((v109), axis=1), axis=0)
-        v111 = (v86 * d_new_s1)
-        v112 = ((-1.0) * d_new_s1)
-        v113 = (v93 + v110)
-        v114 = (v81 * v113)
-        v115 = tl.sum(tl.sum((v60[:, :, None] * v59[:, None, :] * v112[None, :, :]), axis=2), axis=1)
-        v116 = tl.sum((v85[:, None, None] * v59[:, None, :] * v112[None, :, :]), axis=2)
-        v117 = tl.sum((v85[:, None, None] * v60[:, :, None] * v112[None, :, :]), axis=1)
-        v118 = (v96 + v115)
-        v119 = (v81[:, None] * v118[None, :])
-        v120 = ((-1.0) * d_new_w1)
-        v121 = (s1 * d_new_w1)
-        v122 = tl.sum(tl.sum((v121), axis=1), axis=0)
-        v123 = (v84 * d_new_w1)
-        v124 = (v101 + v122)
-        v125 = (v81 * v124)
-        v126 = (w1 * d_new_w1)
-        v127 = tl.sum(tl.sum((v126), axis=1), axis=0)
-        v128 = (v83 * d_new_w1)
-        v129 = (v104 + v127)
-        v130 = (v81 * v129)
-        v131 = tl.sum(tl.sum((v60[:, :, None] * v59[:, None, :] * v120[None, :, :]), axis=2), axis=1)
-        v132 = tl.sum((v82[:, None, None] * v59[:, None, :] * v120[None, :, :]), axis=2)
-        v133 = tl.sum((v82[:, None, None] * v60[:, :, None] * v120[None, :, :]), axis=1)
-        v134 = (v106 + v131)
-        v135 = (v81[:, None] * v134[None, :])
-        v136 = d_out
-        v137 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v80[:, None]))))
-        v138 = ((-0.5) * v77 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v80[:, None])))))
-        v139 = tl.sum((v138), axis=1)
-        v140 = (v77 * d_out / (tl.sqrt((1e-05 + v80[:, None]))))
-        v141 = tl.sum((v140), axis=0)
-        v142 = tl.sum((d_out), axis=0)
-        v143 = (v139 / (D))
-        v144 = (2.0 * v77 * v143[:, None])
-        v145 = (v137 + v144)
-        v146 = ((-1.0) * v145)
-        v147 = tl.sum((v146), axis=1)
-        v148 = (v147 / (D))
-        v149 = (v145 + v148[:, None])
-        v150 = ((-1.0) * v149)
+        v111 = (v90 * d_new_w2)
+        v112 = tl.sum(tl.sum((v79[:, :, None] * v78[:, None, :] * v105[None, :, :]), axis=2), axis=1)
+        v113 = tl.sum((v63[:, None, None] * v78[:, None, :] * v105[None, :, :]), axis=2)
+        v114 = tl.sum((v63[:, None, None] * v79[:, :, None] * v105[None, :, :]), axis=1)
+        v115 = (s1 * d_new_s1)
+        v116 = tl.sum(tl.sum((v115), axis=1), axis=0)
+        v117 = (v92 * d_new_s1)
+        v118 = ((-1.0) * d_new_s1)
+        v119 = (v99 + v116)
+        v120 = (v39 * v119)
+        v121 = tl.sum(tl.sum((v69[:, :, None] * v68[:, None, :] * v118[None, :, :]), axis=2), axis=1)
+        v122 = tl.sum((v64[:, None, None] * v68[:, None, :] * v118[None, :, :]), axis=2)
+        v123 = tl.sum((v64[:, None, None] * v69[:, :, None] * v118[None, :, :]), axis=1)
+        v124 = ((-1.0) * d_new_w1)
+        v125 = (s1 * d_new_w1)
+        v126 = tl.sum(tl.sum((v125), axis=1), axis=0)
+        v127 = (v91 * d_new_w1)
+        v128 = (v107 + v126)
+        v129 = (v39 * v128)
+        v130 = (w1 * d_new_w1)
+        v131 = tl.sum(tl.sum((v130), axis=1), axis=0)
+        v132 = (v90 * d_new_w1)
+        v133 = (v110 + v131)
+        v134 = (v39 * v133)
+        v135 = tl.sum(tl.sum((v69[:, :, None] * v68[:, None, :] * v124[None, :, :]), axis=2), axis=1)
+        v136 = tl.sum((v63[:, None, None] * v68[:, None, :] * v124[None, :, :]), axis=2)
+        v137 = tl.sum((v63[:, None, None] * v69[:, :, None] * v124[None, :, :]), axis=1)
+        v138 = d_out
+        v139 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v89[:, None]))))
+        v140 = ((-0.5) * v86 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v89[:, None])))))
+        v141 = tl.sum((v140), axis=1)
+        v142 = (v86 * d_out / (tl.sqrt((1e-05 + v89[:, None]))))
+        v143 = tl.sum((v142), axis=0)
+        v144 = tl.sum((d_out), axis=0)
+        v145 = (v141 / (D))
+        v146 = (2.0 * v86 * v145[:, None])
+        v147 = (v139 + v146)
+        v148 = ((-1.0) * v147)
+        v149 = tl.sum((v148), axis=1)
+        v150 = (v149 / (D))
+        v151 = (v147 + v150[:, None])
+        v152 = ((-1.0) * v151)
         if USE_DOT:
-            v151 = tl.trans(tl.dot(v70, tl.trans(v150), input_precision="ieee"))
+            v153 = tl.trans(tl.dot(v79, tl.trans(v152), input_precision="ieee"))
         else:
-            v151 = tl.sum((v70[None, :, :] * v150[:, None, :]), axis=2)
+            v153 = tl.sum((v79[None, :, :] * v152[:, None, :]), axis=2)
         if USE_DOT:
-            v152 = tl.dot(tl.trans(v72), v150, input_precision="ieee")
+            v154 = tl.dot(tl.trans(v81), v152, input_precision="ieee")
         else:
-            v152 = tl.sum((v72[:, :, None] * v150[:, None, :]), axis=0)
-        v153 = (v53 * v151)
-        v154 = (v71 * v151)
+            v154 = tl.sum((v81[:, :, None] * v152[:, None, :]), axis=0)
+        v155 = (v59 * v153)
+        v156 = (v80 * v153)
         if USE_DOT:
-            v155 = tl.trans(tl.dot(tl.trans(v69), tl.trans(v153), input_precision="ieee"))
+            v157 = tl.trans(tl.dot(tl.trans(v78), tl.trans(v155), input_precision="ieee"))
         else:
-            v155 = tl.sum((v69[None, :, :] * v153[:, :, None]), axis=1)
+            v157 = tl.sum((v78[None, :, :] * v155[:, :, None]), axis=1)
         if USE_DOT:
-            v156 = tl.trans(tl.dot(tl.trans(v65), v153, input_precision="ieee"))
+            v158 = tl.trans(tl.dot(tl.trans(v74), v155, input_precision="ieee"))
         else:
-            v156 = tl.sum((v65[:, None, :] * v153[:, :, None]), axis=0)
-        v157 = (v97 + v107 + v152)
-        v158 = v157
-        v159 = (v98 + v108 + v156)
+            v158 = tl.sum((v74[:, None, :] * v155[:, :, None]), axis=0)
+        v159 = (v103 + v113 + v154)
         v160 = v159
-        v161 = tl.sum((s2[None, :, :] * v55[:, None, None] * v149[:, :, None]), axis=1)
-        v162 = tl.sum((v65[:, None, :] * v55[:, None, None] * v149[:, :, None]), axis=0)
-        v163 = tl.sum(tl.sum((v65[:, None, :] * s2[None, :, :] * v149[:, :, None]), axis=2), axis=1)
-        v164 = tl.sum((w2[None, :, :] * v43[:, None, None] * v149[:, :, None]), axis=1)
-        v165 = tl.sum((v65[:, None, :] * v43[:, None, None] * v149[:, :, None]), axis=0)
-        v166 = tl.sum(tl.sum((v65[:, None, :] * w2[None, :, :] * v149[:, :, None]), axis=2), axis=1)
-        v167 = (v155 + v161 + v164)
-        _c0 = (0.5 * v64 * 1.4142135623730951)
-        v168 = (v167 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v64 * v64))) / (1.772453850905516))))
-        v169 = ((-1.0) * v168)
+        v161 = (v104 + v114 + v158)
+        v162 = v161
+        v163 = tl.sum((s2[None, :, :] * v61[:, None, None] * v151[:, :, None]), axis=1)
+        v164 = tl.sum((v74[:, None, :] * v61[:, None, None] * v151[:, :, None]), axis=0)
+        v165 = tl.sum(tl.sum((v74[:, None, :] * s2[None, :, :] * v151[:, :, None]), axis=2), axis=1)
+        v166 = tl.sum((w2[None, :, :] * v47[:, None, None] * v151[:, :, None]), axis=1)
+        v167 = tl.sum((v74[:, None, :] * v47[:, None, None] * v151[:, :, None]), axis=0)
+        v168 = tl.sum(tl.sum((v74[:, None, :] * w2[None, :, :] * v151[:, :, None]), axis=2), axis=1)
+        v169 = (v157 + v163 + v166)
+        _c0 = (0.5 * v73 * 1.4142135623730951)
+        v170 = (v169 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v73 * v73))) / (1.772453850905516))))
+        v171 = ((-1.0) * v170)
         if USE_DOT:
-            v170 = tl.trans(tl.dot(v60, tl.trans(v169), input_precision="ieee"))
+            v172 = tl.trans(tl.dot(v69, tl.trans(v171), input_precision="ieee"))
         else:
-            v170 = tl.sum((v60[None, :, :] * v169[:, None, :]), axis=2)
+            v172 = tl.sum((v69[None, :, :] * v171[:, None, :]), axis=2)
         if USE_DOT:
-            v171 = tl.dot(tl.trans(v62), v169, input_precision="ieee")
+            v173 = tl.dot(tl.trans(v71), v171, input_precision="ieee")
         else:
-            v171 = tl.sum((v62[:, :, None] * v169[:, None, :]), axis=0)
-        v172 = (v53 * v170)
-        v173 = (v61 * v170)
+            v173 = tl.sum((v71[:, :, None] * v171[:, None, :]), axis=0)
+        v174 = (v59 * v172)
+        v175 = (v70 * v172)
         if USE_DOT:
-            v174 = tl.trans(tl.dot(tl.trans(v59), tl.trans(v172), input_precision="ieee"))
+            v176 = tl.trans(tl.dot(tl.trans(v68), tl.trans(v174), input_precision="ieee"))
         else:
-            v174 = tl.sum((v59[None, :, :] * v172[:, :, None]), axis=1)
+            v176 = tl.sum((v68[None, :, :] * v174[:, :, None]), axis=1)
         if USE_DOT:
-            v175 = tl.trans(tl.dot(tl.trans(q), v172, input_precision="ieee"))
+            v177 = tl.trans(tl.dot(tl.trans(q), v174, input_precision="ieee"))
         else:
-            v175 = tl.sum((q[:, None, :] * v172[:, :, None]), axis=0)
-        v176 = (v116 + v132 + v171)
-        v177 = v176
-        v178 = (v117 + v133 + v175)
+            v177 = tl.sum((q[:, None, :] * v174[:, :, None]), axis=0)
+        v178 = (v122 + v136 + v173)
         v179 = v178
-        v180 = tl.sum((s1[None, :, :] * v55[:, None, None] * v168[:, :, None]), axis=1)
-        v181 = tl.sum((q[:, None, :] * v55[:, None, None] * v168[:, :, None]), axis=0)
-        v182 = tl.sum(tl.sum((q[:, None, :] * s1[None, :, :] * v168[:, :, None]), axis=2), axis=1)
-        v183 = tl.sum((w1[None, :, :] * v43[:, None, None] * v168[:, :, None]), axis=1)
-        v184 = tl.sum((q[:, None, :] * v43[:, None, None] * v168[:, :, None]), axis=0)
-        v185 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * v168[:, :, None]), axis=2), axis=1)
-        v186 = (v125 + v163 + v182)
-        v187 = (v54[None, :] * v186[:, None])
-        v188 = tl.sum((v50 * v186[:, None]), axis=0)
-        v189 = v188
-        v190 = (v135 + v154 + v173)
+        v180 = (v123 + v137 + v177)
+        v181 = v180
+        v182 = tl.sum((s1[None, :, :] * v61[:, None, None] * v170[:, :, None]), axis=1)
+        v183 = tl.sum((q[:, None, :] * v61[:, None, None] * v170[:, :, None]), axis=0)
+        v184 = tl.sum(tl.sum((q[:, None, :] * s1[None, :, :] * v170[:, :, None]), axis=2), axis=1)
+        v185 = tl.sum((w1[None, :, :] * v47[:, None, None] * v170[:, :, None]), axis=1)
+        v186 = tl.sum((q[:, None, :] * v47[:, None, None] * v170[:, :, None]), axis=0)
+        v187 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * v170[:, :, None]), axis=2), axis=1)
+        v188 = (v102 + v121)
+        v189 = (v48 * v188)
+        v190 = (v54 * v188)
+        v191 = (v112 + v135)
+        v192 = tl.sum((v58 * v191[:, None]), axis=0)
+        v193 = (v62[None, :] * v191[:, None])
+        v194 = v192
+        v195 = (v129 + v165 + v184)
+        v196 = (v60[None, :] * v195[:, None])
+        v197 = tl.sum((v56 * v195[:, None]), axis=0)
+        v198 = v197
+        v199 = (v156 + v175)
         if USE_DOT:
-            v191 = tl.trans(tl.dot(tl.trans(v52), tl.trans(v190), input_precision="ieee"))
+            v200 = tl.trans(tl.dot(tl.trans(v58), tl.trans(v199), input_precision="ieee"))
         else:
-            v191 = tl.sum((v52[None, :, :] * v190[:, :, None]), axis=1)
+            v200 = tl.sum((v58[None, :, :] * v199[:, :, None]), axis=1)
         if USE_DOT:
-            v192 = tl.trans(tl.dot(tl.trans(v50), v190, input_precision="ieee"))
+            v201 = tl.trans(tl.dot(tl.trans(v56), v199, input_precision="ieee"))
         else:
-            v192 = tl.sum((v50[:, None, :] * v190[:, :, None]), axis=0)
-        v193 = tl.trans(v192)
-        v194 = (v119 + v193)
-        v195 = (v44[None, :] * v194)
-        v196 = (v48 * v194)
-        v197 = tl.sum((v196), axis=0)
-        v198 = (v187 + v191)
-        v199 = v198
-        v200 = (v114 + v189)
-        v201 = (v200 * tl.exp(v46))
-        v202 = (v195 * (v38 * v38) * tl.exp((v38 * (v46[:, None] - v47[None, :]))))
-        v203 = tl.sum((v202), axis=1)
-        v204 = ((-1.0) * v195 * (v38 * v38) * tl.exp((v38 * (v46[:, None] - v47[None, :]))))
-        v205 = tl.sum((v204), axis=0)
-        v206 = v205
-        v207 = (v201 + v203 + v206)
-        v208 = tl.cumsum(v207, axis=0, reverse=True)
-        v209 = (v208 / (gate_theta))
-        v210 = v197
-        v211 = (v130 + v166 + v185)
-        v212 = (v211 * tl.exp(v40))
-        v213 = (v199 * (v38 * v38) * tl.exp((v38 * (v40[:, None] - v41[None, :]))))
-        v214 = tl.sum((v213), axis=1)
-        v215 = ((-1.0) * v199 * (v38 * v38) * tl.exp((v38 * (v40[:, None] - v41[None, :]))))
-        v216 = tl.sum((v215), axis=0)
-        v217 = v216
-        v218 = (v212 + v214 + v217)
-        v219 = tl.cumsum(v218, axis=0, reverse=True)
-        v220 = (v219 / (gate_alpha))
+            v201 = tl.sum((v56[:, None, :] * v199[:, :, None]), axis=0)
+        v202 = (v193 + v201)
+        v203 = tl.trans(v202)
+        v204 = (v48[None, :] * v203)
+        v205 = (v52 * v203)
+        v206 = tl.sum((v205), axis=0)
+        v207 = (v196 + v200)
+        v208 = v207
+        v209 = (v120 + v198)
+        v210 = (v209 * tl.exp(v50))
+        v211 = (v40 * v189 * tl.exp((v53 - v51)))
+        v212 = tl.sum((v211), axis=0)
+        v213 = ((-1.0) * v40 * v189 * tl.exp((v53 - v51)))
+        v214 = (v39 * v212)
+        v215 = (v204 * (v38 * v38) * tl.exp((v38 * (v50[:, None] - v51[None, :]))))
+        v216 = tl.sum((v215), axis=1)
+        v217 = ((-1.0) * v204 * (v38 * v38) * tl.exp((v38 * (v50[:, None] - v51[None, :]))))
+        v218 = tl.sum((v217), axis=0)
+        v219 = (v213 + v218)
+        v220 = v219
+        v221 = (v210 + v214 + v216 + v220)
+        v222 = tl.cumsum(v221, axis=0, reverse=True)
+        v223 = (v222 / (gate_theta))
+        v224 = (v190 + v206)
+        v225 = v224
+        v226 = (v134 + v168 + v187)
+        v227 = (v226 * tl.exp(v42))
+        v228 = (v40 * v194 * tl.exp((v45 - v43)))
+        v229 = tl.sum((v228), axis=0)
+        v230 = ((-1.0) * v40 * v194 * tl.exp((v45 - v43)))
+        v231 = (v39 * v229)
+        v232 = (v208 * (v38 * v38) * tl.exp((v38 * (v42[:, None] - v43[None, :]))))
+        v233 = tl.sum((v232), axis=1)
+        v234 = ((-1.0) * v208 * (v38 * v38) * tl.exp((v38 * (v42[:, None] - v43[None, :]))))
+        v235 = tl.sum((v234), axis=0)
+        v236 = (v230 + v235)
+        v237 = v236
+        v238 = (v227 + v231 + v233 + v237)
+        v239 = tl.cumsum(v238, axis=0, reverse=True)
+        v240 = (v239 / (gate_alpha))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v12 * v12))
         _c3 = tl.exp(((-1.0) * _c2))
-        v221 = (v36 * v177 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+        v241 = (v36 * v179 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
         _c0 = (0.5 * v12 * 1.4142135623730951)
-        v222 = (v177 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))
+        v242 = (v179 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))
         if USE_DOT:
-            v223 = tl.dot(tl.trans(v35), v222, input_precision="ieee")
+            v243 = tl.dot(tl.trans(v35), v242, input_precision="ieee")
         else:
-            v223 = tl.sum((v35[:, :, None] * v222[:, None, :]), axis=0)
+            v243 = tl.sum((v35[:, :, None] * v242[:, None, :]), axis=0)
         if USE_DOT:
-            v224 = tl.trans(tl.dot(w2, tl.trans(v222), input_precision="ieee"))
+            v244 = tl.trans(tl.dot(w2, tl.trans(v242), input_precision="ieee"))
         else:
-            v224 = tl.sum((w2[None, :, :] * v222[:, None, :]), axis=2)
-        v225 = (v158 + v224)
-        v226 = tl.sum((v225), axis=1)
-        v227 = (v226 / (D))
-        v228 = ((-1.0) * v227)
-        v229 = (v225 + v228[:, None])
-        v230 = (2.0 * v29[:, None] * v229)
-        v231 = (2.0 * v18 * v229)
-        v232 = tl.sum((v231), axis=1)
-        v233 = (v232 / (D))
-        v234 = ((-0.5) * ln_weight[None, :] * v25 * v233[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
-        v235 = (0.75 * v18 * ln_weight[None, :] * v25 * v233[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v21[:, None])))))
-        v236 = tl.sum((v235), axis=1)
-        v237 = ((-0.5) * v18 * v25 * v233[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
-        v238 = tl.sum((v237), axis=0)
-        v239 = ((-0.5) * v18 * ln_weight[None, :] * v233[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
-        v240 = ((-0.5) * ln_weight[None, :] * v25 * v229 / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
-        v241 = tl.sum((v240), axis=1)
-        v242 = (v25 * v229 / (tl.sqrt((1e-05 + v21[:, None]))))
-        v243 = tl.sum((v242), axis=0)
-        v244 = (ln_weight[None, :] * v229 / (tl.sqrt((1e-05 + v21[:, None]))))
-        v245 = (v239 + v244)
-        v246 = ((-1.0) * v245)
-        v247 = v245
-        v248 = (ln_weight[None, :] * v245 / (tl.sqrt((1e-05 + v21[:, None]))))
-        v249 = ((-0.5) * v18 * ln_weight[None, :] * v245 / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
-        v250 = tl.sum((v249), axis=1)
-        v251 = (v18 * v245 / (tl.sqrt((1e-05 + v21[:, None]))))
-        v252 = tl.sum((v251), axis=0)
-        v253 = tl.sum((v245), axis=0)
-        v254 = (v236 + v241 + v250)
-        v255 = (v254 / (D))
-        v256 = (2.0 * v18 * v255[:, None])
-        v257 = (v230 + v234 + v248 + v256)
-        v258 = ((-1.0) * v257)
-        v259 = tl.sum((v258), axis=1)
-        v260 = (v259 / (D))
-        v261 = (v257 + v260[:, None])
+            v244 = tl.sum((w2[None, :, :] * v242[:, None, :]), axis=2)
+        v245 = (v160 + v244)
+        v246 = tl.sum((v245), axis=1)
+        v247 = (v246 / (D))
+        v248 = ((-1.0) * v247)
+        v249 = (v245 + v248[:, None])
+        v250 = (2.0 * v29[:, None] * v249)
+        v251 = (2.0 * v18 * v249)
+        v252 = tl.sum((v251), axis=1)
+        v253 = (v252 / (D))
+        v254 = ((-0.5) * ln_weight[None, :] * v25 * v253[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
+        v255 = (0.75 * v18 * ln_weight[None, :] * v25 * v253[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v21[:, None])))))
+        v256 = tl.sum((v255), axis=1)
+        v257 = ((-0.5) * v18 * v25 * v253[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
+        v258 = tl.sum((v257), axis=0)
+        v259 = ((-0.5) * v18 * ln_weight[None, :] * v253[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
+        v260 = ((-0.5) * ln_weight[None, :] * v25 * v249 / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
+        v261 = tl.sum((v260), axis=1)
+        v262 = (v25 * v249 / (tl.sqrt((1e-05 + v21[:, None]))))
+        v263 = tl.sum((v262), axis=0)
+        v264 = (ln_weight[None, :] * v249 / (tl.sqrt((1e-05 + v21[:, None]))))
+        v265 = (v259 + v264)
+        v266 = ((-1.0) * v265)
+        v267 = v265
+        v268 = (ln_weight[None, :] * v265 / (tl.sqrt((1e-05 + v21[:, None]))))
+        v269 = ((-0.5) * v18 * ln_weight[None, :] * v265 / (tl.exp(1.5 * tl.log((1e-05 + v21[:, None])))))
+        v270 = tl.sum((v269), axis=1)
+        v271 = (v18 * v265 / (tl.sqrt((1e-05 + v21[:, None]))))
+        v272 = tl.sum((v271), axis=0)
+        v273 = tl.sum((v265), axis=0)
+        v274 = (v256 + v261 + v270)
+        v275 = (v274 / (D))
+        v276 = (2.0 * v18 * v275[:, None])
+        v277 = (v250 + v254 + v268 + v276)
+        v278 = ((-1.0) * v277)
+        v279 = tl.sum((v278), axis=1)
+        v280 = (v279 / (D))
+        v281 = (v277 + v280[:, None])
         if USE_DOT:
-            v262 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v261), input_precision="ieee"))
+            v282 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v281), input_precision="ieee"))
         else:
-            v262 = tl.sum((w2[None, :, :] * v261[:, :, None]), axis=1)
+            v282 = tl.sum((w2[None, :, :] * v281[:, :, None]), axis=1)
         if USE_DOT:
-            v263 = tl.trans(tl.dot(tl.trans(v13), v261, input_precision="ieee"))
+            v283 = tl.trans(tl.dot(tl.trans(v13), v281, input_precision="ieee"))
         else:
-            v263 = tl.sum((v13[:, None, :] * v261[:, :, None]), axis=0)
-        v264 = (v160 + v262)
+            v283 = tl.sum((v13[:, None, :] * v281[:, :, None]), axis=0)
+        v284 = (v162 + v282)
         _c0 = (0.5 * v12 * 1.4142135623730951)
-        v265 = (v264 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))
-        v266 = (v221 + v265)
+        v285 = (v284 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (1.772453850905516))))
+        v286 = (v241 + v285)
         if USE_DOT:
-            v267 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v266), input_precision="ieee"))
+            v287 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v286), input_precision="ieee"))
         else:
-            v267 = tl.sum((w1[None, :, :] * v266[:, :, None]), axis=1)
+            v287 = tl.sum((w1[None, :, :] * v286[:, :, None]), axis=1)
         if USE_DOT:
-            v268 = tl.trans(tl.dot(tl.trans(k), v266, input_precision="ieee"))
+            v288 = tl.trans(tl.dot(tl.trans(k), v286, input_precision="ieee"))
         else:
-            v268 = tl.sum((k[:, None, :] * v266[:, :, None]), axis=0)
-        v269 = (v142 + v253)
-        v270 = (v141 + v238 + v243 + v252)
-        v271 = (v179 + v247 + v267)
-        v272 = (v136 + v174 + v180 + v183)
-        v273 = (v94 + v102 + v162)
-        v274 = (v111 + v123 + v181)
-        v275 = (v105 + v165 + v223 + v263)
-        v276 = (v128 + v184 + v268)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v272.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v271.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v246.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v220.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v210.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        tl.store(grad_gate_theta_ptr + n * T + (c * C + offs_t), v209.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        acc_ln_weight += v270
-        acc_ln_bias += v269
-        carry_w1 = v276
-        carry_w2 = v275
-        carry_s1 = v274
-        carry_s2 = v273
+            v288 = tl.sum((k[:, None, :] * v286[:, :, None]), axis=0)
+        v289 = (v144 + v273)
+        v290 = (v143 + v258 + v263 + v272)
+        v291 = (v181 + v267 + v287)
+        v292 = (v138 + v176 + v182 + v185)
+        v293 = (v100 + v108 + v164)
+        v294 = (v117 + v127 + v183)
+        v295 = (v111 + v167 + v243 + v283)
+        v296 = (v132 + v186 + v288)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v292.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v291.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v266.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v240.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v225.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_gate_theta_ptr + n * T + (c * C + offs_t), v223.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        acc_ln_weight += v290
+        acc_ln_bias += v289
+        carry_w1 = v296
+        carry_w2 = v295
+        carry_s1 = v294
+        carry_s2 = v293
     tl.store(d_init_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
     tl.store(d_init_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
     tl.store(d_init_s1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_s1.to(d_init_s1_ptr.dtype.element_ty))

@@ -68,39 +68,40 @@ def chunk_fwd_kernel(
         v27 = (v26 / (D))
         v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v30 = gate_eta
-        v31 = (v29 * v30[None, :])
+        v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v31 = tl.sum((v29 * v30[:, None]), axis=0)
+        v32 = gate_eta
+        v33 = (v29 * v32[None, :])
+        v34 = (v31 * v32)
         if USE_DOT:
-            v32 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v35 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v32 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v33 = k
-        v34 = v28
+            v35 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v36 = k
+        v37 = v28
         if USE_DOT:
-            v35 = tl.dot(q, tl.trans(v33), input_precision="ieee")
+            v38 = tl.dot(q, tl.trans(v36), input_precision="ieee")
         else:
-            v35 = tl.sum((q[:, None, :] * v33[None, :, :]), axis=2)  # scores x_t·x_s
-        v36 = (v35 * v31)
+            v38 = tl.sum((q[:, None, :] * v36[None, :, :]), axis=2)  # scores x_t·x_s
+        v39 = (v38 * v33)
         if USE_DOT:
-            v37 = tl.dot(v36, v34, input_precision="ieee")
+            v40 = tl.dot(v39, v37, input_precision="ieee")
         else:
-            v37 = tl.sum((v36[:, :, None] * v34[None, :, :]), axis=1)
-        v38 = (v32 - v37)
-        v39 = tl.sum((v38), axis=1)
-        v40 = (v39 / (D))
-        v41 = (v38 - v40[:, None])
-        v42 = (v41 * v41)
-        v43 = tl.sum((v42), axis=1)
-        v44 = (v43 / (D))
-        v45 = (ln_bias[None, :] + (v41 * ln_weight[None, :] / (tl.sqrt((1e-05 + v44[:, None])))))
-        v46 = q
-        v47 = (v45 + v46)  # read: M(q_t; W_t)
-        v48 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v49 = tl.sum((v31 * v48[:, None]), axis=0)
-        v50 = tl.sum((v49[:, None, None] * v34[:, :, None] * v33[:, None, :]), axis=0)
-        v51 = (w1 - v50)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v47.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v51
+            v40 = tl.sum((v39[:, :, None] * v37[None, :, :]), axis=1)
+        v41 = (v35 - v40)
+        v42 = tl.sum((v41), axis=1)
+        v43 = (v42 / (D))
+        v44 = (v41 - v43[:, None])
+        v45 = (v44 * v44)
+        v46 = tl.sum((v45), axis=1)
+        v47 = (v46 / (D))
+        v48 = (ln_bias[None, :] + (v44 * ln_weight[None, :] / (tl.sqrt((1e-05 + v47[:, None])))))
+        v49 = q
+        v50 = (v48 + v49)  # read: M(q_t; W_t)
+        v51 = tl.sum((v34[:, None, None] * v37[:, :, None] * v36[:, None, :]), axis=0)
+        v52 = (w1 - v51)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v50.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v52
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -157,46 +158,46 @@ def chunk_bwd_kernel(
         v27 = (v26 / (D))
         v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v30 = gate_eta
-        v31 = (v29 * v30[None, :])
+        v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v31 = tl.sum((v29 * v30[:, None]), axis=0)
+        v32 = gate_eta
+        v33 = (v29 * v32[None, :])
+        v34 = (v31 * v32)
         if USE_DOT:
-            v32 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v35 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v32 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v33 = k
-        v34 = v28
+            v35 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v36 = k
+        v37 = v28
         if USE_DOT:
-            v35 = tl.dot(q, tl.trans(v33), input_precision="ieee")
+            v38 = tl.dot(q, tl.trans(v36), input_precision="ieee")
         else:
-            v35 = tl.sum((q[:, None, :] * v33[None, :, :]), axis=2)  # scores x_t·x_s
-        v36 = (v35 * v31)
+            v38 = tl.sum((q[:, None, :] * v36[None, :, :]), axis=2)  # scores x_t·x_s
+        v39 = (v38 * v33)
         if USE_DOT:
-            v37 = tl.dot(v36, v34, input_precision="ieee")
+            v40 = tl.dot(v39, v37, input_precision="ieee")
         else:
-            v37 = tl.sum((v36[:, :, None] * v34[None, :, :]), axis=1)
-        v38 = (v32 - v37)
-        v39 = tl.sum((v38), axis=1)
-        v40 = (v39 / (D))
-        v41 = (v38 - v40[:, None])
-        v42 = (v41 * v41)
-        v43 = tl.sum((v42), axis=1)
-        v44 = (v43 / (D))
-        v45 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v46 = tl.sum((v31 * v45[:, None]), axis=0)
-        v49 = ((-1.0) * d_new_w1)
-        v50 = tl.sum(tl.sum((v34[:, :, None] * v33[:, None, :] * v49[None, :, :]), axis=2), axis=1)
-        v51 = tl.sum((v46[:, None, None] * v33[:, None, :] * v49[None, :, :]), axis=2)
-        v52 = tl.sum((v46[:, None, None] * v34[:, :, None] * v49[None, :, :]), axis=1)
-        v53 = (v45[:, None] * v50[None, :])
+            v40 = tl.sum((v39[:, :, None] * v37[None, :, :]), axis=1)
+        v41 = (v35 - v40)
+        v42 = tl.sum((v41), axis=1)
+        v43 = (v42 / (D))
+        v44 = (v41 - v43[:, None])
+        v45 = (v44 * v44)
+        v46 = tl.sum((v45), axis=1)
+        v47 = (v46 / (D))
+        v50 = ((-1.0) * d_new_w1)
+        v51 = tl.sum(tl.sum((v37[:, :, None] * v36[:, None, :] * v50[None, :, :]), axis=2), axis=1)
+        v52 = tl.sum((v34[:, None, None] * v36[:, None, :] * v50[None, :, :]), axis=2)
+        v53 = tl.sum((v34[:, None, None] * v37[:, :, None] * v50[None, :, :]), axis=1)
         v54 = d_out
-        v55 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v44[:, None]))))
-        v56 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v44[:, None])))))
+        v55 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v47[:, None]))))
+        v56 = ((-0.5) * v44 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v47[:, None])))))
         v57 = tl.sum((v56), axis=1)
-        v58 = (v41 * d_out / (tl.sqrt((1e-05 + v44[:, None]))))
+        v58 = (v44 * d_out / (tl.sqrt((1e-05 + v47[:, None]))))
         v59 = tl.sum((v58), axis=0)
         v60 = tl.sum((d_out), axis=0)
         v61 = (v57 / (D))
-        v62 = (2.0 * v41 * v61[:, None])
+        v62 = (2.0 * v44 * v61[:, None])
         v63 = (v55 + v62)
         v64 = ((-1.0) * v63)
         v65 = tl.sum((v64), axis=1)
@@ -204,26 +205,26 @@ def chunk_bwd_kernel(
         v67 = (v63 + v66[:, None])
         v68 = ((-1.0) * v67)
         if USE_DOT:
-            v69 = tl.trans(tl.dot(v34, tl.trans(v68), input_precision="ieee"))
+            v69 = tl.trans(tl.dot(v37, tl.trans(v68), input_precision="ieee"))
         else:
-            v69 = tl.sum((v34[None, :, :] * v68[:, None, :]), axis=2)
+            v69 = tl.sum((v37[None, :, :] * v68[:, None, :]), axis=2)
         if USE_DOT:
-            v70 = tl.dot(tl.trans(v36), v68, input_precision="ieee")
+            v70 = tl.dot(tl.trans(v39), v68, input_precision="ieee")
         else:
-            v70 = tl.sum((v36[:, :, None] * v68[:, None, :]), axis=0)
-        v71 = (v31 * v69)
-        v72 = (v35 * v69)
+            v70 = tl.sum((v39[:, :, None] * v68[:, None, :]), axis=0)
+        v71 = (v33 * v69)
+        v72 = (v38 * v69)
         if USE_DOT:
-            v73 = tl.trans(tl.dot(tl.trans(v33), tl.trans(v71), input_precision="ieee"))
+            v73 = tl.trans(tl.dot(tl.trans(v36), tl.trans(v71), input_precision="ieee"))
         else:
-            v73 = tl.sum((v33[None, :, :] * v71[:, :, None]), axis=1)
+            v73 = tl.sum((v36[None, :, :] * v71[:, :, None]), axis=1)
         if USE_DOT:
             v74 = tl.trans(tl.dot(tl.trans(q), v71, input_precision="ieee"))
         else:
             v74 = tl.sum((q[:, None, :] * v71[:, :, None]), axis=0)
-        v75 = (v51 + v70)
+        v75 = (v52 + v70)
         v76 = v75
-        v77 = (v52 + v74)
+        v77 = (v53 + v74)
         v78 = v77
         if USE_DOT:
             v79 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v67), input_precision="ieee"))
@@ -233,66 +234,67 @@ def chunk_bwd_kernel(
             v80 = tl.trans(tl.dot(tl.trans(q), v67, input_precision="ieee"))
         else:
             v80 = tl.sum((q[:, None, :] * v67[:, :, None]), axis=0)
-        v81 = (v53 + v72)
-        v82 = (v29 * v81)
+        v81 = (v31 * v51)
+        v82 = (v29 * v72)
         v83 = tl.sum((v82), axis=0)
-        v84 = v83
-        v85 = tl.sum((v76), axis=1)
-        v86 = (v85 / (D))
-        v87 = ((-1.0) * v86)
-        v88 = (v76 + v87[:, None])
-        v89 = (2.0 * v22[:, None] * v88)
-        v90 = (2.0 * v11 * v88)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = ((-0.5) * ln_weight[None, :] * v18 * v92[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
-        v94 = (0.75 * v11 * ln_weight[None, :] * v18 * v92[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v14[:, None])))))
-        v95 = tl.sum((v94), axis=1)
-        v96 = ((-0.5) * v11 * v18 * v92[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
-        v97 = tl.sum((v96), axis=0)
-        v98 = ((-0.5) * v11 * ln_weight[None, :] * v92[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
-        v99 = ((-0.5) * ln_weight[None, :] * v18 * v88 / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
-        v100 = tl.sum((v99), axis=1)
-        v101 = (v18 * v88 / (tl.sqrt((1e-05 + v14[:, None]))))
-        v102 = tl.sum((v101), axis=0)
-        v103 = (ln_weight[None, :] * v88 / (tl.sqrt((1e-05 + v14[:, None]))))
-        v104 = (v98 + v103)
-        v105 = ((-1.0) * v104)
-        v106 = v104
-        v107 = (ln_weight[None, :] * v104 / (tl.sqrt((1e-05 + v14[:, None]))))
-        v108 = ((-0.5) * v11 * ln_weight[None, :] * v104 / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
-        v109 = tl.sum((v108), axis=1)
-        v110 = (v11 * v104 / (tl.sqrt((1e-05 + v14[:, None]))))
-        v111 = tl.sum((v110), axis=0)
-        v112 = tl.sum((v104), axis=0)
-        v113 = (v95 + v100 + v109)
-        v114 = (v113 / (D))
-        v115 = (2.0 * v11 * v114[:, None])
-        v116 = (v89 + v93 + v107 + v115)
-        v117 = ((-1.0) * v116)
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (v116 + v119[:, None])
+        v84 = (v81 + v83)
+        v85 = v84
+        v86 = tl.sum((v76), axis=1)
+        v87 = (v86 / (D))
+        v88 = ((-1.0) * v87)
+        v89 = (v76 + v88[:, None])
+        v90 = (2.0 * v22[:, None] * v89)
+        v91 = (2.0 * v11 * v89)
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = ((-0.5) * ln_weight[None, :] * v18 * v93[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
+        v95 = (0.75 * v11 * ln_weight[None, :] * v18 * v93[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v14[:, None])))))
+        v96 = tl.sum((v95), axis=1)
+        v97 = ((-0.5) * v11 * v18 * v93[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
+        v98 = tl.sum((v97), axis=0)
+        v99 = ((-0.5) * v11 * ln_weight[None, :] * v93[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
+        v100 = ((-0.5) * ln_weight[None, :] * v18 * v89 / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
+        v101 = tl.sum((v100), axis=1)
+        v102 = (v18 * v89 / (tl.sqrt((1e-05 + v14[:, None]))))
+        v103 = tl.sum((v102), axis=0)
+        v104 = (ln_weight[None, :] * v89 / (tl.sqrt((1e-05 + v14[:, None]))))
+        v105 = (v99 + v104)
+        v106 = ((-1.0) * v105)
+        v107 = v105
+        v108 = (ln_weight[None, :] * v105 / (tl.sqrt((1e-05 + v14[:, None]))))
+        v109 = ((-0.5) * v11 * ln_weight[None, :] * v105 / (tl.exp(1.5 * tl.log((1e-05 + v14[:, None])))))
+        v110 = tl.sum((v109), axis=1)
+        v111 = (v11 * v105 / (tl.sqrt((1e-05 + v14[:, None]))))
+        v112 = tl.sum((v111), axis=0)
+        v113 = tl.sum((v105), axis=0)
+        v114 = (v96 + v101 + v110)
+        v115 = (v114 / (D))
+        v116 = (2.0 * v11 * v115[:, None])
+        v117 = (v90 + v94 + v108 + v116)
+        v118 = ((-1.0) * v117)
+        v119 = tl.sum((v118), axis=1)
+        v120 = (v119 / (D))
+        v121 = (v117 + v120[:, None])
         if USE_DOT:
-            v121 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v120), input_precision="ieee"))
+            v122 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v121), input_precision="ieee"))
         else:
-            v121 = tl.sum((w1[None, :, :] * v120[:, :, None]), axis=1)
+            v122 = tl.sum((w1[None, :, :] * v121[:, :, None]), axis=1)
         if USE_DOT:
-            v122 = tl.trans(tl.dot(tl.trans(k), v120, input_precision="ieee"))
+            v123 = tl.trans(tl.dot(tl.trans(k), v121, input_precision="ieee"))
         else:
-            v122 = tl.sum((k[:, None, :] * v120[:, :, None]), axis=0)
-        v123 = (v60 + v112)
-        v124 = (v59 + v97 + v102 + v111)
-        v125 = (v78 + v106 + v121)
-        v126 = (v54 + v73 + v79)
-        v127 = (d_new_w1 + v80 + v122)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v105.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v84.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        acc_ln_weight += v124
-        acc_ln_bias += v123
-        carry_w1 = v127
+            v123 = tl.sum((k[:, None, :] * v121[:, :, None]), axis=0)
+        v124 = (v60 + v113)
+        v125 = (v59 + v98 + v103 + v112)
+        v126 = (v78 + v107 + v122)
+        v127 = (v54 + v73 + v79)
+        v128 = (d_new_w1 + v80 + v123)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v85.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        acc_ln_weight += v125
+        acc_ln_bias += v124
+        carry_w1 = v128
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
     tl.store(grad_ln_weight_ptr + n * D + offs_o, acc_ln_weight.to(grad_ln_weight_ptr.dtype.element_ty))
     tl.store(grad_ln_bias_ptr + n * D + offs_o, acc_ln_bias.to(grad_ln_bias_ptr.dtype.element_ty))

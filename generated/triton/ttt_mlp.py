@@ -82,60 +82,61 @@ def chunk_fwd_kernel(
         _c0 = (0.5 * v8 * 1.4142135623730951)
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v35 = gate_eta
-        v36 = (v34 * v35[None, :])
+        v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v36 = tl.sum((v34 * v35[:, None]), axis=0)
+        v37 = gate_eta
+        v38 = (v34 * v37[None, :])
+        v39 = (v36 * v37)
         if USE_DOT:
-            v37 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v40 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v37 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v38 = k
-        v39 = v33
+            v40 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v41 = k
+        v42 = v33
         if USE_DOT:
-            v40 = tl.dot(q, tl.trans(v38), input_precision="ieee")
+            v43 = tl.dot(q, tl.trans(v41), input_precision="ieee")
         else:
-            v40 = tl.sum((q[:, None, :] * v38[None, :, :]), axis=2)  # scores x_t·x_s
-        v41 = (v40 * v36)
+            v43 = tl.sum((q[:, None, :] * v41[None, :, :]), axis=2)  # scores x_t·x_s
+        v44 = (v43 * v38)
         if USE_DOT:
-            v42 = tl.dot(v41, v39, input_precision="ieee")
+            v45 = tl.dot(v44, v42, input_precision="ieee")
         else:
-            v42 = tl.sum((v41[:, :, None] * v39[None, :, :]), axis=1)
-        v43 = (v37 - v42)
-        _c0 = (0.5 * v43)
-        v44 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+            v45 = tl.sum((v44[:, :, None] * v42[None, :, :]), axis=1)
+        v46 = (v40 - v45)
+        _c0 = (0.5 * v46)
+        v47 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
         if USE_DOT:
-            v45 = tl.dot(v44, tl.trans(w2), input_precision="ieee")
+            v48 = tl.dot(v47, tl.trans(w2), input_precision="ieee")
         else:
-            v45 = tl.sum((v44[:, None, :] * w2[None, :, :]), axis=2)
-        v46 = v9
-        v47 = v31
+            v48 = tl.sum((v47[:, None, :] * w2[None, :, :]), axis=2)
+        v49 = v9
+        v50 = v31
         if USE_DOT:
-            v48 = tl.dot(v44, tl.trans(v46), input_precision="ieee")
+            v51 = tl.dot(v47, tl.trans(v49), input_precision="ieee")
         else:
-            v48 = tl.sum((v44[:, None, :] * v46[None, :, :]), axis=2)  # scores x_t·x_s
-        v49 = (v48 * v36)
+            v51 = tl.sum((v47[:, None, :] * v49[None, :, :]), axis=2)  # scores x_t·x_s
+        v52 = (v51 * v38)
         if USE_DOT:
-            v50 = tl.dot(v49, v47, input_precision="ieee")
+            v53 = tl.dot(v52, v50, input_precision="ieee")
         else:
-            v50 = tl.sum((v49[:, :, None] * v47[None, :, :]), axis=1)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / (tl.sqrt((1e-05 + v57[:, None])))))
-        v59 = q
-        v60 = (v58 + v59)  # read: M(q_t; W_t)
-        v61 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v62 = tl.sum((v36 * v61[:, None]), axis=0)
-        v63 = tl.sum((v62[:, None, None] * v39[:, :, None] * v38[:, None, :]), axis=0)
-        v64 = (w1 - v63)  # layer 1 end state
-        v65 = tl.sum((v62[:, None, None] * v47[:, :, None] * v46[:, None, :]), axis=0)
-        v66 = (w2 - v65)  # layer 2 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v64
-        w2 = v66
+            v53 = tl.sum((v52[:, :, None] * v50[None, :, :]), axis=1)
+        v54 = (v48 - v53)
+        v55 = tl.sum((v54), axis=1)
+        v56 = (v55 / (D))
+        v57 = (v54 - v56[:, None])
+        v58 = (v57 * v57)
+        v59 = tl.sum((v58), axis=1)
+        v60 = (v59 / (D))
+        v61 = (ln_bias[None, :] + (v57 * ln_weight[None, :] / (tl.sqrt((1e-05 + v60[:, None])))))
+        v62 = q
+        v63 = (v61 + v62)  # read: M(q_t; W_t)
+        v64 = tl.sum((v39[:, None, None] * v42[:, :, None] * v41[:, None, :]), axis=0)
+        v65 = (w1 - v64)  # layer 1 end state
+        v66 = tl.sum((v39[:, None, None] * v50[:, :, None] * v49[:, None, :]), axis=0)
+        v67 = (w2 - v66)  # layer 2 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v63.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v65
+        w2 = v67
     tl.store(final_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
     tl.store(final_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(final_w2_ptr.dtype.element_ty))
 
@@ -208,229 +209,231 @@ def chunk_bwd_kernel(
         _c0 = (0.5 * v8 * 1.4142135623730951)
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v35 = gate_eta
-        v36 = (v34 * v35[None, :])
+        v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v36 = tl.sum((v34 * v35[:, None]), axis=0)
+        v37 = gate_eta
+        v38 = (v34 * v37[None, :])
+        v39 = (v36 * v37)
         if USE_DOT:
-            v37 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v40 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v37 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v38 = k
-        v39 = v33
+            v40 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v41 = k
+        v42 = v33
         if USE_DOT:
-            v40 = tl.dot(q, tl.trans(v38), input_precision="ieee")
+            v43 = tl.dot(q, tl.trans(v41), input_precision="ieee")
         else:
-            v40 = tl.sum((q[:, None, :] * v38[None, :, :]), axis=2)  # scores x_t·x_s
-        v41 = (v40 * v36)
+            v43 = tl.sum((q[:, None, :] * v41[None, :, :]), axis=2)  # scores x_t·x_s
+        v44 = (v43 * v38)
         if USE_DOT:
-            v42 = tl.dot(v41, v39, input_precision="ieee")
+            v45 = tl.dot(v44, v42, input_precision="ieee")
         else:
-            v42 = tl.sum((v41[:, :, None] * v39[None, :, :]), axis=1)
-        v43 = (v37 - v42)
-        _c0 = (0.5 * v43)
-        v44 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+            v45 = tl.sum((v44[:, :, None] * v42[None, :, :]), axis=1)
+        v46 = (v40 - v45)
+        _c0 = (0.5 * v46)
+        v47 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
         if USE_DOT:
-            v45 = tl.dot(v44, tl.trans(w2), input_precision="ieee")
+            v48 = tl.dot(v47, tl.trans(w2), input_precision="ieee")
         else:
-            v45 = tl.sum((v44[:, None, :] * w2[None, :, :]), axis=2)
-        v46 = v9
-        v47 = v31
+            v48 = tl.sum((v47[:, None, :] * w2[None, :, :]), axis=2)
+        v49 = v9
+        v50 = v31
         if USE_DOT:
-            v48 = tl.dot(v44, tl.trans(v46), input_precision="ieee")
+            v51 = tl.dot(v47, tl.trans(v49), input_precision="ieee")
         else:
-            v48 = tl.sum((v44[:, None, :] * v46[None, :, :]), axis=2)  # scores x_t·x_s
-        v49 = (v48 * v36)
+            v51 = tl.sum((v47[:, None, :] * v49[None, :, :]), axis=2)  # scores x_t·x_s
+        v52 = (v51 * v38)
         if USE_DOT:
-            v50 = tl.dot(v49, v47, input_precision="ieee")
+            v53 = tl.dot(v52, v50, input_precision="ieee")
         else:
-            v50 = tl.sum((v49[:, :, None] * v47[None, :, :]), axis=1)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v59 = tl.sum((v36 * v58[:, None]), axis=0)
-        v63 = ((-1.0) * d_new_w2)
-        v64 = tl.sum(tl.sum((v47[:, :, None] * v46[:, None, :] * v63[None, :, :]), axis=2), axis=1)
-        v65 = tl.sum((v59[:, None, None] * v46[:, None, :] * v63[None, :, :]), axis=2)
-        v66 = tl.sum((v59[:, None, None] * v47[:, :, None] * v63[None, :, :]), axis=1)
-        v67 = ((-1.0) * d_new_w1)
-        v68 = tl.sum(tl.sum((v39[:, :, None] * v38[:, None, :] * v67[None, :, :]), axis=2), axis=1)
-        v69 = tl.sum((v59[:, None, None] * v38[:, None, :] * v67[None, :, :]), axis=2)
-        v70 = tl.sum((v59[:, None, None] * v39[:, :, None] * v67[None, :, :]), axis=1)
-        v71 = (v64 + v68)
-        v72 = (v58[:, None] * v71[None, :])
-        v73 = d_out
-        v74 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v57[:, None]))))
-        v75 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v57[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v54 * d_out / (tl.sqrt((1e-05 + v57[:, None]))))
-        v78 = tl.sum((v77), axis=0)
-        v79 = tl.sum((d_out), axis=0)
-        v80 = (v76 / (D))
-        v81 = (2.0 * v54 * v80[:, None])
-        v82 = (v74 + v81)
-        v83 = ((-1.0) * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        v86 = (v82 + v85[:, None])
-        v87 = ((-1.0) * v86)
+            v53 = tl.sum((v52[:, :, None] * v50[None, :, :]), axis=1)
+        v54 = (v48 - v53)
+        v55 = tl.sum((v54), axis=1)
+        v56 = (v55 / (D))
+        v57 = (v54 - v56[:, None])
+        v58 = (v57 * v57)
+        v59 = tl.sum((v58), axis=1)
+        v60 = (v59 / (D))
+        v64 = ((-1.0) * d_new_w2)
+        v65 = tl.sum(tl.sum((v50[:, :, None] * v49[:, None, :] * v64[None, :, :]), axis=2), axis=1)
+        v66 = tl.sum((v39[:, None, None] * v49[:, None, :] * v64[None, :, :]), axis=2)
+        v67 = tl.sum((v39[:, None, None] * v50[:, :, None] * v64[None, :, :]), axis=1)
+        v68 = ((-1.0) * d_new_w1)
+        v69 = tl.sum(tl.sum((v42[:, :, None] * v41[:, None, :] * v68[None, :, :]), axis=2), axis=1)
+        v70 = tl.sum((v39[:, None, None] * v41[:, None, :] * v68[None, :, :]), axis=2)
+        v71 = tl.sum((v39[:, None, None] * v42[:, :, None] * v68[None, :, :]), axis=1)
+        v72 = d_out
+        v73 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v60[:, None]))))
+        v74 = ((-0.5) * v57 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v60[:, None])))))
+        v75 = tl.sum((v74), axis=1)
+        v76 = (v57 * d_out / (tl.sqrt((1e-05 + v60[:, None]))))
+        v77 = tl.sum((v76), axis=0)
+        v78 = tl.sum((d_out), axis=0)
+        v79 = (v75 / (D))
+        v80 = (2.0 * v57 * v79[:, None])
+        v81 = (v73 + v80)
+        v82 = ((-1.0) * v81)
+        v83 = tl.sum((v82), axis=1)
+        v84 = (v83 / (D))
+        v85 = (v81 + v84[:, None])
+        v86 = ((-1.0) * v85)
         if USE_DOT:
-            v88 = tl.trans(tl.dot(v47, tl.trans(v87), input_precision="ieee"))
+            v87 = tl.trans(tl.dot(v50, tl.trans(v86), input_precision="ieee"))
         else:
-            v88 = tl.sum((v47[None, :, :] * v87[:, None, :]), axis=2)
+            v87 = tl.sum((v50[None, :, :] * v86[:, None, :]), axis=2)
         if USE_DOT:
-            v89 = tl.dot(tl.trans(v49), v87, input_precision="ieee")
+            v88 = tl.dot(tl.trans(v52), v86, input_precision="ieee")
         else:
-            v89 = tl.sum((v49[:, :, None] * v87[:, None, :]), axis=0)
-        v90 = (v36 * v88)
-        v91 = (v48 * v88)
+            v88 = tl.sum((v52[:, :, None] * v86[:, None, :]), axis=0)
+        v89 = (v38 * v87)
+        v90 = (v51 * v87)
         if USE_DOT:
-            v92 = tl.trans(tl.dot(tl.trans(v46), tl.trans(v90), input_precision="ieee"))
+            v91 = tl.trans(tl.dot(tl.trans(v49), tl.trans(v89), input_precision="ieee"))
         else:
-            v92 = tl.sum((v46[None, :, :] * v90[:, :, None]), axis=1)
+            v91 = tl.sum((v49[None, :, :] * v89[:, :, None]), axis=1)
         if USE_DOT:
-            v93 = tl.trans(tl.dot(tl.trans(v44), v90, input_precision="ieee"))
+            v92 = tl.trans(tl.dot(tl.trans(v47), v89, input_precision="ieee"))
         else:
-            v93 = tl.sum((v44[:, None, :] * v90[:, :, None]), axis=0)
-        v94 = (v65 + v89)
-        v95 = v94
-        v96 = (v66 + v93)
-        v97 = v96
+            v92 = tl.sum((v47[:, None, :] * v89[:, :, None]), axis=0)
+        v93 = (v66 + v88)
+        v94 = v93
+        v95 = (v67 + v92)
+        v96 = v95
         if USE_DOT:
-            v98 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v86), input_precision="ieee"))
+            v97 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v85), input_precision="ieee"))
         else:
-            v98 = tl.sum((w2[None, :, :] * v86[:, :, None]), axis=1)
+            v97 = tl.sum((w2[None, :, :] * v85[:, :, None]), axis=1)
         if USE_DOT:
-            v99 = tl.trans(tl.dot(tl.trans(v44), v86, input_precision="ieee"))
+            v98 = tl.trans(tl.dot(tl.trans(v47), v85, input_precision="ieee"))
         else:
-            v99 = tl.sum((v44[:, None, :] * v86[:, :, None]), axis=0)
-        v100 = (v92 + v98)
-        _c0 = (0.5 * v43 * 1.4142135623730951)
-        v101 = (v100 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (1.772453850905516))))
-        v102 = ((-1.0) * v101)
+            v98 = tl.sum((v47[:, None, :] * v85[:, :, None]), axis=0)
+        v99 = (v91 + v97)
+        _c0 = (0.5 * v46 * 1.4142135623730951)
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v46 * v46))) / (1.772453850905516))))
+        v101 = ((-1.0) * v100)
         if USE_DOT:
-            v103 = tl.trans(tl.dot(v39, tl.trans(v102), input_precision="ieee"))
+            v102 = tl.trans(tl.dot(v42, tl.trans(v101), input_precision="ieee"))
         else:
-            v103 = tl.sum((v39[None, :, :] * v102[:, None, :]), axis=2)
+            v102 = tl.sum((v42[None, :, :] * v101[:, None, :]), axis=2)
         if USE_DOT:
-            v104 = tl.dot(tl.trans(v41), v102, input_precision="ieee")
+            v103 = tl.dot(tl.trans(v44), v101, input_precision="ieee")
         else:
-            v104 = tl.sum((v41[:, :, None] * v102[:, None, :]), axis=0)
-        v105 = (v36 * v103)
-        v106 = (v40 * v103)
+            v103 = tl.sum((v44[:, :, None] * v101[:, None, :]), axis=0)
+        v104 = (v38 * v102)
+        v105 = (v43 * v102)
         if USE_DOT:
-            v107 = tl.trans(tl.dot(tl.trans(v38), tl.trans(v105), input_precision="ieee"))
+            v106 = tl.trans(tl.dot(tl.trans(v41), tl.trans(v104), input_precision="ieee"))
         else:
-            v107 = tl.sum((v38[None, :, :] * v105[:, :, None]), axis=1)
+            v106 = tl.sum((v41[None, :, :] * v104[:, :, None]), axis=1)
         if USE_DOT:
-            v108 = tl.trans(tl.dot(tl.trans(q), v105, input_precision="ieee"))
+            v107 = tl.trans(tl.dot(tl.trans(q), v104, input_precision="ieee"))
         else:
-            v108 = tl.sum((q[:, None, :] * v105[:, :, None]), axis=0)
-        v109 = (v69 + v104)
-        v110 = v109
-        v111 = (v70 + v108)
-        v112 = v111
+            v107 = tl.sum((q[:, None, :] * v104[:, :, None]), axis=0)
+        v108 = (v70 + v103)
+        v109 = v108
+        v110 = (v71 + v107)
+        v111 = v110
         if USE_DOT:
-            v113 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v101), input_precision="ieee"))
+            v112 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v100), input_precision="ieee"))
         else:
-            v113 = tl.sum((w1[None, :, :] * v101[:, :, None]), axis=1)
+            v112 = tl.sum((w1[None, :, :] * v100[:, :, None]), axis=1)
         if USE_DOT:
-            v114 = tl.trans(tl.dot(tl.trans(q), v101, input_precision="ieee"))
+            v113 = tl.trans(tl.dot(tl.trans(q), v100, input_precision="ieee"))
         else:
-            v114 = tl.sum((q[:, None, :] * v101[:, :, None]), axis=0)
-        v115 = (v72 + v91 + v106)
-        v116 = (v34 * v115)
-        v117 = tl.sum((v116), axis=0)
-        v118 = v117
+            v113 = tl.sum((q[:, None, :] * v100[:, :, None]), axis=0)
+        v114 = (v65 + v69)
+        v115 = (v36 * v114)
+        v116 = (v90 + v105)
+        v117 = (v34 * v116)
+        v118 = tl.sum((v117), axis=0)
+        v119 = (v115 + v118)
+        v120 = v119
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v8 * v8))
         _c3 = tl.exp(((-1.0) * _c2))
-        v119 = (v32 * v110 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+        v121 = (v32 * v109 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
         _c0 = (0.5 * v8 * 1.4142135623730951)
-        v120 = (v110 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))
+        v122 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))
         if USE_DOT:
-            v121 = tl.dot(tl.trans(v31), v120, input_precision="ieee")
+            v123 = tl.dot(tl.trans(v31), v122, input_precision="ieee")
         else:
-            v121 = tl.sum((v31[:, :, None] * v120[:, None, :]), axis=0)
+            v123 = tl.sum((v31[:, :, None] * v122[:, None, :]), axis=0)
         if USE_DOT:
-            v122 = tl.trans(tl.dot(w2, tl.trans(v120), input_precision="ieee"))
+            v124 = tl.trans(tl.dot(w2, tl.trans(v122), input_precision="ieee"))
         else:
-            v122 = tl.sum((w2[None, :, :] * v120[:, None, :]), axis=2)
-        v123 = (v95 + v122)
-        v124 = tl.sum((v123), axis=1)
-        v125 = (v124 / (D))
-        v126 = ((-1.0) * v125)
-        v127 = (v123 + v126[:, None])
-        v128 = (2.0 * v25[:, None] * v127)
-        v129 = (2.0 * v14 * v127)
-        v130 = tl.sum((v129), axis=1)
-        v131 = (v130 / (D))
-        v132 = ((-0.5) * ln_weight[None, :] * v21 * v131[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
-        v133 = (0.75 * v14 * ln_weight[None, :] * v21 * v131[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v17[:, None])))))
-        v134 = tl.sum((v133), axis=1)
-        v135 = ((-0.5) * v14 * v21 * v131[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
-        v136 = tl.sum((v135), axis=0)
-        v137 = ((-0.5) * v14 * ln_weight[None, :] * v131[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
-        v138 = ((-0.5) * ln_weight[None, :] * v21 * v127 / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
-        v139 = tl.sum((v138), axis=1)
-        v140 = (v21 * v127 / (tl.sqrt((1e-05 + v17[:, None]))))
-        v141 = tl.sum((v140), axis=0)
-        v142 = (ln_weight[None, :] * v127 / (tl.sqrt((1e-05 + v17[:, None]))))
-        v143 = (v137 + v142)
-        v144 = ((-1.0) * v143)
-        v145 = v143
-        v146 = (ln_weight[None, :] * v143 / (tl.sqrt((1e-05 + v17[:, None]))))
-        v147 = ((-0.5) * v14 * ln_weight[None, :] * v143 / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
-        v148 = tl.sum((v147), axis=1)
-        v149 = (v14 * v143 / (tl.sqrt((1e-05 + v17[:, None]))))
-        v150 = tl.sum((v149), axis=0)
-        v151 = tl.sum((v143), axis=0)
-        v152 = (v134 + v139 + v148)
-        v153 = (v152 / (D))
-        v154 = (2.0 * v14 * v153[:, None])
-        v155 = (v128 + v132 + v146 + v154)
-        v156 = ((-1.0) * v155)
-        v157 = tl.sum((v156), axis=1)
-        v158 = (v157 / (D))
-        v159 = (v155 + v158[:, None])
+            v124 = tl.sum((w2[None, :, :] * v122[:, None, :]), axis=2)
+        v125 = (v94 + v124)
+        v126 = tl.sum((v125), axis=1)
+        v127 = (v126 / (D))
+        v128 = ((-1.0) * v127)
+        v129 = (v125 + v128[:, None])
+        v130 = (2.0 * v25[:, None] * v129)
+        v131 = (2.0 * v14 * v129)
+        v132 = tl.sum((v131), axis=1)
+        v133 = (v132 / (D))
+        v134 = ((-0.5) * ln_weight[None, :] * v21 * v133[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
+        v135 = (0.75 * v14 * ln_weight[None, :] * v21 * v133[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v17[:, None])))))
+        v136 = tl.sum((v135), axis=1)
+        v137 = ((-0.5) * v14 * v21 * v133[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
+        v138 = tl.sum((v137), axis=0)
+        v139 = ((-0.5) * v14 * ln_weight[None, :] * v133[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
+        v140 = ((-0.5) * ln_weight[None, :] * v21 * v129 / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
+        v141 = tl.sum((v140), axis=1)
+        v142 = (v21 * v129 / (tl.sqrt((1e-05 + v17[:, None]))))
+        v143 = tl.sum((v142), axis=0)
+        v144 = (ln_weight[None, :] * v129 / (tl.sqrt((1e-05 + v17[:, None]))))
+        v145 = (v139 + v144)
+        v146 = ((-1.0) * v145)
+        v147 = v145
+        v148 = (ln_weight[None, :] * v145 / (tl.sqrt((1e-05 + v17[:, None]))))
+        v149 = ((-0.5) * v14 * ln_weight[None, :] * v145 / (tl.exp(1.5 * tl.log((1e-05 + v17[:, None])))))
+        v150 = tl.sum((v149), axis=1)
+        v151 = (v14 * v145 / (tl.sqrt((1e-05 + v17[:, None]))))
+        v152 = tl.sum((v151), axis=0)
+        v153 = tl.sum((v145), axis=0)
+        v154 = (v136 + v141 + v150)
+        v155 = (v154 / (D))
+        v156 = (2.0 * v14 * v155[:, None])
+        v157 = (v130 + v134 + v148 + v156)
+        v158 = ((-1.0) * v157)
+        v159 = tl.sum((v158), axis=1)
+        v160 = (v159 / (D))
+        v161 = (v157 + v160[:, None])
         if USE_DOT:
-            v160 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v159), input_precision="ieee"))
+            v162 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v161), input_precision="ieee"))
         else:
-            v160 = tl.sum((w2[None, :, :] * v159[:, :, None]), axis=1)
+            v162 = tl.sum((w2[None, :, :] * v161[:, :, None]), axis=1)
         if USE_DOT:
-            v161 = tl.trans(tl.dot(tl.trans(v9), v159, input_precision="ieee"))
+            v163 = tl.trans(tl.dot(tl.trans(v9), v161, input_precision="ieee"))
         else:
-            v161 = tl.sum((v9[:, None, :] * v159[:, :, None]), axis=0)
-        v162 = (v97 + v160)
+            v163 = tl.sum((v9[:, None, :] * v161[:, :, None]), axis=0)
+        v164 = (v96 + v162)
         _c0 = (0.5 * v8 * 1.4142135623730951)
-        v163 = (v162 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))
-        v164 = (v119 + v163)
+        v165 = (v164 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (1.772453850905516))))
+        v166 = (v121 + v165)
         if USE_DOT:
-            v165 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v164), input_precision="ieee"))
+            v167 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v166), input_precision="ieee"))
         else:
-            v165 = tl.sum((w1[None, :, :] * v164[:, :, None]), axis=1)
+            v167 = tl.sum((w1[None, :, :] * v166[:, :, None]), axis=1)
         if USE_DOT:
-            v166 = tl.trans(tl.dot(tl.trans(k), v164, input_precision="ieee"))
+            v168 = tl.trans(tl.dot(tl.trans(k), v166, input_precision="ieee"))
         else:
-            v166 = tl.sum((k[:, None, :] * v164[:, :, None]), axis=0)
-        v167 = (v79 + v151)
-        v168 = (v78 + v136 + v141 + v150)
-        v169 = (v112 + v145 + v165)
-        v170 = (v73 + v107 + v113)
-        v171 = (d_new_w2 + v99 + v121 + v161)
-        v172 = (d_new_w1 + v114 + v166)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v170.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v169.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v144.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v118.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        acc_ln_weight += v168
-        acc_ln_bias += v167
-        carry_w1 = v172
-        carry_w2 = v171
+            v168 = tl.sum((k[:, None, :] * v166[:, :, None]), axis=0)
+        v169 = (v78 + v153)
+        v170 = (v77 + v138 + v143 + v152)
+        v171 = (v111 + v147 + v167)
+        v172 = (v72 + v106 + v112)
+        v173 = (d_new_w2 + v98 + v123 + v163)
+        v174 = (d_new_w1 + v113 + v168)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v172.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v171.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v146.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v120.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        acc_ln_weight += v170
+        acc_ln_bias += v169
+        carry_w1 = v174
+        carry_w2 = v173
     tl.store(d_init_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
     tl.store(d_init_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
     tl.store(grad_ln_weight_ptr + n * D + offs_o, acc_ln_weight.to(grad_ln_weight_ptr.dtype.element_ty))

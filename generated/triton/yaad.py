@@ -86,58 +86,61 @@ def chunk_fwd_kernel(
         _c0 = (0.5 * v10 * 1.4142135623730951)
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v39 = tl.log(gate_alpha)
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v46 = tl.sum((q[:, None, :] * w1[None, :, :] * v43[:, None, :]), axis=2)
-        v47 = k
-        v48 = v37
-        v49 = tl.sum((q[:, None, :] * v45 * v47[None, :, :]), axis=2)  # decayed scores x_t·x_s
+        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v40 = tl.sum((v38 * v39[:, None]), axis=0)
+        v41 = tl.log(gate_alpha)
+        v42 = tl.cumsum(v41, axis=0, reverse=False)
+        v43 = v42
+        v44 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))  # pairwise decay D[t,s]
+        v45 = tl.sum((v42 * v39[:, None]), axis=0)
+        v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
+        v47 = tl.exp(v42)  # cumulative decay in the chunk
+        v48 = gate_eta
+        v49 = (v44 * v48[None, :, :])
+        v50 = (v46 * v48)
+        v51 = tl.sum((q[:, None, :] * w1[None, :, :] * v47[:, None, :]), axis=2)
+        v52 = k
+        v53 = v37
+        v54 = tl.sum((q[:, None, :] * v49 * v52[None, :, :]), axis=2)  # decayed scores x_t·x_s
         if USE_DOT:
-            v50 = tl.dot(v49, v48, input_precision="ieee")
+            v55 = tl.dot(v54, v53, input_precision="ieee")
         else:
-            v50 = tl.sum((v49[:, :, None] * v48[None, :, :]), axis=1)
-        v51 = (v46 - v50)
-        _c0 = (0.5 * v51)
-        v52 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
-        v53 = v43
-        v54 = tl.sum((v52[:, None, :] * w2[None, :, :] * v53[:, :, None]), axis=2)
-        v55 = v45
-        v56 = v11
-        v57 = v35
+            v55 = tl.sum((v54[:, :, None] * v53[None, :, :]), axis=1)
+        v56 = (v51 - v55)
+        _c0 = (0.5 * v56)
+        v57 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+        v58 = v47
+        v59 = tl.sum((v57[:, None, :] * w2[None, :, :] * v58[:, :, None]), axis=2)
+        v60 = v49
+        v61 = v11
+        v62 = v35
         if USE_DOT:
-            v58 = tl.dot(v52, tl.trans(v56), input_precision="ieee")
+            v63 = tl.dot(v57, tl.trans(v61), input_precision="ieee")
         else:
-            v58 = tl.sum((v52[:, None, :] * v56[None, :, :]), axis=2)  # scores x_t·x_s
-        v59 = tl.sum((v58[:, :, None] * v55 * v57[None, :, :]), axis=1)
-        v60 = (v54 - v59)
-        v61 = tl.sum((v60), axis=1)
-        v62 = (v61 / (D))
-        v63 = (v60 - v62[:, None])
-        v64 = (v63 * v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (ln_bias[None, :] + (v63 * ln_weight[None, :] / (tl.sqrt((1e-05 + v66[:, None])))))
-        v68 = q
-        v69 = (v67 + v68)  # read: M(q_t; W_t)
-        v70 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v71 = tl.sum((v45 * v70[:, None, None]), axis=0)
-        v72 = tl.sum((v71[:, None, :] * v48[:, :, None] * v47[:, None, :]), axis=0)
-        v73 = tl.sum((v43 * v70[:, None]), axis=0)
-        v74 = (v73[None, :] * w1)
-        v75 = (v74 - v72)  # layer 1 end state
-        v76 = v71
-        v77 = tl.sum((v76[:, :, None] * v57[:, :, None] * v56[:, None, :]), axis=0)
-        v78 = v73
-        v79 = (v78[:, None] * w2)
-        v80 = (v79 - v77)  # layer 2 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v69.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v75
-        w2 = v80
+            v63 = tl.sum((v57[:, None, :] * v61[None, :, :]), axis=2)  # scores x_t·x_s
+        v64 = tl.sum((v63[:, :, None] * v60 * v62[None, :, :]), axis=1)
+        v65 = (v59 - v64)
+        v66 = tl.sum((v65), axis=1)
+        v67 = (v66 / (D))
+        v68 = (v65 - v67[:, None])
+        v69 = (v68 * v68)
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v70 / (D))
+        v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / (tl.sqrt((1e-05 + v71[:, None])))))
+        v73 = q
+        v74 = (v72 + v73)  # read: M(q_t; W_t)
+        v75 = tl.sum((v50[:, None, :] * v53[:, :, None] * v52[:, None, :]), axis=0)
+        v76 = tl.sum((v47 * v39[:, None]), axis=0)
+        v77 = (v76[None, :] * w1)
+        v78 = (v77 - v75)  # layer 1 end state
+        v79 = v50
+        v80 = tl.sum((v79[:, :, None] * v62[:, :, None] * v61[:, None, :]), axis=0)
+        v81 = v76
+        v82 = (v81[:, None] * w2)
+        v83 = (v82 - v80)  # layer 2 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v74.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v78
+        w2 = v83
     tl.store(final_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
     tl.store(final_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(final_w2_ptr.dtype.element_ty))
 
@@ -214,229 +217,239 @@ def chunk_bwd_kernel(
         _c0 = (0.5 * v10 * 1.4142135623730951)
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v39 = tl.log(gate_alpha)
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v46 = tl.sum((q[:, None, :] * w1[None, :, :] * v43[:, None, :]), axis=2)
-        v47 = k
-        v48 = v37
-        v49 = tl.sum((q[:, None, :] * v45 * v47[None, :, :]), axis=2)  # decayed scores x_t·x_s
+        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
+        v40 = tl.sum((v38 * v39[:, None]), axis=0)
+        v41 = tl.log(gate_alpha)
+        v42 = tl.cumsum(v41, axis=0, reverse=False)
+        v43 = v42
+        v44 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))  # pairwise decay D[t,s]
+        v45 = tl.sum((v42 * v39[:, None]), axis=0)
+        v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
+        v47 = tl.exp(v42)  # cumulative decay in the chunk
+        v48 = gate_eta
+        v49 = (v44 * v48[None, :, :])
+        v50 = (v46 * v48)
+        v51 = tl.sum((q[:, None, :] * w1[None, :, :] * v47[:, None, :]), axis=2)
+        v52 = k
+        v53 = v37
+        v54 = tl.sum((q[:, None, :] * v49 * v52[None, :, :]), axis=2)  # decayed scores x_t·x_s
         if USE_DOT:
-            v50 = tl.dot(v49, v48, input_precision="ieee")
+            v55 = tl.dot(v54, v53, input_precision="ieee")
         else:
-            v50 = tl.sum((v49[:, :, None] * v48[None, :, :]), axis=1)
-        v51 = (v46 - v50)
-        _c0 = (0.5 * v51)
-        v52 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
-        v53 = v43
-        v54 = tl.sum((v52[:, None, :] * w2[None, :, :] * v53[:, :, None]), axis=2)
-        v55 = v45
-        v56 = v11
-        v57 = v35
+            v55 = tl.sum((v54[:, :, None] * v53[None, :, :]), axis=1)
+        v56 = (v51 - v55)
+        _c0 = (0.5 * v56)
+        v57 = (_c0 * (1.0 + tl.math.erf((_c0 * 1.4142135623730951))))
+        v58 = v47
+        v59 = tl.sum((v57[:, None, :] * w2[None, :, :] * v58[:, :, None]), axis=2)
+        v60 = v49
+        v61 = v11
+        v62 = v35
         if USE_DOT:
-            v58 = tl.dot(v52, tl.trans(v56), input_precision="ieee")
+            v63 = tl.dot(v57, tl.trans(v61), input_precision="ieee")
         else:
-            v58 = tl.sum((v52[:, None, :] * v56[None, :, :]), axis=2)  # scores x_t·x_s
-        v59 = tl.sum((v58[:, :, None] * v55 * v57[None, :, :]), axis=1)
-        v60 = (v54 - v59)
-        v61 = tl.sum((v60), axis=1)
-        v62 = (v61 / (D))
-        v63 = (v60 - v62[:, None])
-        v64 = (v63 * v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v68 = tl.sum((v45 * v67[:, None, None]), axis=0)
-        v69 = tl.sum((v43 * v67[:, None]), axis=0)
-        v70 = v68
-        v71 = v69
-        v75 = ((-1.0) * d_new_w2)
-        v76 = (w2 * d_new_w2)
-        v77 = tl.sum((v76), axis=1)
-        v78 = (v71[:, None] * d_new_w2)
-        v79 = v77
-        v80 = tl.sum((v57[:, :, None] * v56[:, None, :] * v75[None, :, :]), axis=2)
-        v81 = tl.sum((v70[:, :, None] * v56[:, None, :] * v75[None, :, :]), axis=2)
-        v82 = tl.sum((v70[:, :, None] * v57[:, :, None] * v75[None, :, :]), axis=1)
-        v83 = v80
-        v84 = ((-1.0) * d_new_w1)
-        v85 = (w1 * d_new_w1)
-        v86 = tl.sum((v85), axis=0)
-        v87 = (v69[None, :] * d_new_w1)
-        v88 = (v79 + v86)
-        v89 = (v67[:, None] * v88[None, :])
-        v90 = tl.sum((v48[:, :, None] * v47[:, None, :] * v84[None, :, :]), axis=1)
-        v91 = tl.sum((v68[:, None, :] * v47[:, None, :] * v84[None, :, :]), axis=2)
-        v92 = tl.sum((v68[:, None, :] * v48[:, :, None] * v84[None, :, :]), axis=1)
-        v93 = (v83 + v90)
-        v94 = (v67[:, None, None] * v93[None, :, :])
-        v95 = d_out
-        v96 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v66[:, None]))))
-        v97 = ((-0.5) * v63 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v66[:, None])))))
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v63 * d_out / (tl.sqrt((1e-05 + v66[:, None]))))
-        v100 = tl.sum((v99), axis=0)
-        v101 = tl.sum((d_out), axis=0)
-        v102 = (v98 / (D))
-        v103 = (2.0 * v63 * v102[:, None])
-        v104 = (v96 + v103)
-        v105 = ((-1.0) * v104)
-        v106 = tl.sum((v105), axis=1)
-        v107 = (v106 / (D))
-        v108 = (v104 + v107[:, None])
-        v109 = ((-1.0) * v108)
-        v110 = tl.sum((v55 * v57[None, :, :] * v109[:, None, :]), axis=2)
-        v111 = (v58[:, :, None] * v57[None, :, :] * v109[:, None, :])
-        v112 = tl.sum((v58[:, :, None] * v55 * v109[:, None, :]), axis=0)
+            v63 = tl.sum((v57[:, None, :] * v61[None, :, :]), axis=2)  # scores x_t·x_s
+        v64 = tl.sum((v63[:, :, None] * v60 * v62[None, :, :]), axis=1)
+        v65 = (v59 - v64)
+        v66 = tl.sum((v65), axis=1)
+        v67 = (v66 / (D))
+        v68 = (v65 - v67[:, None])
+        v69 = (v68 * v68)
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v70 / (D))
+        v72 = tl.sum((v47 * v39[:, None]), axis=0)
+        v73 = v50
+        v74 = v72
+        v78 = ((-1.0) * d_new_w2)
+        v79 = (w2 * d_new_w2)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v74[:, None] * d_new_w2)
+        v82 = v80
+        v83 = tl.sum((v62[:, :, None] * v61[:, None, :] * v78[None, :, :]), axis=2)
+        v84 = tl.sum((v73[:, :, None] * v61[:, None, :] * v78[None, :, :]), axis=2)
+        v85 = tl.sum((v73[:, :, None] * v62[:, :, None] * v78[None, :, :]), axis=1)
+        v86 = v83
+        v87 = ((-1.0) * d_new_w1)
+        v88 = (w1 * d_new_w1)
+        v89 = tl.sum((v88), axis=0)
+        v90 = (v72[None, :] * d_new_w1)
+        v91 = (v82 + v89)
+        v92 = (v39[:, None] * v91[None, :])
+        v93 = tl.sum((v53[:, :, None] * v52[:, None, :] * v87[None, :, :]), axis=1)
+        v94 = tl.sum((v50[:, None, :] * v52[:, None, :] * v87[None, :, :]), axis=2)
+        v95 = tl.sum((v50[:, None, :] * v53[:, :, None] * v87[None, :, :]), axis=1)
+        v96 = d_out
+        v97 = (ln_weight[None, :] * d_out / (tl.sqrt((1e-05 + v71[:, None]))))
+        v98 = ((-0.5) * v68 * ln_weight[None, :] * d_out / (tl.exp(1.5 * tl.log((1e-05 + v71[:, None])))))
+        v99 = tl.sum((v98), axis=1)
+        v100 = (v68 * d_out / (tl.sqrt((1e-05 + v71[:, None]))))
+        v101 = tl.sum((v100), axis=0)
+        v102 = tl.sum((d_out), axis=0)
+        v103 = (v99 / (D))
+        v104 = (2.0 * v68 * v103[:, None])
+        v105 = (v97 + v104)
+        v106 = ((-1.0) * v105)
+        v107 = tl.sum((v106), axis=1)
+        v108 = (v107 / (D))
+        v109 = (v105 + v108[:, None])
+        v110 = ((-1.0) * v109)
+        v111 = tl.sum((v60 * v62[None, :, :] * v110[:, None, :]), axis=2)
+        v112 = (v63[:, :, None] * v62[None, :, :] * v110[:, None, :])
+        v113 = tl.sum((v63[:, :, None] * v60 * v110[:, None, :]), axis=0)
         if USE_DOT:
-            v113 = tl.trans(tl.dot(tl.trans(v56), tl.trans(v110), input_precision="ieee"))
+            v114 = tl.trans(tl.dot(tl.trans(v61), tl.trans(v111), input_precision="ieee"))
         else:
-            v113 = tl.sum((v56[None, :, :] * v110[:, :, None]), axis=1)
+            v114 = tl.sum((v61[None, :, :] * v111[:, :, None]), axis=1)
         if USE_DOT:
-            v114 = tl.trans(tl.dot(tl.trans(v52), v110, input_precision="ieee"))
+            v115 = tl.trans(tl.dot(tl.trans(v57), v111, input_precision="ieee"))
         else:
-            v114 = tl.sum((v52[:, None, :] * v110[:, :, None]), axis=0)
-        v115 = (v81 + v112)
-        v116 = v115
-        v117 = (v82 + v114)
-        v118 = v117
-        v119 = v111
-        v120 = tl.sum((w2[None, :, :] * v53[:, :, None] * v108[:, :, None]), axis=1)
-        v121 = tl.sum((v52[:, None, :] * v53[:, :, None] * v108[:, :, None]), axis=0)
-        v122 = tl.sum((v52[:, None, :] * w2[None, :, :] * v108[:, :, None]), axis=2)
-        v123 = v122
-        v124 = (v113 + v120)
-        _c0 = (0.5 * v51 * 1.4142135623730951)
-        v125 = (v124 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v51 * v51))) / (1.772453850905516))))
-        v126 = ((-1.0) * v125)
+            v115 = tl.sum((v57[:, None, :] * v111[:, :, None]), axis=0)
+        v116 = (v84 + v113)
+        v117 = v116
+        v118 = (v85 + v115)
+        v119 = v118
+        v120 = v112
+        v121 = tl.sum((w2[None, :, :] * v58[:, :, None] * v109[:, :, None]), axis=1)
+        v122 = tl.sum((v57[:, None, :] * v58[:, :, None] * v109[:, :, None]), axis=0)
+        v123 = tl.sum((v57[:, None, :] * w2[None, :, :] * v109[:, :, None]), axis=2)
+        v124 = v123
+        v125 = (v114 + v121)
+        _c0 = (0.5 * v56 * 1.4142135623730951)
+        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v56 * v56))) / (1.772453850905516))))
+        v127 = ((-1.0) * v126)
         if USE_DOT:
-            v127 = tl.trans(tl.dot(v48, tl.trans(v126), input_precision="ieee"))
+            v128 = tl.trans(tl.dot(v53, tl.trans(v127), input_precision="ieee"))
         else:
-            v127 = tl.sum((v48[None, :, :] * v126[:, None, :]), axis=2)
+            v128 = tl.sum((v53[None, :, :] * v127[:, None, :]), axis=2)
         if USE_DOT:
-            v128 = tl.dot(tl.trans(v49), v126, input_precision="ieee")
+            v129 = tl.dot(tl.trans(v54), v127, input_precision="ieee")
         else:
-            v128 = tl.sum((v49[:, :, None] * v126[:, None, :]), axis=0)
-        v129 = tl.sum((v45 * v47[None, :, :] * v127[:, :, None]), axis=1)
-        v130 = (q[:, None, :] * v47[None, :, :] * v127[:, :, None])
-        v131 = tl.sum((q[:, None, :] * v45 * v127[:, :, None]), axis=0)
-        v132 = (v91 + v128)
-        v133 = v132
-        v134 = (v92 + v131)
-        v135 = v134
-        v136 = tl.sum((w1[None, :, :] * v43[:, None, :] * v125[:, :, None]), axis=1)
-        v137 = tl.sum((q[:, None, :] * v43[:, None, :] * v125[:, :, None]), axis=0)
-        v138 = tl.sum((q[:, None, :] * w1[None, :, :] * v125[:, :, None]), axis=1)
-        v139 = (v94 + v119 + v130)
-        v140 = (v44[None, :, :] * v139)
-        v141 = (v42 * v139)
-        v142 = tl.sum((v141), axis=0)
-        v143 = v142
-        v144 = (v89 + v123 + v138)
-        v145 = (v144 * tl.exp(v40))
-        v146 = (v140 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))
-        v147 = tl.sum((v146), axis=1)
-        v148 = ((-1.0) * v140 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))
-        v149 = tl.sum((v148), axis=0)
-        v150 = v149
-        v151 = (v145 + v147 + v150)
-        v152 = tl.cumsum(v151, axis=0, reverse=True)
-        v153 = (v152 / (gate_alpha))
+            v129 = tl.sum((v54[:, :, None] * v127[:, None, :]), axis=0)
+        v130 = tl.sum((v49 * v52[None, :, :] * v128[:, :, None]), axis=1)
+        v131 = (q[:, None, :] * v52[None, :, :] * v128[:, :, None])
+        v132 = tl.sum((q[:, None, :] * v49 * v128[:, :, None]), axis=0)
+        v133 = (v94 + v129)
+        v134 = v133
+        v135 = (v95 + v132)
+        v136 = v135
+        v137 = tl.sum((w1[None, :, :] * v47[:, None, :] * v126[:, :, None]), axis=1)
+        v138 = tl.sum((q[:, None, :] * v47[:, None, :] * v126[:, :, None]), axis=0)
+        v139 = tl.sum((q[:, None, :] * w1[None, :, :] * v126[:, :, None]), axis=1)
+        v140 = (v86 + v93)
+        v141 = (v48 * v140)
+        v142 = (v46 * v140)
+        v143 = (v120 + v131)
+        v144 = (v48[None, :, :] * v143)
+        v145 = (v44 * v143)
+        v146 = tl.sum((v145), axis=0)
+        v147 = (v142 + v146)
+        v148 = v147
+        v149 = (v92 + v124 + v139)
+        v150 = (v149 * tl.exp(v42))
+        v151 = (v40[:, None] * v141 * tl.exp((v45[None, :] - v43)))
+        v152 = tl.sum((v151), axis=0)
+        v153 = ((-1.0) * v40[:, None] * v141 * tl.exp((v45[None, :] - v43)))
+        v154 = (v39[:, None] * v152[None, :])
+        v155 = (v144 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))
+        v156 = tl.sum((v155), axis=1)
+        v157 = ((-1.0) * v144 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))
+        v158 = tl.sum((v157), axis=0)
+        v159 = (v153 + v158)
+        v160 = v159
+        v161 = (v150 + v154 + v156 + v160)
+        v162 = tl.cumsum(v161, axis=0, reverse=True)
+        v163 = (v162 / (gate_alpha))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v10 * v10))
         _c3 = tl.exp(((-1.0) * _c2))
-        v154 = (v36 * v133 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+        v164 = (v36 * v134 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
         _c0 = (0.5 * v10 * 1.4142135623730951)
-        v155 = (v133 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))
+        v165 = (v134 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))
         if USE_DOT:
-            v156 = tl.dot(tl.trans(v35), v155, input_precision="ieee")
+            v166 = tl.dot(tl.trans(v35), v165, input_precision="ieee")
         else:
-            v156 = tl.sum((v35[:, :, None] * v155[:, None, :]), axis=0)
+            v166 = tl.sum((v35[:, :, None] * v165[:, None, :]), axis=0)
         if USE_DOT:
-            v157 = tl.trans(tl.dot(w2, tl.trans(v155), input_precision="ieee"))
+            v167 = tl.trans(tl.dot(w2, tl.trans(v165), input_precision="ieee"))
         else:
-            v157 = tl.sum((w2[None, :, :] * v155[:, None, :]), axis=2)
-        v158 = (v116 + v157)
-        v159 = tl.sum((v158), axis=1)
-        v160 = (v159 / (D))
-        v161 = ((-1.0) * v160)
-        v162 = (v158 + v161[:, None])
-        v163 = (2.0 * v29[:, None] * v162)
-        v164 = (2.0 * v16 * v162)
-        v165 = tl.sum((v164), axis=1)
-        v166 = (v165 / (D))
-        v167 = ((-0.5) * ln_weight[None, :] * v25 * v166[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
-        v168 = (0.75 * v16 * ln_weight[None, :] * v25 * v166[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v19[:, None])))))
+            v167 = tl.sum((w2[None, :, :] * v165[:, None, :]), axis=2)
+        v168 = (v117 + v167)
         v169 = tl.sum((v168), axis=1)
-        v170 = ((-0.5) * v16 * v25 * v166[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
-        v171 = tl.sum((v170), axis=0)
-        v172 = ((-0.5) * v16 * ln_weight[None, :] * v166[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
-        v173 = ((-0.5) * ln_weight[None, :] * v25 * v162 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
-        v174 = tl.sum((v173), axis=1)
-        v175 = (v25 * v162 / (tl.sqrt((1e-05 + v19[:, None]))))
-        v176 = tl.sum((v175), axis=0)
-        v177 = (ln_weight[None, :] * v162 / (tl.sqrt((1e-05 + v19[:, None]))))
-        v178 = (v172 + v177)
-        v179 = (v178 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v180 = (v178 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v181 = v179
-        v182 = ((-1.0) * v180)
-        v183 = v180
-        v184 = (ln_weight[None, :] * v180 / (tl.sqrt((1e-05 + v19[:, None]))))
-        v185 = ((-0.5) * v16 * ln_weight[None, :] * v180 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
-        v186 = tl.sum((v185), axis=1)
-        v187 = (v16 * v180 / (tl.sqrt((1e-05 + v19[:, None]))))
-        v188 = tl.sum((v187), axis=0)
-        v189 = tl.sum((v180), axis=0)
-        v190 = (v169 + v174 + v186)
-        v191 = (v190 / (D))
-        v192 = (2.0 * v16 * v191[:, None])
-        v193 = (v163 + v167 + v184 + v192)
-        v194 = ((-1.0) * v193)
-        v195 = tl.sum((v194), axis=1)
-        v196 = (v195 / (D))
-        v197 = (v193 + v196[:, None])
+        v170 = (v169 / (D))
+        v171 = ((-1.0) * v170)
+        v172 = (v168 + v171[:, None])
+        v173 = (2.0 * v29[:, None] * v172)
+        v174 = (2.0 * v16 * v172)
+        v175 = tl.sum((v174), axis=1)
+        v176 = (v175 / (D))
+        v177 = ((-0.5) * ln_weight[None, :] * v25 * v176[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v178 = (0.75 * v16 * ln_weight[None, :] * v25 * v176[:, None] / (tl.exp(2.5 * tl.log((1e-05 + v19[:, None])))))
+        v179 = tl.sum((v178), axis=1)
+        v180 = ((-0.5) * v16 * v25 * v176[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v181 = tl.sum((v180), axis=0)
+        v182 = ((-0.5) * v16 * ln_weight[None, :] * v176[:, None] / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v183 = ((-0.5) * ln_weight[None, :] * v25 * v172 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v184 = tl.sum((v183), axis=1)
+        v185 = (v25 * v172 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v186 = tl.sum((v185), axis=0)
+        v187 = (ln_weight[None, :] * v172 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v188 = (v182 + v187)
+        v189 = (v188 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v190 = (v188 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v191 = v189
+        v192 = ((-1.0) * v190)
+        v193 = v190
+        v194 = (ln_weight[None, :] * v190 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v195 = ((-0.5) * v16 * ln_weight[None, :] * v190 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v196 = tl.sum((v195), axis=1)
+        v197 = (v16 * v190 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v198 = tl.sum((v197), axis=0)
+        v199 = tl.sum((v190), axis=0)
+        v200 = (v179 + v184 + v196)
+        v201 = (v200 / (D))
+        v202 = (2.0 * v16 * v201[:, None])
+        v203 = (v173 + v177 + v194 + v202)
+        v204 = ((-1.0) * v203)
+        v205 = tl.sum((v204), axis=1)
+        v206 = (v205 / (D))
+        v207 = (v203 + v206[:, None])
         if USE_DOT:
-            v198 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v197), input_precision="ieee"))
+            v208 = tl.trans(tl.dot(tl.trans(w2), tl.trans(v207), input_precision="ieee"))
         else:
-            v198 = tl.sum((w2[None, :, :] * v197[:, :, None]), axis=1)
+            v208 = tl.sum((w2[None, :, :] * v207[:, :, None]), axis=1)
         if USE_DOT:
-            v199 = tl.trans(tl.dot(tl.trans(v11), v197, input_precision="ieee"))
+            v209 = tl.trans(tl.dot(tl.trans(v11), v207, input_precision="ieee"))
         else:
-            v199 = tl.sum((v11[:, None, :] * v197[:, :, None]), axis=0)
-        v200 = (v118 + v198)
+            v209 = tl.sum((v11[:, None, :] * v207[:, :, None]), axis=0)
+        v210 = (v119 + v208)
         _c0 = (0.5 * v10 * 1.4142135623730951)
-        v201 = (v200 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))
-        v202 = (v154 + v201)
+        v211 = (v210 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (1.772453850905516))))
+        v212 = (v164 + v211)
         if USE_DOT:
-            v203 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v202), input_precision="ieee"))
+            v213 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v212), input_precision="ieee"))
         else:
-            v203 = tl.sum((w1[None, :, :] * v202[:, :, None]), axis=1)
+            v213 = tl.sum((w1[None, :, :] * v212[:, :, None]), axis=1)
         if USE_DOT:
-            v204 = tl.trans(tl.dot(tl.trans(k), v202, input_precision="ieee"))
+            v214 = tl.trans(tl.dot(tl.trans(k), v212, input_precision="ieee"))
         else:
-            v204 = tl.sum((k[:, None, :] * v202[:, :, None]), axis=0)
-        v205 = (v101 + v189)
-        v206 = (v100 + v171 + v176 + v188)
-        v207 = (v135 + v183 + v203)
-        v208 = (v95 + v129 + v136)
-        v209 = (v78 + v121 + v156 + v199)
-        v210 = (v87 + v137 + v204)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v208.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v207.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v182.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_alpha_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v153.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_eta_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_delta_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v181.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        acc_ln_weight += v206
-        acc_ln_bias += v205
-        carry_w1 = v210
-        carry_w2 = v209
+            v214 = tl.sum((k[:, None, :] * v212[:, :, None]), axis=0)
+        v215 = (v102 + v199)
+        v216 = (v101 + v181 + v186 + v198)
+        v217 = (v136 + v193 + v213)
+        v218 = (v96 + v130 + v137)
+        v219 = (v81 + v122 + v166 + v209)
+        v220 = (v90 + v138 + v214)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v218.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v217.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v192.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_alpha_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v163.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_eta_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_delta_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v191.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        acc_ln_weight += v216
+        acc_ln_bias += v215
+        carry_w1 = v220
+        carry_w2 = v219
     tl.store(d_init_w1_ptr + n * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
     tl.store(d_init_w2_ptr + n * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
     tl.store(grad_ln_weight_ptr + n * D + offs_o, acc_ln_weight.to(grad_ln_weight_ptr.dtype.element_ty))
