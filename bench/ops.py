@@ -177,6 +177,42 @@ def mirasc_row(op, inputs, chunk: int) -> Row:
     return memory_op_row(f"mirasc torch (chunk {chunk})", call, inputs)
 
 
+def triton_row(op, inputs, chunk: int) -> Row:
+    def call(q, k, v, gates, params):
+        return op(q, k, v, gates=gates, params=params, chunk_size=chunk)[0]
+
+    return memory_op_row(f"mirasc triton (chunk {chunk})", call, inputs)
+
+
+def fla_row(spec_name: str, inputs, chunk: int) -> Row | None:
+    """flash-linear-attention's kernel for the same job, when the spec has one (None otherwise)."""
+    q, k, v, gates, _ = inputs
+    if spec_name == "mamba2":
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        def call(q, k, v, gates, params):  # the same function: g = log alpha
+            return chunk_simple_gla(q, k, v, g=torch.log(gates["alpha"]), scale=1.0)[0]
+
+        return memory_op_row("fla chunk_simple_gla", call, inputs)
+    if spec_name == "gated_deltanet":
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        def call(q, k, v, gates, params):  # fla's exact delta rule: same job, different values
+            return chunk_gated_delta_rule(q, k, v, g=torch.log(gates["alpha"]), beta=gates["eta"], scale=1.0)[0]
+
+        return memory_op_row("fla chunk_gated_delta_rule", call, inputs)
+    return None
+
+
+def matmul_ceiling_tflops(device, dtype) -> float:
+    """The card's measured dense matmul rate (4096^3, median of 10), the ceiling achieved TFLOP/s is read against."""
+    n = 4096
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = time_ms(lambda: a @ b, 10, 3, device)
+    return 2 * n**3 / (statistics.median(times) * 1e-3) / 1e12
+
+
 def recurrent_row(op, inputs) -> Row:
     def call(q, k, v, gates, params):
         return op.recurrent(q, k, v, gates=gates, params=params, output_final_state=False)[0]
@@ -335,6 +371,29 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [run_row(mirasc_row(op, inputs, C), args.repeats, args.warmup, device, memory, log)]
     skipped = []
+    if device.type == "cuda":
+        top = mirasc.compile(str(spec_path), backend="triton")
+        rows.insert(0, run_row(triton_row(top, inputs, C), args.repeats, args.warmup, device, memory, log))
+        try:
+            frow = fla_row(op.name, inputs, C)
+        except ImportError as e:
+            skipped.append(f"fla is not importable here ({e})")
+            frow = None
+        if frow is not None:
+            rows.append(run_row(frow, args.repeats, args.warmup, device, memory, log))
+        from mirasc.cost import op_flops
+
+        f_fl, b_fl = op_flops(str(spec_path), B, T, H, D, C)
+        ceiling = matmul_ceiling_tflops(device, dtype if dtype != torch.float64 else torch.float32)
+        for r in rows:
+            if r["impl"].startswith("mirasc"):
+                r["tflops_fwdbwd"] = (f_fl + b_fl) / (r["fwdbwd_ms"] * 1e-3) / 1e12
+                bytes_moved = sum(x.numel() * x.element_size() for x in (inputs[0], inputs[1], inputs[2],
+                                                                          *inputs[3].values())) * 3
+                r["gbs_fwdbwd"] = bytes_moved / (r["fwdbwd_ms"] * 1e-3) / 1e9
+                r["note"] = (r["note"] + "; " if r["note"] else "") + (
+                    f"contraction TFLOP/s {r['tflops_fwdbwd']:.2f} of a measured {ceiling:.0f} matmul ceiling, "
+                    f"~{r['gbs_fwdbwd']:.0f} GB/s of q/k/v/gates traffic")
 
     if not args.no_recurrent:
         short = (inputs[0][:, :C], inputs[1][:, :C], inputs[2][:, :C],

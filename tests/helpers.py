@@ -51,9 +51,12 @@ def outputs_and_grads(fn, q, k, v, gates, params, state, seed: int = 1):
     s_leaves = [x.detach().clone().requires_grad_(True) for x in state]
     o, final = fn(*leaves, g_leaves, p_leaves, s_leaves)
     gen = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+    def weights(x):
+        return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
+
+    loss = (o * weights(o)).sum()
     for s in final:
-        loss = loss + (s * torch.randn(s.shape, generator=gen, dtype=torch.float64).to(s.dtype)).sum()
+        loss = loss + (s * weights(s)).sum()
     names = ["q", "k", "v"] + [f"gate {n}" for n in g_leaves] + [f"param {n}" for n in p_leaves] + [
         f"state {j}" for j in range(len(s_leaves))]
     tensors = leaves + list(g_leaves.values()) + list(p_leaves.values()) + s_leaves

@@ -21,6 +21,18 @@ pytest.importorskip("triton", reason="the Triton backend needs the triton packag
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SPECS = sorted(p.stem for p in MODELS.glob("*.miras"))
 D = 8  # hidden 32 for the x4 MLPs: powers of two, small enough for the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # natively on a GPU, else the interpreter
+
+
+def _to(ins, device=DEVICE, qkv_dtype=None):
+    """Inputs on the device; q, k, v optionally in another dtype (gates, params and state keep theirs)."""
+    q, k, v, gates, params, state = ins
+
+    def move(x, dtype=None):
+        return x.to(device=device, dtype=dtype or x.dtype)
+
+    return (move(q, qkv_dtype), move(k, qkv_dtype), move(v, qkv_dtype), {n: move(x) for n, x in gates.items()},
+            {n: move(x) for n, x in params.items()}, [move(x) for x in state])
 
 
 def _run(op, ins, chunk):
@@ -62,7 +74,8 @@ def test_triton_matches_torch(ops, name, chunk, T):
     tri, ref = ops(name)
     ins32 = make_inputs(ref, 2, T, 2, D, dtype=torch.float32, seed=T)
     ins64 = make_inputs(ref, 2, T, 2, D, dtype=torch.float64, seed=T)
-    got = _run(tri, ins32, chunk)
+    got = _run(tri, _to(ins32), chunk)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
     want32 = _run(ref, ins32, chunk)
     want64 = _run(ref, ins64, chunk)
     assert got[0].dtype == torch.float32
@@ -79,8 +92,28 @@ def test_triton_float64_matches_torch(ops, name):
     """In fp64 the two backends agree to the precision of the kernels' fp32-typed literals (~1e-8)."""
     tri, ref = ops(name)
     ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=3)
-    err = _errors(_run(tri, ins, 16), _run(ref, ins, 16))
+    got = _run(tri, _to(ins), 16)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    err = _errors(got, _run(ref, ins, 16))
     assert max(err.values()) < 1e-6, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="bf16 needs a CUDA GPU (the interpreter computes bf16 wrongly)")
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "moneta", "yaad", "memora", "titans"])
+def test_triton_bf16_on_gpu(ops, name):
+    """bf16 inputs, fp32 accumulation and state: fla-like tolerances against the fp32 torch backend."""
+    tri, ref = ops(name)
+    ins = make_inputs(ref, 2, 200, 4, 32, dtype=torch.float32, seed=7)
+    want = _run(ref, _to(ins), 64)
+    got = _run(tri, _to(ins, qkv_dtype=torch.bfloat16), 64)
+    assert got[0].dtype == torch.bfloat16
+    assert rel_rms(got[0].float(), want[0]) <= 5e-3
+    for n in ("q", "k", "v"):
+        assert rel_rms(got[2][n].float(), want[2][n]) <= 8e-3, n
+    for n in want[2]:
+        if n.startswith("gate"):
+            assert rel_rms(got[2][n].float(), want[2][n]) <= 2e-2, n
 
 
 def test_triton_step_equals_recurrent(ops):
