@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-recurrent", action="store_true", help="skip the exact recurrence row")
     ap.add_argument("--no-titans", action="store_true", help="skip the titans-pytorch row")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="add a row with the chunk functions compiled by torch.compile (Inductor)")
     args = ap.parse_args(argv)
 
     def log(msg):
@@ -371,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [run_row(mirasc_row(op, inputs, C), args.repeats, args.warmup, device, memory, log)]
     skipped = []
+    if args.torch_compile:
+        log("  torch.compile of the chunk functions (the first calls compile; they are warm-up runs)")
+        compiled = mirasc_row(op.compile_chunks(), inputs, C)
+        compiled.name = f"mirasc torch + torch.compile (chunk {C})"
+        compiled.note = "Inductor-compiled chunk functions; compile time excluded (warm-up runs)"
+        rows.append(run_row(compiled, args.repeats, max(args.warmup, 2), device, memory, log))
     if device.type == "cuda":
         top = mirasc.compile(str(spec_path), backend="triton")
         rows.insert(0, run_row(triton_row(top, inputs, C), args.repeats, args.warmup, device, memory, log))

@@ -164,6 +164,17 @@ class MemoryOp:
     def __repr__(self) -> str:
         return f"MemoryOp({self.name!r}, backend={self.backend!r}, state={self.module.STATE_FIELDS})"
 
+    def compile_chunks(self, **torch_compile_kwargs) -> MemoryOp:
+        """Run the torch backend's generated chunk functions through torch.compile (Inductor fuses the many
+        small elementwise and contraction steps into a few kernels). Process-wide for this spec's module; the
+        first call of each chunk shape compiles (about a minute on a small CPU, then cached by Inductor)."""
+        m = self.module
+        if not getattr(m, "_mirasc_compiled", False):
+            m.chunk_forward = torch.compile(m.chunk_forward, **torch_compile_kwargs)
+            m.chunk_backward = torch.compile(m.chunk_backward, **torch_compile_kwargs)
+            m._mirasc_compiled = True
+        return self
+
     def module_for(self, x: torch.Tensor) -> ModuleType:
         """The generated module that runs a call on tensors like x (see compile's `backend`)."""
         if self.backend == "triton" or (self.backend == "auto" and x.is_cuda and self.triton_module is not None):

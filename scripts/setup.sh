@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # triton 3.6.0 matches the lent GPU machines; on a CPU-only machine the tests run its interpreter
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" "triton==3.6.0" 2>&1 \
     | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,hf]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, triton, mirasc, lark, sympy, jinja2, opt_einsum" >/dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,hf,train]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, triton, mirasc, lark, sympy, jinja2, opt_einsum, transformers, matplotlib" >/dev/null
   touch "$stamp"
 fi
