@@ -1,4 +1,5 @@
-"""The main job: train a small Moneta on MQAR (CPU tier, V = 512) next to a Transformer++ baseline, on CPU.
+"""The main job: train a small Moneta on MQAR (CPU tier, V = 512) next to Gated DeltaNet (another Miras
+instance) and a Transformer++ baseline, on CPU.
 
     python -m mirasc.train.main_job [--out runs/main_job] [--moneta-steps N] [--baseline-steps N] [--quick]
 
@@ -22,6 +23,9 @@ COMMON = {"task": "mqar", "tier": "cpu", "seq_len": 32, "kv_pairs": 4, "num_laye
           "log_every": 25, "eval_examples": 256, "overwrite": True, "seed": 0}
 RUNS = {
     "moneta": {"spec": "moneta", "hidden_size": 32, "num_heads": 1, "batch_size": 64, "steps": 400, "lr": 1e-2},
+    # a second Miras instance (linear memory, delta rule with decay): shows the layer and loop learn the task
+    "gated_deltanet": {"spec": "gated_deltanet", "hidden_size": 32, "num_heads": 1, "batch_size": 64, "steps": 400,
+                       "lr": 1e-2},
     "transformer": {"spec": "transformer", "hidden_size": 32, "num_heads": 1, "batch_size": 64, "steps": 400,
                     "lr": 1e-2},
 }
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
             cfg.update(steps=4, eval_examples=32, log_every=2)
         elif name == "moneta" and args.moneta_steps:
             cfg["steps"] = args.moneta_steps
-        elif name != "moneta" and args.baseline_steps:
+        elif name != "moneta" and args.baseline_steps:  # the baselines
             cfg["steps"] = args.baseline_steps
         print(f"== {name}: {cfg['hidden_size']}-wide, {cfg['num_layers']} layers, {cfg['steps']} steps of batch "
               f"{cfg['batch_size']} on MQAR (L={cfg['seq_len']}, {cfg['kv_pairs']} pairs, V=512)", flush=True)
