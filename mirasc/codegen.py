@@ -14,6 +14,7 @@ from .cachekey import __version__, spec_hash
 from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate
+from .ir import AXIS_ORDER
 from .lower import input_names, is_mirror, is_projection, lower, output_names, state_names
 from .resources import resource_dir
 
@@ -44,6 +45,19 @@ def metadata(spec: S.Spec) -> dict:
     }
 
 
+def _template(name: str):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template(name)
+
+
+def token_inputs(spec: S.Spec, names: list[str]) -> list[bool]:
+    """Which chunk-program inputs are sliced along the token axis (q, k, v, data-dependent gates)."""
+    return [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in names]
+
+
 def loss_source(d: Derivation) -> str:
     """The body of `loss(y, v, gates)`: the bias as torch code, reductions over the last axis."""
     ld = d.loss
@@ -66,8 +80,6 @@ def loss_source(d: Derivation) -> str:
 
 
 def generate(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
-    import jinja2
-
     d = derive(spec)
     fwd = lower(d)
     ins, outs = input_names(spec), output_names(spec)
@@ -76,10 +88,8 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
                             doc="One chunk, forward: chunk-start state and chunk inputs -> (out, next state).")
     bwd_src = emit_function(bwd, "chunk_backward", ins + [f"d_{o}" for o in outs], [f"d_{n}" for n in ins],
                             doc="One chunk, backward: recomputes the forward values it needs.")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined)
-    token = [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in ins]
-    text = env.get_template("torch_module.py.j2").render(
+    token = token_inputs(spec, ins)
+    text = _template("torch_module.py.j2").render(
         version=__version__,
         spec_file=_safe_comment(Path(spec.file).name),
         spec_name=spec.name,
@@ -106,7 +116,7 @@ def _triton_parts(spec: S.Spec, fwd, bwd) -> dict:
     states = state_names(spec)
     ins = input_names(spec)
     rest = [n for n in ins if n not in states]
-    token = {n: n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in rest}
+    token = dict(zip(rest, token_inputs(spec, rest)))
     axes = {n: fwd.inputs[n].axes for n in ins}
     other = {n: (1.0 if n.startswith("gate_") else 0.0) for n in rest}
 
@@ -114,7 +124,7 @@ def _triton_parts(spec: S.Spec, fwd, bwd) -> dict:
         size = et.row_size(axes[s], False)
         return f"{ptr} + (n * N_CHUNKS + c) * {size} + {et.offsets(axes[s], False)}"
 
-    offs = [f"offs_{a} = tl.arange(0, {et.SIZE[a]})" for a in ir_axes()]
+    offs = [f"offs_{a} = tl.arange(0, {et.SIZE[a]})" for a in AXIS_ORDER]
     fwd_args = [f"{n}_ptr" for n in ins] + ["out_ptr"] + [f"final_{s}_ptr" for s in states] + [
         f"starts_{s}_ptr" for s in states]
     fwd_pro = [f"{s} = {et.load(f'{s}_ptr', fwd.inputs[s], False)}" for s in states]
@@ -152,24 +162,14 @@ def _triton_parts(spec: S.Spec, fwd, bwd) -> dict:
     }
 
 
-def ir_axes() -> tuple[str, ...]:
-    from .ir import AXIS_ORDER
-
-    return AXIS_ORDER
-
-
 def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
     """The source of the spec's Triton module (templates/triton_module.py.j2)."""
-    import jinja2
-
     d = derive(spec)
     fwd = lower(d)
     ins = input_names(spec)
     bwd = differentiate(fwd, ins)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined)
-    token = [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in ins]
-    return env.get_template("triton_module.py.j2").render(
+    token = token_inputs(spec, ins)
+    return _template("triton_module.py.j2").render(
         version=__version__,
         spec_file=_safe_comment(Path(spec.file).name),
         spec_name=spec.name,
