@@ -74,13 +74,21 @@ def multiquery_ar(
     """One MQAR batch: {"input_ids", "labels"} int64 [N, L], plus "keys", "values" [N, kv] and "query_pos" [N, kv]."""
     V, L, kv, N = vocab_size, input_seq_len, num_kv_pairs, num_examples
     check_geometry(V, L, kv, num_passes)
-    C = 2 * kv * num_passes
     keys = sample_distinct(rng, N, V // 2 - 1, kv) + 1
     values = sample_distinct(rng, N, V - V // 2, kv) + V // 2
     block = np.zeros((N, 2 * kv), dtype=np.int64)
     block[:, 0::2] = keys
     block[:, 1::2] = values
     kvs = np.tile(block, (1, num_passes))
+    inputs, labels, query_pos = place_queries(rng, kvs, keys, values, L, V, power_a, random_non_queries)
+    return {"input_ids": inputs, "labels": labels, "keys": keys, "values": values, "query_pos": query_pos}
+
+
+def place_queries(rng, kvs, keys, values, L: int, V: int, power_a: float, random_non_queries: bool):
+    """After the key-value block kvs [N, C]: each key queried once at a power-law gap, only the answers scored.
+    Returns (inputs [N, L], labels [N, L] with -100 off the answers, query positions [N, kv])."""
+    N, C = kvs.shape
+    kv = keys.shape[1]
     space = (L - C) // 2
     gaps = weighted_distinct(rng, N, power_law_logp(space, power_a), kv)
     rows = np.arange(N)[:, None]
@@ -93,7 +101,7 @@ def multiquery_ar(
     if random_non_queries:
         blank = inputs == 0
         inputs[blank] = rng.integers(0, V, size=int(blank.sum()))
-    return {"input_ids": inputs, "labels": labels, "keys": keys, "values": values, "query_pos": C + gaps * 2}
+    return inputs, labels, C + gaps * 2
 
 
 @dataclass

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .common import IGNORE_INDEX, DataError, sample_distinct, step_rng, test_rng, weighted_distinct
-from .mqar import TIERS, check_geometry, power_law_logp
+from .common import DataError, sample_distinct, step_rng, test_rng
+from .mqar import TIERS, check_geometry, place_queries
 
 
 def _check_rho(rho: float) -> None:
@@ -52,18 +52,7 @@ def corrupted_repeat_mqar(vocab_size: int, num_examples: int, input_seq_len: int
     kvs[:, :, 0::2] = keys[:, None, :]
     kvs[:, :, 1::2] = written
     kvs = kvs.reshape(N, C)
-    space = (L - C) // 2
-    gaps = weighted_distinct(rng, N, power_law_logp(space, power_a), kv)
-    rows = np.arange(N)[:, None]
-    queries = np.zeros((N, L - C + 1), dtype=np.int64)
-    queries[rows, gaps * 2] = keys
-    examples = np.concatenate([kvs, queries], axis=1)
-    labels = np.full((N, L + 1), IGNORE_INDEX, dtype=np.int64)
-    labels[rows, C + gaps * 2 + 1] = values
-    inputs, labels = examples[:, :-1].copy(), labels[:, 1:].copy()
-    if random_non_queries:
-        blank = inputs == 0
-        inputs[blank] = rng.integers(0, V, size=int(blank.sum()))
+    inputs, labels, _ = place_queries(rng, kvs, keys, values, L, V, power_a, random_non_queries)
     return {"input_ids": inputs, "labels": labels, "values": values, "corrupted": corrupted}
 
 
