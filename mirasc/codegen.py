@@ -15,7 +15,16 @@ from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate
 from .ir import AXIS_ORDER
-from .lower import input_names, is_mirror, is_projection, lower, output_names, state_names
+from .lower import (
+    DECAY_SPREAD_LIMIT,
+    factorable,
+    input_names,
+    is_mirror,
+    is_projection,
+    lower,
+    output_names,
+    state_names,
+)
 from .resources import resource_dir
 
 TEMPLATES = resource_dir("templates")
@@ -81,13 +90,19 @@ def loss_source(d: Derivation) -> str:
 
 def generate(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
     d = derive(spec)
-    fwd = lower(d)
     ins, outs = input_names(spec), output_names(spec)
-    bwd = differentiate(fwd, ins)
-    fwd_src = emit_function(fwd, "chunk_forward", ins, outs,
-                            doc="One chunk, forward: chunk-start state and chunk inputs -> (out, next state).")
-    bwd_src = emit_function(bwd, "chunk_backward", ins + [f"d_{o}" for o in outs], [f"d_{n}" for n in ins],
-                            doc="One chunk, backward: recomputes the forward values it needs.")
+    variants = [("", False)] + ([("_factored", True)] if factorable(spec) else [])
+    sources = []
+    for suffix, factored in variants:
+        fwd = lower(d, factored=factored)
+        bwd = differentiate(fwd, ins)
+        how = " (channel decay factored as e^{Λ_t} e^{-Λ_s})" if factored else ""
+        fwd_doc = f"One chunk, forward{how}: chunk-start state and inputs -> (out, next state)."
+        bwd_doc = f"One chunk, backward{how}: recomputes the forward values it needs."
+        sources.append(emit_function(fwd, f"chunk_forward{suffix}", ins, outs, doc=fwd_doc))
+        sources.append(emit_function(bwd, f"chunk_backward{suffix}", ins + [f"d_{o}" for o in outs],
+                                     [f"d_{n}" for n in ins], doc=bwd_doc))
+    decay = spec.retention.decay
     token = token_inputs(spec, ins)
     text = _template("torch_module.py.j2").render(
         version=__version__,
@@ -102,8 +117,9 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
         token_inputs=repr(tuple(token)),
         outputs=repr(tuple(outs)),
         loss_body=loss_source(d),
-        forward_fn=fwd_src,
-        backward_fn=bwd_src,
+        chunk_functions="\n\n".join(sources),
+        decay_input=repr(f"gate_{decay.name}" if factorable(spec) else None),
+        spread_limit=repr(DECAY_SPREAD_LIMIT),
     )
     return text
 

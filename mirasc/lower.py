@@ -76,12 +76,14 @@ class Coefficients:
     momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
     momentum_grad: Value | None = None  # weight of token s's gradient in S_t
     grad_end: Value | None = None  # Gamma[last, s]: weight of token s's gradient in the end state
+    factors: tuple[Value, Value] | None = None  # (a_t, b_s) with Gamma[t, s] = causal a_t b_s (channel decay)
     momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
 
 
 class ChunkLowering:
-    def __init__(self, derivation: Derivation):
+    def __init__(self, derivation: Derivation, factored: bool = False):
         self.d = derivation
+        self.factored = factored
         self.spec = derivation.spec
         self.mem = self.spec.memory
         self.depth = self.mem.depth
@@ -234,6 +236,7 @@ class ChunkLowering:
         if "t" not in logs.axes:
             logs = g.broadcast(logs, logs.axes + ("t",))
         cum = g.cumsum(logs, "t")
+        self.log_cum = cum
         pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
         last_row = g.ew(lambda m, a, b: sp.exp(a - b) * m, valid, g.select(cum, "last"), g.rename(cum, t="s"))
         cumulative = g.ew(lambda c: sp.exp(c), cum)
@@ -245,8 +248,14 @@ class ChunkLowering:
         a_cum, a_pair, a_end = self.decay_tiles(alpha)
         eta_s = g.rename(eta, t="s")
         if theta is None:
+            factors = None
+            if self.factored and a_cum is not None and "i" in a_cum.axes:
+                # e^{Λ_t - Λ_s} = e^{Λ_t} e^{-Λ_s}: exact, and safe where the runtime's guard holds (the decay
+                # across the chunk stays within DECAY_SPREAD_LIMIT in log space)
+                inverse = g.ew(lambda c, e: sp.exp(-c) * e, g.rename(self.log_cum, t="s"), eta_s)
+                factors = (a_cum, _named(inverse, "inverse cumulative decay times eta (factored)"))
             return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
-                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s))
+                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), factors=factors)
         th_cum, th_pair, th_end = self.decay_tiles(theta)
         a_tu = g.rename(a_pair, s="u")
         grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
@@ -258,11 +267,22 @@ class ChunkLowering:
                             momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
 
     # ---------------------------------------------------------------- reads and end state
-    def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value, out_ax: str, in_ax: str) -> Value:
-        """sum_s gamma[t, s] (z̄_s ⊗ xk_s) x_t, through (t, s) scores: never a per-token weight matrix."""
+    def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value | None, out_ax: str, in_ax: str,
+                  factors: tuple[Value, Value] | None = None) -> Value:
+        """sum_s gamma[t, s] (z̄_s ⊗ xk_s) x_t, through (t, s) scores: never a per-token weight matrix.
+        With `factors` (a_t, b_s), gamma[t, s] = causal[t, s] a_t b_s, and no (C, C, D) tile is built."""
         g = self.g
         xk_s, zb_s = g.rename(xk, t="s"), g.rename(zbar, t="s")
         keep = [a for a in x.axes if a != in_ax]
+        if factors is not None:
+            a_t, b_s = factors
+            causal = g.mask("causal")
+            if in_ax in a_t.axes:
+                scores = g.einsum(keep + ["s"], g.ew(lambda u, w: u * w, x, a_t), g.ew(lambda u, w: u * w, xk_s, b_s))
+                scores = _named(g.ew(lambda c, m: c * m, scores, causal), "decayed scores x_t·x_s (factored)")
+                return g.einsum(keep + [out_ax], scores, zb_s)
+            scores = _named(g.ew(lambda c, m: c * m, g.einsum(keep + ["s"], x, xk_s), causal), "scores x_t·x_s")
+            return g.ew(lambda u, w: u * w, a_t, g.einsum(keep + [out_ax], scores, g.ew(lambda u, w: u * w, zb_s, b_s)))
         if in_ax in gamma.axes:
             scores = g.einsum(keep + ["s"], x, gamma, xk_s)
             return g.einsum(keep + [out_ax], _named(scores, "decayed scores x_t·x_s"), zb_s)
@@ -285,7 +305,8 @@ class ChunkLowering:
         if coef.momentum_read is not None:
             mom = g.einsum(keep, x, self.Smom[j], self.on_layer(coef.momentum_read, j))
             inner = mom if inner is None else g.ew(lambda p, m: p + m, inner, mom)
-        gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax)
+        factors = None if coef.factors is None else tuple(self.on_layer(f, j) for f in coef.factors)
+        gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax, factors)
         inner = g.ew(lambda p, m: -m, gterm, gterm) if inner is None else g.ew(lambda p, m: p - m, inner, gterm)
         if kappa[j] is False:
             return g.ew(lambda b, c: b + c, g.einsum(keep, x, base[j]), inner)
@@ -363,11 +384,23 @@ class ChunkLowering:
         return g
 
 
-def lower(derivation: Derivation) -> Graph:
-    """The forward chunk program of a derived spec."""
+DECAY_SPREAD_LIMIT = 60.0  # max over channels of -sum(log alpha) in a chunk for the factored program (fp32-safe)
+
+
+def factorable(spec: S.Spec) -> bool:
+    """Whether a factored program exists: a channel-wise decay gate and no momentum."""
+    d = spec.retention.decay
+    return (isinstance(d, S.GateRef) and spec.gate(d.name).kind == "channel"
+            and spec.gate(d.name).data_dependent and spec.algorithm.kind == "gd")
+
+
+def lower(derivation: Derivation, factored: bool = False) -> Graph:
+    """The forward chunk program of a derived spec. `factored` writes channel-wise decay as e^{Λ_t} e^{-Λ_s}
+    (two (C, D) tiles instead of a (C, C, D) one); the runtime uses it only for chunks whose decay spread is
+    below DECAY_SPREAD_LIMIT."""
     from .ir import prune
 
-    return prune(ChunkLowering(derivation).build())
+    return prune(ChunkLowering(derivation, factored).build())
 
 
 def input_names(spec: S.Spec) -> list[str]:

@@ -78,9 +78,9 @@ def loss(y, v, gates):
     return ((-1.0) * R1)
 
 
-# ---------------------------------------------------------------------------------------------- forward
+# ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, q, k, v, gate_alpha):
-    """One chunk, forward: chunk-start state and chunk inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
     
     def _t(x):
@@ -116,7 +116,6 @@ def chunk_forward(w1, q, k, v, gate_alpha):
     return (v27, v31)
 
 
-# --------------------------------------------------------------------------------------------- backward
 def chunk_backward(w1, q, k, v, gate_alpha, d_out, d_new_w1):
     """One chunk, backward: recomputes the forward values it needs."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
@@ -187,6 +186,21 @@ def chunk_backward(w1, q, k, v, gate_alpha, d_out, d_new_w1):
     return (v69, v68, v45, v67, v66)
 
 
+# A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
+# spec has them): e^{Λ_t - Λ_s} = e^{Λ_t} e^{-Λ_s} is then exact and finite; stronger decay takes the
+# (C, C, D) programs, which never exponentiate a positive number.
+DECAY_INPUT = None
+SPREAD_LIMIT = 60.0
+
+
+def _programs(args):
+    """(forward, backward) chunk programs for one chunk's inputs."""
+    if DECAY_INPUT is not None:
+        alpha = args[INPUTS.index(DECAY_INPUT)]
+        if float(-torch.log(alpha).sum(dim=1).max()) < SPREAD_LIMIT:
+            return chunk_forward_factored, chunk_backward_factored
+    return chunk_forward, chunk_backward
+
 class ChunkwiseMemory(torch.autograd.Function):
     """Inputs as INPUTS: state [N, out, in]; token inputs [N, T, ...]; static gates and params [N, ...]."""
 
@@ -195,18 +209,21 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs = [], []
+        starts, outs, programs = [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
             args = [x[:, lo:hi] if tok else x for x, tok in zip(inputs, TOKEN_INPUTS)]
-            res = chunk_forward(*state, *args[n_state:])
+            forward, backward = _programs(args)
+            programs.append(backward)
+            res = forward(*state, *args[n_state:])
             outs.append(res[0])
             state = list(res[1:])
         ctx.chunk_size = chunk_size
         flat_starts = [x for s in starts for x in s]
         ctx.save_for_backward(*inputs[n_state:], *flat_starts)
         ctx.n_chunks = len(starts)
+        ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
 
     @staticmethod
@@ -226,7 +243,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = chunk_backward(*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:
