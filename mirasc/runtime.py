@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .cachekey import spec_hash
+from .cachekey import cache_key
 
 _LOCK = threading.Lock()
 _OPS: dict[str, MemoryOp] = {}
@@ -74,7 +74,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _module(text: str, spec_or_path, file: str, options: dict | None, backend: str) -> tuple[ModuleType, str]:
     """Import the generated module of one backend ("torch" or "triton"), generating it on a cache miss."""
-    key = spec_hash(text, options, backend)
+    key = cache_key(text, options, backend)
     path = cache_dir() / f"mirasc_{backend}_{key[:24]}.py"
     if not path.exists():
         from .codegen import generate, generate_triton
@@ -125,7 +125,7 @@ def compile(spec_or_path, backend: str = "auto", options: dict | None = None) ->
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     text, file = _read_spec(spec_or_path)
     with _LOCK:
-        key = (spec_hash(text, options, "torch"), backend)
+        key = (cache_key(text, options, "torch"), backend)
         if key in _OPS:
             return _OPS[key]
         torch_module, _ = _module(text, spec_or_path, file, options, "torch")

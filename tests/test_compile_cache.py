@@ -120,3 +120,14 @@ def test_cold_cache_writes_module(tmp_path, monkeypatch):
     op = mirasc.compile(text, backend="torch")
     assert Path(op.module.__file__).parent == tmp_path
     assert Path(op.module.__file__).exists()
+
+
+def test_cache_key_follows_the_compiler_sources(monkeypatch):
+    """A module cached by an older compiler is never reused: the key includes the sources' fingerprint."""
+    from mirasc import cachekey
+
+    text = "model x\nmemory linear\nbias l2()\nalgorithm gd(lr = 1)\n"
+    before = cachekey.cache_key(text, None, "torch")
+    monkeypatch.setattr(cachekey, "compiler_fingerprint", lambda: "another compiler")
+    assert cachekey.cache_key(text, None, "torch") != before
+    assert cachekey.spec_hash(text, None, "torch") == cachekey.spec_hash(text, None, "torch")
