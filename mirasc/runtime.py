@@ -170,8 +170,8 @@ class MemoryOp:
         first call of each chunk shape compiles (about a minute on a small CPU, then cached by Inductor)."""
         m = self.module
         if not getattr(m, "_mirasc_compiled", False):
-            m.chunk_forward = torch.compile(m.chunk_forward, **torch_compile_kwargs)
-            m.chunk_backward = torch.compile(m.chunk_backward, **torch_compile_kwargs)
+            for name in [n for n in vars(m) if n.startswith(("chunk_forward", "chunk_backward"))]:
+                setattr(m, name, torch.compile(getattr(m, name), **torch_compile_kwargs))
             m._mirasc_compiled = True
         return self
 
