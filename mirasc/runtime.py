@@ -175,6 +175,13 @@ class MemoryOp:
             m._mirasc_compiled = True
         return self
 
+    def use_factored(self, enabled: bool = True) -> MemoryOp:
+        """Opt in to the factored chunk programs for channel-wise decay (two (C, D) tiles instead of a
+        (C, C, D) one; about 2x faster on CPU). Process-wide for this spec's module. Off by default: they
+        match the oracle, but one training run went non-finite with them and not without (under study)."""
+        self.module.USE_FACTORED = bool(enabled)
+        return self
+
     def module_for(self, x: torch.Tensor) -> ModuleType:
         """The generated module that runs a call on tensors like x (see compile's `backend`)."""
         if self.backend == "triton" or (self.backend == "auto" and x.is_cuda and self.triton_module is not None):
