@@ -7,8 +7,6 @@ expressions (after common-subexpression elimination).
 
 from __future__ import annotations
 
-import math
-
 import sympy as sp
 
 from . import ir
@@ -255,4 +253,4 @@ def emit_function(graph: Graph, fname: str, input_order: list[str], output_order
     return header + "\n" + "\n".join("    " + line for line in "\n".join(body).splitlines()) + "\n"
 
 
-__all__ = ["TorchPrinter", "emit_function", "math"]
+__all__ = ["TorchPrinter", "emit_function"]

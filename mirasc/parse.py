@@ -22,9 +22,9 @@ from lark.exceptions import (
 
 from mirasc import ast as A
 from mirasc.errors import SpecError, source_line
-from mirasc.spec import Span
+from mirasc.spec import MAX_SPEC_BYTES, Span
 
-MAX_BYTES = 65536
+MAX_BYTES = MAX_SPEC_BYTES
 MAX_DEPTH = 64
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .cachekey import cache_key
+from .spec import MAX_SPEC_BYTES
 
 _LOCK = threading.Lock()
 _OPS: dict[str, MemoryOp] = {}
@@ -42,7 +43,7 @@ def _read_spec(spec_or_path) -> tuple[str, str]:
     if isinstance(spec_or_path, os.PathLike) or (("\n" not in s) and (s.endswith(".miras") or os.path.exists(s))):
         try:  # the common case without the parser: a readable, small, UTF-8 file
             data = Path(s).read_bytes()
-            if len(data) <= 65536:
+            if len(data) <= MAX_SPEC_BYTES:
                 return data.decode("utf-8"), s
         except (OSError, UnicodeDecodeError):
             pass

@@ -24,6 +24,8 @@ class Span:
 
 NO_SPAN = Span("<builtin>", 0, 0)
 
+MAX_SPEC_BYTES = 65536  # a larger spec is refused before parsing
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Loss expressions (the attentional bias), after every `def`, `let` and `param` has been inlined.
