@@ -62,6 +62,12 @@ def _template(name: str):
     return env.get_template(name)
 
 
+def _render(name: str, **context) -> str:
+    """Render a template; generated lines carry no trailing whitespace (a blank spec line, an empty hook)."""
+    text = _template(name).render(**context)
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
 def token_inputs(spec: S.Spec, names: list[str]) -> list[bool]:
     """Which chunk-program inputs are sliced along the token axis (q, k, v, data-dependent gates)."""
     return [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in names]
@@ -104,7 +110,7 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
                                      [f"d_{n}" for n in ins], doc=bwd_doc))
     decay = spec.retention.decay
     token = token_inputs(spec, ins)
-    text = _template("torch_module.py.j2").render(
+    text = _render("torch_module.py.j2",
         version=__version__,
         spec_file=_safe_comment(Path(spec.file).name),
         spec_name=spec.name,
@@ -119,6 +125,7 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
         loss_body=loss_source(d),
         chunk_functions="\n\n".join(sources),
         decay_input=repr(f"gate_{decay.name}" if factorable(spec) else None),
+        factored=factorable(spec),
         spread_limit=repr(DECAY_SPREAD_LIMIT),
     )
     return text
@@ -185,7 +192,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
     ins = input_names(spec)
     bwd = differentiate(fwd, ins)
     token = token_inputs(spec, ins)
-    return _template("triton_module.py.j2").render(
+    return _render("triton_module.py.j2",
         version=__version__,
         spec_file=_safe_comment(Path(spec.file).name),
         spec_name=spec.name,

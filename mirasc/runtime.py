@@ -177,9 +177,9 @@ class MemoryOp:
         return self
 
     def use_factored(self, enabled: bool = True) -> MemoryOp:
-        """Opt in to the factored chunk programs for channel-wise decay (two (C, D) tiles instead of a
-        (C, C, D) one; about 2x faster on CPU). Process-wide for this spec's module. Off by default: they
-        match the oracle, but one training run went non-finite with them and not without (under study)."""
+        """Whether chunks with mild channel-wise decay run the factored programs (two (C, D) tiles instead of a
+        (C, C, D) one; about 2x faster on CPU). On by default; chunks whose log-decay spread exceeds the module's
+        SPREAD_LIMIT always take the (C, C, D) programs. Process-wide for this op's module."""
         self.module.USE_FACTORED = bool(enabled)
         return self
 
