@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-recurrent", action="store_true", help="skip the exact recurrence row")
     ap.add_argument("--no-titans", action="store_true", help="skip the titans-pytorch row")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    ap.add_argument("--factored", action="store_true",
-                    help="opt in to the factored chunk programs for channel-wise decay (op.use_factored())")
+    ap.add_argument("--no-factored", action="store_true",
+                    help="always run the (C, C, D) chunk programs for channel-wise decay (op.use_factored(False))")
     ap.add_argument("--torch-compile", action="store_true",
                     help="add a row with the chunk functions compiled by torch.compile (Inductor)")
     args = ap.parse_args(argv)
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}[args.dtype]
     spec_path = resolve_spec(args.spec)
-    op = mirasc.compile(str(spec_path), backend="torch").use_factored(args.factored)
+    op = mirasc.compile(str(spec_path), backend="torch").use_factored(not args.no_factored)
     B, T, H, D, C = args.B, args.T, args.H, args.D, args.chunk
     inputs = make_inputs(op, B, T, H, D, dtype, device)
     memory = not args.no_memory

@@ -13,7 +13,7 @@ from . import spec as S
 from .cachekey import __version__, spec_hash
 from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
-from .grad import differentiate
+from .grad import differentiate, split_saved
 from .ir import AXIS_ORDER
 from .lower import (
     DECAY_SPREAD_LIMIT,
@@ -101,12 +101,13 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
     sources = []
     for suffix, factored in variants:
         fwd = lower(d, factored=factored)
-        bwd = differentiate(fwd, ins)
+        train, bwd, saved = split_saved(fwd, differentiate(fwd, ins))
         how = " (channel decay factored as e^{Λ_t} e^{-Λ_s})" if factored else ""
-        fwd_doc = f"One chunk, forward{how}: chunk-start state and inputs -> (out, next state)."
-        bwd_doc = f"One chunk, backward{how}: recomputes the forward values it needs."
-        sources.append(emit_function(fwd, f"chunk_forward{suffix}", ins, outs, doc=fwd_doc))
-        sources.append(emit_function(bwd, f"chunk_backward{suffix}", ins + [f"d_{o}" for o in outs],
+        fwd_doc = (f"One chunk, forward{how}: chunk-start state and inputs -> (out, next state, *values the "
+                   "backward reads).")
+        bwd_doc = f"One chunk, backward{how}: from the values the forward saved (it recomputes only cheap ones)."
+        sources.append(emit_function(train, f"chunk_forward{suffix}", ins, outs + saved, doc=fwd_doc))
+        sources.append(emit_function(bwd, f"chunk_backward{suffix}", ins + saved + [f"d_{o}" for o in outs],
                                      [f"d_{n}" for n in ins], doc=bwd_doc))
     decay = spec.retention.decay
     token = token_inputs(spec, ins)

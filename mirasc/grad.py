@@ -124,3 +124,64 @@ def differentiate(forward: Graph, wrt_inputs: list[str]) -> Graph:
             g = graph.const(0.0)
         graph.outputs[f"d_{w.op.name}"] = graph.broadcast(g, w.axes, batched=w.batched)
     return ir.prune(graph)
+
+
+# Values the backward recomputes rather than saves: free to rebuild (inputs, constants, masks, views), or too
+# large to keep for every chunk (a (t, s) tile with a feature axis, such as a channel-wise pairwise decay).
+_RECOMPUTED_OPS = (ir.Input, ir.Const, ir.Size, ir.Mask, ir.Rename, ir.Broadcast)
+_TOKEN_AXES, _FEATURE_AXES = {"t", "s", "u"}, {"i", "o", "h", "g"}
+
+
+def _recomputed(v: Value) -> bool:
+    axes = set(v.axes)
+    return isinstance(v.op, _RECOMPUTED_OPS) or (len(axes & _TOKEN_AXES) >= 2 and bool(axes & _FEATURE_AXES))
+
+
+def split_saved(forward: Graph, backward: Graph) -> tuple[Graph, Graph, list[str]]:
+    """Trade memory for time: (a forward program that also returns the values its backward needs, a backward
+    program that takes them as inputs instead of recomputing them, the names of those values, `saved_<j>`).
+
+    A value of the backward is primal when no `d_*` input reaches it; the saved values are the primal values
+    an adjoint (or a recomputed primal value it uses) reads, except the recomputed kinds above.
+    """
+    d_inputs = [v for name, v in backward.inputs.items() if name.startswith("d_")]
+    dual = _descendants(backward, d_inputs)
+    saved: dict[int, Value] = {}
+    seen: set[int] = set()
+    stack = [a for v in backward.values if v.id in dual for a in v.args if a.id not in dual]
+    stack += [v for v in backward.outputs.values() if v.id not in dual]
+    while stack:
+        v = stack.pop()
+        if v.id in seen:
+            continue
+        seen.add(v.id)
+        if _recomputed(v):
+            stack.extend(v.args)
+        else:
+            saved[v.id] = v
+    order = sorted(saved)
+    names = {vid: f"saved_{j}" for j, vid in enumerate(order)}
+
+    train = ir.rebuild(forward, lambda v: True)
+    primal: dict[int, Value] = {}
+    for v in backward.values:
+        if v.id in dual:
+            continue
+        if isinstance(v.op, ir.Input):
+            primal[v.id] = train.inputs[v.op.name]
+        else:
+            primal[v.id] = train._add(v.op, tuple(primal[a.id] for a in v.args), v.axes, v.batched, v.hint)
+    for vid in order:
+        train.outputs[names[vid]] = primal[vid]
+
+    reuse = Graph()
+    mapped: dict[int, Value] = {}
+    for v in backward.values:
+        if v.id in names:
+            mapped[v.id] = reuse.input(names[v.id], v.axes, v.batched)
+        elif isinstance(v.op, ir.Input):
+            mapped[v.id] = reuse.input(v.op.name, v.axes, v.batched)
+        else:
+            mapped[v.id] = reuse._add(v.op, tuple(mapped[a.id] for a in v.args), v.axes, v.batched, v.hint)
+    reuse.outputs = {k: mapped[v.id] for k, v in backward.outputs.items()}
+    return ir.prune(train), ir.prune(reuse), [names[vid] for vid in order]

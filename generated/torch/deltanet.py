@@ -18,7 +18,8 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-for the backward pass, which walks the chunks in reverse and recomputes each chunk's forward values.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
+chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -80,7 +81,7 @@ def loss(y, v, gates):
 
 # ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, q, k, v, gate_eta):
-    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -104,11 +105,11 @@ def chunk_forward(w1, q, k, v, gate_eta):
     v19 = (v13 - v18)  # read: M(q_t; W_t)
     v20 = torch.einsum('ns,nso,nsi->noi', v12, v6, k)
     v21 = (w1 - v20)  # layer 1 end state
-    return (v19, v21)
+    return (v19, v21, v6, v9, v11, v12, v16, v17)
 
 
-def chunk_backward(w1, q, k, v, gate_eta, d_out, d_new_w1):
-    """One chunk, backward: recomputes the forward values it needs."""
+def chunk_backward(w1, q, k, v, gate_eta, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, d_out, d_new_w1):
+    """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -118,41 +119,33 @@ def chunk_backward(w1, q, k, v, gate_eta, d_out, d_new_w1):
     _size_s = q.shape[1]
     _size_o = w1.shape[1]
     _size_i = w1.shape[2]
-    v5 = torch.einsum('nti,noi->nto', k, w1)  # memory output M(x)
-    v6 = (v5 - v)  # inner gradient signal g = dl/dy
-    v7 = _mask_causal(_size_t, _dt, _dev)
-    v8 = _mask_last(_size_t, _dt, _dev)
-    v9 = torch.einsum('ts,t->s', v7, v8)
-    v11 = (v7 * gate_eta[:, None, :])
-    v12 = (v9 * gate_eta)
-    v15 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v16 = (v15 * v11)
-    v19 = ((-1.0) * d_new_w1)
-    v20 = torch.einsum('nso,nsi,noi->ns', v6, k, v19)
-    v21 = torch.einsum('ns,nsi,noi->nso', v12, k, v19)
-    v22 = torch.einsum('ns,nso,noi->nsi', v12, v6, v19)
-    v23 = ((-1.0) * d_out)
-    v24 = torch.einsum('nso,nto->nts', v6, v23)
-    v25 = torch.einsum('nts,nto->nso', v16, v23)
-    v26 = (v11 * v24)
-    v27 = (v15 * v24)
-    v28 = torch.einsum('nsi,nts->nti', k, v26)
-    v29 = torch.einsum('nti,nts->nsi', q, v26)
-    v30 = (v21 + v25)
-    v32 = (v22 + v29)
-    v34 = torch.einsum('noi,nto->nti', w1, d_out)
-    v35 = torch.einsum('nti,nto->noi', q, d_out)
-    v36 = (v9 * v20)
-    v37 = (v7 * v27)
-    v38 = torch.einsum('nts->ns', v37)
-    v39 = (v36 + v38)
-    v41 = ((-1.0) * v30)
-    v42 = torch.einsum('noi,nto->nti', w1, v30)
-    v43 = torch.einsum('nti,nto->noi', k, v30)
-    v44 = (v32 + v42)
-    v45 = (v28 + v34)
-    v46 = (d_new_w1 + v35 + v43)
-    return (v46, v45, v44, v41, v39)
+    v6 = _mask_causal(_size_t, _dt, _dev)
+    v16 = ((-1.0) * d_new_w1)
+    v17 = torch.einsum('nso,nsi,noi->ns', saved_0, k, v16)
+    v18 = torch.einsum('ns,nsi,noi->nso', saved_3, k, v16)
+    v19 = torch.einsum('ns,nso,noi->nsi', saved_3, saved_0, v16)
+    v20 = ((-1.0) * d_out)
+    v21 = torch.einsum('nso,nto->nts', saved_0, v20)
+    v22 = torch.einsum('nts,nto->nso', saved_5, v20)
+    v23 = (saved_2 * v21)
+    v24 = (saved_4 * v21)
+    v25 = torch.einsum('nsi,nts->nti', k, v23)
+    v26 = torch.einsum('nti,nts->nsi', q, v23)
+    v27 = (v18 + v22)
+    v29 = (v19 + v26)
+    v31 = torch.einsum('noi,nto->nti', w1, d_out)
+    v32 = torch.einsum('nti,nto->noi', q, d_out)
+    v33 = (saved_1 * v17)
+    v34 = (v6 * v24)
+    v35 = torch.einsum('nts->ns', v34)
+    v36 = (v33 + v35)
+    v38 = ((-1.0) * v27)
+    v39 = torch.einsum('noi,nto->nti', w1, v27)
+    v40 = torch.einsum('nti,nto->noi', k, v27)
+    v41 = (v29 + v39)
+    v42 = (v25 + v31)
+    v43 = (d_new_w1 + v32 + v40)
+    return (v43, v42, v41, v38, v36)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
@@ -167,7 +160,7 @@ USE_FACTORED = True
 
 def decay_spread(alpha):
     """The largest log-decay across the chunk, over every head and channel: max of -sum_t log alpha_t."""
-    return float((-torch.log(alpha)).sum(dim=1).max())
+    return float((-torch.log(alpha.detach())).sum(dim=1).max())
 
 
 def _programs(args):
@@ -180,10 +173,10 @@ class ChunkwiseMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_size, *inputs):
-        n_state = len(STATE_FIELDS)
+        n_state, n_out = len(STATE_FIELDS), len(OUTPUTS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs, programs = [], [], []
+        starts, outs, programs, saved = [], [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
@@ -192,10 +185,12 @@ class ChunkwiseMemory(torch.autograd.Function):
             programs.append(backward)
             res = forward(*state, *args[n_state:])
             outs.append(res[0])
-            state = list(res[1:])
+            state = list(res[1:n_out])
+            saved.append(res[n_out:])  # freed with ctx when no backward will run
         ctx.chunk_size = chunk_size
-        flat_starts = [x for s in starts for x in s]
-        ctx.save_for_backward(*inputs[n_state:], *flat_starts)
+        ctx.n_saved = [len(s) for s in saved]
+        flat = [x for s in starts for x in s] + [x for s in saved for x in s]
+        ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
         ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
@@ -205,7 +200,9 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         saved = ctx.saved_tensors
         n_rest = len(INPUTS) - n_state
-        rest, flat_starts = saved[:n_rest], saved[n_rest:]
+        rest, flat_starts = saved[:n_rest], saved[n_rest:n_rest + n_state * ctx.n_chunks]
+        flat_saved = saved[n_rest + n_state * ctx.n_chunks:]
+        offsets = [sum(ctx.n_saved[:c]) for c in range(ctx.n_chunks)]
         seq_len = rest[0].shape[1]
         d_state = [torch.zeros_like(s) if d is None else d for d, s in zip(d_state, flat_starts[:n_state])]
         if d_out is None:
@@ -216,8 +213,9 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
+            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

@@ -16,7 +16,8 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-for the backward pass, which walks the chunks in reverse and recomputes each chunk's forward values.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
+chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -71,7 +72,7 @@ def loss(y, v, gates):
 
 # ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, q, k, v):
-    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -96,11 +97,11 @@ def chunk_forward(w1, q, k, v):
     v19 = (v13 - v18)  # read: M(q_t; W_t)
     v20 = torch.einsum('ns,nso,nsi->noi', v12, v6, k)
     v21 = (w1 - v20)  # layer 1 end state
-    return (v19, v21)
+    return (v19, v21, v6, v11, v12, v17)
 
 
-def chunk_backward(w1, q, k, v, d_out, d_new_w1):
-    """One chunk, backward: recomputes the forward values it needs."""
+def chunk_backward(w1, q, k, v, saved_0, saved_1, saved_2, saved_3, d_out, d_new_w1):
+    """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -110,33 +111,23 @@ def chunk_backward(w1, q, k, v, d_out, d_new_w1):
     _size_s = q.shape[1]
     _size_o = w1.shape[1]
     _size_i = w1.shape[2]
-    v4 = _t(1.0)
-    v5 = torch.full((_N, _size_t,), 1.0, dtype=_dt, device=_dev)
-    v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v7 = _mask_causal(_size_t, _dt, _dev)
-    v8 = _mask_last(_size_t, _dt, _dev)
-    v9 = torch.einsum('ts,t->s', v7, v8)
-    v11 = (v7 * v5[:, None, :])
-    v12 = (v9 * v5)
-    v15 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v16 = (v15 * v11)
-    v19 = ((-1.0) * d_new_w1)
-    v20 = torch.einsum('ns,nsi,noi->nso', v12, k, v19)
-    v21 = torch.einsum('ns,nso,noi->nsi', v12, v6, v19)
-    v22 = ((-1.0) * d_out)
-    v23 = torch.einsum('nso,nto->nts', v6, v22)
-    v24 = torch.einsum('nts,nto->nso', v16, v22)
-    v25 = (v11 * v23)
-    v26 = torch.einsum('nsi,nts->nti', k, v25)
-    v27 = torch.einsum('nti,nts->nsi', q, v25)
-    v28 = (v20 + v24)
-    v30 = (v21 + v27)
-    v32 = torch.einsum('noi,nto->nti', w1, d_out)
-    v33 = torch.einsum('nti,nto->noi', q, d_out)
-    v34 = ((-1.0) * v28)
-    v35 = (v26 + v32)
-    v36 = (d_new_w1 + v33)
-    return (v36, v35, v30, v34)
+    v12 = ((-1.0) * d_new_w1)
+    v13 = torch.einsum('ns,nsi,noi->nso', saved_2, k, v12)
+    v14 = torch.einsum('ns,nso,noi->nsi', saved_2, saved_0, v12)
+    v15 = ((-1.0) * d_out)
+    v16 = torch.einsum('nso,nto->nts', saved_0, v15)
+    v17 = torch.einsum('nts,nto->nso', saved_3, v15)
+    v18 = (saved_1 * v16)
+    v19 = torch.einsum('nsi,nts->nti', k, v18)
+    v20 = torch.einsum('nti,nts->nsi', q, v18)
+    v21 = (v13 + v17)
+    v23 = (v14 + v20)
+    v25 = torch.einsum('noi,nto->nti', w1, d_out)
+    v26 = torch.einsum('nti,nto->noi', q, d_out)
+    v27 = ((-1.0) * v21)
+    v28 = (v19 + v25)
+    v29 = (d_new_w1 + v26)
+    return (v29, v28, v23, v27)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
@@ -151,7 +142,7 @@ USE_FACTORED = True
 
 def decay_spread(alpha):
     """The largest log-decay across the chunk, over every head and channel: max of -sum_t log alpha_t."""
-    return float((-torch.log(alpha)).sum(dim=1).max())
+    return float((-torch.log(alpha.detach())).sum(dim=1).max())
 
 
 def _programs(args):
@@ -164,10 +155,10 @@ class ChunkwiseMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_size, *inputs):
-        n_state = len(STATE_FIELDS)
+        n_state, n_out = len(STATE_FIELDS), len(OUTPUTS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs, programs = [], [], []
+        starts, outs, programs, saved = [], [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
@@ -176,10 +167,12 @@ class ChunkwiseMemory(torch.autograd.Function):
             programs.append(backward)
             res = forward(*state, *args[n_state:])
             outs.append(res[0])
-            state = list(res[1:])
+            state = list(res[1:n_out])
+            saved.append(res[n_out:])  # freed with ctx when no backward will run
         ctx.chunk_size = chunk_size
-        flat_starts = [x for s in starts for x in s]
-        ctx.save_for_backward(*inputs[n_state:], *flat_starts)
+        ctx.n_saved = [len(s) for s in saved]
+        flat = [x for s in starts for x in s] + [x for s in saved for x in s]
+        ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
         ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
@@ -189,7 +182,9 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         saved = ctx.saved_tensors
         n_rest = len(INPUTS) - n_state
-        rest, flat_starts = saved[:n_rest], saved[n_rest:]
+        rest, flat_starts = saved[:n_rest], saved[n_rest:n_rest + n_state * ctx.n_chunks]
+        flat_saved = saved[n_rest + n_state * ctx.n_chunks:]
+        offsets = [sum(ctx.n_saved[:c]) for c in range(ctx.n_chunks)]
         seq_len = rest[0].shape[1]
         d_state = [torch.zeros_like(s) if d is None else d for d, s in zip(d_state, flat_starts[:n_state])]
         if d_out is None:
@@ -200,8 +195,9 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
+            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

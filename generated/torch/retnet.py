@@ -18,7 +18,8 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-for the backward pass, which walks the chunks in reverse and recomputes each chunk's forward values.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
+chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -80,7 +81,7 @@ def loss(y, v, gates):
 
 # ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, q, k, v, gate_alpha):
-    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -114,11 +115,11 @@ def chunk_forward(w1, q, k, v, gate_alpha):
     v30 = torch.einsum('nt,t->n', v18, v9)
     v31 = (v30[:, None, None] * w1)
     v32 = (v31 - v29)  # layer 1 end state
-    return (v28, v32)
+    return (v28, v32, v7, v10, v13, v16, v18, v20, v21, v25, v26, v30)
 
 
-def chunk_backward(w1, q, k, v, gate_alpha, d_out, d_new_w1):
-    """One chunk, backward: recomputes the forward values it needs."""
+def chunk_backward(w1, q, k, v, gate_alpha, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, d_out, d_new_w1):
+    """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -130,63 +131,49 @@ def chunk_backward(w1, q, k, v, gate_alpha, d_out, d_new_w1):
     _size_i = w1.shape[2]
     v5 = _t(1.0)
     v6 = torch.full((_N, _size_t,), 1.0, dtype=_dt, device=_dev)
-    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v8 = _mask_causal(_size_t, _dt, _dev)
     v9 = _mask_last(_size_t, _dt, _dev)
-    v10 = torch.einsum('ts,t->s', v8, v9)
-    v11 = torch.log(gate_alpha)
-    v12 = v11[:, None].expand(_N, _size_t)
-    v13 = v12.cumsum(1)
-    v15 = (v8 * torch.exp((v8 * (v13[:, :, None] - v13[:, None, :]))))  # pairwise decay D[t,s]
-    v16 = torch.einsum('nt,t->n', v13, v9)
-    v17 = (v10 * torch.exp((v16[:, None] - v13)))  # decay from token s to the chunk's end
-    v18 = torch.exp(v13)  # cumulative decay in the chunk
-    v20 = (v15 * v6[:, None, :])
-    v21 = (v17 * v6)
-    v24 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v25 = (v24 * v20)
-    v26 = torch.einsum('nt,t->n', v18, v9)
-    v29 = ((-1.0) * d_new_w1)
-    v30 = (w1 * d_new_w1)
-    v31 = torch.einsum('noi->n', v30)
-    v32 = (v26[:, None, None] * d_new_w1)
-    v33 = torch.einsum('t,n->nt', v9, v31)
-    v34 = torch.einsum('nso,nsi,noi->ns', v7, k, v29)
-    v35 = torch.einsum('ns,nsi,noi->nso', v21, k, v29)
-    v36 = torch.einsum('ns,nso,noi->nsi', v21, v7, v29)
-    v37 = ((-1.0) * d_out)
-    v38 = torch.einsum('nso,nto->nts', v7, v37)
-    v39 = torch.einsum('nts,nto->nso', v25, v37)
-    v40 = (v20 * v38)
-    v41 = (v24 * v38)
-    v42 = torch.einsum('nsi,nts->nti', k, v40)
-    v43 = torch.einsum('nti,nts->nsi', q, v40)
-    v44 = (v35 + v39)
-    v46 = (v36 + v43)
-    v48 = torch.einsum('noi,nt,nto->nti', w1, v18, d_out)
-    v49 = torch.einsum('nti,nt,nto->noi', q, v18, d_out)
-    v50 = torch.einsum('nti,noi,nto->nt', q, w1, d_out)
-    v51 = (v6 * v34)
-    v52 = (v6[:, None, :] * v41)
-    v53 = (v33 + v50)
-    v54 = (v53 * torch.exp(v13))
-    v55 = (v10 * v51 * torch.exp((v16[:, None] - v13)))
-    v56 = torch.einsum('ns->n', v55)
-    v57 = ((-1.0) * v10 * v51 * torch.exp((v16[:, None] - v13)))
-    v58 = torch.einsum('t,n->nt', v9, v56)
-    v59 = (v52 * torch.square(v8) * torch.exp((v8 * (v13[:, :, None] - v13[:, None, :]))))
-    v60 = torch.einsum('nts->nt', v59)
-    v61 = ((-1.0) * v52 * torch.square(v8) * torch.exp((v8 * (v13[:, :, None] - v13[:, None, :]))))
-    v62 = torch.einsum('nts->ns', v61)
-    v63 = (v57 + v62)
-    v65 = (v54 + v58 + v60 + v63)
-    v66 = v65.flip(1).cumsum(1).flip(1)
-    v67 = torch.einsum('nt->n', v66)
-    v68 = (v67 / (gate_alpha))
-    v69 = ((-1.0) * v44)
-    v70 = (v42 + v48)
-    v71 = (v32 + v49)
-    return (v71, v70, v46, v69, v68)
+    v25 = ((-1.0) * d_new_w1)
+    v26 = (w1 * d_new_w1)
+    v27 = torch.einsum('noi->n', v26)
+    v28 = (saved_9[:, None, None] * d_new_w1)
+    v29 = torch.einsum('t,n->nt', v9, v27)
+    v30 = torch.einsum('nso,nsi,noi->ns', saved_0, k, v25)
+    v31 = torch.einsum('ns,nsi,noi->nso', saved_6, k, v25)
+    v32 = torch.einsum('ns,nso,noi->nsi', saved_6, saved_0, v25)
+    v33 = ((-1.0) * d_out)
+    v34 = torch.einsum('nso,nto->nts', saved_0, v33)
+    v35 = torch.einsum('nts,nto->nso', saved_8, v33)
+    v36 = (saved_5 * v34)
+    v37 = (saved_7 * v34)
+    v38 = torch.einsum('nsi,nts->nti', k, v36)
+    v39 = torch.einsum('nti,nts->nsi', q, v36)
+    v40 = (v31 + v35)
+    v42 = (v32 + v39)
+    v44 = torch.einsum('noi,nt,nto->nti', w1, saved_4, d_out)
+    v45 = torch.einsum('nti,nt,nto->noi', q, saved_4, d_out)
+    v46 = torch.einsum('nti,noi,nto->nt', q, w1, d_out)
+    v47 = (v6 * v30)
+    v48 = (v6[:, None, :] * v37)
+    v49 = (v29 + v46)
+    v50 = (v49 * torch.exp(saved_2))
+    v51 = (saved_1 * v47 * torch.exp((saved_3[:, None] - saved_2)))
+    v52 = torch.einsum('ns->n', v51)
+    v53 = ((-1.0) * saved_1 * v47 * torch.exp((saved_3[:, None] - saved_2)))
+    v54 = torch.einsum('t,n->nt', v9, v52)
+    v55 = (v48 * torch.square(v8) * torch.exp((v8 * (saved_2[:, :, None] - saved_2[:, None, :]))))
+    v56 = torch.einsum('nts->nt', v55)
+    v57 = ((-1.0) * v48 * torch.square(v8) * torch.exp((v8 * (saved_2[:, :, None] - saved_2[:, None, :]))))
+    v58 = torch.einsum('nts->ns', v57)
+    v59 = (v53 + v58)
+    v61 = (v50 + v54 + v56 + v59)
+    v62 = v61.flip(1).cumsum(1).flip(1)
+    v63 = torch.einsum('nt->n', v62)
+    v64 = (v63 / (gate_alpha))
+    v65 = ((-1.0) * v40)
+    v66 = (v38 + v44)
+    v67 = (v28 + v45)
+    return (v67, v66, v42, v65, v64)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
@@ -201,7 +188,7 @@ USE_FACTORED = True
 
 def decay_spread(alpha):
     """The largest log-decay across the chunk, over every head and channel: max of -sum_t log alpha_t."""
-    return float((-torch.log(alpha)).sum(dim=1).max())
+    return float((-torch.log(alpha.detach())).sum(dim=1).max())
 
 
 def _programs(args):
@@ -214,10 +201,10 @@ class ChunkwiseMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_size, *inputs):
-        n_state = len(STATE_FIELDS)
+        n_state, n_out = len(STATE_FIELDS), len(OUTPUTS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs, programs = [], [], []
+        starts, outs, programs, saved = [], [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
@@ -226,10 +213,12 @@ class ChunkwiseMemory(torch.autograd.Function):
             programs.append(backward)
             res = forward(*state, *args[n_state:])
             outs.append(res[0])
-            state = list(res[1:])
+            state = list(res[1:n_out])
+            saved.append(res[n_out:])  # freed with ctx when no backward will run
         ctx.chunk_size = chunk_size
-        flat_starts = [x for s in starts for x in s]
-        ctx.save_for_backward(*inputs[n_state:], *flat_starts)
+        ctx.n_saved = [len(s) for s in saved]
+        flat = [x for s in starts for x in s] + [x for s in saved for x in s]
+        ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
         ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
@@ -239,7 +228,9 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         saved = ctx.saved_tensors
         n_rest = len(INPUTS) - n_state
-        rest, flat_starts = saved[:n_rest], saved[n_rest:]
+        rest, flat_starts = saved[:n_rest], saved[n_rest:n_rest + n_state * ctx.n_chunks]
+        flat_saved = saved[n_rest + n_state * ctx.n_chunks:]
+        offsets = [sum(ctx.n_saved[:c]) for c in range(ctx.n_chunks)]
         seq_len = rest[0].shape[1]
         d_state = [torch.zeros_like(s) if d is None else d for d, s in zip(d_state, flat_starts[:n_state])]
         if d_out is None:
@@ -250,8 +241,9 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
+            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

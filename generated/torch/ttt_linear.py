@@ -18,7 +18,8 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-for the backward pass, which walks the chunks in reverse and recomputes each chunk's forward values.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
+chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -80,7 +81,7 @@ def loss(y, v, gates):
 
 # ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, q, k, v, gate_eta, ln_weight, ln_bias):
-    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -130,11 +131,11 @@ def chunk_forward(w1, q, k, v, gate_eta, ln_weight, ln_bias):
     v50 = (v48 + q)  # read: M(q_t; W_t)
     v51 = torch.einsum('ns,nso,nsi->noi', v34, v28, k)
     v52 = (w1 - v51)  # layer 1 end state
-    return (v50, v52)
+    return (v50, v52, v11, v14, v18, v22, v28, v31, v33, v34, v38, v39, v44, v47)
 
 
-def chunk_backward(w1, q, k, v, gate_eta, ln_weight, ln_bias, d_out, d_new_w1):
-    """One chunk, backward: recomputes the forward values it needs."""
+def chunk_backward(w1, q, k, v, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, d_out, d_new_w1):
+    """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -144,117 +145,82 @@ def chunk_backward(w1, q, k, v, gate_eta, ln_weight, ln_bias, d_out, d_new_w1):
     _size_s = q.shape[1]
     _size_o = w1.shape[1]
     _size_i = w1.shape[2]
-    v7 = torch.einsum('nti,noi->nto', k, w1)
-    v9 = torch.einsum('nto->nt', v7)
-    v10 = (v9 / (_size_o))
-    v11 = (v7 - v10[:, :, None])
-    v12 = torch.square(v11)
-    v13 = torch.einsum('nto->nt', v12)
-    v14 = (v13 / (_size_o))
-    v15 = (ln_bias[:, None, :] + (v11 * ln_weight[:, None, :] / (torch.sqrt((1e-05 + v14[:, :, None])))))
-    v17 = (v15 + k)  # memory output M(x)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[:, None, :] * v18 / (torch.sqrt((1e-05 + v14[:, :, None]))))
-    v20 = ((-0.5) * v11 * ln_weight[:, None, :] * v18 / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v21 = torch.einsum('nto->nt', v20)
-    v22 = (v21 / (_size_o))
-    v23 = (2.0 * v11 * v22[:, :, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = torch.einsum('nto->nt', v25)
-    v27 = (v26 / (_size_o))
-    v28 = (v24 + v27[:, :, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v29 = _mask_causal(_size_t, _dt, _dev)
-    v30 = _mask_last(_size_t, _dt, _dev)
-    v31 = torch.einsum('ts,t->s', v29, v30)
-    v33 = (v29 * gate_eta[:, None, :])
-    v34 = (v31 * gate_eta)
-    v35 = torch.einsum('nti,noi->nto', q, w1)
-    v38 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v39 = (v38 * v33)
-    v40 = torch.einsum('nts,nso->nto', v39, v28)
-    v41 = (v35 - v40)
-    v42 = torch.einsum('nto->nt', v41)
-    v43 = (v42 / (_size_o))
-    v44 = (v41 - v43[:, :, None])
-    v45 = torch.square(v44)
-    v46 = torch.einsum('nto->nt', v45)
-    v47 = (v46 / (_size_o))
-    v50 = ((-1.0) * d_new_w1)
-    v51 = torch.einsum('nso,nsi,noi->ns', v28, k, v50)
-    v52 = torch.einsum('ns,nsi,noi->nso', v34, k, v50)
-    v53 = torch.einsum('ns,nso,noi->nsi', v34, v28, v50)
-    v55 = (ln_weight[:, None, :] * d_out / (torch.sqrt((1e-05 + v47[:, :, None]))))
-    v56 = ((-0.5) * v44 * ln_weight[:, None, :] * d_out / (((1e-05 + v47[:, :, None]) ** 1.5)))
-    v57 = torch.einsum('nto->nt', v56)
-    v58 = (v44 * d_out / (torch.sqrt((1e-05 + v47[:, :, None]))))
-    v59 = torch.einsum('nto->no', v58)
-    v60 = torch.einsum('nto->no', d_out)
-    v61 = (v57 / (_size_o))
-    v62 = (2.0 * v44 * v61[:, :, None])
-    v63 = (v55 + v62)
-    v64 = ((-1.0) * v63)
-    v65 = torch.einsum('nto->nt', v64)
-    v66 = (v65 / (_size_o))
-    v67 = (v63 + v66[:, :, None])
-    v68 = ((-1.0) * v67)
-    v69 = torch.einsum('nso,nto->nts', v28, v68)
-    v70 = torch.einsum('nts,nto->nso', v39, v68)
-    v71 = (v33 * v69)
-    v72 = (v38 * v69)
-    v73 = torch.einsum('nsi,nts->nti', k, v71)
-    v74 = torch.einsum('nti,nts->nsi', q, v71)
-    v75 = (v52 + v70)
-    v77 = (v53 + v74)
-    v79 = torch.einsum('noi,nto->nti', w1, v67)
-    v80 = torch.einsum('nti,nto->noi', q, v67)
-    v81 = (v31 * v51)
-    v82 = (v29 * v72)
-    v83 = torch.einsum('nts->ns', v82)
-    v84 = (v81 + v83)
-    v86 = torch.einsum('nto->nt', v75)
-    v87 = (v86 / (_size_o))
-    v88 = ((-1.0) * v87)
-    v89 = (v75 + v88[:, :, None])
-    v90 = (2.0 * v22[:, :, None] * v89)
-    v91 = (2.0 * v11 * v89)
-    v92 = torch.einsum('nto->nt', v91)
-    v93 = (v92 / (_size_o))
-    v94 = ((-0.5) * ln_weight[:, None, :] * v18 * v93[:, :, None] / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v95 = (0.75 * v11 * ln_weight[:, None, :] * v18 * v93[:, :, None] / (((1e-05 + v14[:, :, None]) ** 2.5)))
-    v96 = torch.einsum('nto->nt', v95)
-    v97 = ((-0.5) * v11 * v18 * v93[:, :, None] / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v98 = torch.einsum('nto->no', v97)
-    v99 = ((-0.5) * v11 * ln_weight[:, None, :] * v93[:, :, None] / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v100 = ((-0.5) * ln_weight[:, None, :] * v18 * v89 / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v101 = torch.einsum('nto->nt', v100)
-    v102 = (v18 * v89 / (torch.sqrt((1e-05 + v14[:, :, None]))))
-    v103 = torch.einsum('nto->no', v102)
-    v104 = (ln_weight[:, None, :] * v89 / (torch.sqrt((1e-05 + v14[:, :, None]))))
-    v105 = (v99 + v104)
-    v106 = ((-1.0) * v105)
-    v108 = (ln_weight[:, None, :] * v105 / (torch.sqrt((1e-05 + v14[:, :, None]))))
-    v109 = ((-0.5) * v11 * ln_weight[:, None, :] * v105 / (((1e-05 + v14[:, :, None]) ** 1.5)))
-    v110 = torch.einsum('nto->nt', v109)
-    v111 = (v11 * v105 / (torch.sqrt((1e-05 + v14[:, :, None]))))
-    v112 = torch.einsum('nto->no', v111)
-    v113 = torch.einsum('nto->no', v105)
-    v114 = (v96 + v101 + v110)
-    v115 = (v114 / (_size_o))
-    v116 = (2.0 * v11 * v115[:, :, None])
-    v117 = (v90 + v94 + v108 + v116)
-    v118 = ((-1.0) * v117)
-    v119 = torch.einsum('nto->nt', v118)
-    v120 = (v119 / (_size_o))
-    v121 = (v117 + v120[:, :, None])
-    v122 = torch.einsum('noi,nto->nti', w1, v121)
-    v123 = torch.einsum('nti,nto->noi', k, v121)
-    v124 = (v60 + v113)
-    v125 = (v59 + v98 + v103 + v112)
-    v126 = (v77 + v105 + v122)
-    v127 = (d_out + v73 + v79)
-    v128 = (d_new_w1 + v80 + v123)
-    return (v128, v127, v126, v106, v84, v125, v124)
+    v13 = _mask_causal(_size_t, _dt, _dev)
+    v25 = ((-1.0) * d_new_w1)
+    v26 = torch.einsum('nso,nsi,noi->ns', saved_4, k, v25)
+    v27 = torch.einsum('ns,nsi,noi->nso', saved_7, k, v25)
+    v28 = torch.einsum('ns,nso,noi->nsi', saved_7, saved_4, v25)
+    v30 = (ln_weight[:, None, :] * d_out / (torch.sqrt((1e-05 + saved_11[:, :, None]))))
+    v31 = ((-0.5) * saved_10 * ln_weight[:, None, :] * d_out / (((1e-05 + saved_11[:, :, None]) ** 1.5)))
+    v32 = torch.einsum('nto->nt', v31)
+    v33 = (saved_10 * d_out / (torch.sqrt((1e-05 + saved_11[:, :, None]))))
+    v34 = torch.einsum('nto->no', v33)
+    v35 = torch.einsum('nto->no', d_out)
+    v36 = (v32 / (_size_o))
+    v37 = (2.0 * saved_10 * v36[:, :, None])
+    v38 = (v30 + v37)
+    v39 = ((-1.0) * v38)
+    v40 = torch.einsum('nto->nt', v39)
+    v41 = (v40 / (_size_o))
+    v42 = (v38 + v41[:, :, None])
+    v43 = ((-1.0) * v42)
+    v44 = torch.einsum('nso,nto->nts', saved_4, v43)
+    v45 = torch.einsum('nts,nto->nso', saved_9, v43)
+    v46 = (saved_6 * v44)
+    v47 = (saved_8 * v44)
+    v48 = torch.einsum('nsi,nts->nti', k, v46)
+    v49 = torch.einsum('nti,nts->nsi', q, v46)
+    v50 = (v27 + v45)
+    v52 = (v28 + v49)
+    v54 = torch.einsum('noi,nto->nti', w1, v42)
+    v55 = torch.einsum('nti,nto->noi', q, v42)
+    v56 = (saved_5 * v26)
+    v57 = (v13 * v47)
+    v58 = torch.einsum('nts->ns', v57)
+    v59 = (v56 + v58)
+    v61 = torch.einsum('nto->nt', v50)
+    v62 = (v61 / (_size_o))
+    v63 = ((-1.0) * v62)
+    v64 = (v50 + v63[:, :, None])
+    v65 = (2.0 * saved_3[:, :, None] * v64)
+    v66 = (2.0 * saved_0 * v64)
+    v67 = torch.einsum('nto->nt', v66)
+    v68 = (v67 / (_size_o))
+    v69 = ((-0.5) * ln_weight[:, None, :] * saved_2 * v68[:, :, None] / (((1e-05 + saved_1[:, :, None]) ** 1.5)))
+    v70 = (0.75 * saved_0 * ln_weight[:, None, :] * saved_2 * v68[:, :, None] / (((1e-05 + saved_1[:, :, None]) ** 2.5)))
+    v71 = torch.einsum('nto->nt', v70)
+    v72 = ((-0.5) * saved_0 * saved_2 * v68[:, :, None] / (((1e-05 + saved_1[:, :, None]) ** 1.5)))
+    v73 = torch.einsum('nto->no', v72)
+    v74 = ((-0.5) * saved_0 * ln_weight[:, None, :] * v68[:, :, None] / (((1e-05 + saved_1[:, :, None]) ** 1.5)))
+    v75 = ((-0.5) * ln_weight[:, None, :] * saved_2 * v64 / (((1e-05 + saved_1[:, :, None]) ** 1.5)))
+    v76 = torch.einsum('nto->nt', v75)
+    v77 = (saved_2 * v64 / (torch.sqrt((1e-05 + saved_1[:, :, None]))))
+    v78 = torch.einsum('nto->no', v77)
+    v79 = (ln_weight[:, None, :] * v64 / (torch.sqrt((1e-05 + saved_1[:, :, None]))))
+    v80 = (v74 + v79)
+    v81 = ((-1.0) * v80)
+    v83 = (ln_weight[:, None, :] * v80 / (torch.sqrt((1e-05 + saved_1[:, :, None]))))
+    v84 = ((-0.5) * saved_0 * ln_weight[:, None, :] * v80 / (((1e-05 + saved_1[:, :, None]) ** 1.5)))
+    v85 = torch.einsum('nto->nt', v84)
+    v86 = (saved_0 * v80 / (torch.sqrt((1e-05 + saved_1[:, :, None]))))
+    v87 = torch.einsum('nto->no', v86)
+    v88 = torch.einsum('nto->no', v80)
+    v89 = (v71 + v76 + v85)
+    v90 = (v89 / (_size_o))
+    v91 = (2.0 * saved_0 * v90[:, :, None])
+    v92 = (v65 + v69 + v83 + v91)
+    v93 = ((-1.0) * v92)
+    v94 = torch.einsum('nto->nt', v93)
+    v95 = (v94 / (_size_o))
+    v96 = (v92 + v95[:, :, None])
+    v97 = torch.einsum('noi,nto->nti', w1, v96)
+    v98 = torch.einsum('nti,nto->noi', k, v96)
+    v99 = (v35 + v88)
+    v100 = (v34 + v73 + v78 + v87)
+    v101 = (v52 + v80 + v97)
+    v102 = (d_out + v48 + v54)
+    v103 = (d_new_w1 + v55 + v98)
+    return (v103, v102, v101, v81, v59, v100, v99)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
@@ -269,7 +235,7 @@ USE_FACTORED = True
 
 def decay_spread(alpha):
     """The largest log-decay across the chunk, over every head and channel: max of -sum_t log alpha_t."""
-    return float((-torch.log(alpha)).sum(dim=1).max())
+    return float((-torch.log(alpha.detach())).sum(dim=1).max())
 
 
 def _programs(args):
@@ -282,10 +248,10 @@ class ChunkwiseMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_size, *inputs):
-        n_state = len(STATE_FIELDS)
+        n_state, n_out = len(STATE_FIELDS), len(OUTPUTS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs, programs = [], [], []
+        starts, outs, programs, saved = [], [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
@@ -294,10 +260,12 @@ class ChunkwiseMemory(torch.autograd.Function):
             programs.append(backward)
             res = forward(*state, *args[n_state:])
             outs.append(res[0])
-            state = list(res[1:])
+            state = list(res[1:n_out])
+            saved.append(res[n_out:])  # freed with ctx when no backward will run
         ctx.chunk_size = chunk_size
-        flat_starts = [x for s in starts for x in s]
-        ctx.save_for_backward(*inputs[n_state:], *flat_starts)
+        ctx.n_saved = [len(s) for s in saved]
+        flat = [x for s in starts for x in s] + [x for s in saved for x in s]
+        ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
         ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
@@ -307,7 +275,9 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         saved = ctx.saved_tensors
         n_rest = len(INPUTS) - n_state
-        rest, flat_starts = saved[:n_rest], saved[n_rest:]
+        rest, flat_starts = saved[:n_rest], saved[n_rest:n_rest + n_state * ctx.n_chunks]
+        flat_saved = saved[n_rest + n_state * ctx.n_chunks:]
+        offsets = [sum(ctx.n_saved[:c]) for c in range(ctx.n_chunks)]
         seq_len = rest[0].shape[1]
         d_state = [torch.zeros_like(s) if d is None else d for d, s in zip(d_state, flat_starts[:n_state])]
         if d_out is None:
@@ -318,8 +288,9 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
+            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

@@ -17,7 +17,8 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-for the backward pass, which walks the chunks in reverse and recomputes each chunk's forward values.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
+chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -79,7 +80,7 @@ def loss(y, v, gates):
 
 # ------------------------------------------------------------------------------------------ chunk programs
 def chunk_forward(w1, w2, q, k, v, gate_eta, ln_weight, ln_bias):
-    """One chunk, forward: chunk-start state and inputs -> (out, next state)."""
+    """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -145,11 +146,11 @@ def chunk_forward(w1, w2, q, k, v, gate_eta, ln_weight, ln_bias):
     v65 = (w1 - v64)  # layer 1 end state
     v66 = torch.einsum('ns,nso,nsh->noh', v39, v31, v9)
     v67 = (w2 - v66)  # layer 2 end state
-    return (v63, v65, v67)
+    return (v63, v65, v67, v8, v9, v14, v17, v21, v25, v31, v32, v33, v36, v38, v39, v43, v44, v46, v47, v51, v52, v57, v60)
 
 
-def chunk_backward(w1, w2, q, k, v, gate_eta, ln_weight, ln_bias, d_out, d_new_w1, d_new_w2):
-    """One chunk, backward: recomputes the forward values it needs."""
+def chunk_backward(w1, w2, q, k, v, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, d_out, d_new_w1, d_new_w2):
+    """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
     def _t(x):
@@ -160,167 +161,119 @@ def chunk_backward(w1, w2, q, k, v, gate_eta, ln_weight, ln_bias, d_out, d_new_w
     _size_o = w2.shape[1]
     _size_h = w1.shape[1]
     _size_i = w1.shape[2]
-    v8 = torch.einsum('nti,nhi->nth', k, w1)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + torch.erf((_c0 * 1.4142135623730951))))
-    v10 = torch.einsum('nth,noh->nto', v9, w2)
-    v12 = torch.einsum('nto->nt', v10)
-    v13 = (v12 / (_size_o))
-    v14 = (v10 - v13[:, :, None])
-    v15 = torch.square(v14)
-    v16 = torch.einsum('nto->nt', v15)
-    v17 = (v16 / (_size_o))
-    v18 = (ln_bias[:, None, :] + (v14 * ln_weight[:, None, :] / (torch.sqrt((1e-05 + v17[:, :, None])))))
-    v20 = (v18 + k)  # memory output M(x)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[:, None, :] * v21 / (torch.sqrt((1e-05 + v17[:, :, None]))))
-    v23 = ((-0.5) * v14 * ln_weight[:, None, :] * v21 / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v24 = torch.einsum('nto->nt', v23)
-    v25 = (v24 / (_size_o))
-    v26 = (2.0 * v14 * v25[:, :, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = torch.einsum('nto->nt', v28)
-    v30 = (v29 / (_size_o))
-    v31 = (v27 + v30[:, :, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = torch.einsum('noh,nto->nth', w2, v31)
-    _c0 = (0.5 * v8 * 1.4142135623730951)
-    v33 = (v32 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(v8))) / (1.772453850905516))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = _mask_causal(_size_t, _dt, _dev)
-    v35 = _mask_last(_size_t, _dt, _dev)
-    v36 = torch.einsum('ts,t->s', v34, v35)
-    v38 = (v34 * gate_eta[:, None, :])
-    v39 = (v36 * gate_eta)
-    v40 = torch.einsum('nti,nhi->nth', q, w1)
-    v43 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v44 = (v43 * v38)
-    v45 = torch.einsum('nts,nsh->nth', v44, v33)
-    v46 = (v40 - v45)
-    _c0 = (0.5 * v46)
-    v47 = (_c0 * (1.0 + torch.erf((_c0 * 1.4142135623730951))))
-    v48 = torch.einsum('nth,noh->nto', v47, w2)
-    v51 = torch.einsum('nth,nsh->nts', v47, v9)  # scores x_t·x_s
-    v52 = (v51 * v38)
-    v53 = torch.einsum('nts,nso->nto', v52, v31)
-    v54 = (v48 - v53)
-    v55 = torch.einsum('nto->nt', v54)
-    v56 = (v55 / (_size_o))
-    v57 = (v54 - v56[:, :, None])
-    v58 = torch.square(v57)
-    v59 = torch.einsum('nto->nt', v58)
-    v60 = (v59 / (_size_o))
-    v64 = ((-1.0) * d_new_w2)
-    v65 = torch.einsum('nso,nsh,noh->ns', v31, v9, v64)
-    v66 = torch.einsum('ns,nsh,noh->nso', v39, v9, v64)
-    v67 = torch.einsum('ns,nso,noh->nsh', v39, v31, v64)
-    v68 = ((-1.0) * d_new_w1)
-    v69 = torch.einsum('nsh,nsi,nhi->ns', v33, k, v68)
-    v70 = torch.einsum('ns,nsi,nhi->nsh', v39, k, v68)
-    v71 = torch.einsum('ns,nsh,nhi->nsi', v39, v33, v68)
-    v73 = (ln_weight[:, None, :] * d_out / (torch.sqrt((1e-05 + v60[:, :, None]))))
-    v74 = ((-0.5) * v57 * ln_weight[:, None, :] * d_out / (((1e-05 + v60[:, :, None]) ** 1.5)))
-    v75 = torch.einsum('nto->nt', v74)
-    v76 = (v57 * d_out / (torch.sqrt((1e-05 + v60[:, :, None]))))
-    v77 = torch.einsum('nto->no', v76)
-    v78 = torch.einsum('nto->no', d_out)
-    v79 = (v75 / (_size_o))
-    v80 = (2.0 * v57 * v79[:, :, None])
-    v81 = (v73 + v80)
-    v82 = ((-1.0) * v81)
-    v83 = torch.einsum('nto->nt', v82)
-    v84 = (v83 / (_size_o))
-    v85 = (v81 + v84[:, :, None])
-    v86 = ((-1.0) * v85)
-    v87 = torch.einsum('nso,nto->nts', v31, v86)
-    v88 = torch.einsum('nts,nto->nso', v52, v86)
-    v89 = (v38 * v87)
-    v90 = (v51 * v87)
-    v91 = torch.einsum('nsh,nts->nth', v9, v89)
-    v92 = torch.einsum('nth,nts->nsh', v47, v89)
-    v93 = (v66 + v88)
-    v95 = (v67 + v92)
-    v97 = torch.einsum('noh,nto->nth', w2, v85)
-    v98 = torch.einsum('nth,nto->noh', v47, v85)
-    v99 = (v91 + v97)
-    _c0 = (0.5 * v46 * 1.4142135623730951)
-    v100 = (v99 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(v46))) / (1.772453850905516))))
-    v101 = ((-1.0) * v100)
-    v102 = torch.einsum('nsh,nth->nts', v33, v101)
-    v103 = torch.einsum('nts,nth->nsh', v44, v101)
-    v104 = (v38 * v102)
-    v105 = (v43 * v102)
-    v106 = torch.einsum('nsi,nts->nti', k, v104)
-    v107 = torch.einsum('nti,nts->nsi', q, v104)
-    v108 = (v70 + v103)
-    v110 = (v71 + v107)
-    v112 = torch.einsum('nhi,nth->nti', w1, v100)
-    v113 = torch.einsum('nti,nth->nhi', q, v100)
-    v114 = (v65 + v69)
-    v115 = (v36 * v114)
-    v116 = (v90 + v105)
-    v117 = (v34 * v116)
-    v118 = torch.einsum('nts->ns', v117)
-    v119 = (v115 + v118)
+    v18 = _mask_causal(_size_t, _dt, _dev)
+    v37 = ((-1.0) * d_new_w2)
+    v38 = torch.einsum('nso,nsh,noh->ns', saved_6, saved_1, v37)
+    v39 = torch.einsum('ns,nsh,noh->nso', saved_11, saved_1, v37)
+    v40 = torch.einsum('ns,nso,noh->nsh', saved_11, saved_6, v37)
+    v41 = ((-1.0) * d_new_w1)
+    v42 = torch.einsum('nsh,nsi,nhi->ns', saved_8, k, v41)
+    v43 = torch.einsum('ns,nsi,nhi->nsh', saved_11, k, v41)
+    v44 = torch.einsum('ns,nsh,nhi->nsi', saved_11, saved_8, v41)
+    v46 = (ln_weight[:, None, :] * d_out / (torch.sqrt((1e-05 + saved_19[:, :, None]))))
+    v47 = ((-0.5) * saved_18 * ln_weight[:, None, :] * d_out / (((1e-05 + saved_19[:, :, None]) ** 1.5)))
+    v48 = torch.einsum('nto->nt', v47)
+    v49 = (saved_18 * d_out / (torch.sqrt((1e-05 + saved_19[:, :, None]))))
+    v50 = torch.einsum('nto->no', v49)
+    v51 = torch.einsum('nto->no', d_out)
+    v52 = (v48 / (_size_o))
+    v53 = (2.0 * saved_18 * v52[:, :, None])
+    v54 = (v46 + v53)
+    v55 = ((-1.0) * v54)
+    v56 = torch.einsum('nto->nt', v55)
+    v57 = (v56 / (_size_o))
+    v58 = (v54 + v57[:, :, None])
+    v59 = ((-1.0) * v58)
+    v60 = torch.einsum('nso,nto->nts', saved_6, v59)
+    v61 = torch.einsum('nts,nto->nso', saved_17, v59)
+    v62 = (saved_10 * v60)
+    v63 = (saved_16 * v60)
+    v64 = torch.einsum('nsh,nts->nth', saved_1, v62)
+    v65 = torch.einsum('nth,nts->nsh', saved_15, v62)
+    v66 = (v39 + v61)
+    v68 = (v40 + v65)
+    v70 = torch.einsum('noh,nto->nth', w2, v58)
+    v71 = torch.einsum('nth,nto->noh', saved_15, v58)
+    v72 = (v64 + v70)
+    _c0 = (0.5 * saved_14 * 1.4142135623730951)
+    v73 = (v72 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(saved_14))) / (1.772453850905516))))
+    v74 = ((-1.0) * v73)
+    v75 = torch.einsum('nsh,nth->nts', saved_8, v74)
+    v76 = torch.einsum('nts,nth->nsh', saved_13, v74)
+    v77 = (saved_10 * v75)
+    v78 = (saved_12 * v75)
+    v79 = torch.einsum('nsi,nts->nti', k, v77)
+    v80 = torch.einsum('nti,nts->nsi', q, v77)
+    v81 = (v43 + v76)
+    v83 = (v44 + v80)
+    v85 = torch.einsum('nhi,nth->nti', w1, v73)
+    v86 = torch.einsum('nti,nth->nhi', q, v73)
+    v87 = (v38 + v42)
+    v88 = (saved_9 * v87)
+    v89 = (v63 + v78)
+    v90 = (v18 * v89)
+    v91 = torch.einsum('nts->ns', v90)
+    v92 = (v88 + v91)
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
-    _c2 = (0.5 * torch.square(v8))
+    _c2 = (0.5 * torch.square(saved_0))
     _c3 = torch.exp(((-1.0) * _c2))
-    v121 = (v32 * v108 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    _c0 = (0.5 * v8 * 1.4142135623730951)
-    v122 = (v108 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(v8))) / (1.772453850905516))))
-    v123 = torch.einsum('nto,nth->noh', v31, v122)
-    v124 = torch.einsum('noh,nth->nto', w2, v122)
-    v125 = (v93 + v124)
-    v126 = torch.einsum('nto->nt', v125)
-    v127 = (v126 / (_size_o))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, :, None])
-    v130 = (2.0 * v25[:, :, None] * v129)
-    v131 = (2.0 * v14 * v129)
+    v94 = (saved_7 * v81 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    _c0 = (0.5 * saved_0 * 1.4142135623730951)
+    v95 = (v81 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(saved_0))) / (1.772453850905516))))
+    v96 = torch.einsum('nto,nth->noh', saved_6, v95)
+    v97 = torch.einsum('noh,nth->nto', w2, v95)
+    v98 = (v66 + v97)
+    v99 = torch.einsum('nto->nt', v98)
+    v100 = (v99 / (_size_o))
+    v101 = ((-1.0) * v100)
+    v102 = (v98 + v101[:, :, None])
+    v103 = (2.0 * saved_5[:, :, None] * v102)
+    v104 = (2.0 * saved_2 * v102)
+    v105 = torch.einsum('nto->nt', v104)
+    v106 = (v105 / (_size_o))
+    v107 = ((-0.5) * ln_weight[:, None, :] * saved_4 * v106[:, :, None] / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v108 = (0.75 * saved_2 * ln_weight[:, None, :] * saved_4 * v106[:, :, None] / (((1e-05 + saved_3[:, :, None]) ** 2.5)))
+    v109 = torch.einsum('nto->nt', v108)
+    v110 = ((-0.5) * saved_2 * saved_4 * v106[:, :, None] / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v111 = torch.einsum('nto->no', v110)
+    v112 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v106[:, :, None] / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v113 = ((-0.5) * ln_weight[:, None, :] * saved_4 * v102 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v114 = torch.einsum('nto->nt', v113)
+    v115 = (saved_4 * v102 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v116 = torch.einsum('nto->no', v115)
+    v117 = (ln_weight[:, None, :] * v102 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v118 = (v112 + v117)
+    v119 = ((-1.0) * v118)
+    v121 = (ln_weight[:, None, :] * v118 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v122 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v118 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v123 = torch.einsum('nto->nt', v122)
+    v124 = (saved_2 * v118 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v125 = torch.einsum('nto->no', v124)
+    v126 = torch.einsum('nto->no', v118)
+    v127 = (v109 + v114 + v123)
+    v128 = (v127 / (_size_o))
+    v129 = (2.0 * saved_2 * v128[:, :, None])
+    v130 = (v103 + v107 + v121 + v129)
+    v131 = ((-1.0) * v130)
     v132 = torch.einsum('nto->nt', v131)
     v133 = (v132 / (_size_o))
-    v134 = ((-0.5) * ln_weight[:, None, :] * v21 * v133[:, :, None] / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v135 = (0.75 * v14 * ln_weight[:, None, :] * v21 * v133[:, :, None] / (((1e-05 + v17[:, :, None]) ** 2.5)))
-    v136 = torch.einsum('nto->nt', v135)
-    v137 = ((-0.5) * v14 * v21 * v133[:, :, None] / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v138 = torch.einsum('nto->no', v137)
-    v139 = ((-0.5) * v14 * ln_weight[:, None, :] * v133[:, :, None] / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v140 = ((-0.5) * ln_weight[:, None, :] * v21 * v129 / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v141 = torch.einsum('nto->nt', v140)
-    v142 = (v21 * v129 / (torch.sqrt((1e-05 + v17[:, :, None]))))
-    v143 = torch.einsum('nto->no', v142)
-    v144 = (ln_weight[:, None, :] * v129 / (torch.sqrt((1e-05 + v17[:, :, None]))))
-    v145 = (v139 + v144)
-    v146 = ((-1.0) * v145)
-    v148 = (ln_weight[:, None, :] * v145 / (torch.sqrt((1e-05 + v17[:, :, None]))))
-    v149 = ((-0.5) * v14 * ln_weight[:, None, :] * v145 / (((1e-05 + v17[:, :, None]) ** 1.5)))
-    v150 = torch.einsum('nto->nt', v149)
-    v151 = (v14 * v145 / (torch.sqrt((1e-05 + v17[:, :, None]))))
-    v152 = torch.einsum('nto->no', v151)
-    v153 = torch.einsum('nto->no', v145)
-    v154 = (v136 + v141 + v150)
-    v155 = (v154 / (_size_o))
-    v156 = (2.0 * v14 * v155[:, :, None])
-    v157 = (v130 + v134 + v148 + v156)
-    v158 = ((-1.0) * v157)
-    v159 = torch.einsum('nto->nt', v158)
-    v160 = (v159 / (_size_o))
-    v161 = (v157 + v160[:, :, None])
-    v162 = torch.einsum('noh,nto->nth', w2, v161)
-    v163 = torch.einsum('nth,nto->noh', v9, v161)
-    v164 = (v95 + v162)
-    _c0 = (0.5 * v8 * 1.4142135623730951)
-    v165 = (v164 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(v8))) / (1.772453850905516))))
-    v166 = (v121 + v165)
-    v167 = torch.einsum('nhi,nth->nti', w1, v166)
-    v168 = torch.einsum('nti,nth->nhi', k, v166)
-    v169 = (v78 + v153)
-    v170 = (v77 + v138 + v143 + v152)
-    v171 = (v110 + v145 + v167)
-    v172 = (d_out + v106 + v112)
-    v173 = (d_new_w2 + v98 + v123 + v163)
-    v174 = (d_new_w1 + v113 + v168)
-    return (v174, v173, v172, v171, v146, v119, v170, v169)
+    v134 = (v130 + v133[:, :, None])
+    v135 = torch.einsum('noh,nto->nth', w2, v134)
+    v136 = torch.einsum('nth,nto->noh', saved_1, v134)
+    v137 = (v68 + v135)
+    _c0 = (0.5 * saved_0 * 1.4142135623730951)
+    v138 = (v137 * (0.5 + (0.5 * torch.erf(_c0)) + (_c0 * torch.exp(((-0.5) * torch.square(saved_0))) / (1.772453850905516))))
+    v139 = (v94 + v138)
+    v140 = torch.einsum('nhi,nth->nti', w1, v139)
+    v141 = torch.einsum('nti,nth->nhi', k, v139)
+    v142 = (v51 + v126)
+    v143 = (v50 + v111 + v116 + v125)
+    v144 = (v83 + v118 + v140)
+    v145 = (d_out + v79 + v85)
+    v146 = (d_new_w2 + v71 + v96 + v136)
+    v147 = (d_new_w1 + v86 + v141)
+    return (v147, v146, v145, v144, v119, v92, v143, v142)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the
@@ -335,7 +288,7 @@ USE_FACTORED = True
 
 def decay_spread(alpha):
     """The largest log-decay across the chunk, over every head and channel: max of -sum_t log alpha_t."""
-    return float((-torch.log(alpha)).sum(dim=1).max())
+    return float((-torch.log(alpha.detach())).sum(dim=1).max())
 
 
 def _programs(args):
@@ -348,10 +301,10 @@ class ChunkwiseMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_size, *inputs):
-        n_state = len(STATE_FIELDS)
+        n_state, n_out = len(STATE_FIELDS), len(OUTPUTS)
         state = list(inputs[:n_state])
         seq_len = inputs[n_state].shape[1]
-        starts, outs, programs = [], [], []
+        starts, outs, programs, saved = [], [], [], []
         for lo in range(0, seq_len, chunk_size):
             hi = min(lo + chunk_size, seq_len)
             starts.append(state)
@@ -360,10 +313,12 @@ class ChunkwiseMemory(torch.autograd.Function):
             programs.append(backward)
             res = forward(*state, *args[n_state:])
             outs.append(res[0])
-            state = list(res[1:])
+            state = list(res[1:n_out])
+            saved.append(res[n_out:])  # freed with ctx when no backward will run
         ctx.chunk_size = chunk_size
-        flat_starts = [x for s in starts for x in s]
-        ctx.save_for_backward(*inputs[n_state:], *flat_starts)
+        ctx.n_saved = [len(s) for s in saved]
+        flat = [x for s in starts for x in s] + [x for s in saved for x in s]
+        ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
         ctx.programs = programs
         return (torch.cat(outs, dim=1), *state)
@@ -373,7 +328,9 @@ class ChunkwiseMemory(torch.autograd.Function):
         n_state = len(STATE_FIELDS)
         saved = ctx.saved_tensors
         n_rest = len(INPUTS) - n_state
-        rest, flat_starts = saved[:n_rest], saved[n_rest:]
+        rest, flat_starts = saved[:n_rest], saved[n_rest:n_rest + n_state * ctx.n_chunks]
+        flat_saved = saved[n_rest + n_state * ctx.n_chunks:]
+        offsets = [sum(ctx.n_saved[:c]) for c in range(ctx.n_chunks)]
         seq_len = rest[0].shape[1]
         d_state = [torch.zeros_like(s) if d is None else d for d, s in zip(d_state, flat_starts[:n_state])]
         if d_out is None:
@@ -384,8 +341,9 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
+            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:
