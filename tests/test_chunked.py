@@ -5,8 +5,8 @@ respect to q, k, v, every gate, every param and every initial-state tensor, over
 
 The chunked oracle is a Python loop over tokens (a few ms per token with gradients), so the full sequence-length
 set runs for four representative specs only (moneta, memora, titans, gated_deltanet: lq mirror map, KL lag step,
-momentum, linear delta rule); the other specs and yaad's `huber_form = token` variant run a reduced set
-{1, 63, 100} (one token; a short last chunk; several chunks and a partial one).
+momentum, linear delta rule); the other specs, yaad's `huber_form = token` and moneta's `normalisation = none`
+variants run a reduced set {1, 63, 100} (one token; a short last chunk; several chunks and a partial one).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ REPRESENTATIVE = ("moneta", "memora", "titans", "gated_deltanet")
 FULL_T = (1, 15, 63, 64, 100, 257)
 REDUCED_T = (1, 63, 100)
 YAAD_TOKEN = ("yaad", (("huber_form", "token"),))
-VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN]
+MONETA_Q2 = ("moneta", (("normalisation", "none"),))
+VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN, MONETA_Q2]
 B, H, D = 2, 2, 8
 
 
