@@ -5,8 +5,9 @@
     result.eval["accuracy"], result.checkpoint, result.metrics_path, result.plot_path
 
 `train(config, **overrides) -> TrainResult`: config is a TrainConfig, a dict, a TOML path or None; keyword
-overrides replace fields. Under `torchrun` it trains with DDP (gloo on CPU, nccl on GPU). `evaluate_checkpoint`
-reloads a run directory or checkpoint file and evaluates it on a task. Bad input raises TrainError (one line).
+overrides replace fields. Under `torchrun` it trains with DDP (gloo on CPU, nccl on GPU), or FSDP2 with
+`fsdp=True`. `evaluate_checkpoint` reloads a run directory or checkpoint file and evaluates it on a task. Bad
+input raises TrainError (one line).
 """
 
 from __future__ import annotations

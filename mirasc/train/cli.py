@@ -2,12 +2,15 @@
 
     mirasc train SPEC --task mqar|niah|robust|lm [--data PATH] [--config models/configs/NAME.toml] --steps N
                  --batch-size B --lr LR --hidden-size D --layers L --heads H --seq-len T --kv-pairs K --vocab V
-                 --seed S --out DIR [--resume] [--device cpu|cuda] [--baseline transformer]
+                 --seed S --out DIR [--resume] [--device cpu|cuda] [--baseline transformer] [--fsdp]
     mirasc eval CHECKPOINT --task mqar|niah|robust|lm [--json]
 
 SPEC is a .miras path, a prebuilt name (moneta, yaad, ...), or `transformer` for the Transformer++ baseline
 (--baseline transformer does the same). Flags override the config file. Bad input: one line on stderr, exit 2.
-Under torchrun (`python -m torch.distributed.run --nproc_per_node 2 -m mirasc train ...`) it trains with DDP.
+Under torchrun (`python -m torch.distributed.run --nproc_per_node 2 -m mirasc train ...`) it trains with DDP,
+or with --fsdp with FSDP2 (parameters, gradients and optimizer state sharded over the processes; CPU/gloo or
+GPU/nccl). --fsdp without torchrun is an error (one process has nothing to shard). Checkpoints are always full
+(unsharded): a run saved under FSDP resumes in one process, under DDP or under FSDP, and `mirasc eval` reads it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def register(sub) -> None:
     t.add_argument("--overwrite", action="store_true", default=None, help="start over in an existing run dir")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"))
     t.add_argument("--baseline", choices=("transformer",), help="train the Transformer++ baseline instead of SPEC")
+    t.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: shard the model with FSDP2 (fully_shard per block, then the root) instead "
+                        "of DDP; checkpoints stay full (loadable by one process and `mirasc eval`); an error "
+                        "without torchrun. --no-fsdp overrides a config file's fsdp = true")
     t.add_argument("--log-every", dest="log_every", type=int)
     t.add_argument("--ckpt-every", dest="ckpt_every", type=int)
     t.add_argument("--eval-examples", dest="eval_examples", type=int)
@@ -83,7 +90,7 @@ def cmd_train(args) -> int:
         "task", "data", "tokenizer", "bin_dtype", "steps", "batch_size", "grad_accum", "lr", "warmup_steps",
         "hidden_size", "num_layers", "num_heads", "seq_len", "kv_pairs", "vocab_size", "tier", "niah_kind",
         "contamination", "chunk_size", "hybrid", "window", "seed", "out", "resume", "overwrite", "device",
-        "log_every", "ckpt_every", "eval_examples", "threads", "quiet")}
+        "log_every", "ckpt_every", "eval_examples", "threads", "quiet", "fsdp")}
     over["spec"] = "transformer" if args.baseline else args.spec
     try:
         cfg_file = str(config_path(args.config)) if args.config else None

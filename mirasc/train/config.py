@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = True                     # bf16 autocast on GPU (never on CPU)
+    fsdp: bool = False                   # under torchrun: FSDP2 (fully_shard per block + root) instead of DDP
     threads: int | None = None
     # bookkeeping
     out: str = "runs/run"
@@ -167,6 +168,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainError(f"learning rate must be positive, got {cfg.lr}")
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise TrainError(f"min_lr_ratio must lie in [0, 1], got {cfg.min_lr_ratio}")
+    if not isinstance(cfg.fsdp, bool):
+        raise TrainError(f"fsdp must be true or false, got {cfg.fsdp!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise TrainError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.data is not None and not Path(cfg.data).exists():

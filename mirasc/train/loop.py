@@ -1,12 +1,26 @@
 """The training loop: AdamW (β 0.9/0.95, wd 0.1 on matrices), linear warm-up then cosine decay to 10% of the peak,
 gradient clipping, gradient accumulation, bf16 autocast on GPU only, DDP under torchrun (gloo on CPU, nccl on
-GPU), atomic checkpoints and an exact `resume`.
+GPU) or, with `fsdp` (`--fsdp`), FSDP2 under torchrun, atomic checkpoints and an exact `resume`.
 
 Exactness. The global batch of step s is a pure function of (seed, s) (see mirasc.data); every process draws it
 and takes its own rows, and each micro-batch's summed loss is divided by the number of scored positions of the
 whole global batch, so the gradient does not depend on the number of processes or micro-batches (up to float
 summation order). A checkpoint holds model, optimizer, scheduler, step and the torch / numpy / python (/ cuda)
 RNG states; resuming on the same machine reproduces the uninterrupted loss curve bit for bit on CPU.
+
+FSDP (`fsdp = true` / `--fsdp`, torchrun only). Instead of DDP, the model is sharded with PyTorch FSDP2
+(`torch.distributed.fsdp.fully_shard`, torch >= 2.6): each block (the model's `_no_split_modules`, else
+`.model.layers`) is its own group, then the root (the loss module: embeddings, final norm, tied LM head). Parameters
+and optimizer state stay fp32 (bf16 autocast on GPU as without FSDP); gradients are reduce-scattered and averaged
+like DDP's all-reduce, so the loss curve matches a single process with the same global batch. It works on CPU
+(gloo) as well as GPU (nccl). Checkpoints stay full and unsharded: the model and optimizer state are gathered to
+rank 0 (`get_model_state_dict` / `get_optimizer_state_dict`, full_state_dict, cpu_offload) and the optimizer state
+is written in the ordinary `optimizer.state_dict()` layout, so one file serves a single-process run, DDP, FSDP
+with any number of processes, and `mirasc eval`. Resuming under FSDP loads the full weights before sharding and
+the optimizer state with `set_optimizer_state_dict`. Without torchrun (one process) `--fsdp` is an error, not a
+silent no-op: there is nothing to shard over, and a run that asked for sharding but got none usually means the
+torchrun launcher was forgotten (the fix is to launch with torchrun or drop the flag; `--no-fsdp` overrides a
+config file's `fsdp = true`).
 """
 
 from __future__ import annotations
@@ -217,6 +231,8 @@ def train(config=None, **overrides) -> TrainResult:
     Raises TrainError (one-line message) on bad input before anything in the run directory is written."""
     cfg = make_config(config, **overrides)
     dd = _Dist()
+    if cfg.fsdp:
+        _fsdp_check(dd)
     device = _device(cfg, dd.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -243,13 +259,25 @@ def train(config=None, **overrides) -> TrainResult:
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
     model = build_model(cfg, vocab).to(device)
+    n_params = count_params(model)
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])   # under FSDP: the full weights, before they are sharded
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise TrainError(f"incompatible checkpoint {ckpt_path}: {str(e).splitlines()[0][:160]}") from None
+    lossm = LossModule(model)
+    if cfg.fsdp:
+        dd.init(device)
+        _fsdp_shard(lossm, device, dd.world)   # the optimizer must see the sharded (DTensor) parameters
     opt = make_optimizer(cfg, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     start = 0
     if ck is not None:
         try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            if cfg.fsdp:
+                _fsdp_load_optimizer(model, opt, ck["optimizer"])
+            else:
+                opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainError(f"incompatible checkpoint {ckpt_path}: {str(e).splitlines()[0][:160]}") from None
@@ -270,17 +298,15 @@ def train(config=None, **overrides) -> TrainResult:
         kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= start] if ck is not None else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    lossm = LossModule(model)
     wrapped = lossm
-    if dd.enabled:
+    if dd.enabled and not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(lossm, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = device.type == "cuda" and cfg.amp
-    n_params = count_params(model)
+    par = f" x{dd.world} {'FSDP' if cfg.fsdp else 'DDP'}" if dd.enabled else ""
     _say(cfg, dd.rank, f"mirasc train: {cfg.spec} on {cfg.task} | {n_params:,} parameters | vocab {vocab} | "
-                       f"device {device}{f' x{dd.world}' if dd.enabled else ''} | steps {start}->{cfg.steps} | "
-                       f"out {out}")
+                       f"device {device}{par} | steps {start}->{cfg.steps} | out {out}")
 
     losses: list = []
     t0 = time.perf_counter()
@@ -288,6 +314,7 @@ def train(config=None, **overrides) -> TrainResult:
     last_loss = float("nan")
     micro_rows = cfg.batch_size // (dd.world * cfg.grad_accum)
     metrics_f = open(metrics_path, "a", encoding="utf-8") if rank0 else None
+    full_sd = None   # FSDP: the gathered full model state of the last checkpoint (rank 0)
     try:
         model.train()
         for step in range(start, cfg.steps):
@@ -302,7 +329,11 @@ def train(config=None, **overrides) -> TrainResult:
                 x = torch.from_numpy(ids_all[lo:lo + micro_rows]).to(device)
                 y = torch.from_numpy(lab_all[lo:lo + micro_rows]).to(device)
                 sync = m == cfg.grad_accum - 1
-                ctx = wrapped.no_sync() if (dd.enabled and not sync) else contextlib.nullcontext()
+                ctx = contextlib.nullcontext()
+                if cfg.fsdp and cfg.grad_accum > 1:
+                    wrapped.set_requires_gradient_sync(sync)   # FSDP2: accumulate unsharded, reduce-scatter once
+                elif dd.enabled and not cfg.fsdp and not sync:
+                    ctx = wrapped.no_sync()
                 with ctx:
                     with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
                         loss_sum, correct = wrapped(x, y)
@@ -340,7 +371,7 @@ def train(config=None, **overrides) -> TrainResult:
                 _say(cfg, dd.rank, f"step {done:>6}/{cfg.steps} | loss {loss:.4f} | lr {lr:.3e} | "
                                    f"{tps:,.0f} tok/s | {now - t0:.1f}s")
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                _save(cfg, dd, model, opt, sched, done, ckpt_path, vocab)
+                full_sd = _save(cfg, dd, model, opt, sched, done, ckpt_path, vocab)
                 if rank0:
                     plot_metrics(metrics_path, png, f"{cfg.spec} on {cfg.task}")
     finally:
@@ -351,12 +382,17 @@ def train(config=None, **overrides) -> TrainResult:
                          plot_path=str(png) if png.exists() else None, config_path=str(config_path), hf_dir=None,
                          steps=cfg.steps, final_loss=last_loss, losses=losses, wall_s=wall,
                          tokens_per_s=tok_total / max(wall, 1e-9), params=n_params, vocab_size=vocab)
+    final = model
+    if cfg.fsdp:   # export and evaluate a plain (unsharded) copy on rank 0; gathering is collective
+        if full_sd is None:
+            full_sd = _fsdp_full_state(model)[0]
+        final = _fsdp_plain_model(cfg, vocab, full_sd, device) if rank0 else None
     if rank0:
-        result.hf_dir = export_hf(model, task, out / "hf")
+        result.hf_dir = export_hf(final, task, out / "hf")
         if cfg.eval_at_end:
             from .evaluate import evaluate
 
-            result.eval = evaluate(model, cfg, task, device, cfg.eval_examples)
+            result.eval = evaluate(final, cfg, task, device, cfg.eval_examples)
             atomic_write_text(out / "eval.json", json.dumps({"task": cfg.task, **result.eval}, indent=2) + "\n")
             _say(cfg, dd.rank, "eval: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in result.eval.items()))
@@ -366,21 +402,124 @@ def train(config=None, **overrides) -> TrainResult:
     return result
 
 
-def _save(cfg, dd: _Dist, model, opt, sched, step: int, path: Path, vocab: int) -> None:
-    """Gather every rank's RNG state and write the checkpoint atomically from rank 0."""
+def _save(cfg, dd: _Dist, model, opt, sched, step: int, path: Path, vocab: int) -> dict | None:
+    """Gather every rank's RNG state (and under FSDP the full model and optimizer state) and write the checkpoint
+    atomically from rank 0. Returns the gathered full model state under FSDP (rank 0; {} elsewhere), else None."""
     st = rng_state()
     if dd.enabled:
         states = [None] * dd.world
         dist.all_gather_object(states, st)
     else:
         states = [st]
+    full = None
+    if cfg.fsdp:
+        full, osd = _fsdp_full_state(model, opt)
+        msd = full
+    elif dd.rank == 0:
+        msd, osd = model.state_dict(), opt.state_dict()
     if dd.rank == 0:
         payload = {"format": FORMAT, "step": step, "config": cfg.to_dict(), "vocab_size": vocab,
-                   "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                   "model": msd, "optimizer": osd, "scheduler": sched.state_dict(),
                    "rng": states, "world_size": dd.world, "torch": torch.__version__}
         atomic_save(payload, path)
     if dd.enabled:
         dist.barrier()
+    return full
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FSDP2 (torch.distributed.fsdp.fully_shard) under torchrun; checkpoints stay full and unsharded.
+def _fsdp_check(dd: _Dist) -> None:
+    """One-line TrainError unless FSDP can run here: a torchrun launch with >= 2 processes and torch's FSDP2."""
+    if not dd.enabled:
+        raise TrainError("--fsdp shards the model over the processes of a torchrun launch, and this is a single "
+                         "process (WORLD_SIZE 1): launch with `python -m torch.distributed.run --nproc_per_node N "
+                         "-m mirasc train ... --fsdp` (N >= 2) or drop --fsdp")
+    try:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict  # noqa: F401
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        raise TrainError(f"--fsdp needs PyTorch FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); this is "
+                         f"torch {torch.__version__}") from None
+
+
+def _fsdp_blocks(model: torch.nn.Module) -> list:
+    """The modules that get their own FSDP group: the model's `_no_split_modules` (MirasBlock), else the
+    entries of `.model.layers` / `.layers`; none for other models (then only the root is sharded)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if names and type(m).__name__ in names]
+    if not blocks:
+        layers = getattr(getattr(model, "model", model), "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            blocks = list(layers)
+    return blocks
+
+
+def _fsdp_shard(lossm: LossModule, device: torch.device, world: int) -> None:
+    """fully_shard each block, then the root: the loss module (its forward is what training calls), whose own
+    group holds the embeddings, the final norm and the (tied) LM head."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for block in _fsdp_blocks(lossm.model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(lossm, mesh=mesh)
+
+
+def _fsdp_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """(model state, optimizer state) gathered in full onto rank 0's CPU ({} on the other ranks); collective.
+    The optimizer state comes back in `optimizer.state_dict()` layout (parameter ids, not names)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=o)
+    if opt is None:
+        return msd, None
+    osd = _osd_names_to_ids(get_optimizer_state_dict(model, opt, options=o))
+    if osd:   # hyperparameters as Optimizer.state_dict() has them (the gathered copy turns tuples into lists)
+        local = opt.state_dict()["param_groups"]
+        assert [g["params"] for g in local] == [g["params"] for g in osd["param_groups"]]
+        osd["param_groups"] = local
+    return msd, osd
+
+
+def _osd_names_to_ids(osd: dict) -> dict:
+    """A name-keyed optimizer state dict (torch.distributed.checkpoint) -> the id-keyed layout of
+    Optimizer.state_dict(): ids number the parameters group after group, as Optimizer.state_dict() does."""
+    if not osd:
+        return osd
+    ids = {name: i for i, name in enumerate(n for g in osd["param_groups"] for n in g["params"])}
+    return {"state": {ids[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def _fsdp_load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, sd: dict) -> None:
+    """Load an id-keyed full optimizer state dict (any checkpoint of this loop) into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    groups = sd["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in opt.param_groups]:
+        raise ValueError("the optimizer's parameter groups do not match the model")
+    named = {"state": {order[i]: v for i, v in sd["state"].items()},
+             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in groups]}
+    set_optimizer_state_dict(model, opt, named, options=StateDictOptions(full_state_dict=True))
+    for g, saved in zip(opt.param_groups, groups):   # hyperparameters verbatim (the loader turns tuples into lists)
+        g.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _fsdp_plain_model(cfg: TrainConfig, vocab: int, full_sd: dict, device: torch.device) -> torch.nn.Module:
+    """An unsharded copy of the trained model (for HF export and the final eval on rank 0)."""
+    with torch.random.fork_rng(devices=[]):   # building initialises weights; leave the RNG streams alone
+        plain = build_model(cfg, vocab)
+    plain.load_state_dict(full_sd)
+    return plain.to(device)
 
 
 def _quiet_hub() -> None:
