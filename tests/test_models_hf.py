@@ -117,3 +117,28 @@ def test_hybrid_and_transformerpp_build_and_run(kw):
     out.loss.backward()
     packed = model(ids.reshape(1, 20), cu_seqlens=torch.tensor([0, 10, 20])).logits.reshape(2, 10, 64)
     assert torch.allclose(packed, model(ids).logits, atol=1e-5)
+
+
+def test_spec_options_reach_the_memory_and_survive_save_load(tmp_path):
+    model = make(spec="models/moneta.miras", spec_options={"normalisation": "none"}, chunk_size=16)
+    assert model.model.layers[0].mixer.op.meta["map"] is None  # q = 2: no lq normalisation
+    assert make(spec="models/moneta.miras", chunk_size=16).model.layers[0].mixer.op.meta["map"] == "LqMap"
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.spec_options == {"normalisation": "none"}
+    ids = torch.randint(0, 64, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_bad_spec_option_is_a_located_error():
+    from mirasc.errors import SpecError
+
+    with pytest.raises(SpecError, match="normalisation"):
+        make(spec="models/moneta.miras", spec_options={"normalisation": "l3"})
+    from mirasc.train.cli import _spec_options
+    from mirasc.train.config import TrainError
+
+    assert _spec_options(["normalisation=none", "a = b"]) == {"normalisation": "none", "a": "b"}
+    with pytest.raises(TrainError, match="NAME=VALUE"):
+        _spec_options(["normalisation"])

@@ -96,7 +96,7 @@ class MirasModel(MirasPreTrainedModel):
         if config.mixer == "miras":
             from ..runtime import compile as _compile
 
-            op = _compile(config.spec, backend=config.backend)
+            op = _compile(config.spec, backend=config.backend, options=getattr(config, "spec_options", None))
         self.layers = nn.ModuleList([
             MirasBlock(config.hidden_size,
                        build_mixer(i, config.hidden_size, config.num_heads, spec=op, mixer=config.mixer,

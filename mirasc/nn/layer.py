@@ -185,12 +185,13 @@ class MirasLayer(nn.Module):
 
     def __init__(self, spec, hidden_size: int, num_heads: int, head_dim: int | None = None, conv_size: int = 4,
                  gate_rank: int | None = None, use_rope: bool = False, chunk_size: int | None = None,
-                 backend: str = "auto", rope_base: float = 10000.0, norm_eps: float = 1e-6):
+                 backend: str = "auto", rope_base: float = 10000.0, norm_eps: float = 1e-6,
+                 options: dict | None = None):
         super().__init__()
         from ..runtime import MemoryOp
         from ..runtime import compile as _compile
 
-        self.op = spec if isinstance(spec, MemoryOp) else _compile(spec, backend=backend)
+        self.op = spec if isinstance(spec, MemoryOp) else _compile(spec, backend=backend, options=options)
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.head_dim = D = head_dim or hidden_size // num_heads
         H = num_heads

@@ -46,6 +46,8 @@ def register(sub) -> None:
     t.add_argument("--niah-kind", dest="niah_kind", choices=("pk", "number", "word"))
     t.add_argument("--contamination", type=float, help="robust task: corruption probability")
     t.add_argument("--chunk-size", dest="chunk_size", type=int)
+    t.add_argument("--spec-option", dest="spec_option", action="append", metavar="NAME=VALUE",
+                   help="choose one of the spec's `option` values (repeatable), e.g. normalisation=none for moneta")
     t.add_argument("--hybrid", action="store_true", default=None)
     t.add_argument("--window", type=int)
     t.add_argument("--seed", type=int)
@@ -83,6 +85,18 @@ def _fail(cmd: str, msg: str) -> int:
     return 2
 
 
+def _spec_options(pairs: list[str] | None) -> dict | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise TrainError(f"--spec-option expects NAME=VALUE, got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def cmd_train(args) -> int:
     from .loop import train
 
@@ -93,6 +107,7 @@ def cmd_train(args) -> int:
         "log_every", "ckpt_every", "eval_examples", "threads", "quiet", "fsdp")}
     over["spec"] = "transformer" if args.baseline else args.spec
     try:
+        over["spec_options"] = _spec_options(args.spec_option)
         cfg_file = str(config_path(args.config)) if args.config else None
         res = train(cfg_file, **over)
     except TrainError as e:

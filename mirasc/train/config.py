@@ -35,6 +35,7 @@ class TrainConfig:
     hybrid: bool = False
     window: int | None = None
     chunk_size: int | None = None
+    spec_options: dict = field(default_factory=dict)   # the spec's `option` choices, e.g. {"normalisation": "none"}
     model_kwargs: dict = field(default_factory=dict)   # extra MirasConfig fields
     model_factory: str | None = None     # "module:function" (config -> nn.Module); tests use a stand-in
     # task and data
@@ -95,7 +96,7 @@ def normalise(d: dict, source: str = "config") -> dict:
     """Flatten tables, apply aliases, reject unknown keys (one-line TrainError)."""
     flat: dict = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("model_kwargs",):
+        if isinstance(v, dict) and k not in ("model_kwargs", "spec_options"):
             flat.update(normalise(v, source))
             continue
         k = ALIASES.get(k, k)
@@ -176,6 +177,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainError(f"data path not found: {cfg.data}")
     if cfg.tokenizer is not None and not Path(cfg.tokenizer).exists():
         raise TrainError(f"tokenizer not found: {cfg.tokenizer}")
+    if not isinstance(cfg.spec_options, dict):
+        raise TrainError(f"spec_options must be a table of option = value, got {cfg.spec_options!r}")
     if cfg.batch_size % cfg.grad_accum:
         raise TrainError(f"batch size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
     resolve_spec(cfg.spec)

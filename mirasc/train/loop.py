@@ -55,7 +55,7 @@ from .config import TrainConfig, TrainError, dump_config, make_config
 from .modeling import LossModule, build_model, count_params
 
 # Settings that must agree between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = ("spec", "hidden_size", "num_layers", "num_heads", "vocab_size", "hybrid", "window",
+RESUME_MUST_MATCH = ("spec", "spec_options", "hidden_size", "num_layers", "num_heads", "vocab_size", "hybrid", "window",
                      "chunk_size", "model_kwargs", "task", "tier", "seq_len", "kv_pairs", "seed", "batch_size",
                      "niah_kind", "data", "tokenizer", "model_factory")
 
