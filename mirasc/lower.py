@@ -224,6 +224,10 @@ class ChunkLowering:
         return out
 
     # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
+    # In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
+    # log(max(a, ZERO_FLOOR)): a factor of exactly 0, which a range like theta in [0, 1) admits, then
+    # contributes e^{-69} where log(0) = -inf would make the differences of cumulative sums NaN. Below the
+    # floor the factor's own gradient is 0 (log-space products cannot give it: 1/a times terms that cancel).
     def decay_tiles(self, gate: Value | None):
         """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s, and the
         last row D[last, s] built from the small cumulative sums, so the end state never touches D)."""
@@ -232,7 +236,7 @@ class ChunkLowering:
         valid = g.select(causal, "last")  # s <= last: 1 on the chunk's real tokens
         if gate is None:
             return None, causal, valid
-        logs = g.ew(lambda a: sp.log(a), gate)
+        logs = g.ew(lambda a: sp.log(sp.Max(a, ZERO_FLOOR)), gate)
         if "t" not in logs.axes:
             logs = g.broadcast(logs, logs.axes + ("t",))
         cum = g.cumsum(logs, "t")
@@ -389,6 +393,9 @@ class ChunkLowering:
 # subnormals below e^-87). Measured on Moneta, fp32 against a float64 reference: the factored program's outputs
 # and gradients are as accurate as the (C, C, D) program's up to spread 80 (relative RMS ~1e-6 for both).
 DECAY_SPREAD_LIMIT = 40.0
+
+
+ZERO_FLOOR = 1e-30
 
 
 def factorable(spec: S.Spec) -> bool:

@@ -253,3 +253,26 @@ def test_continuation_equals_concatenation(ops, variant):
     a = outputs_and_grads(two_calls, *ins)
     b = outputs_and_grads(oracle_fn(op, C), *ins)
     assert_results_close(a, b, TOL, f"{_vid(variant)} continuation")
+
+
+@pytest.mark.parametrize("chunk", [1, 16])
+def test_momentum_factor_of_exactly_zero(ops, chunk):
+    """theta in [0, 1) admits 0 (no momentum carried): outputs, state and every gradient match the oracle,
+    except the gradient with respect to a zero theta itself, which the log-space products give as 0."""
+    op = ops(("titans", ()))
+    q, k, v, gates, params, state = make_inputs(op, 1, 40, 2, 8)
+    theta = gates["theta"].clone()
+    theta[:, ::3] = 0.0
+    gates = {**gates, "theta": theta}
+    a = outputs_and_grads(lambda q, k, v, g, p, s: op(q, k, v, gates=g, params=p, initial_state=s,
+                                                      output_final_state=True, chunk_size=chunk),
+                          q, k, v, gates, params, state)
+    b = outputs_and_grads(lambda q, k, v, g, p, s: op.recurrent(q, k, v, gates=g, params=p, initial_state=s,
+                                                                chunk_size=chunk if chunk > 1 else None),
+                          q, k, v, gates, params, state)
+    nonzero = theta != 0
+    errs = {"out": rel_rms(a[0], b[0]), "theta != 0": rel_rms(a[2]["gate theta"][nonzero], b[2]["gate theta"][nonzero])}
+    errs.update({f"state {j}": rel_rms(x, y) for j, (x, y) in enumerate(zip(a[1], b[1]))})
+    errs.update({n: rel_rms(a[2][n], b[2][n]) for n in b[2] if n != "gate theta"})
+    assert max(errs.values()) < TOL, errs
+    assert float(a[2]["gate theta"][~nonzero].abs().max()) == 0.0

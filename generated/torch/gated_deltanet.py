@@ -106,7 +106,7 @@ def chunk_forward(w1, q, k, v, gate_alpha, gate_eta):
     v8 = _mask_causal(_size_t, _dt, _dev)
     v9 = _mask_last(_size_t, _dt, _dev)
     v10 = torch.einsum('ts,t->s', v8, v9)
-    v11 = torch.log(gate_alpha)
+    v11 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v12 = v11.cumsum(1)
     v14 = (v8 * torch.exp((v8 * (v12[:, :, None] - v12[:, None, :]))))  # pairwise decay D[t,s]
     v15 = torch.einsum('nt,t->n', v12, v9)
@@ -178,7 +178,7 @@ def chunk_backward(w1, q, k, v, gate_alpha, gate_eta, saved_0, saved_1, saved_2,
     v65 = (v59 + v64)
     v67 = (v56 + v60 + v62 + v65)
     v68 = v67.flip(1).cumsum(1).flip(1)
-    v69 = (v68 / (gate_alpha))
+    v69 = (v68 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     v70 = ((-1.0) * v41)
     v71 = torch.einsum('noi,nto->nti', w1, v41)
     v72 = torch.einsum('nti,nto->noi', k, v41)

@@ -181,7 +181,7 @@ def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias):
     v81 = _mask_causal(_size_t, _dt, _dev)
     v82 = _mask_last(_size_t, _dt, _dev)
     v83 = torch.einsum('ts,t->s', v81, v82)
-    v84 = torch.log(v54)
+    v84 = torch.log(torch.clamp(v54, min=1e-30))
     v85 = v84.cumsum(1)
     v87 = (v81[:, :, None] * torch.exp((v81[:, :, None] * (v85[:, :, None, :] - v85[:, None, :, :]))))  # pairwise decay D[t,s]
     v88 = torch.einsum('nti,t->ni', v85, v82)
@@ -309,7 +309,7 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, sa
     v157 = (v151 + v156)
     v159 = (v148 + v152 + v154 + v157)
     v160 = v159.flip(1).cumsum(1).flip(1)
-    v161 = (v160 / (saved_22))
+    v161 = (v160 * (((-1e-30) + saved_22) > 0).to(_dt) / (torch.clamp(saved_22, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_24))
@@ -553,7 +553,7 @@ def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_
     v81 = _mask_causal(_size_t, _dt, _dev)
     v82 = _mask_last(_size_t, _dt, _dev)
     v83 = torch.einsum('ts,t->s', v81, v82)
-    v84 = torch.log(v54)
+    v84 = torch.log(torch.clamp(v54, min=1e-30))
     v85 = v84.cumsum(1)
     v87 = torch.einsum('nti,t->ni', v85, v82)
     v88 = (v83[:, None] * torch.exp((v87[:, None, :] - v85)))  # decay from token s to the chunk's end
@@ -688,7 +688,7 @@ def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln
     v164 = (v154 + v162)
     v166 = (v159 + v163 + v164)
     v167 = v166.flip(1).cumsum(1).flip(1)
-    v168 = (v167 / (saved_22))
+    v168 = (v167 * (((-1e-30) + saved_22) > 0).to(_dt) / (torch.clamp(saved_22, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_24))

@@ -158,7 +158,7 @@ def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias):
     v44 = _mask_causal(_size_t, _dt, _dev)
     v45 = _mask_last(_size_t, _dt, _dev)
     v46 = torch.einsum('ts,t->s', v44, v45)
-    v47 = torch.log(gate_alpha)
+    v47 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v48 = v47.cumsum(1)
     v50 = (v44[:, :, None] * torch.exp((v44[:, :, None] * (v48[:, :, None, :] - v48[:, None, :, :]))))  # pairwise decay D[t,s]
     v51 = torch.einsum('nti,t->ni', v48, v45)
@@ -351,7 +351,7 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, sa
     v192 = (v186 + v191)
     v194 = (v183 + v187 + v189 + v192)
     v195 = v194.flip(1).cumsum(1).flip(1)
-    v196 = (v195 / (gate_alpha))
+    v196 = (v195 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_6))
@@ -482,7 +482,7 @@ def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_
     v44 = _mask_causal(_size_t, _dt, _dev)
     v45 = _mask_last(_size_t, _dt, _dev)
     v46 = torch.einsum('ts,t->s', v44, v45)
-    v47 = torch.log(gate_alpha)
+    v47 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v48 = v47.cumsum(1)
     v50 = torch.einsum('nti,t->ni', v48, v45)
     v51 = (v46[:, None] * torch.exp((v50[:, None, :] - v48)))  # decay from token s to the chunk's end
@@ -682,7 +682,7 @@ def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln
     v199 = (v189 + v197)
     v201 = (v194 + v198 + v199)
     v202 = v201.flip(1).cumsum(1).flip(1)
-    v203 = (v202 / (gate_alpha))
+    v203 = (v202 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_6))

@@ -97,7 +97,7 @@ def chunk_forward(w1, q, k, v, gate_alpha):
     v8 = _mask_causal(_size_t, _dt, _dev)
     v9 = _mask_last(_size_t, _dt, _dev)
     v10 = torch.einsum('ts,t->s', v8, v9)
-    v11 = torch.log(gate_alpha)
+    v11 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v12 = v11[:, None].expand(_N, _size_t)
     v13 = v12.cumsum(1)
     v15 = (v8 * torch.exp((v8 * (v13[:, :, None] - v13[:, None, :]))))  # pairwise decay D[t,s]
@@ -169,7 +169,7 @@ def chunk_backward(w1, q, k, v, gate_alpha, saved_0, saved_1, saved_2, saved_3, 
     v61 = (v50 + v54 + v56 + v59)
     v62 = v61.flip(1).cumsum(1).flip(1)
     v63 = torch.einsum('nt->n', v62)
-    v64 = (v63 / (gate_alpha))
+    v64 = (v63 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     v65 = ((-1.0) * v40)
     v66 = (v38 + v44)
     v67 = (v28 + v45)

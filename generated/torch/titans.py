@@ -143,13 +143,13 @@ def chunk_forward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_
     v38 = _mask_causal(_size_t, _dt, _dev)
     v39 = _mask_last(_size_t, _dt, _dev)
     v40 = torch.einsum('ts,t->s', v38, v39)
-    v41 = torch.log(gate_alpha)
+    v41 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v42 = v41.cumsum(1)
     v44 = (v38 * torch.exp((v38 * (v42[:, :, None] - v42[:, None, :]))))  # pairwise decay D[t,s]
     v45 = torch.einsum('nt,t->n', v42, v39)
     v46 = (v40 * torch.exp((v45[:, None] - v42)))  # decay from token s to the chunk's end
     v47 = torch.exp(v42)  # cumulative decay in the chunk
-    v49 = torch.log(gate_theta)
+    v49 = torch.log(torch.clamp(gate_theta, min=1e-30))
     v50 = v49.cumsum(1)
     v52 = (v38 * torch.exp((v38 * (v50[:, :, None] - v50[:, None, :]))))  # pairwise decay D[t,s]
     v53 = torch.einsum('nt,t->n', v50, v39)
@@ -336,7 +336,7 @@ def chunk_backward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln
     v188 = (v182 + v187)
     v190 = (v179 + v183 + v185 + v188)
     v191 = v190.flip(1).cumsum(1).flip(1)
-    v192 = (v191 / (gate_theta))
+    v192 = (v191 * (((-1e-30) + gate_theta) > 0).to(_dt) / (torch.clamp(gate_theta, min=1e-30)))
     v193 = (v159 + v175)
     v195 = (v103 + v137 + v156)
     v196 = (v195 * torch.exp(saved_10))
@@ -351,7 +351,7 @@ def chunk_backward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln
     v205 = (v199 + v204)
     v207 = (v196 + v200 + v202 + v205)
     v208 = v207.flip(1).cumsum(1).flip(1)
-    v209 = (v208 / (gate_alpha))
+    v209 = (v208 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_0))

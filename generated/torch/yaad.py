@@ -157,7 +157,7 @@ def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln_weight, 
     v38 = _mask_causal(_size_t, _dt, _dev)
     v39 = _mask_last(_size_t, _dt, _dev)
     v40 = torch.einsum('ts,t->s', v38, v39)
-    v41 = torch.log(gate_alpha)
+    v41 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v42 = v41.cumsum(1)
     v44 = (v38[:, :, None] * torch.exp((v38[:, :, None] * (v42[:, :, None, :] - v42[:, None, :, :]))))  # pairwise decay D[t,s]
     v45 = torch.einsum('nti,t->ni', v42, v39)
@@ -284,7 +284,7 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln_weight,
     v133 = (v127 + v132)
     v135 = (v124 + v128 + v130 + v133)
     v136 = v135.flip(1).cumsum(1).flip(1)
-    v137 = (v136 / (gate_alpha))
+    v137 = (v136 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_0))
@@ -391,7 +391,7 @@ def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln
     v38 = _mask_causal(_size_t, _dt, _dev)
     v39 = _mask_last(_size_t, _dt, _dev)
     v40 = torch.einsum('ts,t->s', v38, v39)
-    v41 = torch.log(gate_alpha)
+    v41 = torch.log(torch.clamp(gate_alpha, min=1e-30))
     v42 = v41.cumsum(1)
     v44 = torch.einsum('nti,t->ni', v42, v39)
     v45 = (v40[:, None] * torch.exp((v44[:, None, :] - v42)))  # decay from token s to the chunk's end
@@ -525,7 +525,7 @@ def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, l
     v140 = (v130 + v138)
     v142 = (v135 + v139 + v140)
     v143 = v142.flip(1).cumsum(1).flip(1)
-    v144 = (v143 / (gate_alpha))
+    v144 = (v143 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
     _c0 = 1.4142135623730951
     _c1 = 0.5641895835477563
     _c2 = (0.5 * torch.square(saved_0))

@@ -50,7 +50,7 @@ def chunk_fwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.cumsum(v11, axis=0, reverse=False)
         v13 = v12
         v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
@@ -115,7 +115,7 @@ def chunk_bwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.cumsum(v11, axis=0, reverse=False)
         v13 = v12
         v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
@@ -188,7 +188,7 @@ def chunk_bwd_kernel(
         v68 = v67
         v69 = (v58 + v62 + v64 + v68)
         v70 = tl.cumsum(v69, axis=0, reverse=True)
-        v71 = (v70 / (gate_alpha))
+        v71 = (v70 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         v72 = ((-1.0) * v44)
         if USE_DOT:
             v73 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v44), input_precision="ieee"))

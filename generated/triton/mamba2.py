@@ -47,7 +47,7 @@ def chunk_fwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.cumsum(v11, axis=0, reverse=False)
         v13 = v12
         v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
@@ -109,7 +109,7 @@ def chunk_bwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.cumsum(v11, axis=0, reverse=False)
         v13 = v12
         v14 = (v8 * tl.exp((v8 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
@@ -177,7 +177,7 @@ def chunk_bwd_kernel(
         v63 = v62
         v64 = (v53 + v57 + v59 + v63)
         v65 = tl.cumsum(v64, axis=0, reverse=True)
-        v66 = (v65 / (gate_alpha))
+        v66 = (v65 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         v67 = ((-1.0) * v44)
         v68 = (v41 + v47)
         v69 = (v31 + v48)

@@ -135,7 +135,7 @@ def chunk_fwd_kernel(
         v81 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v82 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v83 = tl.sum((v81 * v82[:, None]), axis=0)
-        v84 = tl.log(v54)
+        v84 = tl.log(tl.maximum(1e-30, v54))
         v85 = tl.cumsum(v84, axis=0, reverse=False)
         v86 = v85
         v87 = (v81[:, :, None] * tl.exp((v81[:, :, None] * (v85[:, None, :] - v86[None, :, :]))))  # pairwise decay D[t,s]
@@ -313,7 +313,7 @@ def chunk_bwd_kernel(
         v81 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v82 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v83 = tl.sum((v81 * v82[:, None]), axis=0)
-        v84 = tl.log(v54)
+        v84 = tl.log(tl.maximum(1e-30, v54))
         v85 = tl.cumsum(v84, axis=0, reverse=False)
         v86 = v85
         v87 = (v81[:, :, None] * tl.exp((v81[:, :, None] * (v85[:, None, :] - v86[None, :, :]))))  # pairwise decay D[t,s]
@@ -452,7 +452,7 @@ def chunk_bwd_kernel(
         v203 = v202
         v204 = (v193 + v197 + v199 + v203)
         v205 = tl.cumsum(v204, axis=0, reverse=True)
-        v206 = (v205 / (v54))
+        v206 = (v205 * tl.where(((-1e-30) + v54) > 0, 1.0, 0.0) / (tl.maximum(1e-30, v54)))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v56 * v56))

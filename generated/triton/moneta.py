@@ -94,7 +94,7 @@ def chunk_fwd_kernel(
         v44 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v45 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v46 = tl.sum((v44 * v45[:, None]), axis=0)
-        v47 = tl.log(gate_alpha)
+        v47 = tl.log(tl.maximum(1e-30, gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
         v49 = v48
         v50 = (v44[:, :, None] * tl.exp((v44[:, :, None] * (v48[:, None, :] - v49[None, :, :]))))  # pairwise decay D[t,s]
@@ -256,7 +256,7 @@ def chunk_bwd_kernel(
         v44 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v45 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v46 = tl.sum((v44 * v45[:, None]), axis=0)
-        v47 = tl.log(gate_alpha)
+        v47 = tl.log(tl.maximum(1e-30, gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
         v49 = v48
         v50 = (v44[:, :, None] * tl.exp((v44[:, :, None] * (v48[:, None, :] - v49[None, :, :]))))  # pairwise decay D[t,s]
@@ -465,7 +465,7 @@ def chunk_bwd_kernel(
         v232 = v231
         v233 = (v222 + v226 + v228 + v232)
         v234 = tl.cumsum(v233, axis=0, reverse=True)
-        v235 = (v234 / (gate_alpha))
+        v235 = (v234 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v17 * v17))

@@ -47,7 +47,7 @@ def chunk_fwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.broadcast_to(v11, (C,))
         v13 = tl.cumsum(v12, axis=0, reverse=False)
         v14 = v13
@@ -111,7 +111,7 @@ def chunk_bwd_kernel(
         v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v10 = tl.sum((v8 * v9[:, None]), axis=0)
-        v11 = tl.log(gate_alpha)
+        v11 = tl.log(tl.maximum(1e-30, gate_alpha))
         v12 = tl.broadcast_to(v11, (C,))
         v13 = tl.cumsum(v12, axis=0, reverse=False)
         v14 = v13
@@ -181,7 +181,7 @@ def chunk_bwd_kernel(
         v65 = (v54 + v58 + v60 + v64)
         v66 = tl.cumsum(v65, axis=0, reverse=True)
         v67 = tl.sum((v66), axis=0)
-        v68 = (v67 / (gate_alpha))
+        v68 = (v67 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         v69 = ((-1.0) * v45)
         v70 = (v42 + v48)
         v71 = (v32 + v49)

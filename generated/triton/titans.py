@@ -90,7 +90,7 @@ def chunk_fwd_kernel(
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v40 = tl.sum((v38 * v39[:, None]), axis=0)
-        v41 = tl.log(gate_alpha)
+        v41 = tl.log(tl.maximum(1e-30, gate_alpha))
         v42 = tl.cumsum(v41, axis=0, reverse=False)
         v43 = v42
         v44 = (v38 * tl.exp((v38 * (v42[:, None] - v43[None, :]))))  # pairwise decay D[t,s]
@@ -98,7 +98,7 @@ def chunk_fwd_kernel(
         v46 = (v40 * tl.exp((v45 - v43)))  # decay from token s to the chunk's end
         v47 = tl.exp(v42)  # cumulative decay in the chunk
         v48 = gate_eta
-        v49 = tl.log(gate_theta)
+        v49 = tl.log(tl.maximum(1e-30, gate_theta))
         v50 = tl.cumsum(v49, axis=0, reverse=False)
         v51 = v50
         v52 = (v38 * tl.exp((v38 * (v50[:, None] - v51[None, :]))))  # pairwise decay D[t,s]
@@ -262,7 +262,7 @@ def chunk_bwd_kernel(
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v40 = tl.sum((v38 * v39[:, None]), axis=0)
-        v41 = tl.log(gate_alpha)
+        v41 = tl.log(tl.maximum(1e-30, gate_alpha))
         v42 = tl.cumsum(v41, axis=0, reverse=False)
         v43 = v42
         v44 = (v38 * tl.exp((v38 * (v42[:, None] - v43[None, :]))))  # pairwise decay D[t,s]
@@ -270,7 +270,7 @@ def chunk_bwd_kernel(
         v46 = (v40 * tl.exp((v45 - v43)))  # decay from token s to the chunk's end
         v47 = tl.exp(v42)  # cumulative decay in the chunk
         v48 = gate_eta
-        v49 = tl.log(gate_theta)
+        v49 = tl.log(tl.maximum(1e-30, gate_theta))
         v50 = tl.cumsum(v49, axis=0, reverse=False)
         v51 = v50
         v52 = (v38 * tl.exp((v38 * (v50[:, None] - v51[None, :]))))  # pairwise decay D[t,s]
@@ -486,7 +486,7 @@ def chunk_bwd_kernel(
         v220 = v219
         v221 = (v210 + v214 + v216 + v220)
         v222 = tl.cumsum(v221, axis=0, reverse=True)
-        v223 = (v222 / (gate_theta))
+        v223 = (v222 * tl.where(((-1e-30) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_theta)))
         v224 = (v190 + v206)
         v225 = v224
         v226 = (v134 + v168 + v187)
@@ -503,7 +503,7 @@ def chunk_bwd_kernel(
         v237 = v236
         v238 = (v227 + v231 + v233 + v237)
         v239 = tl.cumsum(v238, axis=0, reverse=True)
-        v240 = (v239 / (gate_alpha))
+        v240 = (v239 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v12 * v12))

@@ -88,7 +88,7 @@ def chunk_fwd_kernel(
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v40 = tl.sum((v38 * v39[:, None]), axis=0)
-        v41 = tl.log(gate_alpha)
+        v41 = tl.log(tl.maximum(1e-30, gate_alpha))
         v42 = tl.cumsum(v41, axis=0, reverse=False)
         v43 = v42
         v44 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))  # pairwise decay D[t,s]
@@ -219,7 +219,7 @@ def chunk_bwd_kernel(
         v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
         v40 = tl.sum((v38 * v39[:, None]), axis=0)
-        v41 = tl.log(gate_alpha)
+        v41 = tl.log(tl.maximum(1e-30, gate_alpha))
         v42 = tl.cumsum(v41, axis=0, reverse=False)
         v43 = v42
         v44 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v42[:, None, :] - v43[None, :, :]))))  # pairwise decay D[t,s]
@@ -358,7 +358,7 @@ def chunk_bwd_kernel(
         v160 = v159
         v161 = (v150 + v154 + v156 + v160)
         v162 = tl.cumsum(v161, axis=0, reverse=True)
-        v163 = (v162 / (gate_alpha))
+        v163 = (v162 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
         _c0 = 1.4142135623730951
         _c1 = 0.5641895835477563
         _c2 = (0.5 * (v10 * v10))
