@@ -254,15 +254,3 @@ def test_incompatible_checkpoint_not_overwritten(tmp_path, capsys):
     rc, o, e = _cli(["eval", str(bad)], capsys)
     assert rc == 2 and "incompatible checkpoint" in e and len(e.strip().splitlines()) == 1
 
-
-def test_lm_eval_adapter(tmp_path):
-    pytest.importorskip("lm_eval", reason="lm_eval (lm-evaluation-harness) is not installed")
-    if not HAVE_MODELS:
-        pytest.skip("needs mirasc.models")
-    f = tmp_path / "c.txt"
-    f.write_text("hello there. " * 300)
-    res = train(base(tmp_path, "hf", task="lm", data=str(f), seq_len=32, kv_pairs=None, steps=2, eval_examples=2))
-    from mirasc.train.lm_eval_adapter import hflm
-
-    lm = hflm(res.hf_dir, device="cpu", batch_size=2)
-    assert lm.tokenizer.encode("ab", add_special_tokens=False) == [97, 98]
