@@ -159,6 +159,8 @@ def _line(v: Value) -> list[str]:
     if isinstance(op, ir.Size):
         return []  # always inlined as _size_<axis>
     if isinstance(op, ir.Mask):
+        if op.kind == "end":
+            return [f"{name} = _mask_end(_size_t, chunk_size, _dt, _dev)"]
         return [f"{name} = _mask_{op.kind}(_size_t, _dt, _dev)"]
     if isinstance(op, ir.Elementwise):
         syms = ir.arg_symbols(len(v.args))
@@ -208,7 +210,8 @@ def _line(v: Value) -> list[str]:
 
 
 def emit_function(graph: Graph, fname: str, input_order: list[str], output_order: list[str], doc: str = "") -> str:
-    """Python source of `def fname(*inputs) -> tuple(outputs)` computing the graph with torch."""
+    """Python source of `def fname(*inputs, chunk_size) -> tuple(outputs)` computing the graph with torch
+    (chunk_size: the C the sequence is cut into; a shorter slice is a sequence's short last chunk)."""
     params = list(input_order)
     for p_ in params:
         if not p_.isidentifier():
@@ -247,7 +250,7 @@ def emit_function(graph: Graph, fname: str, input_order: list[str], output_order
         body.extend(lines)
     outs = ", ".join(_name(graph.outputs[n]) for n in output_order)
     body.append(f"return ({outs}{',' if len(output_order) == 1 else ''})")
-    header = f"def {fname}({', '.join(params)}):"
+    header = f"def {fname}({', '.join(params)}, *, chunk_size):"
     if doc:
         header += f'\n    """{doc}"""'
     return header + "\n" + "\n".join("    " + line for line in "\n".join(body).splitlines()) + "\n"

@@ -148,6 +148,8 @@ def line(v: Value) -> list[str]:
             return [f"{nm} = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)"]
         if op.kind == "first":
             return [f"{nm} = tl.where(offs_t == 0, 1.0, 0.0)"]
+        if op.kind == "end":  # the last token of a complete chunk
+            return [f"{nm} = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)"]
         return [f"{nm} = tl.where(offs_t == nv - 1, 1.0, 0.0)"]
     if isinstance(op, ir.Elementwise):
         syms = ir.arg_symbols(len(v.args))

@@ -13,7 +13,8 @@ A value is stored with its axes in AXIS_ORDER, after an implicit leading batch a
   Input(name)                  a program input
   Const(value)                 a scalar constant
   Size(axis)                   the runtime length of an axis (a scalar)
-  Mask(kind)                   causal (t, s: t >= s), first (t: t == 0), last (t: t == C - 1)
+  Mask(kind)                   causal (t, s: t >= s), first (t: t == 0), last (t: the chunk's last real token),
+                               end (t: the last token of a complete chunk; all zero in a sequence's short last chunk)
   Elementwise(expr, args)      a sympy expression over placeholder symbols, broadcast by axis name
   Einsum(args, axes)           product of the args summed over every axis not in `axes`
   LogSumExp(arg, axis)
@@ -148,7 +149,7 @@ class Graph:
         return self._add(Size(axis), (), (), False)
 
     def mask(self, kind: str) -> Value:
-        axes = {"causal": ("t", "s"), "first": ("t",), "last": ("t",)}[kind]
+        axes = {"causal": ("t", "s"), "first": ("t",), "last": ("t",), "end": ("t",)}[kind]
         return self._add(Mask(kind), (), axes, False, kind)
 
     def ew(self, fn: Callable[..., sp.Expr] | sp.Expr, *args: Value, hint: str = "") -> Value:

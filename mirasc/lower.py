@@ -376,7 +376,9 @@ class ChunkLowering:
         if is_mirror(rmap) or is_projection(rmap):
             mapped = [self.apply_map(P, j) for j, P in enumerate(carried)]
             _, _, last_out = self.forward(mapped, g.select(self.q, "last"))
-            out = g.ew(lambda m, a, b: m * a + (1 - m) * b, g.mask("last"), last_out, out)
+            # only at the end of a complete chunk: the short last chunk of a sequence reads the frozen map
+            # like any mid-chunk token, so a token's output never depends on how many tokens follow it
+            out = g.ew(lambda m, a, b: m * a + (1 - m) * b, g.mask("end"), last_out, out)
             if is_projection(rmap):
                 carried = mapped
         g.outputs["out"] = out

@@ -194,7 +194,7 @@ def _kappa(run: _Run, ps: Weights) -> list[torch.Tensor | float]:
 
 
 def _end_map(run: _Run, ps: Weights, g: dict) -> Weights:
-    """What the last token of a chunk reads: φ(P_end) (mirror), S_γ(P_end) (projection), else P_end."""
+    """What the last token of a complete chunk reads: φ(P_end) (mirror), S_γ(P_end) (projection), else P_end."""
     if _is_projection(run.spec):
         return _soft_threshold(run, ps, g)
     return _phi(run, ps, g)
@@ -253,7 +253,7 @@ def _exact(run: _Run, ps, ss, qs, ks, vs, gs):
     return ys, ps, ss
 
 
-def _chunk(run: _Run, ps, ss, qs, ks, vs, gs):
+def _chunk(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
     """One chunk: gradients at the chunk-start weights, linear accumulation, frozen-map reads."""
     n_tok = len(qs)
     ys = []
@@ -272,7 +272,7 @@ def _chunk(run: _Run, ps, ss, qs, ks, vs, gs):
         g = gs[t]
         grads = _inner_grad(run, base, ks[t], vs[t], g)
         ps, ss = _linear_write(run, ps, ss, grads, g)
-        if t == n_tok - 1:
+        if t == n_tok - 1 and n_tok == chunk_size:  # a complete chunk's last token reads the mapped end state
             read = _end_map(run, ps, g)
         else:
             read = [b + kp * (p - p_start) for b, kp, p, p_start in zip(base, kappa, ps, p0)]
@@ -286,7 +286,7 @@ def _chunked(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
     ys = []
     for c0 in range(0, len(qs), chunk_size):
         sl = slice(c0, c0 + chunk_size)
-        y, ps, ss = _chunk(run, ps, ss, qs[sl], ks[sl], vs[sl], gs[sl])
+        y, ps, ss = _chunk(run, ps, ss, qs[sl], ks[sl], vs[sl], gs[sl], chunk_size)
         ys.extend(y)
     return ys, ps, ss
 

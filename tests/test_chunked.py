@@ -276,3 +276,17 @@ def test_momentum_factor_of_exactly_zero(ops, chunk):
     errs.update({n: rel_rms(a[2][n], b[2][n]) for n in b[2] if n != "gate theta"})
     assert max(errs.values()) < TOL, errs
     assert float(a[2]["gate theta"][~nonzero].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("chunk", [4, 16])
+def test_outputs_do_not_depend_on_later_tokens(ops, chunk):
+    """Moneta's lq map acts at the end of complete chunks only: a sequence's short last chunk reads the frozen
+    map like any mid-chunk token, so the output at t is the same whether or not more tokens follow."""
+    op = ops(("moneta", ()))
+    q, k, v, gates, params, state = make_inputs(op, 1, 23, 2, 8)
+    full, _ = op(q, k, v, gates=gates, params=params, initial_state=state, chunk_size=chunk)
+    for t in (0, chunk - 1, chunk, 10, 22):
+        cut = {n: g[:, :t + 1] for n, g in gates.items()}
+        part, _ = op(q[:, :t + 1], k[:, :t + 1], v[:, :t + 1], gates=cut, params=params, initial_state=state,
+                     chunk_size=chunk)
+        assert rel_rms(part[:, t], full[:, t]) < TOL, t

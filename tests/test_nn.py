@@ -128,6 +128,39 @@ def test_cached_decoding_equals_full(name, chunk):
     assert rel(_decode_all(m, x, 1), y) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["moneta", "memora", "titans", "gated_deltanet"])
+@pytest.mark.parametrize("prefix", [1, 5, 8])
+def test_chunked_decoding_equals_prefix_forwards(name, prefix):
+    """chunk 4 > 1: decoding reproduces the chunked forward (gradients at the chunk-start memory, Moneta's lq map
+    and Memora's lag step at chunk boundaries): each token's output equals a forward of the sequence up to it,
+    and equals one forward of the whole sequence."""
+    torch.manual_seed(3)
+    m = layer(name, chunk_size=4, use_rope=True)
+    x = torch.randn(2, 13, HID)
+    y = _decode_all(m, x, prefix)
+    want = torch.cat([m(x[:, :prefix])[0]] + [m(x[:, :t + 1])[0][:, -1:] for t in range(prefix, x.shape[1])], 1)
+    assert rel(y, want) < 1e-5
+    assert rel(y, m(x)[0]) < 1e-5
+
+
+def test_left_padded_chunked_decode():
+    m = layer("moneta", chunk_size=4)
+    lens, T, steps = [3, 6], 6, 6
+    xs = _segments(lens)
+    x = torch.zeros(2, T, HID)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(xs, lens)):
+        x[i, T - n:], mask[i, T - n:] = s[0], 1
+    _, cache = m(x, attention_mask=mask, use_cache=True)
+    nxt = torch.randn(2, steps, HID)
+    for t in range(steps):
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        y, cache = m(nxt[:, t:t + 1], attention_mask=mask, cache=cache, use_cache=True)
+        for i in range(2):
+            ref = m(torch.cat([xs[i], nxt[i:i + 1, :t + 1]], 1))[0][0, -1]
+            assert rel(y[i, 0], ref) < 1e-5, (t, i)
+
+
 def test_left_padded_prefill_then_decode():
     m = layer("titans", chunk_size=1)
     lens, T = [3, 6], 6

@@ -58,6 +58,10 @@ def _mask_last(n, dtype, device):
     return (torch.arange(n, device=device) == n - 1).to(dtype)
 
 
+def _mask_end(n, chunk_size, dtype, device):
+    return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
+
+
 def _logcosh(x):
     # log(cosh(x)) = |x| + log(1 + exp(-2|x|)) - log(2), without overflow
     a = torch.abs(x)
@@ -71,7 +75,7 @@ def loss(y, v, gates):
 
 
 # ------------------------------------------------------------------------------------------ chunk programs
-def chunk_forward(w1, q, k, v):
+def chunk_forward(w1, q, k, v, *, chunk_size):
     """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -100,7 +104,7 @@ def chunk_forward(w1, q, k, v):
     return (v19, v21, v6, v11, v12, v17)
 
 
-def chunk_backward(w1, q, k, v, saved_0, saved_1, saved_2, saved_3, d_out, d_new_w1):
+def chunk_backward(w1, q, k, v, saved_0, saved_1, saved_2, saved_3, d_out, d_new_w1, *, chunk_size):
     """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -165,7 +169,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             args = [x[:, lo:hi] if tok else x for x, tok in zip(inputs, TOKEN_INPUTS)]
             forward, backward = _programs(args)
             programs.append(backward)
-            res = forward(*state, *args[n_state:])
+            res = forward(*state, *args[n_state:], chunk_size=chunk_size)
             outs.append(res[0])
             state = list(res[1:n_out])
             saved.append(res[n_out:])  # freed with ctx when no backward will run
@@ -197,7 +201,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             start = flat_starts[c * n_state:(c + 1) * n_state]
             kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state, chunk_size=ctx.chunk_size)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

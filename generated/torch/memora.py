@@ -82,6 +82,10 @@ def _mask_last(n, dtype, device):
     return (torch.arange(n, device=device) == n - 1).to(dtype)
 
 
+def _mask_end(n, chunk_size, dtype, device):
+    return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
+
+
 def _logcosh(x):
     # log(cosh(x)) = |x| + log(1 + exp(-2|x|)) - log(2), without overflow
     a = torch.abs(x)
@@ -95,7 +99,7 @@ def loss(y, v, gates):
 
 
 # ------------------------------------------------------------------------------------------ chunk programs
-def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias):
+def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, *, chunk_size):
     """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -217,7 +221,7 @@ def chunk_forward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias):
     return (v117, v121, v126, v10, v11, v12, v14, v15, v20, v23, v27, v33, v39, v40, v41, v42, v43, v45, v46, v47, v48, v49, v51, v52, v53, v54, v55, v56, v57, v61, v64, v68, v72, v78, v79, v80, v83, v85, v88, v89, v90, v93, v97, v99, v100, v106, v111, v114, v119)
 
 
-def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, saved_36, saved_37, saved_38, saved_39, saved_40, saved_41, saved_42, saved_43, saved_44, saved_45, d_out, d_new_w1, d_new_w2):
+def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, saved_36, saved_37, saved_38, saved_39, saved_40, saved_41, saved_42, saved_43, saved_44, saved_45, d_out, d_new_w1, d_new_w2, *, chunk_size):
     """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -467,7 +471,7 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, sa
     return (v307, v306, v305, v304, v303, v302, v301, v300, v299)
 
 
-def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias):
+def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, *, chunk_size):
     """One chunk, forward (channel decay factored as e^{Λ_t} e^{-Λ_s}): chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -594,7 +598,7 @@ def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_
     return (v122, v126, v131, v10, v11, v12, v14, v15, v20, v23, v27, v33, v39, v40, v41, v42, v43, v45, v46, v47, v48, v49, v51, v52, v53, v54, v55, v56, v57, v61, v64, v68, v72, v78, v79, v80, v83, v85, v87, v88, v89, v91, v92, v96, v97, v99, v101, v102, v109, v110, v111, v116, v119, v124)
 
 
-def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, saved_36, saved_37, saved_38, saved_39, saved_40, saved_41, saved_42, saved_43, saved_44, saved_45, saved_46, saved_47, saved_48, saved_49, saved_50, d_out, d_new_w1, d_new_w2):
+def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, saved_36, saved_37, saved_38, saved_39, saved_40, saved_41, saved_42, saved_43, saved_44, saved_45, saved_46, saved_47, saved_48, saved_49, saved_50, d_out, d_new_w1, d_new_w2, *, chunk_size):
     """One chunk, backward (channel decay factored as e^{Λ_t} e^{-Λ_s}): from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -883,7 +887,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             args = [x[:, lo:hi] if tok else x for x, tok in zip(inputs, TOKEN_INPUTS)]
             forward, backward = _programs(args)
             programs.append(backward)
-            res = forward(*state, *args[n_state:])
+            res = forward(*state, *args[n_state:], chunk_size=chunk_size)
             outs.append(res[0])
             state = list(res[1:n_out])
             saved.append(res[n_out:])  # freed with ctx when no backward will run
@@ -915,7 +919,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             start = flat_starts[c * n_state:(c + 1) * n_state]
             kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state, chunk_size=ctx.chunk_size)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

@@ -88,6 +88,10 @@ def _mask_last(n, dtype, device):
     return (torch.arange(n, device=device) == n - 1).to(dtype)
 
 
+def _mask_end(n, chunk_size, dtype, device):
+    return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
+
+
 def _logcosh(x):
     # log(cosh(x)) = |x| + log(1 + exp(-2|x|)) - log(2), without overflow
     a = torch.abs(x)
@@ -101,7 +105,7 @@ def loss(y, v, gates):
 
 
 # ------------------------------------------------------------------------------------------ chunk programs
-def chunk_forward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_weight, ln_bias):
+def chunk_forward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_weight, ln_bias, *, chunk_size):
     """One chunk, forward: chunk-start state and inputs -> (out, next state, *values the backward reads)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -203,7 +207,7 @@ def chunk_forward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_
     return (v92, v98, v105, v101, v107, v12, v13, v18, v21, v25, v29, v35, v36, v37, v40, v42, v44, v45, v46, v47, v50, v52, v53, v54, v55, v57, v59, v61, v63, v64, v70, v71, v73, v74, v80, v81, v86, v89, v94, v96, v100)
 
 
-def chunk_backward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, d_out, d_new_w1, d_new_w2, d_new_s1, d_new_s2):
+def chunk_backward(w1, w2, s1, s2, q, k, v, gate_alpha, gate_eta, gate_theta, ln_weight, ln_bias, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, saved_15, saved_16, saved_17, saved_18, saved_19, saved_20, saved_21, saved_22, saved_23, saved_24, saved_25, saved_26, saved_27, saved_28, saved_29, saved_30, saved_31, saved_32, saved_33, saved_34, saved_35, d_out, d_new_w1, d_new_w2, d_new_s1, d_new_s2, *, chunk_size):
     """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -451,7 +455,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             args = [x[:, lo:hi] if tok else x for x, tok in zip(inputs, TOKEN_INPUTS)]
             forward, backward = _programs(args)
             programs.append(backward)
-            res = forward(*state, *args[n_state:])
+            res = forward(*state, *args[n_state:], chunk_size=chunk_size)
             outs.append(res[0])
             state = list(res[1:n_out])
             saved.append(res[n_out:])  # freed with ctx when no backward will run
@@ -483,7 +487,7 @@ class ChunkwiseMemory(torch.autograd.Function):
             start = flat_starts[c * n_state:(c + 1) * n_state]
             kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state)
+            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state, chunk_size=ctx.chunk_size)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:

@@ -15,12 +15,14 @@ per distinct length on exactly those tokens, so every sequence is computed as if
 boundaries from its own first token, fresh initial memory and conv state); pad positions output zeros.
 With no padding this is a single op call on the whole batch.
 
-Decoding. The cache holds the recurrent state, the last conv_size-1 projected inputs (pre-conv) and the number
-of real tokens seen (the RoPE position). Tokens fed with a filled cache go one at a time through the exact
-per-token step (chunk size 1, as `op.step`), so they equal the full forward whenever the full forward is
-exact: chunk_size=1, or a memory whose chunk form is exact (e.g. linear attention, Mamba2, RetNet). With
-chunk_size > 1 and an update whose gradient depends on the state (delta rule, MLP memories) the chunked
-training form is the paper's approximation and decoding follows the exact recurrence instead.
+Decoding is chunk-consistent: a token fed with a filled cache gets exactly the output that a full forward of
+the sequence up to it gives (the logits of greedy decoding by repeated full forwards), for every spec and chunk
+size C. Chunks start at each row's first real token, so the cache holds the memory at the start of the current
+chunk, the conv tail before it, the layer inputs of the chunk's tokens so far (seen % C of them) and the number
+of real tokens seen (the RoPE position). Each new token re-runs the layer on the current chunk's tokens from the
+chunk-start memory, and a token that completes a chunk moves the chunk start on. With C = 1 this is the exact
+per-token step (`op.step`); with C > 1 a step costs up to C tokens of work, the price of reproducing the chunked
+form the model was trained with (gradients at the chunk-start memory, boundary maps at chunk ends).
 """
 
 from __future__ import annotations
@@ -159,17 +161,20 @@ class GateProjection(nn.Module):
 
 @dataclass
 class MirasLayerCache:
-    """Decoding cache of one MirasLayer: state (the op's State of [B, H, ...] fp32 tensors), conv [B, K-1, 3·H·D]
-    (the last conv_size-1 projected q|k|v inputs, zeros before the first token), seen [B] (real tokens so far)."""
+    """Decoding cache of one MirasLayer (see the module docstring): state (the op's State of [B, H, ...] fp32
+    tensors at the start of the current chunk), conv [B, K-1, 3·H·D] (the conv_size-1 projected q|k|v inputs
+    before that chunk, zeros before the first token), seen [B] (real tokens so far), pending [B, C, hidden] (the
+    layer inputs of the current chunk; row i holds seen[i] % C of them)."""
 
     state: tuple | None = None
     conv: torch.Tensor | None = None
     seen: torch.Tensor | None = None
+    pending: torch.Tensor | None = None
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.state is not None:
             self.state = type(self.state)(*(s.index_select(0, index.to(s.device)) for s in self.state))
-        for name in ("conv", "seen"):
+        for name in ("conv", "seen", "pending"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, index.to(t.device)))
@@ -313,37 +318,62 @@ class MirasLayer(nn.Module):
         o = of.to(x.dtype).reshape(B, T, H * D) * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o), new_state, xp[:, xp.shape[1] - (K - 1):]
 
-    def _run_rows(self, xc: torch.Tensor, lengths: list[int], want_state: bool):
-        """xc [N, L, hidden] with row i's real tokens at [:lengths[i]]; one op call per distinct length."""
+    def chunk(self) -> int:
+        """The chunk size the op runs with (the layer's, else the spec's)."""
+        return int(self.chunk_size or self.op.meta["chunk_size"])
+
+    def _mix_cached(self, x: torch.Tensor, want_cache: bool):
+        """_mix on rows that start at their first token; with want_cache also the decoding cache parts: the
+        state and conv tail at the last chunk boundary, and the inputs after it padded to [B, C, hidden]. The
+        rows are run in two calls split at that boundary, which the chunkwise op computes identically."""
+        B, T, _ = x.shape
+        if not want_cache:
+            return self._mix(x)[0], None
+        C = self.chunk()
+        a = T - T % C
+        state, conv, ys = None, None, []
+        if a:
+            y, state, conv = self._mix(x[:, :a], want_state=True)
+            ys.append(y)
+        if a < T:
+            pos0 = torch.full((B,), a, dtype=torch.long, device=x.device)
+            ys.append(self._mix(x[:, a:], state=state, conv=conv, pos0=pos0)[0])
+        if state is None:
+            state = self.initial_memory(B)
+            conv = x.new_zeros(B, self.conv_size - 1, 3 * self.num_heads * self.head_dim)
+        pending = F.pad(x[:, a:], (0, 0, 0, C - (T - a)))
+        y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, self.hidden_size)
+        return y, (state, conv, pending)
+
+    def _run_rows(self, xc: torch.Tensor, lengths: list[int], want_cache: bool):
+        """xc [N, L, hidden] with row i's real tokens at [:lengths[i]]; one op call per distinct length.
+        Returns y [N, L, hidden] (zeros past each row's length) and the cache parts as _mix_cached."""
         N, L, _ = xc.shape
         groups: dict[int, list[int]] = {}
         for i, n in enumerate(lengths):
             groups.setdefault(int(n), []).append(i)
         if len(groups) == 1 and next(iter(groups)) == L:
-            y, st, conv = self._mix(xc, want_state=want_state)
-            return y, st, conv
-        ys, sts, convs, perm = [], [], [], []
+            return self._mix_cached(xc, want_cache)
+        ys, parts, perm = [], [], []
         for n, rows in groups.items():
             perm += rows
             idx = torch.tensor(rows, device=xc.device)
             if n == 0:
                 ys.append(xc.new_zeros(len(rows), L, self.hidden_size))
-                if want_state:
-                    sts.append(self.initial_memory(len(rows)))
-                    convs.append(xc.new_zeros(len(rows), self.conv_size - 1, 3 * self.num_heads * self.head_dim))
+                if want_cache:
+                    parts.append(self._mix_cached(xc.new_zeros(len(rows), 0, self.hidden_size), True)[1])
                 continue
-            y, st, conv = self._mix(xc.index_select(0, idx)[:, :n], want_state=want_state)
+            y, part = self._mix_cached(xc.index_select(0, idx)[:, :n], want_cache)
             ys.append(F.pad(y, (0, 0, 0, L - n)))
-            if want_state:
-                sts.append(st)
-                convs.append(conv)
+            parts.append(part)
         inv = torch.argsort(torch.tensor(perm, device=xc.device))
         y = torch.cat(ys).index_select(0, inv)
-        if not want_state:
-            return y, None, None
-        state = self.op.State(*(torch.cat([s[j] for s in sts]).index_select(0, inv) for j in range(len(sts[0]))))
-        conv = torch.cat(convs).index_select(0, inv)
-        return y, state, conv
+        if not want_cache:
+            return y, None
+        states, convs, pendings = zip(*parts)
+        state = self.op.State(*(torch.cat([s[j] for s in states]).index_select(0, inv)
+                                for j in range(len(states[0]))))
+        return y, (state, torch.cat(convs).index_select(0, inv), torch.cat(pendings).index_select(0, inv))
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -364,7 +394,7 @@ class MirasLayer(nn.Module):
                 raise ValueError(f"cu_seqlens must rise from 0 to T={T}, got {bounds}")
             segs = [x[0, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
             xc = nn.utils.rnn.pad_sequence(segs, batch_first=True)
-            yc, state, conv = self._run_rows(xc, lengths, want)
+            yc, parts = self._run_rows(xc, lengths, want)
             y = torch.cat([yc[i, :n] for i, n in enumerate(lengths)])[None]
             seen = torch.tensor(lengths, device=x.device)
         elif attention_mask is not None and not bool(new_token_mask(attention_mask, B, T, x.device).all()):
@@ -373,35 +403,41 @@ class MirasLayer(nn.Module):
             order = torch.argsort(torch.where(m, ar, ar + T), dim=1)  # real tokens first, in order
             idx = order[..., None].expand(B, T, x.shape[-1])
             lengths = m.sum(1)
-            yc, state, conv = self._run_rows(x.gather(1, idx), lengths.tolist(), want)
+            yc, parts = self._run_rows(x.gather(1, idx), lengths.tolist(), want)
             y = torch.zeros_like(yc).scatter(1, idx, yc)
             seen = lengths
         else:
-            y, state, conv = self._mix(x, want_state=want)
+            y, parts = self._mix_cached(x, want)
             seen = torch.full((B,), T, dtype=torch.long, device=x.device)
         if not want:
             return y, None
         cache = cache if cache is not None else MirasLayerCache()
-        cache.state, cache.conv, cache.seen = state, conv, seen.to(torch.long)
+        cache.state, cache.conv, cache.pending = parts
+        cache.seen = seen.to(torch.long)
         return y, cache
 
     def _decode(self, x: torch.Tensor, m: torch.Tensor, cache: MirasLayerCache):
-        """Tokens after a filled cache, one at a time with the exact step; rows whose token is masked keep their
-        state and output zeros."""
+        """Tokens after a filled cache, one at a time (see the module docstring): each real token joins its row's
+        current chunk, the layer re-runs that chunk from the chunk-start memory, and the output is the last
+        position's. Rows whose token is masked keep their cache and output zeros."""
+        C = self.chunk()
         ys = []
         for t in range(x.shape[1]):
-            y, st, conv = self._mix(x[:, t:t + 1], state=cache.state, conv=cache.conv, pos0=cache.seen,
-                                    chunk_size=1, want_state=True)
-            mt = m[:, t]
-            if bool(mt.all()):
-                cache.state, cache.conv = st, conv
-            else:
-                def keep(new, old, mt=mt):
-                    return torch.where(mt.view(-1, *([1] * (new.dim() - 1))), new, old.to(new.dtype))
-
-                cache.state = type(st)(*(keep(a, b) for a, b in zip(st, cache.state)))
-                cache.conv = keep(conv, cache.conv)
-                y = y * mt[:, None, None].to(y.dtype)
-            cache.seen = cache.seen + mt.long()
+            y = x.new_zeros(x.shape[0], 1, self.hidden_size)
+            live = m[:, t].nonzero().flatten()
+            n_before = cache.seen % C  # tokens of the current chunk already in the cache
+            cache.pending[live, n_before[live]] = x[live, t].to(cache.pending.dtype)
+            for n in sorted({int(n) + 1 for n in n_before[live].tolist()}):
+                rows = live[n_before[live] + 1 == n]
+                done = n == C
+                yr, st, conv = self._mix(cache.pending[rows, :n], state=self.op.State(*(s[rows] for s in cache.state)),
+                                         conv=cache.conv[rows], pos0=cache.seen[rows] - (n - 1), chunk_size=C,
+                                         want_state=done)
+                y[rows] = yr[:, -1:].to(y.dtype)
+                if done:  # the chunk is complete: its end is the next chunk's start
+                    cache.state = self.op.State(*(s.index_copy(0, rows, ns.to(s.dtype))
+                                                  for s, ns in zip(cache.state, st)))
+                    cache.conv = cache.conv.index_copy(0, rows, conv.to(cache.conv.dtype))
+            cache.seen = cache.seen + m[:, t].long()
             ys.append(y)
         return torch.cat(ys, dim=1), cache
