@@ -2,6 +2,7 @@
 
     python -m bench.tasks --task mqar [--models moneta yaad ...] [--steps 300] [--out bench/results/tasks]
     python -m bench.tasks --task robust --contamination 0.0 0.3
+    python -m bench.tasks --models moneta moneta:normalisation=none   # NAME:OPTION=VALUE[,OPTION=VALUE] picks options
 
 Every model gets the same data (seed), size, steps, batch and learning rate; the figures are what a
 2-core CPU gets in minutes, not the paper's scale.
@@ -14,7 +15,14 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_MODELS = ["moneta", "yaad", "memora", "titans", "gated_deltanet", "linear_attention", "transformer"]
+DEFAULT_MODELS = ["moneta", "moneta:normalisation=none", "yaad", "memora", "titans", "gated_deltanet",
+                  "linear_attention", "transformer"]
+
+
+def spec_and_options(model: str) -> tuple[str, dict]:
+    """"moneta:normalisation=none" -> ("moneta", {"normalisation": "none"})."""
+    spec, _, opts = model.partition(":")
+    return spec, dict(pair.split("=", 1) for pair in opts.split(",") if pair)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                    "num_layers": args.layers, "hidden_size": args.hidden_size, "num_heads": args.heads,
                    "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup_steps": 15,
                    "log_every": max(1, args.steps // 4), "eval_examples": 256, "overwrite": True, "seed": 0,
-                   "spec": name, "out": str(out / f"{args.task}_{rho:g}" / name), "quiet": True}
+                   "quiet": True, "out": str(out / f"{args.task}_{rho:g}" / name.replace(":", "_").replace("=", "-"))}
+            cfg["spec"], cfg["spec_options"] = spec_and_options(name)
             if args.task == "robust":
                 cfg["contamination"] = rho
             t0 = time.perf_counter()
