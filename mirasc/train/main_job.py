@@ -4,7 +4,7 @@ and with its q = 2 switch, next to Gated DeltaNet (another Miras instance) and a
     python -m mirasc.train.main_job [--out runs/main_job] [--moneta-steps N] [--baseline-steps N] [--quick]
 
 Prints each model's MQAR accuracy (chance ≈ 1/256) and where its checkpoint, metrics and loss curve were
-written, plus the whole job's wall time. The embedded defaults are sized for a 2-core CPU (about 6 minutes).
+written, plus the whole job's wall time. The embedded defaults are sized for a 2-core CPU (about 3–4 minutes).
 """
 
 from __future__ import annotations
