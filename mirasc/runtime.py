@@ -168,7 +168,7 @@ class MemoryOp:
         return f"MemoryOp({self.name!r}, backend={self.backend!r}, state={self.module.STATE_FIELDS})"
 
     # Module-level switches of the torch module that a variant inherits from the op it was made from.
-    _SWITCHES = ("USE_FACTORED", "_mirasc_compiled")
+    _SWITCHES = ("USE_FACTORED", "KEEP_FORWARD_VALUES", "_mirasc_compiled")
 
     def _variant(self, **switches) -> MemoryOp:
         """A new op over a private copy of this op's torch module, so that its switches stay local to it (ops
@@ -199,6 +199,13 @@ class MemoryOp:
         channel-wise decay (two (C, D) tiles instead of a (C, C, D) one; about 2x faster on CPU). Chunks whose
         log-decay spread exceeds the module's SPREAD_LIMIT always take the (C, C, D) programs."""
         return self._variant(USE_FACTORED=bool(enabled))
+
+    def keep_forward_values(self, enabled: bool = True) -> MemoryOp:
+        """A new op whose torch backward does (the default) or does not read values its forward kept per chunk.
+        Off keeps only the chunk-start states (like the Triton kernels) and re-runs each chunk's forward in the
+        backward: for Moneta at D = 64, C = 64 about 512 instead of about 4,400 floats per token and head, for
+        one more forward pass of time."""
+        return self._variant(KEEP_FORWARD_VALUES=bool(enabled))
 
     def module_for(self, x: torch.Tensor) -> ModuleType:
         """The generated module that runs a call on tensors like x (see compile's `backend`)."""

@@ -18,8 +18,9 @@
 
 `chunk_forward` and `chunk_backward` are emitted from the chunk IR (mirasc.lower, mirasc.grad): one chunk
 of C tokens for all B*H heads at once. `ChunkwiseMemory` loops over chunks, keeping the chunk-start states
-and the forward values each chunk's backward reads (mirasc.grad.split_saved); the backward pass walks the
-chunks in reverse and recomputes only views, masks and (t, s, feature) tiles.
+and the forward values each chunk's backward reads (mirasc.grad.split_saved; with KEEP_FORWARD_VALUES off,
+only the states, and the backward re-runs each chunk's forward); the backward pass walks the chunks in
+reverse.
 `loss` is the attentional bias itself (not its derivative), for the reference recurrence.
 """
 
@@ -235,6 +236,10 @@ def chunk_backward(w1, q, k, v, gate_eta, ln_weight, ln_bias, saved_0, saved_1, 
 DECAY_INPUT = None
 SPREAD_LIMIT = 40.0
 USE_FACTORED = True
+# The forward keeps, per chunk, the values its backward reads (for Moneta about 4,400 floats per token and head at
+# D = 64); False keeps only the chunk-start states and re-runs each chunk's forward during the backward (about 512
+# floats per token and head at D = 64, C = 64; one more forward pass of time). MemoryOp.keep_forward_values.
+KEEP_FORWARD_VALUES = True
 
 
 def decay_spread(alpha):
@@ -261,13 +266,14 @@ class ChunkwiseMemory(torch.autograd.Function):
             starts.append(state)
             args = [x[:, lo:hi] if tok else x for x, tok in zip(inputs, TOKEN_INPUTS)]
             forward, backward = _programs(args)
-            programs.append(backward)
+            programs.append((forward, backward))
             res = forward(*state, *args[n_state:], chunk_size=chunk_size)
             outs.append(res[0])
             state = list(res[1:n_out])
-            saved.append(res[n_out:])  # freed with ctx when no backward will run
+            saved.append(res[n_out:] if KEEP_FORWARD_VALUES else ())  # freed with ctx when no backward runs
         ctx.chunk_size = chunk_size
         ctx.n_saved = [len(s) for s in saved]
+        ctx.keep = KEEP_FORWARD_VALUES
         flat = [x for s in starts for x in s] + [x for s in saved for x in s]
         ctx.save_for_backward(*inputs[n_state:], *flat)
         ctx.n_chunks = len(starts)
@@ -292,9 +298,13 @@ class ChunkwiseMemory(torch.autograd.Function):
             lo = c * ctx.chunk_size
             hi = min(lo + ctx.chunk_size, seq_len)
             start = flat_starts[c * n_state:(c + 1) * n_state]
-            kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
             args = [x[:, lo:hi] if TOKEN_INPUTS[n_state + j] else x for j, x in enumerate(rest)]
-            grads = ctx.programs[c](*start, *args, *kept, d_out[:, lo:hi], *d_state, chunk_size=ctx.chunk_size)
+            forward, backward = ctx.programs[c]
+            if ctx.keep:
+                kept = flat_saved[offsets[c]:offsets[c] + ctx.n_saved[c]]
+            else:  # KEEP_FORWARD_VALUES was off: re-run the chunk's forward for the values its backward reads
+                kept = forward(*start, *args, chunk_size=ctx.chunk_size)[len(OUTPUTS):]
+            grads = backward(*start, *args, *kept, d_out[:, lo:hi], *d_state, chunk_size=ctx.chunk_size)
             d_state = list(grads[:n_state])
             for j, g in enumerate(grads[n_state:]):
                 if j in token_grads:
