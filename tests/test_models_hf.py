@@ -160,3 +160,11 @@ def test_bad_spec_option_is_a_located_error():
     assert _spec_options(["normalisation=none", "a = b"]) == {"normalisation": "none", "a": "b"}
     with pytest.raises(TrainError, match="NAME=VALUE"):
         _spec_options(["normalisation"])
+
+
+def test_torch_compile_flag_reaches_the_op():
+    model = make(spec="models/gated_deltanet.miras", torch_compile=True)
+    op = model.model.layers[0].mixer.op
+    assert op.module._mirasc_compiled and model.config.torch_compile
+    assert not getattr(make(spec="models/gated_deltanet.miras").model.layers[0].mixer.op.module, "_mirasc_compiled",
+                       False)  # the cached op of the spec stays eager

@@ -97,6 +97,8 @@ class MirasModel(MirasPreTrainedModel):
             from ..runtime import compile as _compile
 
             op = _compile(config.spec, backend=config.backend, options=getattr(config, "spec_options", None))
+            if getattr(config, "torch_compile", False):
+                op = op.compile_chunks()
         self.layers = nn.ModuleList([
             MirasBlock(config.hidden_size,
                        build_mixer(i, config.hidden_size, config.num_heads, spec=op, mixer=config.mixer,

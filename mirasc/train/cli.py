@@ -46,6 +46,8 @@ def register(sub) -> None:
     t.add_argument("--niah-kind", dest="niah_kind", choices=("pk", "number", "word"))
     t.add_argument("--contamination", type=float, help="robust task: corruption probability")
     t.add_argument("--chunk-size", dest="chunk_size", type=int)
+    t.add_argument("--torch-compile", dest="torch_compile", action="store_true", default=None,
+                   help="run the memory's chunk programs through torch.compile (faster on CPU after a one-off compile)")
     t.add_argument("--spec-option", dest="spec_option", action="append", metavar="NAME=VALUE",
                    help="choose one of the spec's `option` values (repeatable), e.g. normalisation=none for moneta")
     t.add_argument("--hybrid", action="store_true", default=None)
@@ -104,7 +106,7 @@ def cmd_train(args) -> int:
         "task", "data", "tokenizer", "bin_dtype", "steps", "batch_size", "grad_accum", "lr", "warmup_steps",
         "hidden_size", "num_layers", "num_heads", "seq_len", "kv_pairs", "vocab_size", "tier", "niah_kind",
         "contamination", "chunk_size", "hybrid", "window", "seed", "out", "resume", "overwrite", "device",
-        "log_every", "ckpt_every", "eval_examples", "threads", "quiet", "fsdp")}
+        "log_every", "ckpt_every", "eval_examples", "threads", "quiet", "fsdp", "torch_compile")}
     over["spec"] = "transformer" if args.baseline else args.spec
     try:
         over["spec_options"] = _spec_options(args.spec_option)

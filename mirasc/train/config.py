@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = True                     # bf16 autocast on GPU (never on CPU)
+    torch_compile: bool = False          # torch backend: chunk programs through torch.compile (MemoryOp.compile_chunks)
     fsdp: bool = False                   # under torchrun: FSDP2 (fully_shard per block + root) instead of DDP
     threads: int | None = None
     # bookkeeping
@@ -169,6 +170,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainError(f"learning rate must be positive, got {cfg.lr}")
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise TrainError(f"min_lr_ratio must lie in [0, 1], got {cfg.min_lr_ratio}")
+    if not isinstance(cfg.torch_compile, bool):
+        raise TrainError(f"torch_compile must be true or false, got {cfg.torch_compile!r}")
     if not isinstance(cfg.fsdp, bool):
         raise TrainError(f"fsdp must be true or false, got {cfg.fsdp!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):

@@ -32,7 +32,8 @@ def model_config_kwargs(cfg: TrainConfig, vocab_size: int) -> dict:
     spec = resolve_spec(cfg.spec)
     kw = dict(spec=spec, vocab_size=int(vocab_size), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               num_heads=cfg.num_heads, mixer="attention" if spec is None else "miras", hybrid=cfg.hybrid,
-              window=cfg.window, chunk_size=cfg.chunk_size, spec_options=dict(cfg.spec_options) or None)
+              window=cfg.window, chunk_size=cfg.chunk_size, spec_options=dict(cfg.spec_options) or None,
+              **({"torch_compile": True} if cfg.torch_compile else {}))
     kw.update(cfg.model_kwargs or {})
     return kw
 
