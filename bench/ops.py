@@ -111,34 +111,11 @@ def load_average() -> list[float] | None:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-GATE_RANGES = {"alpha": (0.85, 1.0), "eta": (0.0, 0.2), "theta": (0.0, 0.6), "delta": (0.3, 1.0)}
-
-
 def make_inputs(op, B: int, T: int, H: int, D: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """q, k, v [B, T, H, D] (q and k l2-normalised, as a layer feeds them), gates in natural units, params.
+    """q, k, v [B, T, H, D], gates in natural units, params (mirasc.sample.random_inputs, as the tests use)."""
+    from mirasc.sample import random_inputs
 
-    The same distributions as tests/helpers.make_inputs (kept here so that the benchmark does not import the tests).
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    q, k, v = randn(B, T, H, D), randn(B, T, H, D), randn(B, T, H, D)
-    q = q / q.norm(dim=-1, keepdim=True)
-    k = k / k.norm(dim=-1, keepdim=True)
-    gates = {}
-    for name, shape in op.gate_shapes(B, T, H, D).items():
-        lo, hi = GATE_RANGES.get(name, (0.1, 0.9))
-        gates[name] = lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
-    params = {}
-    for name, shape in op.param_shapes(H, D).items():
-        params[name] = (1.0 if name == "ln_weight" else 0.0) + 0.1 * randn(*shape)
-
-    def to(x):
-        return x.to(dtype=dtype, device=device)
-
-    return to(q), to(k), to(v), {n: to(x) for n, x in gates.items()}, {n: to(x) for n, x in params.items()}
+    return random_inputs(op, B, T, H, D, dtype, device, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------- rows

@@ -11,6 +11,7 @@ import torch
 
 import mirasc
 from mirasc.derive import derive, explain
+from mirasc.sample import random_inputs
 
 DEMO_RANGES = {"alpha": (0.9, 1.0), "eta": (0.0, 0.1), "theta": (0.0, 0.5), "delta": (0.5, 1.5)}
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -44,12 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     op = mirasc.compile(args.spec, backend="torch")
     B, T, H, D = args.B, args.T, args.H, args.D
-    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
-    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    gates = {}
-    for name, shape in op.gate_shapes(B, T, H, D).items():
-        low, high = DEMO_RANGES.get(name, (0.1, 0.9))
-        gates[name] = low + (high - low) * torch.rand(shape)
+    q, k, v, gates, _ = random_inputs(op, B, T, H, D, torch.float32, gate_ranges=DEMO_RANGES)
     s0 = op.init_state(B, H, D)
     print(f"\n== {spec.name}: chunkwise op vs exact recurrence, B={B} T={T} H={H} D={D}, chunk {args.chunk}, fp32")
     t0 = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mirasc.sample import random_inputs
+
 
 def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     """rms(a - b) / rms(b), fla's habit (0 when both are 0)."""
@@ -15,30 +17,14 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(num / den)
 
 
-GATE_RANGES = {"alpha": (0.85, 1.0), "eta": (0.0, 0.2), "theta": (0.0, 0.6), "delta": (0.3, 1.0)}
-
-
 def make_inputs(op, B: int, T: int, H: int, D: int, dtype=torch.float64, seed: int = 0, scale_params=0.1):
-    """q, k, v (l2-normalised q and k, as the layer feeds them), gates in natural units, params, initial state."""
+    """mirasc.sample.random_inputs plus an initial state: the op's default, or (where that is all zero) small
+    random matrices from the same generator, so that state gradients are exercised."""
     gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    q, k, v = randn(B, T, H, D), randn(B, T, H, D), randn(B, T, H, D)
-    q = q / q.norm(dim=-1, keepdim=True)
-    k = k / k.norm(dim=-1, keepdim=True)
-    gates = {}
-    for name, shape in op.gate_shapes(B, T, H, D).items():
-        lo, hi = GATE_RANGES.get(name, (0.1, 0.9))
-        gates[name] = (lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)).to(dtype)
-    params = {}
-    for name, shape in op.param_shapes(H, D).items():
-        base = 1.0 if name == "ln_weight" else 0.0
-        params[name] = (base + scale_params * randn(*shape)).to(dtype)
+    q, k, v, gates, params = random_inputs(op, B, T, H, D, dtype, generator=gen, param_scale=scale_params)
     state = [s.clone() for s in op.init_state(B, H, D, dtype)]
     if state and float(sum(s.abs().sum() for s in state)) == 0.0:
-        state = [0.1 * randn(*s.shape) for s in state]
+        state = [0.1 * torch.randn(*s.shape, generator=gen, dtype=torch.float64).to(dtype) for s in state]
     return q, k, v, gates, params, state
 
 
