@@ -21,8 +21,10 @@ DEFAULT_MODELS = ["moneta", "moneta:normalisation=none", "yaad", "memora", "tita
 
 def spec_and_options(model: str) -> tuple[str, dict]:
     """"moneta:normalisation=none" -> ("moneta", {"normalisation": "none"})."""
+    from mirasc.train.cli import parse_spec_options
+
     spec, _, opts = model.partition(":")
-    return spec, dict(pair.split("=", 1) for pair in opts.split(",") if pair)
+    return spec, parse_spec_options([p for p in opts.split(",") if p]) or {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,12 +154,12 @@ def test_bad_spec_option_is_a_located_error():
 
     with pytest.raises(SpecError, match="normalisation"):
         make(spec="models/moneta.miras", spec_options={"normalisation": "l3"})
-    from mirasc.train.cli import _spec_options
+    from mirasc.train.cli import parse_spec_options
     from mirasc.train.config import TrainError
 
-    assert _spec_options(["normalisation=none", "a = b"]) == {"normalisation": "none", "a": "b"}
+    assert parse_spec_options(["normalisation=none", "a = b"]) == {"normalisation": "none", "a": "b"}
     with pytest.raises(TrainError, match="NAME=VALUE"):
-        _spec_options(["normalisation"])
+        parse_spec_options(["normalisation"])
 
 
 def test_torch_compile_flag_reaches_the_op():

@@ -87,7 +87,8 @@ def _fail(cmd: str, msg: str) -> int:
     return 2
 
 
-def _spec_options(pairs: list[str] | None) -> dict | None:
+def parse_spec_options(pairs: list[str] | None) -> dict | None:
+    """["normalisation=none", ...] -> {"normalisation": "none", ...} (None for none); TrainError when malformed."""
     if not pairs:
         return None
     out = {}
@@ -109,7 +110,7 @@ def cmd_train(args) -> int:
         "log_every", "ckpt_every", "eval_examples", "threads", "quiet", "fsdp", "torch_compile")}
     over["spec"] = "transformer" if args.baseline else args.spec
     try:
-        over["spec_options"] = _spec_options(args.spec_option)
+        over["spec_options"] = parse_spec_options(args.spec_option)
         cfg_file = str(config_path(args.config)) if args.config else None
         res = train(cfg_file, **over)
     except TrainError as e:
