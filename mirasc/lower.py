@@ -80,6 +80,13 @@ class Coefficients:
     momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
 
 
+# In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
+# log(max(a, ZERO_FLOOR)): a factor of exactly 0, which a range like theta in [0, 1) admits, then contributes
+# e^{-69} where log(0) = -inf would make the differences of cumulative sums NaN. Below the floor the factor's
+# own gradient is 0 (log-space products cannot give it: 1/a times terms that cancel).
+ZERO_FLOOR = 1e-30
+
+
 class ChunkLowering:
     def __init__(self, derivation: Derivation, factored: bool = False):
         self.d = derivation
@@ -224,10 +231,6 @@ class ChunkLowering:
         return out
 
     # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
-    # In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
-    # log(max(a, ZERO_FLOOR)): a factor of exactly 0, which a range like theta in [0, 1) admits, then
-    # contributes e^{-69} where log(0) = -inf would make the differences of cumulative sums NaN. Below the
-    # floor the factor's own gradient is 0 (log-space products cannot give it: 1/a times terms that cancel).
     def decay_tiles(self, gate: Value | None):
         """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s, and the
         last row D[last, s] built from the small cumulative sums, so the end state never touches D)."""
@@ -396,8 +399,6 @@ class ChunkLowering:
 # and gradients are as accurate as the (C, C, D) program's up to spread 80 (relative RMS ~1e-6 for both).
 DECAY_SPREAD_LIMIT = 40.0
 
-
-ZERO_FLOOR = 1e-30
 
 
 def factorable(spec: S.Spec) -> bool:
