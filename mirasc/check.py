@@ -71,6 +71,7 @@ MLP_ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 MLP_NORMS = ("layernorm", "none")
 RETENTION_TERMS = ("decay", "lq", "kl", "softthreshold", "sigmoid", "none")
 ALGORITHMS = ("gd", "momentum")
+GRADIENT_AT = ("previous", "decayed")
 SURROGATE_FORMS = {"abs": ("exact", "sqrt", "logcosh"), "sign": ("exact", "tanh")}
 RESERVED = frozenset(VARIABLES) | {"inf", "nan", "true", "false"} | frozenset(ARITY)
 
@@ -166,6 +167,7 @@ class _Checker:
         self.nodes = 0  # size of the expression built so far (lets and arguments counted at each use)
         self.used_gates: set[str] = set()
         self.memory: Memory | None = None
+        self.gradient_at_span: Span | None = None
 
     # ---------------------------------------------------------------------------------------------------
     def err(self, span: Span, message: str) -> NoReturn:
@@ -306,6 +308,7 @@ class _Checker:
             )
         chunk = self._chunk(singles.get("chunk"))  # type: ignore[arg-type]
         surrogates = self._surrogates(singles.get("surrogate abs"), singles.get("surrogate sign"))  # type: ignore[arg-type]
+        self._check_gradient_at(algorithm, retention, bias, surrogates)
 
         for st in gate_stmts:
             if st.name.value not in self.used_gates:
@@ -842,12 +845,30 @@ class _Checker:
         if kind not in ALGORITHMS:
             self.err(st.kind.span, f"unknown algorithm `{kind}` (use `gd` or `momentum`)" + _suggest(kind, ALGORITHMS))
         if kind == "gd":
-            b = self._bind(st.args, ("lr",), ("lr",), "gd", st.kind.span)
-            return Algorithm("gd", self._operand(b["lr"], "lr", 0.0, math.inf), span=st.span)
+            b = self._bind(st.args, ("lr", "gradient_at"), ("lr",), "gd", st.kind.span)
+            at = self._word(b["gradient_at"], GRADIENT_AT, "gradient_at") if "gradient_at" in b else "previous"
+            self.gradient_at_span = b["gradient_at"].value.span if "gradient_at" in b else None
+            return Algorithm("gd", self._operand(b["lr"], "lr", 0.0, math.inf), gradient_at=at,  # type: ignore[arg-type]
+                             span=st.span)
         b = self._bind(st.args, ("lr", "momentum"), ("lr", "momentum"), "momentum", st.kind.span)
         lr = self._operand(b["lr"], "lr", 0.0, math.inf)
         mom = self._operand(b["momentum"], "momentum", 0.0, 1.0)
         return Algorithm("momentum", lr, mom, span=st.span)
+
+    def _check_gradient_at(self, algorithm: Algorithm, retention: Retention, bias: Bias,
+                           surrogates: Surrogates) -> None:
+        """`gradient_at = decayed` is defined where chunks are exact (the per-token step is then the chunk's
+        semantics at every chunk size); elsewhere the chunk approximation takes every gradient at W'."""
+        if algorithm.gradient_at == "previous" or self.memory is None:
+            return
+        from .chunkform import chunk_form
+
+        probe = Spec(name="", file=self.file, source=self.text, memory=self.memory, gates=tuple(self.gates.values()),
+                     bias=bias, retention=retention, algorithm=algorithm, surrogates=surrogates)
+        form = chunk_form(probe)
+        if not form.exact:
+            self.err(self.gradient_at_span or algorithm.span,
+                     f"`gradient_at = decayed` needs an exactly chunked update; this spec gets the {form.describe()}")
 
     # ---------------------------------------------------------------------------------------------------
     # chunk, surrogates

@@ -11,6 +11,7 @@ import sympy as sp
 
 from . import spec as S
 from .cachekey import __version__, spec_hash
+from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate, split_saved
@@ -46,6 +47,7 @@ def metadata(spec: S.Spec) -> dict:
         "map_kind": "mirror" if is_mirror(rmap) else "projection" if is_projection(rmap) else
                     "lag" if isinstance(rmap, S.KLMap) else None,
         "algorithm": spec.algorithm.kind,
+        "chunk_form": chunk_form(spec).kind,
         "gates": [{"name": g.name, "kind": g.kind, "data_dependent": g.data_dependent,
                    "low": g.low, "high": g.high, "low_open": g.low_open, "high_open": g.high_open,
                    "activation": g.activation} for g in spec.gates],

@@ -168,11 +168,13 @@ def derive_loss(spec: S.Spec) -> LossDerivation:
     adjoints, grad = _grad(expr, list(b.reductions), b.per_channel, b.reduce)
     # Adjoints created while walking may add reductions (sums of partials); they are evaluated before the
     # adjoint that uses them because every new reduction only depends on forward quantities.
-    # Adjoints that are plain numbers (a loss linear in a reduction) are substituted away; a gradient that
-    # then refers to no reduction is elementwise, with a diagonal Hessian.
-    numeric = {sym: val for sym, val in adjoints if val.is_number}
-    grad = grad.xreplace(numeric)
-    adjoints = [(sym, val) for sym, val in adjoints if sym not in numeric]
+    # Adjoints that refer to no reduction (a loss linear in a reduction, with a number or a per-token scalar
+    # gate as its weight) are substituted away; a gradient that then refers to no reduction is elementwise,
+    # with a diagonal Hessian.
+    pending = {red.symbol for red in b.reductions} | {sym for sym, _ in adjoints}
+    known = {sym: val for sym, val in adjoints if not (val.free_symbols & pending)}
+    grad = grad.xreplace(known)
+    adjoints = [(sym, val) for sym, val in adjoints if sym not in known]
     reduction_syms = {red.symbol for red in b.reductions} | {sym for sym, _ in adjoints}
     elementwise = not (grad.free_symbols & reduction_syms)
     if elementwise:
@@ -238,12 +240,33 @@ def explain(d: Derivation, latex: bool = False) -> str:
                 "  σ''(x) =", _indent(_fmt(d.act_second, latex))]
     else:
         out += ["", "memory: M(x) = W x (a D×D matrix per head)"]
-    out += ["", "update (per token; G_t = ∇_W ℓ(M(k_t; W), v_t), per layer G = z̄ ⊗ x):", _update_text(s)]
-    out += ["", f"chunkwise form (C = {s.chunk_size}): every gradient of a chunk at the chunk-start weights W';",
-            "  P_t = e^{Λ_t} P' − Σ_{s≤t} e^{Λ_t − Λ_s} η_s G_s(W'),  Λ_t = Σ_{j≤t} log α_j  (Eq. 28)",
-            "  reads: W_t = W' + κ ⊙ (P_t − P') via masked C×C score matmuls (TTT dual form);",
-            "  the chunk's last token reads the boundary map of the end state. See docs/semantics.md."]
+    at = "α_t ⊙ W_(t−1)" if s.algorithm.gradient_at == "decayed" else "W_(t−1)"
+    out += ["", f"update (per token; G_t = ∇_W ℓ(M(k_t; W), v_t) at W = {at}, per layer G = z̄ ⊗ x):",
+            _update_text(s)]
+    out += ["", *_chunk_text(d)]
     return "\n".join(out)
+
+
+def _chunk_text(d: Derivation) -> list[str]:
+    """The chunk form a spec gets (mirasc.chunkform) and what it computes."""
+    from .chunkform import chunk_form
+
+    form = chunk_form(d.spec, d.loss)
+    head = f"chunkwise form (C = {d.spec.chunk_size}): {form.describe()}"
+    if not form.exact:
+        return [head, "  every gradient of a chunk at the chunk-start weights W';",
+                "  P_t = e^{Λ_t} P' − Σ_{s≤t} e^{Λ_t − Λ_s} η_s G_s(W'),  Λ_t = Σ_{j≤t} log α_j  (Eq. 28)",
+                "  reads: W_t = W' + κ ⊙ (P_t − P') via masked C×C score matmuls (TTT dual form);",
+                "  the chunk's last token reads the boundary map of the end state. See docs/semantics.md."]
+    lines = [head, "  equal to the per-token recurrence at every chunk size;",
+             "  P_t = e^{Λ_t} P' − Σ_{s≤t} e^{Λ_t − Λ_s} η_s g_s ⊗ k_s,  Λ_t = Σ_{j≤t} log α_j"]
+    if form.solves:
+        lam = "Λ_t" if d.spec.algorithm.gradient_at == "decayed" else "Λ_(t−1)"
+        lines += ["  with every token's gradient signal g_t at its own weights: (I + A) g = g(ŷ), ŷ_t the prediction",
+                  f"  of the decayed chunk-start weights, A[t,s] = h_t e^{{{lam} − Λ_s}} η_s k_t·k_s (s < t,",
+                  "  h = ∂²ℓ/∂y²), a unit lower-triangular C×C solve per chunk (the UT transform).",
+                  "  See docs/semantics.md."]
+    return lines
 
 
 def _inline(e: sp.Expr, latex: bool) -> str:

@@ -70,7 +70,23 @@ def _rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value | None:
         return graph.rename(gbar, **inverse)
     if isinstance(op, ir.Broadcast):
         return _reduce_to(graph, gbar, a.axes)
+    if isinstance(op, ir.TriSolve):
+        return _trisolve_rule(graph, v, j, gbar)
     raise TypeError(f"cannot differentiate {op}")
+
+
+def _trisolve_rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value:
+    """X = (I + A)⁻¹ B: B̄ = (I + A)⁻ᵀ X̄ and Ā = −B̄ Xᵀ on the strictly lower part (the transposed solve
+    swaps the roles: B̄ = (I + A)⁻¹ X̄, Ā = −X B̄ᵀ). Both adjoints share the one solve (hash-consing)."""
+    mat, rhs = v.args
+    op = v.op
+    full = gbar if "t" in gbar.axes else graph.broadcast(gbar, gbar.axes + ("t",))
+    rhs_bar = graph.trisolve(mat, full, transpose=not op.transpose)
+    if j == 1:
+        return _reduce_to(graph, rhs_bar, rhs.axes)
+    rows, cols = (v, rhs_bar) if op.transpose else (rhs_bar, v)
+    outer = graph.einsum(("t", "s"), rows, graph.rename(cols, t="s"))
+    return graph.ew(lambda m, o: -m * o, graph.mask("strict"), outer)
 
 
 def add_all(graph: Graph, terms: list[Value]) -> Value:

@@ -13,14 +13,17 @@ A value is stored with its axes in AXIS_ORDER, after an implicit leading batch a
   Input(name)                  a program input
   Const(value)                 a scalar constant
   Size(axis)                   the runtime length of an axis (a scalar)
-  Mask(kind)                   causal (t, s: t >= s), first (t: t == 0), last (t: the chunk's last real token),
-                               end (t: the last token of a complete chunk; all zero in a sequence's short last chunk)
+  Mask(kind)                   causal (t, s: t >= s), strict (t, s: t > s), first (t: t == 0), last (t: the
+                               chunk's last real token), end (t: the last token of a complete chunk; all zero in a
+                               sequence's short last chunk)
   Elementwise(expr, args)      a sympy expression over placeholder symbols, broadcast by axis name
   Einsum(args, axes)           product of the args summed over every axis not in `axes`
   LogSumExp(arg, axis)
   Cumsum(arg, axis, reverse)   inclusive cumulative sum along a token axis
   Rename(arg, mapping)         relabel axes (no data movement beyond a transpose)
   Broadcast(arg, axes)         materialise a value over more axes
+  TriSolve(a, b, transpose)    X with (I + A) X = B, A (t, s) strictly lower triangular (its diagonal and upper part
+                               are never read), B and X over t and any other axes; with transpose, (I + A)ᵀ X = B
 
 The same graph is emitted to torch (emit_torch) and, later, to Triton; `grad` differentiates it.
 """
@@ -61,7 +64,7 @@ class Size:
 
 @dataclass(frozen=True)
 class Mask:
-    kind: str  # causal | first | last
+    kind: str  # causal | strict | first | last | end
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,15 @@ class Broadcast:
     pass
 
 
-Op = Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast
+@dataclass(frozen=True)
+class TriSolve:
+    """Forward substitution with a unit lower-triangular matrix I + A (back substitution with its transpose):
+    the chunk's exact delta-rule signals (mirasc.chunkform)."""
+
+    transpose: bool = False
+
+
+Op = Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriSolve
 
 
 @dataclass(eq=False)
@@ -149,7 +160,7 @@ class Graph:
         return self._add(Size(axis), (), (), False)
 
     def mask(self, kind: str) -> Value:
-        axes = {"causal": ("t", "s"), "first": ("t",), "last": ("t",), "end": ("t",)}[kind]
+        axes = {"causal": ("t", "s"), "strict": ("t", "s"), "first": ("t",), "last": ("t",), "end": ("t",)}[kind]
         return self._add(Mask(kind), (), axes, False, kind)
 
     def ew(self, fn: Callable[..., sp.Expr] | sp.Expr, *args: Value, hint: str = "") -> Value:
@@ -209,6 +220,14 @@ class Graph:
             return x
         return self._add(Broadcast(), (x,), axes, batched or x.batched)
 
+    def trisolve(self, a: Value, b: Value, transpose: bool = False) -> Value:
+        """X with (I + A) X = B (transpose: (I + A)ᵀ X = B); A (t, s) strictly lower triangular, B over t."""
+        if a.axes != ("t", "s"):
+            raise ValueError(f"trisolve: the matrix must have axes (t, s), got {a.axes}")
+        if "t" not in b.axes or "s" in b.axes:
+            raise ValueError(f"trisolve: the right-hand side must have axis t and not s, got {b.axes}")
+        return self._add(TriSolve(transpose), (a, b), b.axes, a.batched or b.batched)
+
     def select(self, x: Value, which: str) -> Value:
         """Row `which` ('first' or 'last') of a token-indexed value, dropping the t axis."""
         return self.einsum([a for a in x.axes if a != "t"], x, self.mask(which))
@@ -249,6 +268,8 @@ def _op_params(op: Op) -> str:
         return f" {op.axis}{' reverse' if op.reverse else ''}"
     if isinstance(op, Rename):
         return " " + ",".join(f"{a}->{b}" for a, b in op.mapping)
+    if isinstance(op, TriSolve):
+        return " transpose" if op.transpose else ""
     return ""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import spec as S
+from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V
 from .grad import backprop
 from .ir import Graph, Value
@@ -95,6 +96,7 @@ class ChunkLowering:
         self.mem = self.spec.memory
         self.depth = self.mem.depth
         self.axes = layer_axes(self.depth)
+        self.form = chunk_form(self.spec, derivation.loss)
         self.g = Graph()
 
     # ---------------------------------------------------------------- inputs
@@ -161,14 +163,16 @@ class ChunkLowering:
                 h = self.sym_ew(self.d.act, {self.d.x: z})
         return xs, zs, _named(self.output_map(zs[-1], x), "memory output M(x)")
 
+    def gate_env(self, gates: dict[str, Value]) -> dict[sp.Symbol, Value]:
+        """The loss's gate symbols as IR values (channel gates on the output axis o, where the loss lives)."""
+        return {sym: self.g.rename(gates[name], i="o") for name, sym in self.d.loss.gate_symbols.items()
+                if name in gates}
+
     def loss_grad(self, y: Value, v: Value, gates: dict[str, Value]) -> Value:
         """g = dl/dy from the derivation, evaluated on IR values (channel quantities on axis o)."""
         g = self.g
         ld = self.d.loss
-        env: dict[sp.Symbol, Value] = {R: g.ew(lambda a, b: a - b, y, v), V: v}
-        for name, sym in ld.gate_symbols.items():
-            if name in gates:
-                env[sym] = g.rename(gates[name], i="o")
+        env: dict[sp.Symbol, Value] = {R: g.ew(lambda a, b: a - b, y, v), V: v, **self.gate_env(gates)}
         for red in ld.reductions:
             env[red.symbol] = g.sum(self.sym_ew(red.body, env), "o")
         for sym, expr in ld.adjoints:
@@ -273,6 +277,59 @@ class ChunkLowering:
         return Coefficients(a_cum, total, read, th_cum, grad_s, grad_end=total_end,
                             momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
 
+    # ---------------------------------------------------------------- the exact chunk of an affine update
+    def prediction_weights(self, alpha: Value | None, coef: Coefficients):
+        """Where token t takes its gradient, as (a_t, Γ', factors): the weights a_t ⊙ W' − Σ_{s<t} Γ'[t, s] G_s.
+
+        gradient_at = previous (Eq. 9): W_{t-1}, so a and Γ' stop at token t − 1 (exclusive cumulative decay);
+        gradient_at = decayed (the Gated DeltaNet paper): α_t W_{t-1}, the inclusive coefficients of the write.
+        Without decay the two coincide. Γ' is masked to s < t by the caller."""
+        g = self.g
+        if alpha is None or self.spec.algorithm.gradient_at == "decayed":
+            return coef.decay, coef.grad, coef.factors
+        logs = g.ew(lambda a: sp.log(sp.Max(a, ZERO_FLOOR)), alpha)
+        if "t" not in logs.axes:
+            logs = g.broadcast(logs, logs.axes + ("t",))
+        cum = g.cumsum(logs, "t")
+        before = _named(g.ew(lambda c, l: c - l, cum, logs), "cumulative log-decay before token t")
+        a_prev = g.ew(lambda c: sp.exp(c), before)
+        eta_s = g.rename(self.operand(self.spec.algorithm.lr), t="s")
+        if coef.factors is not None:  # the factored program: e^{Λ_{t-1}} e^{-Λ_s}, safe under the runtime's guard
+            return a_prev, None, (a_prev, coef.factors[1])
+        strict = g.mask("strict")
+        pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
+        return a_prev, _named(pair, "decay from token s to token t - 1, times eta_s"), None
+
+    def solved_signals(self, alpha: Value | None, coef: Coefficients) -> tuple[list[Value], list[Value]]:
+        """The exact chunk of an affine update (mirasc.chunkform): every token's gradient signal at its own weights.
+
+        Token t's prediction is y_t = (a_t ⊙ W') k_t − Σ_{s<t} Γ'[t, s] (k_t · k_s) g_s (prediction_weights), and
+        ∂ℓ/∂y is affine with slope h_t = ∂²ℓ/∂y², so g_t = g(ŷ_t) − h_t Σ_{s<t} Γ'[t, s] (k_t · k_s) g_s with
+        ŷ_t = (a_t ⊙ W') k_t: the unit lower-triangular system (I + A) g = g(ŷ), A[t, s] = h_t Γ'[t, s] k_t · k_s
+        (the UT transform of flash-linear-attention's chunk_delta_rule; channel decay enters the k·k products)."""
+        g = self.g
+        a_pred, gamma, factors = self.prediction_weights(alpha, coef)
+        k, P = self.k, self.P[0]
+        z = g.einsum(("t", "o"), k, P) if a_pred is None else g.einsum(("t", "o"), k, P, a_pred)
+        y = _named(self.output_map(z, k), "prediction of the decayed chunk-start weights")
+        rhs = _named(self.loss_grad(y, self.v, self.gates), "inner gradient signal at those weights")
+        k_s = g.rename(k, t="s")
+        if factors is not None:
+            a_t, b_s = factors
+            dots = g.einsum(("t", "s"), g.ew(lambda x, a: x * a, k, a_t), g.ew(lambda x, b: x * b, k_s, b_s))
+        elif "i" in gamma.axes:
+            dots = g.einsum(("t", "s"), k, gamma, k_s)
+        else:
+            dots = g.ew(lambda c, w: c * w, g.einsum(("t", "s"), k, k_s), gamma)
+        hess = self.form.hessian
+        if hess.is_number:  # kept exact (an l2 bias has h = 1), so it folds away
+            system = g.ew(lambda m, c: m * hess * c, g.mask("strict"), dots)
+        else:
+            slope = self.sym_ew(hess, self.gate_env(self.gates))
+            system = g.ew(lambda m, h, c: m * h * c, g.mask("strict"), slope, dots)
+        system = _named(system, "A[t, s] = h_t Γ'[t, s] k_t·k_s")
+        return [k], [_named(g.trisolve(system, rhs), "exact gradient signals (I + A)⁻¹ g(ŷ)")]
+
     # ---------------------------------------------------------------- reads and end state
     def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value | None, out_ax: str, in_ax: str,
                   factors: tuple[Value, Value] | None = None) -> Value:
@@ -371,8 +428,12 @@ class ChunkLowering:
             kappa = [self.kappa(P) if isinstance(rmap, S.LqMap) else False for P in self.P]
         else:
             base, kappa = list(self.P), [None] * self.depth
-        xk, zbar = self.inner_gradient(base, self.k, self.v, self.gates)
-        coef = self.coefficients(alpha, eta, theta)
+        if self.form.solves:
+            coef = self.coefficients(alpha, eta, theta)
+            xk, zbar = self.solved_signals(alpha, coef)
+        else:
+            xk, zbar = self.inner_gradient(base, self.k, self.v, self.gates)
+            coef = self.coefficients(alpha, eta, theta)
         out = self.read(self.q, base, kappa, coef, xk, zbar)
         new_state = [self.end_state(j, coef, xk, zbar) for j in range(self.depth)]
         carried = [P for P, _ in new_state]

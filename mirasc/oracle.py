@@ -7,7 +7,10 @@ over the N = B*H heads (row n = b*H + h), in plain torch. The inner gradient G o
 with ordinary autograd (outputs and final state w.r.t. q, k, v, the gates, the params and the initial state).
 
 `recurrent(..., chunk_size=None)` is the exact per-token recurrence ("One token, exactly");
-`chunk_size=C` is the chunked variant ("Chunks of C tokens"), with C = 1 equal to the exact recurrence.
+`chunk_size=C` is the chunk approximation of Eq. 28 ("Chunks of C tokens"), with C = 1 equal to the exact
+recurrence. (Specs whose update is affine in the state are chunked exactly; for them the op's semantics at
+every chunk size is the exact recurrence, and `MemoryOp.recurrent` says so. The approximation stays
+available here, so that its error can be measured.)
 """
 
 from __future__ import annotations
@@ -240,9 +243,12 @@ def _exact(run: _Run, ps, ss, qs, ks, vs, gs):
     """One token at a time: G at W_{t-1} = φ(P_{t-1}), write, then read W_t."""
     ys = []
     is_kl = isinstance(run.spec.retention.map, KLMap)
+    decayed = run.spec.algorithm.gradient_at == "decayed"
     for q, k, v, g in zip(qs, ks, vs, gs):
         w_prev = _phi(run, ps, g)
-        grads = _inner_grad(run, w_prev, k, v, g)
+        # the gradient at W_{t-1} (Eq. 9), or at α_t ⊙ W_{t-1} (gradient_at = decayed, the Gated DeltaNet paper)
+        at = _scale(_operand(run.spec.retention.decay, g, 1.0), w_prev, run.depth) if decayed else w_prev
+        grads = _inner_grad(run, at, k, v, g)
         if is_kl:
             ps = _kl_write(run, w_prev, grads, g)
         else:
@@ -255,6 +261,9 @@ def _exact(run: _Run, ps, ss, qs, ks, vs, gs):
 
 def _chunk(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
     """One chunk: gradients at the chunk-start weights, linear accumulation, frozen-map reads."""
+    if run.spec.algorithm.gradient_at == "decayed":
+        raise ValueError("gradient_at = decayed has no chunk approximation (its specs are chunked exactly: use "
+                         "the exact recurrence)")
     n_tok = len(qs)
     ys = []
     first = 0

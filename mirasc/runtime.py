@@ -394,9 +394,14 @@ class MemoryOp:
 
     def recurrent(self, q, k, v, gates=None, initial_state=None, chunk_size=None, params=None,
                   output_final_state=True):
-        """The reference recurrence (mirasc.oracle): exact per token, or chunked with chunk_size=C."""
+        """The reference recurrence (mirasc.oracle): exact per token, or chunked with chunk_size=C.
+
+        What the op computes at chunk size C: for a spec chunked exactly (METADATA["chunk_form"], see
+        mirasc.chunkform) that is the exact recurrence at every C, and chunk_size is ignored."""
         from .oracle import recurrent
 
+        if self.meta.get("chunk_form") == "exact":
+            chunk_size = None
         gates, params = self._check(q, k, v, gates, params, initial_state)
         B, T, H, D = q.shape
         dt = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -211,11 +211,16 @@ class Retention:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """gd: P_t = decay P_{t-1} - lr G_t.  momentum: S_t = momentum S_{t-1} - lr G_t; P_t = decay P_{t-1} + S_t."""
+    """gd: P_t = decay P_{t-1} - lr G_t.  momentum: S_t = momentum S_{t-1} - lr G_t; P_t = decay P_{t-1} + S_t.
+
+    gradient_at: where G_t is taken. 'previous' (Eq. 9): at W_{t-1}. 'decayed' (the Gated DeltaNet paper):
+    at decay ⊙ W_{t-1}, i.e. S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ for the l2 bias; gd only, and
+    only where the chunk form is exact (mirasc.chunkform)."""
 
     kind: Literal["gd", "momentum"]
     lr: Operand
     momentum: Operand | None = None
+    gradient_at: Literal["previous", "decayed"] = "previous"
     span: Span = NO_SPAN
 
 

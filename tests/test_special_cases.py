@@ -84,15 +84,17 @@ def test_retnet_static_decay(chunk):
     assert rel_rms(state.w1, S_ref) < TOL
 
 
+@pytest.mark.parametrize("chunk", [1, 16, 64])
 @pytest.mark.parametrize("zero_start", [True, False])
-def test_deltanet_chunk1_is_delta_rule(zero_start):
+def test_deltanet_is_delta_rule(zero_start, chunk):
+    """The delta rule at every chunk size (the chunk form is exact: mirasc.chunkform)."""
     op = _op("deltanet")
     Tn = 40
     q, k, v, gates, _, state = make_inputs(op, B, Tn, H, D, seed=4)
     beta = gates["eta"]
     S0 = torch.zeros(B, H, D, D, dtype=torch.float64) if zero_start else state[0]
     o, final = op(q, k, v, gates=gates, initial_state=None if zero_start else [S0], output_final_state=True,
-                  chunk_size=1)
+                  chunk_size=chunk)
     o_ref = torch.zeros_like(q)
     S = S0.clone()
     for t in range(Tn):
@@ -105,18 +107,22 @@ def test_deltanet_chunk1_is_delta_rule(zero_start):
     assert rel_rms(final.w1, S) < TOL
 
 
-def test_gated_deltanet_chunk1_is_gated_delta_rule():
-    """W_t = α_t W_{t−1} − η_t (W_{t−1} k_t − v_t) k_tᵀ (the gradient at W_{t−1}, as the spec notes)."""
-    op = _op("gated_deltanet")
+@pytest.mark.parametrize("chunk", [1, 16, 64])
+@pytest.mark.parametrize("gradient_at", ["decayed", "previous"])
+def test_gated_deltanet_is_gated_delta_rule(gradient_at, chunk):
+    """W_t = α_t W_{t−1} − η_t (U_t k_t − v_t) k_tᵀ with U_t = α_t W_{t−1} (the Gated DeltaNet paper, the spec's
+    default) or U_t = W_{t−1} (Eq. 9, `gradient_at = previous`), at every chunk size."""
+    op = mirasc.compile(model_path("gated_deltanet"), backend="torch", options={"gradient_at": gradient_at})
     Tn = 30
     q, k, v, gates, _, state = make_inputs(op, B, Tn, H, D, seed=5)
-    o, final = op(q, k, v, gates=gates, initial_state=state, output_final_state=True, chunk_size=1)
+    o, final = op(q, k, v, gates=gates, initial_state=state, output_final_state=True, chunk_size=chunk)
     S = state[0].clone()
     o_ref = torch.zeros_like(q)
     for t in range(Tn):
         a = gates["alpha"][:, t][..., None, None]
         e = gates["eta"][:, t][..., None, None]
-        err = torch.einsum("bhij,bhj->bhi", S, k[:, t]) - v[:, t]
+        at = a * S if gradient_at == "decayed" else S
+        err = torch.einsum("bhij,bhj->bhi", at, k[:, t]) - v[:, t]
         S = a * S - e * torch.einsum("bhi,bhj->bhij", err, k[:, t])
         o_ref[:, t] = torch.einsum("bhij,bhj->bhi", S, q[:, t])
     assert rel_rms(o, o_ref) < TOL

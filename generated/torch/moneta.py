@@ -58,6 +58,7 @@ METADATA = {'name': 'moneta',
  'map': 'LqMap',
  'map_kind': 'mirror',
  'algorithm': 'gd',
+ 'chunk_form': 'approximate',
  'gates': [{'name': 'alpha',
             'kind': 'channel',
             'data_dependent': True,
@@ -88,6 +89,10 @@ def _mask_causal(n, dtype, device):
     return torch.ones(n, n, dtype=dtype, device=device).tril()
 
 
+def _mask_strict(n, dtype, device):
+    return torch.ones(n, n, dtype=dtype, device=device).tril(-1)
+
+
 def _mask_first(n, dtype, device):
     return (torch.arange(n, device=device) == 0).to(dtype)
 
@@ -98,6 +103,20 @@ def _mask_last(n, dtype, device):
 
 def _mask_end(n, chunk_size, dtype, device):
     return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
+
+
+def _tri_solve(a, b, a_batched, b_batched, transpose):
+    """X with (I + A) X = B, or (I + A)^T X = B with transpose: A [N?, C, C] strictly lower triangular (its
+    diagonal and upper part are not read), B [N?, C, ...]. The exact chunk of an affine update (chunkform)."""
+    a = a if a_batched else a[None]
+    b = b if b_batched else b[None]
+    n = max(a.shape[0], b.shape[0])
+    mat = a.expand(n, *a.shape[1:])
+    rhs = b.expand(n, *b.shape[1:]).reshape(n, b.shape[1], -1)
+    if transpose:
+        mat = mat.transpose(1, 2)
+    x = torch.linalg.solve_triangular(mat, rhs, upper=transpose, unitriangular=True).reshape(n, *b.shape[1:])
+    return x if (a_batched or b_batched) else x[0]
 
 
 def _logcosh(x):
