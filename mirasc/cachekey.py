@@ -5,23 +5,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from pathlib import Path
 
 __version__ = "0.1.0"
 
 
 @functools.cache
 def compiler_fingerprint() -> str:
-    """A hash of the compiler's own sources (package, templates, grammar), so a cached module never outlives
-    the code that generated it, even between releases."""
-    here = Path(__file__).resolve().parent
-    roots = [here, here.parent / "templates", here.parent / "grammar"]
+    """A hash of the compiler's own sources (the package's top-level modules and `.miras` files, the templates,
+    the grammar), so a cached module never outlives the code that generated it, even between releases. Read
+    through importlib.resources, so it covers the installed package data too (a wheel keeps the templates and
+    the grammar inside the package, a checkout beside it)."""
+    from importlib import resources
+
+    from .resources import resource_dir
+
     h = hashlib.sha256()
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for f in sorted(root.iterdir()):
-            if f.suffix in (".py", ".j2", ".lark", ".miras"):
+    top = sorted((f for f in resources.files("mirasc").iterdir() if f.is_file()), key=lambda f: f.name)
+    for root in (top, sorted(resource_dir("templates").iterdir()), sorted(resource_dir("grammar").iterdir())):
+        for f in root:
+            if f.name.endswith((".py", ".j2", ".lark", ".miras")):
                 h.update(f.name.encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]

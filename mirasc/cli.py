@@ -1,6 +1,7 @@
-"""The `mirasc` command line: check, explain, compile (train and eval come with the models issue).
+"""The `mirasc` command line: check, explain, compile, and (mirasc.train.cli) train and eval.
 
-Bad specs print located errors and exit 1; no Python traceback reaches the user for a bad spec.
+A SPEC argument is a prebuilt name (`moneta`, `yaad`, ...), a path, or spec text, resolved as `mirasc.load` does
+(mirasc.sources). Bad specs print located errors and exit 1; no Python traceback reaches the user for a bad spec.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def cmd_check(args) -> int:
     status = 0
     for file in args.files:
         try:
-            spec = load(Path(file), options=_options(args.option))
+            spec = load(file, options=_options(args.option))
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -47,7 +48,7 @@ def cmd_explain(args) -> int:
     from .loader import load
 
     try:
-        spec = load(Path(args.file), options=_options(args.option))
+        spec = load(args.file, options=_options(args.option))
     except SpecError as e:
         print(e, file=sys.stderr)
         return 1
@@ -83,7 +84,7 @@ def cmd_compile(args) -> int:
     status = 0
     for file in args.files:
         try:
-            spec = load(Path(file), options=_options(args.option))
+            spec = load(file, options=_options(args.option))
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -92,7 +93,7 @@ def cmd_compile(args) -> int:
         if out_dir is None:
             import mirasc
 
-            mirasc.compile(Path(file), backend="torch", options=_options(args.option))
+            mirasc.compile(file, backend="torch", options=_options(args.option))
             print(f"{file}: compiled (cached)")
             continue
         for backend in BACKENDS:
@@ -119,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="parse and check specs; located errors, exit 1 on any")
-    c.add_argument("files", nargs="+")
+    c.add_argument("files", nargs="+", metavar="SPEC", help="a prebuilt name (moneta, yaad, ...) or a .miras path")
     c.add_argument("-O", "--option", action="append", metavar="NAME=VALUE", help="pick an option or override a param")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(fn=cmd_check)
 
     e = sub.add_parser("explain", help="print the derived inner gradient, update rule and chunk form")
-    e.add_argument("file")
+    e.add_argument("file", metavar="SPEC", help="a prebuilt name (moneta, yaad, ...) or a .miras path")
     e.add_argument("--latex", action="store_true", help="LaTeX instead of unicode")
     e.add_argument("--dump-ir", nargs="?", const="forward", choices=["forward", "all"],
                    help="also print the chunk IR (forward, or forward and backward)")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_explain)
 
     k = sub.add_parser("compile", help="write (or verify with --check) the generated module of each spec")
-    k.add_argument("files", nargs="+")
+    k.add_argument("files", nargs="+", metavar="SPEC", help="a prebuilt name (moneta, yaad, ...) or a .miras path")
     k.add_argument("-o", "--output", help="directory for the generated modules (DIR/torch/NAME.py, DIR/triton/NAME.py)")
     k.add_argument("--check", action="store_true", help="fail if the files under -o are stale")
     k.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")

@@ -27,7 +27,7 @@ class TrainError(Exception):
 @dataclass
 class TrainConfig:
     # model
-    spec: str = "moneta"                 # a .miras path, a prebuilt name (models/NAME.miras), or "transformer"
+    spec: str = "moneta"                 # a .miras path, a prebuilt name (moneta, yaad, ...), or "transformer"
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
@@ -187,30 +187,34 @@ def validate(cfg: TrainConfig) -> None:
     resolve_spec(cfg.spec)
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def resolve_spec(spec: str) -> str | None:
-    """None for the Transformer++ baseline, else the path of the .miras spec (a path or a prebuilt name)."""
+    """None for the Transformer++ baseline, else the spec as `mirasc.compile` takes it: a prebuilt name (from the
+    package), a path or spec text (mirasc.sources.resolve; a word that is none of these is a TrainError)."""
     if spec.lower() in TRANSFORMER_NAMES:
         return None
-    p = Path(spec)
-    if p.is_file():
-        return str(p)
-    for cand in (repo_root() / "models" / f"{spec}.miras", repo_root() / "models" / spec):
-        if cand.is_file():
-            return str(cand)
-    if "\n" in spec or spec.lstrip().startswith("model "):
-        return spec  # spec text
-    raise TrainError(f"spec not found: {spec} (a .miras path, a prebuilt name, or 'transformer')")
+    from mirasc.errors import SpecError
+    from mirasc.sources import resolve
+
+    try:
+        src = resolve(spec)
+    except SpecError as e:
+        where = "" if e.file == "<string>" else f"{e.file}: "
+        raise TrainError(f"spec not found: {where}{e.message} (or 'transformer')") from None
+    return spec if src.kind == "text" else src.file
 
 
 def config_path(name_or_path: str) -> Path:
-    """models/configs/NAME.toml for a bare name, else the path itself."""
+    """A packaged model config for a bare name (`tiny`, `170m`, ...: mirasc/specs/configs/NAME.toml), else the
+    path itself."""
     p = Path(name_or_path)
     if p.suffix != ".toml" and not p.exists():
-        p = repo_root() / "models" / "configs" / f"{name_or_path}.toml"
+        from mirasc.resources import config_file, config_names
+
+        found = config_file(name_or_path)
+        if found is None:
+            raise TrainError(f"config file not found: {name_or_path} (a .toml path or one of "
+                             f"{', '.join(config_names())})")
+        return found
     return p
 
 
