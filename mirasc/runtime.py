@@ -1,18 +1,33 @@
 """runtime: `mirasc.compile` and the `MemoryOp` a compiled spec becomes.
 
-A compiled spec is a generated Python module (mirasc.codegen), cached on disk by the hash of the spec text,
-the options, the backend and the compiler version, written atomically so two processes compiling the same
-spec at once both end up importing a complete file. A cached compile reads the file, hashes it and imports
-the module: neither lark nor sympy is touched.
+A compiled spec is a generated Python module (mirasc.codegen), cached on disk under `cache_dir()` by the hash of
+the spec text, the options, the backend and the compiler's own sources (mirasc.cachekey).
+
+The cache is trusted only as far as it is verified, because what is in it gets executed. Beside each module
+`NAME.py` lies `NAME.sig`: an HMAC-SHA256, under a random secret made for that cache (`key`, mode 0600), of the
+cache key and the module's SHA-256. A cached compile reads the module's bytes once, checks the signature, and
+executes exactly those bytes (never the file a second time, never a `__pycache__` byte code). A module whose
+signature does not match (edited, truncated, copied in from another cache) is regenerated and overwritten, never
+executed. The folder is created 0700, and refused when it belongs to another user or others can write to it.
+Files are written atomically (a temporary file, then os.replace), so processes compiling the same spec at once
+each execute the complete module they generated. A cached compile imports neither lark nor sympy.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import builtins
+import hashlib
+import hmac
+import importlib.machinery
 import itertools
+import linecache
+import math
 import os
+import secrets
+import stat
 import tempfile
 import threading
+import warnings
 from collections import namedtuple
 from pathlib import Path
 from types import ModuleType
@@ -21,52 +36,122 @@ from typing import Any
 import torch
 
 from .cachekey import cache_key
-from .spec import MAX_SPEC_BYTES
 
 _LOCK = threading.Lock()
 _VARIANT_IDS = itertools.count(1)
-_OPS: dict[str, MemoryOp] = {}
+_OPS: dict[tuple[str, str], MemoryOp] = {}
+_SIGNATURE_DOMAIN = b"mirasc-cache-1\0"
+CHECK_ENV = "MIRASC_CHECK"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MIRASC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mirasc")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    """The compile cache: $MIRASC_CACHE, else ~/.cache/mirasc. Created 0700; refused (RuntimeError naming it) when
+    it is not a folder of this user's that only this user can write to, since its modules are executed."""
+    env = os.environ.get("MIRASC_CACHE")
+    path = Path(env or os.path.join(os.path.expanduser("~"), ".cache", "mirasc"))
+    where = f"MIRASC_CACHE={env}" if env else f"the compile cache {path}"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        raise RuntimeError(f"{where}: cannot create the folder ({e.strerror or e}); set MIRASC_CACHE to a folder "
+                           f"you can write to") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeError(f"{where}: not a folder; set MIRASC_CACHE to a private folder")
+    if os.name == "posix":
+        if st.st_uid != os.getuid():
+            raise RuntimeError(f"{where}: the folder belongs to another user (uid {st.st_uid}), and compiled modules "
+                               f"are executed from it: set MIRASC_CACHE to a folder of your own")
+        if st.st_mode & 0o022:
+            raise RuntimeError(f"{where}: other users can write to the folder (mode {stat.S_IMODE(st.st_mode):o}), "
+                               f"and compiled modules are executed from it: chmod 700 it or set MIRASC_CACHE to a "
+                               f"private folder")
     return path
 
 
-def _read_spec(spec_or_path) -> tuple[str, str]:
-    """(text, file name) of a path, spec text, or Spec."""
-    from .spec import Spec
-
-    if isinstance(spec_or_path, Spec):
-        return spec_or_path.source, spec_or_path.file
-    s = str(spec_or_path)
-    if isinstance(spec_or_path, os.PathLike) or (("\n" not in s) and (s.endswith(".miras") or os.path.exists(s))):
-        try:  # the common case without the parser: a readable, small, UTF-8 file
-            data = Path(s).read_bytes()
-            if len(data) <= MAX_SPEC_BYTES:
-                return data.decode("utf-8"), s
-        except (OSError, UnicodeDecodeError):
-            pass
-        from .loader import read_spec  # raises the located error
-
-        return read_spec(s)
-    return s, "<string>"
+def _read_secret(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(200)
+    try:
+        secret = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return secret if len(secret) == 32 else None
 
 
-def _import(path: Path, key: str, name: str | None = None) -> ModuleType:
-    name = name or f"mirasc_generated_{key[:16]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _cache_secret(folder: Path) -> bytes:
+    """The cache's signing secret, made on first use. A malformed one is replaced (every signature made with the
+    old one then fails, and those modules are regenerated)."""
+    path = folder / "key"
+    secret = _read_secret(path)
+    if secret is not None:
+        return secret
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".key.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        if os.path.lexists(path):
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and never replaces the key another process has just made
+            except FileExistsError:
+                pass
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    secret = _read_secret(path)
+    if secret is None:
+        raise RuntimeError(f"{path}: cannot read the compile cache's key; remove it or set MIRASC_CACHE elsewhere")
+    return secret
+
+
+def _signature(secret: bytes, key: str, source: bytes) -> str:
+    msg = _SIGNATURE_DOMAIN + key.encode("ascii") + b"\0" + hashlib.sha256(source).digest()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def _verified_source(path: Path, secret: bytes, key: str) -> str | None:
+    """The cached module's text if its signature matches, else None (missing, torn, edited or foreign)."""
+    sig_path = path.with_suffix(".sig")
+    try:
+        data = path.read_bytes()
+        sig = sig_path.read_bytes().decode("ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RuntimeError(f"{path}: cannot read the cached module ({e.strerror or e})") from None
+    if not hmac.compare_digest(sig, _signature(secret, key, data)):
+        warnings.warn(f"mirasc: the cached module {path} does not match its signature (changed after it was "
+                      f"written); it is not executed but regenerated", RuntimeWarning, stacklevel=5)
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # pragma: no cover - a signed module is always UTF-8
+        return None
+
+
+def _exec_module(source: str, path: Path, name: str) -> ModuleType:
+    """A module executed from `source` (text already verified), filed under `path` for tracebacks."""
+    module = ModuleType(name)
+    module.__file__ = str(path)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(path))
+    module.__mirasc_source__ = source  # what _variant re-executes, instead of reading the file again
+    # inspect.getsource (Triton's @jit reads its kernels' source) and tracebacks read these lines, not the file;
+    # an entry without mtime is never invalidated by linecache.checkcache.
+    linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
+    exec(builtins.compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
     return module
 
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:  # the bytes that are signed: no translation
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -75,20 +160,49 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _module(text: str, spec_or_path, file: str, options: dict | None, backend: str) -> tuple[ModuleType, str]:
-    """Import the generated module of one backend ("torch" or "triton"), generating it on a cache miss."""
-    key = cache_key(text, options, backend)
-    path = cache_dir() / f"mirasc_{backend}_{key[:24]}.py"
-    if not path.exists():
-        from .codegen import generate, generate_triton
-        from .loader import load
+def _source(spec_or_path, options) -> tuple[str, str, dict | None, Any]:
+    """(text, file, options, Spec or None) of a prebuilt name, path, spec text or Spec (see mirasc.sources).
+    A Spec keeps the options it was loaded with; `options` given with it apply on top."""
+    from .spec import Spec
 
-        spec = load(spec_or_path if not isinstance(spec_or_path, str) or file != "<string>" else text,
-                    options=options)
-        _write_atomic(path, (generate if backend == "torch" else generate_triton)(spec, options))
+    if isinstance(spec_or_path, Spec):
+        from .loader import load, spec_options
+
+        spec = load(spec_or_path, options) if options else spec_or_path
+        return spec.source, spec.file, (spec_options(spec) or None), spec
+    from .sources import resolve
+
+    src = resolve(spec_or_path)
+    return src.text, src.file, (dict(options) if options else None), None
+
+
+def _read_spec(spec_or_path) -> tuple[str, str]:
+    """(text, file name) of a prebuilt name, path, spec text or Spec."""
+    text, file, _, _ = _source(spec_or_path, None)
+    return text, file
+
+
+def _module(text: str, file: str, options: dict | None, backend: str, spec=None) -> tuple[ModuleType, str]:
+    """The generated module of one backend ("torch" or "triton"): the cached one when its signature holds, else
+    generated (from `spec` when given, else from the text) and cached."""
+    key = cache_key(text, options, backend)
+    folder = cache_dir()
+    path = folder / f"mirasc_{backend}_{key[:24]}.py"
+    secret = _cache_secret(folder)
+    source = _verified_source(path, secret, key)
+    if source is None:
+        from .codegen import generate, generate_triton
+
+        if spec is None:
+            from .loader import load_source
+
+            spec = load_source(text, file, options)
+        source = (generate if backend == "torch" else generate_triton)(spec, options)
+        _write_atomic(path, source)
+        _write_atomic(path.with_suffix(".sig"), _signature(secret, key, source.encode("utf-8")) + "\n")
     if backend == "triton":
         _prepare_triton()
-    return _import(path, f"{backend}_{key}"), key
+    return _exec_module(source, path, f"mirasc_generated_{backend}_{key[:16]}"), key
 
 
 def _prepare_triton() -> None:
@@ -118,24 +232,26 @@ def triton_usable() -> bool:
 
 
 def compile(spec_or_path, backend: str = "auto", options: dict | None = None) -> MemoryOp:  # noqa: A001
-    """Compile a spec (path, text or Spec) to a MemoryOp, cached by content hash.
+    """Compile a spec to a MemoryOp, cached by content hash.
 
-    backend: "torch" (the chunkwise torch path), "triton" (the Triton kernels: natively on CUDA tensors, under
-    the Triton interpreter on CPU tensors), or "auto" (Triton on CUDA tensors when triton is installed,
-    torch otherwise, decided per call).
+    spec_or_path: a prebuilt name ("moneta"), a path, spec text, or a Spec (which keeps the options it was loaded
+    with; `options` apply on top). backend: "torch" (the chunkwise torch path), "triton" (the Triton kernels:
+    natively on CUDA tensors, under the Triton interpreter on CPU tensors), or "auto" (Triton on CUDA tensors
+    when triton is installed, torch otherwise, decided per call).
     """
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    text, file = _read_spec(spec_or_path)
+    text, file, options, spec = _source(spec_or_path, options)
     with _LOCK:
         key = (cache_key(text, options, "torch"), backend)
         if key in _OPS:
             return _OPS[key]
-        torch_module, _ = _module(text, spec_or_path, file, options, "torch")
+        torch_module, _ = _module(text, file, options, "torch", spec)
         triton_module = None
         if backend == "triton" or (backend == "auto" and triton_usable()):
-            triton_module, _ = _module(text, spec_or_path, file, options, "triton")
+            triton_module, _ = _module(text, file, options, "triton", spec)
         op = MemoryOp(torch_module, text, file, options, backend=backend, triton_module=triton_module)
+        op._spec = spec
         _OPS[key] = op
         return op
 
@@ -174,7 +290,7 @@ class MemoryOp:
         """A new op over a private copy of this op's torch module, so that its switches stay local to it (ops
         are cached per spec, and the module of `mirasc.compile(spec)` is shared by every caller)."""
         src = self.module
-        module = _import(Path(src.__file__), "", name=f"{src.__name__}_v{next(_VARIANT_IDS)}")
+        module = _exec_module(src.__mirasc_source__, Path(src.__file__), f"{src.__name__}_v{next(_VARIANT_IDS)}")
         for name, value in vars(src).items():
             if name.startswith(("chunk_forward", "chunk_backward")) or name in self._SWITCHES:
                 setattr(module, name, value)
@@ -217,9 +333,9 @@ class MemoryOp:
     def spec(self):
         """The checked Spec (parsed on first use; a cached compile does not need it)."""
         if self._spec is None:
-            from .loader import load
+            from .loader import load_source
 
-            self._spec = load(self.source if self.file == "<string>" else self.file, options=self.options)
+            self._spec = load_source(self.source, self.file, options=self.options)
         return self._spec
 
     # ------------------------------------------------------------------ shapes
@@ -270,7 +386,10 @@ class MemoryOp:
         return self.State(*out)
 
     # ------------------------------------------------------------------ validation
-    def _check(self, q, k, v, gates, params, initial_state):
+    def _check(self, q, k, v, gates, params, initial_state, check: bool | None = None):
+        """Shapes, dtypes and devices always (metadata only: no host sync). Gate values (finite, inside their
+        declared ranges) when `values_checked(x, check)`: on CPU tensors, and on GPU tensors only under
+        MIRASC_CHECK=1 or check=True, since reading a value back is a device synchronisation."""
         for name, x in (("q", q), ("k", k), ("v", v)):
             if not isinstance(x, torch.Tensor):
                 raise ValueError(f"{name}: expected a torch.Tensor of shape [B, T, H, D], got {type(x).__name__}")
@@ -305,7 +424,8 @@ class MemoryOp:
                 raise _expected(name, want[g["name"]], getattr(x, "shape", ()))
             if x.device != q.device:
                 raise ValueError(f"{name}: device {x.device} differs from q's {q.device}")
-            _check_range(name, x, g)
+            if values_checked(x, check):
+                _check_range(name, x, g)
         params = dict(params or {})
         extra = sorted(set(params) - set(self.meta["params"]))
         if extra:
@@ -349,10 +469,13 @@ class MemoryOp:
         return flat, tok, gate_rows, param_rows
 
     def __call__(self, q, k, v, gates=None, initial_state=None, output_final_state=False, chunk_size=None,
-                 params=None, cu_seqlens=None):
+                 params=None, cu_seqlens=None, check: bool | None = None):
+        """check: validate gate values (finite, in range) even on a GPU (True), never (False), or on CPU tensors
+        only unless MIRASC_CHECK=1 (None, the default); see `values_checked`."""
         if cu_seqlens is not None:
-            return self._varlen(q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens)
-        gates, params = self._check(q, k, v, gates, params, initial_state)
+            return self._varlen(q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens,
+                                check)
+        gates, params = self._check(q, k, v, gates, params, initial_state, check)
         chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
         if chunk < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
@@ -367,7 +490,8 @@ class MemoryOp:
             state = self.State(*(s.reshape(B, H, *s.shape[1:]) for s in res[1:]))
         return o, state
 
-    def _varlen(self, q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens):
+    def _varlen(self, q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens,
+                check: bool | None = None):
         """Packed sequences, flash-linear-attention's convention: B = 1, sequence j is tokens
         cu_seqlens[j]:cu_seqlens[j+1]; initial and final states are [num_sequences, H, ...]; each sequence
         starts its own chunks."""
@@ -384,7 +508,7 @@ class MemoryOp:
             seg_gates = {n: (x[:, lo:hi] if n in data_dependent else x) for n, x in gates.items()}
             state = None if initial_state is None else [s[j:j + 1] for s in initial_state]
             o, st = self(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], gates=seg_gates, initial_state=state,
-                         output_final_state=output_final_state, chunk_size=chunk_size, params=params)
+                         output_final_state=output_final_state, chunk_size=chunk_size, params=params, check=check)
             outs.append(o)
             finals.append(st)
         o = torch.cat(outs, dim=1)
@@ -411,7 +535,7 @@ class MemoryOp:
                              chunk_size=chunk_size)
         return o, (self.State(*state) if output_final_state else None)
 
-    def step(self, q_t, k_t, v_t, gates_t=None, state=None, params=None):
+    def step(self, q_t, k_t, v_t, gates_t=None, state=None, params=None, check: bool | None = None):
         """One decoding step: q_t, k_t, v_t [B, H, D]; data-dependent gates [B, H(, D)]. Exact (chunk size 1)."""
         gates = {}
         for g in self.meta["gates"]:
@@ -419,14 +543,26 @@ class MemoryOp:
             gates[g["name"]] = x.unsqueeze(1) if (x is not None and g["data_dependent"]) else x
         gates = {n: x for n, x in gates.items() if x is not None}
         o, new_state = self(q_t.unsqueeze(1), k_t.unsqueeze(1), v_t.unsqueeze(1), gates=gates,
-                            initial_state=state, output_final_state=True, chunk_size=1, params=params)
+                            initial_state=state, output_final_state=True, chunk_size=1, params=params, check=check)
         return o[:, 0], new_state
 
 
+def values_checked(x: torch.Tensor, check: bool | None = None) -> bool:
+    """Whether a call validates the values of gate x: `check` when given, else always on CPU tensors and on
+    other devices only under MIRASC_CHECK=1 (each value read back from a GPU is a host-device synchronisation,
+    which would stall every training and decoding step)."""
+    if check is not None:
+        return bool(check)
+    return x.device.type == "cpu" or os.environ.get(CHECK_ENV, "") not in ("", "0")
+
+
 def _check_range(name: str, x: torch.Tensor, g: dict) -> None:
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains non-finite values")
-    lo, hi = x.min().item(), x.max().item()
+    if x.numel() == 0:
+        return
+    lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both
+    lo, hi = lo_t.item(), hi_t.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name}: contains non-finite values (min {lo:g}, max {hi:g})")
     low_ok = lo > g["low"] if g["low_open"] else lo >= g["low"]
     high_ok = hi < g["high"] if g["high_open"] else hi <= g["high"]
     if not (low_ok and high_ok):

@@ -1,18 +1,24 @@
-"""The on-disk compile cache: in-process reuse, fast cached compiles in a fresh process, concurrent compiles,
-and a hash that covers the options."""
+"""The on-disk compile cache: in-process reuse, fast cached compiles in a fresh process, concurrent compiles, a
+hash that covers the options, signatures checked before anything is executed, a private folder; and the forms a
+spec argument takes (prebuilt name, path, text, Spec) on a cold cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import model_path
 
 import mirasc
-from mirasc.cachekey import spec_hash
+from mirasc import runtime
+from mirasc.cachekey import cache_key, spec_hash
+from mirasc.sample import random_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,6 +81,7 @@ def test_cached_compile_does_not_import_sympy_or_lark(fresh_process_compiles):
 
 
 def test_concurrent_compiles_of_a_new_spec(tmp_path):
+    """Four processes compile the same new spec at once: one valid module, a signature that holds, no error."""
     text = ("model concurrent_test\nmemory mlp(depth = 2, expansion = 2)\ngate eta : scalar, range [0, inf)\n"
             "bias lp(2.5)\nretention none\nalgorithm gd(lr = eta)\n")
     code = (
@@ -85,7 +92,7 @@ def test_concurrent_compiles_of_a_new_spec(tmp_path):
         "print(float(o.sum()))\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(3)]
+                              stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(4)]
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
@@ -96,6 +103,7 @@ def test_concurrent_compiles_of_a_new_spec(tmp_path):
     source = files[0].read_text()
     compile(source, str(files[0]), "exec")  # complete, valid Python
     assert "class ChunkwiseMemory" in source
+    assert _signature_holds(files[0], cache_key(text, None, "torch"))
     # and a later process imports it from the cache
     assert _run(code, tmp_path).strip() == outs[0][0].strip()
 
@@ -131,3 +139,186 @@ def test_cache_key_follows_the_compiler_sources(monkeypatch):
     monkeypatch.setattr(cachekey, "compiler_fingerprint", lambda: "another compiler")
     assert cachekey.cache_key(text, None, "torch") != before
     assert cachekey.spec_hash(text, None, "torch") == cachekey.spec_hash(text, None, "torch")
+
+
+
+def _signature_holds(module: Path, key: str) -> bool:
+    """Whether `module`'s .sig is the HMAC of `key` and its bytes under its cache's secret."""
+    from mirasc import runtime
+
+    secret = runtime._read_secret(module.parent / "key")
+    sig = module.with_suffix(".sig").read_text().strip()
+    return secret is not None and sig == runtime._signature(secret, key, module.read_bytes())
+
+
+# ------------------------------------------------------------------ what is executed is what was signed
+_CANARY_SPEC = "model tamper_test\nmemory linear\nbias sum(log(1 + r^2))\nretention none\nalgorithm gd(lr = 1)\n"
+
+
+def _tamper_code(canary: Path) -> str:
+    return (
+        "import warnings, torch, mirasc\n"
+        "warnings.simplefilter('always')\n"
+        f"op = mirasc.compile({_CANARY_SPEC!r}, backend='torch')\n"
+        "x = torch.ones(1, 3, 1, 2, dtype=torch.float64)\n"
+        "print(float(op(x, x, x)[0].sum()))\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["append code", "edit signature", "truncate", "replace with another module"])
+def test_tampered_cache_file_is_regenerated_not_executed(tmp_path, how):
+    cache, canary = tmp_path / "cache", tmp_path / "CANARY"
+    first = _run(_tamper_code(canary), cache)
+    (module,) = cache.glob("mirasc_torch_*.py")
+    original = module.read_bytes()
+    if how == "append code":
+        module.write_text(original.decode() + f"\nopen({str(canary)!r}, 'w').write('ran')\n")
+    elif how == "edit signature":
+        module.with_suffix(".sig").write_text("0" * 64 + "\n")
+        module.write_text(original.decode() + f"\nopen({str(canary)!r}, 'w').write('ran')\n")
+    elif how == "truncate":
+        module.write_bytes(original[: len(original) // 2])
+    else:  # a module signed for another spec, renamed onto this one's name
+        _run(_tamper_code(canary).replace("tamper_test", "other_test"), cache)
+        other = next(p for p in cache.glob("mirasc_torch_*.py") if p != module)
+        module.write_bytes(other.read_bytes())
+        module.with_suffix(".sig").write_bytes(other.with_suffix(".sig").read_bytes())
+    res = subprocess.run([sys.executable, "-c", _tamper_code(canary)], env=_env(cache), capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert not canary.exists(), "the altered cached module was executed"
+    assert res.stdout == first
+    assert "does not match its signature" in res.stderr
+    assert module.read_bytes() == original, "the altered module was not regenerated"
+    assert _signature_holds(module, cache_key(_CANARY_SPEC, None, "torch"))
+
+
+def test_unsigned_module_is_not_executed(tmp_path, monkeypatch):
+    """A module dropped into the cache without a signature (or with the key file replaced) is regenerated."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MIRASC_CACHE", str(cache))
+    monkeypatch.setattr(runtime, "_OPS", {})
+    canary = tmp_path / "CANARY"
+    key = cache_key(_CANARY_SPEC, None, "torch")
+    cache.mkdir(mode=0o700)
+    planted = cache / f"mirasc_torch_{key[:24]}.py"
+    planted.write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
+    op = mirasc.compile(_CANARY_SPEC, backend="torch")
+    assert not canary.exists()
+    assert "class ChunkwiseMemory" in planted.read_text() and _signature_holds(planted, key)
+    # a new key makes every signature fail: regenerated again, never executed
+    planted.write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
+    (cache / "key").write_text("not a key\n")
+    monkeypatch.setattr(runtime, "_OPS", {})
+    with pytest.warns(RuntimeWarning, match="does not match its signature"):
+        op2 = mirasc.compile(_CANARY_SPEC, backend="torch")
+    assert not canary.exists() and op2 is not op and _signature_holds(planted, key)
+
+
+def test_cache_folder_is_private(tmp_path, monkeypatch):
+    cache = tmp_path / "a" / "b" / "cache"
+    monkeypatch.setenv("MIRASC_CACHE", str(cache))
+    assert runtime.cache_dir() == cache
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    runtime._cache_secret(cache)
+    assert stat.S_IMODE((cache / "key").stat().st_mode) == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("MIRASC_CACHE", str(shared))
+    with pytest.raises(RuntimeError, match="MIRASC_CACHE=.*other users can write"):
+        runtime.cache_dir()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("MIRASC_CACHE", str(afile))
+    with pytest.raises(RuntimeError, match="MIRASC_CACHE"):
+        runtime.cache_dir()
+
+
+# ------------------------------------------------------------------ the forms of a spec argument, cold
+def _cold(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cold"
+    monkeypatch.setenv("MIRASC_CACHE", str(cache))
+    monkeypatch.setattr(runtime, "_OPS", {})   # no in-process reuse either
+    return cache
+
+
+def _runs(op) -> None:
+    B, T, H, D = 1, 5, 2, 4
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, gates, params = random_inputs(op, B, T, H, D, torch.float64, generator=gen)
+    o, _ = op(q, k, v, gates=gates, params=params)
+    assert o.shape == (B, T, H, D) and torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize("form", ["prebuilt name", "path str", "pathlib.Path", "text", "bytes", "Spec",
+                                  "Spec with options"])
+def test_spec_forms_on_a_cold_cache(tmp_path, monkeypatch, form):
+    cache = _cold(tmp_path, monkeypatch)
+    path = model_path("yaad")
+    arg, opts = {
+        "prebuilt name": ("yaad", None),
+        "path str": (path, None),
+        "pathlib.Path": (Path(path), None),
+        "text": (Path(path).read_text(), None),
+        "bytes": (Path(path).read_bytes(), None),
+        "Spec": (mirasc.load("yaad"), None),
+        "Spec with options": (mirasc.load("yaad", {"huber_form": "token"}), {"huber_form": "token"}),
+    }[form]
+    op = mirasc.compile(arg, backend="torch")
+    assert list(cache.glob("mirasc_torch_*.py")), "nothing compiled into the cold cache"
+    assert op.options == opts
+    delta = [g["kind"] for g in op.meta["gates"] if g["name"] == "delta"]
+    assert delta == (["scalar"] if opts else ["channel"])
+    assert op.spec.options == mirasc.load("yaad", opts).options
+    _runs(op)
+    spec = mirasc.load(arg)   # load takes the same forms
+    assert spec.name == "yaad" and spec.options == op.spec.options
+
+
+def test_spec_with_options_on_top(tmp_path, monkeypatch):
+    _cold(tmp_path, monkeypatch)
+    base = mirasc.load("moneta", {"normalisation": "none"})
+    op = mirasc.compile(base, backend="torch", options={"p": 4})
+    assert op.options == {"normalisation": "none", "p": 4.0}
+    assert dict(op.spec.params)["p"] == 4.0 and dict(op.spec.options)["normalisation"] == "none"
+    assert mirasc.load(base, {"p": 4}) == op.spec
+
+
+def test_changed_spec_is_refused(tmp_path, monkeypatch):
+    """A Spec edited after loading no longer matches its text, so it must not be filed under that text's key."""
+    _cold(tmp_path, monkeypatch)
+    spec = dataclasses.replace(mirasc.load("retnet"), chunk_size=16)
+    with pytest.raises(ValueError, match="changed after loading"):
+        mirasc.compile(spec, backend="torch")
+
+
+def test_single_word_that_names_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(mirasc.SpecError) as exc:
+        mirasc.compile("monet", backend="torch")
+    msg = str(exc.value)
+    assert "not a prebuilt spec" in msg and "moneta" in msg and "no such file" in msg and "not spec text" in msg
+    assert "did you mean 'moneta'" in msg and exc.value.line == 1
+    with pytest.raises(mirasc.SpecError, match="cannot read"):
+        mirasc.load("nowhere/x.miras")
+
+
+def test_prebuilt_name_that_is_also_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "moneta").write_text(Path(model_path("retnet")).read_text())
+    with pytest.raises(mirasc.SpecError) as exc:
+        mirasc.load("moneta")
+    assert "both the prebuilt spec" in str(exc.value) and "./moneta" in str(exc.value)
+    assert mirasc.load("./moneta").name == "retnet"           # the file, said plainly
+    assert mirasc.load(Path("moneta")).name == "retnet"
+
+
+def test_cli_takes_prebuilt_names(capsys):
+    from mirasc.cli import main
+
+    assert main(["check", "moneta", "yaad"]) == 0
+    out = capsys.readouterr().out
+    assert "moneta: ok" in out and "yaad: ok" in out
+    assert main(["check", "monet"]) == 1
+    assert "did you mean 'moneta'" in capsys.readouterr().err

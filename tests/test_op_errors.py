@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from helpers import make_inputs, model_path
 
 import mirasc
+from mirasc.sample import random_inputs
 
 B, T, H, D = 2, 5, 2, 4
 
@@ -186,3 +189,90 @@ def test_empty_sequence_without_gates():
     x = torch.zeros(1, 0, 1, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="T = 0"):
         op(x, x, x)
+
+
+# ------------------------------------------------------------------ value checks without host synchronisation
+def _meta_inputs(op, T=70, grad=False):
+    """Inputs on the meta device: shapes and dtypes but no values, so any read of a value on the host raises.
+    A stand-in for CUDA tensors on a machine without a GPU (on CUDA each such read is a device sync)."""
+    q, k, v, gates, params = random_inputs(op, 1, T, 2, 4, torch.float32)
+
+    def meta(x):
+        return x.to("meta").requires_grad_(grad)
+
+    return meta(q), meta(k), meta(v), {n: meta(g) for n, g in gates.items()}
+
+
+@pytest.mark.parametrize("name", ["moneta", "retnet", "gated_deltanet", "titans"])
+def test_op_path_reads_no_value_off_a_device(name, monkeypatch):
+    """Forward, backward and a decoding step run on tensors that have no values: nothing on the op's path (the
+    checks included) reads a value back to the host. The factored programs are off: the generated module picks
+    them per chunk from the gates' log-decay spread, a value it reads."""
+    monkeypatch.delenv("MIRASC_CHECK", raising=False)
+    op = mirasc.compile(model_path(name), backend="torch").use_factored(False)
+    q, k, v, gates = _meta_inputs(op, grad=True)
+    o, state = op(q, k, v, gates=gates, output_final_state=True)
+    o.sum().backward()
+    assert q.grad.shape == q.shape and all(g.grad.shape == g.shape for g in gates.values())
+    step_gates = {g["name"]: (gates[g["name"]][:, 0] if g["data_dependent"] else gates[g["name"]])
+                  for g in op.meta["gates"]}
+    o_t, _ = op.step(q[:, 0], k[:, 0], v[:, 0], step_gates, state)
+    assert o_t.shape == (1, 2, 4) and o_t.device.type == "meta"
+
+
+def test_value_checks_off_a_cpu_run_only_when_asked(moneta, monkeypatch):
+    """MIRASC_CHECK=1 or check=True turns the gate value checks on for non-CPU tensors (here they read a meta
+    tensor's value, which raises); check=False turns them off on CPU tensors."""
+    monkeypatch.delenv("MIRASC_CHECK", raising=False)
+    q, k, v, gates = _meta_inputs(moneta, T=5)
+    moneta._check(q, k, v, gates, None, None)  # default: no value read
+    with pytest.raises(RuntimeError, match="meta"):
+        moneta._check(q, k, v, gates, None, None, check=True)
+    monkeypatch.setenv("MIRASC_CHECK", "1")
+    with pytest.raises(RuntimeError, match="meta"):
+        moneta._check(q, k, v, gates, None, None)
+    moneta._check(q, k, v, gates, None, None, check=False)
+    monkeypatch.setenv("MIRASC_CHECK", "0")
+    moneta._check(q, k, v, gates, None, None)
+
+    qc, kc, vc, gc, pc, sc = make_inputs(moneta, B, T, H, D)
+    bad = {**gc, "alpha": gc["alpha"].clone()}
+    bad["alpha"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        moneta(qc, kc, vc, gates=bad, initial_state=sc)          # CPU: checked by default
+    o, _ = moneta(qc, kc, vc, gates=bad, initial_state=sc, check=False)   # asked not to: runs, and says so in NaN
+    assert torch.isnan(o).any()
+
+
+def test_value_checks_count_host_reads(moneta, monkeypatch):
+    """On CPU the checks read two numbers per gate (one aminmax each), and none with check=False."""
+    monkeypatch.delenv("MIRASC_CHECK", raising=False)
+    q, k, v, gates, params, state = make_inputs(moneta, B, T, H, D)
+    import mirasc.runtime as rt
+
+    calls = []
+    real = torch.Tensor.item
+
+    def counting_item(self):
+        if sys._getframe(1).f_code.co_filename == rt.__file__:
+            calls.append(self.shape)
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    moneta(q, k, v, gates=gates, initial_state=state, check=False)
+    assert calls == []
+    moneta(q, k, v, gates=gates, initial_state=state)
+    assert len(calls) == 2 * len(gates)
+
+
+@pytest.mark.parametrize("T", [1, 2])
+def test_one_and_two_token_sequences(moneta, T):
+    """The shortest sequences run and equal the (chunked) reference recurrence at the op's chunk size."""
+    q, k, v, gates, params, state = make_inputs(moneta, 1, T, H, D)
+    o, final = moneta(q, k, v, gates=gates, params=params, initial_state=state, output_final_state=True)
+    o_ref, final_ref = moneta.recurrent(q, k, v, gates=gates, params=params, initial_state=state,
+                                        chunk_size=moneta.meta["chunk_size"])
+    assert o.shape == (1, T, H, D) and torch.isfinite(o).all()
+    assert torch.allclose(o, o_ref, rtol=1e-9, atol=1e-12)
+    for a, b in zip(final, final_ref):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
