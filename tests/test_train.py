@@ -119,8 +119,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     assert [s for s, _ in losses(cfg["out"])] == [1, 2, 3, 4, 5, 6]
     train({**cfg, "resume": True})
     assert losses(cfg["out"]) == losses(full.out_dir)   # bit for bit
-    a = torch.load(Path(full.checkpoint), weights_only=False)["model"]
-    b = torch.load(Path(cfg["out"]) / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(Path(full.checkpoint), weights_only=True)["model"]
+    b = torch.load(Path(cfg["out"]) / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -139,7 +139,7 @@ def test_failed_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt_mod.os, "replace", flaky)
     with pytest.raises(OSError, match="simulated"):
         train(cfg)
-    ck = torch.load(Path(cfg["out"]) / "checkpoint.pt", weights_only=False)
+    ck = torch.load(Path(cfg["out"]) / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 4
     assert not [p for p in Path(cfg["out"]).iterdir() if ".tmp" in p.name]
     monkeypatch.setattr(ckpt_mod.os, "replace", real)
@@ -164,7 +164,7 @@ def test_killed_subprocess_mid_write_keeps_last_good(tmp_path):
     assert p.stdout.readline().strip() == "writing"
     p.kill()
     p.wait()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_torchrun_ddp_matches_single_process(tmp_path):

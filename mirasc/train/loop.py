@@ -6,7 +6,8 @@ Exactness. The global batch of step s is a pure function of (seed, s) (see miras
 and takes its own rows, and each micro-batch's summed loss is divided by the number of scored positions of the
 whole global batch, so the gradient does not depend on the number of processes or micro-batches (up to float
 summation order). A checkpoint holds model, optimizer, scheduler, step and the torch / numpy / python (/ cuda)
-RNG states; resuming on the same machine reproduces the uninterrupted loss curve bit for bit on CPU.
+RNG states, as tensors and plain data only (read back with weights_only=True: opening a shared checkpoint runs no
+code); resuming on the same machine reproduces the uninterrupted loss curve bit for bit on CPU.
 
 FSDP (`fsdp = true` / `--fsdp`, torchrun only). Instead of DDP, the model is sharded with PyTorch FSDP2
 (`torch.distributed.fsdp.fully_shard`, torch >= 2.6): each block (the model's `_no_split_modules`, else
@@ -48,6 +49,7 @@ from .checkpoint import (
     atomic_save_dir,
     atomic_write_text,
     load_checkpoint,
+    plain,
     rng_state,
     set_rng_state,
 )
@@ -217,10 +219,10 @@ def plot_metrics(metrics_path: Path, png: Path, title: str = "") -> Path | None:
 
 
 def _check_resume(ck: dict, cfg: TrainConfig, path: Path) -> None:
-    old = ck.get("config", {})
+    old, new = ck.get("config", {}), plain(cfg.to_dict())   # both as JSON values, as the checkpoint keeps them
     for k in RESUME_MUST_MATCH:
-        if k in old and old[k] != getattr(cfg, k):
-            raise TrainError(f"incompatible checkpoint {path}: {k} is {old[k]!r} there, {getattr(cfg, k)!r} here")
+        if k in old and old[k] != new[k]:
+            raise TrainError(f"incompatible checkpoint {path}: {k} is {old[k]!r} there, {new[k]!r} here")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,9 +420,10 @@ def _save(cfg, dd: _Dist, model, opt, sched, step: int, path: Path, vocab: int) 
     elif dd.rank == 0:
         msd, osd = model.state_dict(), opt.state_dict()
     if dd.rank == 0:
-        payload = {"format": FORMAT, "step": step, "config": cfg.to_dict(), "vocab_size": vocab,
+        # tensors and plain data only: load_checkpoint reads it with weights_only=True (see checkpoint.py)
+        payload = {"format": FORMAT, "step": step, "config": plain(cfg.to_dict()), "vocab_size": vocab,
                    "model": msd, "optimizer": osd, "scheduler": sched.state_dict(),
-                   "rng": states, "world_size": dd.world, "torch": torch.__version__}
+                   "rng": states, "world_size": dd.world, "torch": str(torch.__version__)}
         atomic_save(payload, path)
     if dd.enabled:
         dist.barrier()
