@@ -35,6 +35,26 @@ def test_config_holds_spec_text(tmp_path):
     assert isinstance(again, MirasConfig) and again.spec == cfg.spec and again.model_type == "miras"
 
 
+def test_config_takes_a_prebuilt_name():
+    """MirasConfig(spec=...) names a spec as mirasc.compile does: the prebuilt name gives the file's text."""
+    from pathlib import Path
+
+    from mirasc.resources import prebuilt_path
+
+    by_name = MirasConfig(spec="titans", **TINY)
+    assert by_name.spec == Path(prebuilt_path("titans")).read_text(encoding="utf-8")
+    assert by_name.spec == MirasConfig(spec="models/titans.miras", **TINY).spec
+    with pytest.raises(Exception, match="not a prebuilt spec"):
+        MirasConfig(spec="titan", **TINY)
+
+
+def test_saved_model_is_safetensors_and_json(tmp_path):
+    """What save_pretrained writes (and `mirasc train` exports to RUN/hf) holds no pickle: loading it runs no code."""
+    make(spec="moneta", chunk_size=4).save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and all(f.endswith((".safetensors", ".json")) for f in files), files
+
+
 def test_save_load_round_trip(tmp_path):
     model = make(spec="models/moneta.miras", chunk_size=4)
     ids = torch.randint(0, 64, (2, 9))

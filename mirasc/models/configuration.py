@@ -9,7 +9,7 @@ except ImportError:  # transformers >= 5 spells it PreTrainedConfig (PretrainedC
 
 
 def _spec_text(spec) -> str | None:
-    """A path (str / PathLike ending in .miras or existing) is read into text; text is kept as is."""
+    """A prebuilt name or a path is read into text; text is kept as is (mirasc.sources.resolve)."""
     if spec is None:
         return None
     from ..runtime import _read_spec
@@ -20,7 +20,8 @@ def _spec_text(spec) -> str | None:
 class MirasConfig(PretrainedConfig):
     """Configuration of a Miras language model (or, with spec=None / mixer="attention", a Transformer++).
 
-    spec: a .miras path or spec text (stored as text); None only for mixer="attention".
+    spec: a prebuilt name (`moneta`, ...), a .miras path or spec text (stored as text); None only for
+    mixer="attention".
     torch_compile: run the torch backend's chunk programs through torch.compile (MemoryOp.compile_chunks: about
     3x faster on CPU after a one-off compile of tens of seconds per chunk shape); the Triton path ignores it.
     spec_options: the spec's `option` choices ({name: value}; None for its defaults), e.g. moneta's

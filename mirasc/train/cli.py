@@ -1,12 +1,14 @@
 """`mirasc train` and `mirasc eval` (registered into mirasc/cli.py through `register(subparsers)`).
 
-    mirasc train SPEC --task mqar|niah|robust|lm [--data PATH] [--config models/configs/NAME.toml] --steps N
+    mirasc train SPEC --task mqar|niah|robust|lm [--data PATH] [--config NAME|PATH.toml] --steps N
                  --batch-size B --lr LR --hidden-size D --layers L --heads H --seq-len T --kv-pairs K --vocab V
                  --seed S --out DIR [--resume] [--device cpu|cuda] [--baseline transformer] [--fsdp]
     mirasc eval CHECKPOINT --task mqar|niah|robust|lm [--json]
 
 SPEC is a .miras path, a prebuilt name (moneta, yaad, ...), or `transformer` for the Transformer++ baseline
-(--baseline transformer does the same). Flags override the config file. Bad input: one line on stderr, exit 2.
+(--baseline transformer does the same). --config NAME is a packaged config (tiny, 170m, 340m, 780m: models/configs/
+in a checkout). Flags override the config file. Bad input: one line on stderr, exit 2. A checkpoint holds only
+tensors and plain data and is read with torch.load(weights_only=True): one naming any other object is refused.
 Under torchrun (`python -m torch.distributed.run --nproc_per_node 2 -m mirasc train ...`) it trains with DDP,
 or with --fsdp with FSDP2 (parameters, gradients and optimizer state sharded over the processes; CPU/gloo or
 GPU/nccl). --fsdp without torchrun is an error (one process has nothing to shard). Checkpoints are always full
@@ -30,7 +32,7 @@ def register(sub) -> None:
     t.add_argument("--data", help="text file or folder, nanoGPT .bin, or folder with train.bin/val.bin (lm, niah)")
     t.add_argument("--tokenizer", help="a local tokenizer.json (default: byte-level)")
     t.add_argument("--bin-dtype", dest="bin_dtype", choices=("uint16", "uint32"))
-    t.add_argument("--config", help="models/configs/NAME.toml (or a bare NAME)")
+    t.add_argument("--config", help="a .toml path, or the name of a packaged config (tiny, 170m, 340m, 780m)")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
     t.add_argument("--grad-accum", dest="grad_accum", type=int)
