@@ -165,6 +165,23 @@ def test_killed_subprocess_mid_write_keeps_last_good(tmp_path):
     p.kill()
     p.wait()
     assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [x.name for x in tmp_path.iterdir() if ".tmp" in x.name], "the kill left no temporary file to clean"
+
+
+def test_resume_removes_what_a_kill_left(tmp_path):
+    """Temporary files of writes a kill interrupted are removed when the run continues; other files stay."""
+    cfg = base(tmp_path, steps=4, ckpt_every=2)
+    train({**cfg, "steps": 2})
+    out = Path(cfg["out"])
+    stale = [".checkpoint.pt.tmp4242", ".metrics.jsonl.tmp17", ".loss_curve.png.tmp99.png"]
+    for name in stale:
+        (out / name).write_bytes(b"partial")
+    (out / ".hf.tmp4242").mkdir()
+    (out / "notes.tmp1").write_text("mine")   # not a name the loop writes: left alone
+    train({**cfg, "resume": True})
+    left = sorted(p.name for p in out.iterdir())
+    assert not set(stale + [".hf.tmp4242"]) & set(left), left
+    assert "notes.tmp1" in left and "checkpoint.pt" in left
 
 
 def test_torchrun_ddp_matches_single_process(tmp_path):

@@ -102,6 +102,28 @@ def atomic_save_dir(write, path: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# What atomic_save / atomic_write_text / atomic_save_dir / plot_metrics leave behind when killed mid-write.
+_STALE = re.compile(r"^\.(checkpoint\.pt|metrics\.jsonl|config\.json|eval\.json|loss_curve\.png|hf)"
+                    r"\.(tmp|old)\d+(\.png)?$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Remove the temporary files and folders a killed run left in its run folder (a process killed during an
+    atomic write leaves its `.NAME.tmpPID`); returns their names. Only names of that exact form are touched."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if _STALE.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return sorted(removed)
+
+
 def find_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():

@@ -50,6 +50,7 @@ from .checkpoint import (
     atomic_write_text,
     load_checkpoint,
     plain,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
 )
@@ -296,6 +297,7 @@ def train(config=None, **overrides) -> TrainResult:
     png = out / "loss_curve.png"
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)   # left by a run killed mid-write; the files they were for are intact
         dump_config(cfg, config_path)
         kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= start] if ck is not None else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
