@@ -197,9 +197,8 @@ def _line(v: Value) -> list[str]:
         off = 1 if a.batched else 0
         full = ([0] if a.batched else []) + [p + off for p in perm]
         return [f"{name} = {_name(a)}.permute({', '.join(map(str, full))})"]
-    if isinstance(op, ir.TriSolve):
-        a, b = v.args
-        return [f"{name} = _tri_solve({_name(a)}, {_name(b)}, {a.batched}, {b.batched}, transpose={op.transpose})"]
+    if isinstance(op, ir.TriInverse):
+        return [f"{name} = _tri_inverse({_name(v.args[0])})"]
     if isinstance(op, ir.Broadcast):
         a = v.args[0]
         sizes = (["_N"] if v.batched else []) + [f"_size_{x}" for x in v.axes]

@@ -137,27 +137,17 @@ def _einsum(v: Value) -> list[str]:
     return ["if USE_DOT:", f"    {name(v)} = {dot}", "else:", f"    {general}"]
 
 
-def _trisolve(v: Value) -> list[str]:
-    """Substitution one row at a time over register tiles: row r of X takes B_r minus the solved rows' share.
-    (C steps of C x F work; correct for the interpreter and any chunk, not yet a tensor-core kernel.)"""
-    a, b = v.args
-    nm, mat = name(v), name(a)
-    if len(b.axes) > 2:
-        raise NotImplementedError(f"trisolve with a right-hand side over {b.axes}: at most one axis besides t")
-    wide = len(b.axes) == 2
-    row = "offs_t[:, None]" if wide else "offs_t"
-    share = f"{nm}_a[:, None] * {nm}" if wide else f"{nm}_a * {nm}"
-    upd = f"{nm}_u[None, :]" if wide else f"{nm}_u"
-    if v.op.transpose:  # X_r = B_r - sum_{u > r} A[u, r] X_u, from the last row up (padded rows never read)
-        head = [f"for {nm}_rr in range(1, C):", f"    {nm}_r = C - 1 - {nm}_rr",
-                f"    {nm}_a = tl.sum(tl.where((offs_s[None, :] == {nm}_r) & (offs_t[:, None] > {nm}_r) & "
-                f"(offs_t[:, None] < nv), {mat}, 0.0), axis=1)"]
-    else:  # X_r = B_r - sum_{s < r} A[r, s] X_s, from the first row down
-        head = [f"for {nm}_r in range(1, C):",
-                f"    {nm}_a = tl.sum(tl.where((offs_t[:, None] == {nm}_r) & (offs_s[None, :] < {nm}_r), {mat}, "
-                "0.0), axis=0)"]
-    return [f"{nm} = {name(b)}", *head, f"    {nm}_u = tl.sum({share}, axis=0)",
-            f"    {nm} = tl.where({row} == {nm}_r, {nm} - {upd}, {nm})"]
+def _tri_inverse(v: Value) -> list[str]:
+    """(I + A)⁻¹ by substitution, one row at a time over register tiles: row r of the inverse is e_r minus the
+    solved rows' share. (C steps of C x C work; correct for the interpreter and any chunk, not a tensor-core
+    kernel yet.)"""
+    nm, mat = name(v), name(v.args[0])
+    return [f"{nm} = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)",
+            f"for {nm}_r in range(1, C):",
+            f"    {nm}_a = tl.sum(tl.where((offs_t[:, None] == {nm}_r) & (offs_s[None, :] < {nm}_r), {mat}, 0.0), "
+            "axis=0)",
+            f"    {nm}_u = tl.sum({nm}_a[:, None] * {nm}, axis=0)",
+            f"    {nm} = tl.where(offs_t[:, None] == {nm}_r, {nm} - {nm}_u[None, :], {nm})"]
 
 
 def line(v: Value) -> list[str]:
@@ -186,7 +176,7 @@ def line(v: Value) -> list[str]:
             env[t] = str(t)
         lines.append(f"{nm} = {TritonPrinter(env)(expr)}")
         if not any(isinstance(a.op, (ir.Input, ir.Elementwise, ir.Einsum, ir.Mask, ir.LogSumExp, ir.Cumsum,
-                                     ir.Rename, ir.Broadcast, ir.TriSolve)) for a in v.args):
+                                     ir.Rename, ir.Broadcast, ir.TriInverse)) for a in v.args):
             lines.append(f"{nm} = tl.full({_shape(v.axes)}, {nm}, DTYPE)")
         return lines
     if isinstance(op, ir.Einsum):
@@ -211,8 +201,8 @@ def line(v: Value) -> list[str]:
         if len(perm) == 2:
             return [f"{nm} = tl.trans({name(a)})"]
         return [f"{nm} = tl.permute({name(a)}, ({', '.join(map(str, perm))}))"]
-    if isinstance(op, ir.TriSolve):
-        return _trisolve(v)
+    if isinstance(op, ir.TriInverse):
+        return _tri_inverse(v)
     if isinstance(op, ir.Broadcast):
         a = v.args[0]
         if isinstance(a.op, ir.Const):

@@ -70,23 +70,18 @@ def _rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value | None:
         return graph.rename(gbar, **inverse)
     if isinstance(op, ir.Broadcast):
         return _reduce_to(graph, gbar, a.axes)
-    if isinstance(op, ir.TriSolve):
-        return _trisolve_rule(graph, v, j, gbar)
+    if isinstance(op, ir.TriInverse):
+        return _tri_inverse_rule(graph, v, gbar)
     raise TypeError(f"cannot differentiate {op}")
 
 
-def _trisolve_rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value:
-    """X = (I + A)⁻¹ B: B̄ = (I + A)⁻ᵀ X̄ and Ā = −B̄ Xᵀ on the strictly lower part (the transposed solve
-    swaps the roles: B̄ = (I + A)⁻¹ X̄, Ā = −X B̄ᵀ). Both adjoints share the one solve (hash-consing)."""
-    mat, rhs = v.args
-    op = v.op
-    full = gbar if "t" in gbar.axes else graph.broadcast(gbar, gbar.axes + ("t",))
-    rhs_bar = graph.trisolve(mat, full, transpose=not op.transpose)
-    if j == 1:
-        return _reduce_to(graph, rhs_bar, rhs.axes)
-    rows, cols = (v, rhs_bar) if op.transpose else (rhs_bar, v)
-    outer = graph.einsum(("t", "s"), rows, graph.rename(cols, t="s"))
-    return graph.ew(lambda m, o: -m * o, graph.mask("strict"), outer)
+def _tri_inverse_rule(graph: Graph, v: Value, gbar: Value) -> Value:
+    """T = (I + A)⁻¹: dT = −T dA T, so Ā = −Tᵀ T̄ Tᵀ, on the strictly lower part (the only part of A read).
+    With token axes t, s, u: M[t, s] = Σ_u T[u, t] T̄[u, s], then Ā[t, s] = −Σ_u M[t, u] T[s, u]."""
+    full = gbar if set(gbar.axes) == {"t", "s"} else graph.broadcast(gbar, ("t", "s"))
+    m = graph.einsum(("t", "s"), graph.rename(v, t="u", s="t"), graph.rename(full, t="u"))
+    back = graph.einsum(("t", "s"), graph.rename(m, s="u"), graph.rename(v, s="u", t="s"))
+    return graph.ew(lambda mask, x: -mask * x, graph.mask("strict"), back)
 
 
 def add_all(graph: Graph, terms: list[Value]) -> Value:

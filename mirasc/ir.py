@@ -22,8 +22,8 @@ A value is stored with its axes in AXIS_ORDER, after an implicit leading batch a
   Cumsum(arg, axis, reverse)   inclusive cumulative sum along a token axis
   Rename(arg, mapping)         relabel axes (no data movement beyond a transpose)
   Broadcast(arg, axes)         materialise a value over more axes
-  TriSolve(a, b, transpose)    X with (I + A) X = B, A (t, s) strictly lower triangular (its diagonal and upper part
-                               are never read), B and X over t and any other axes; with transpose, (I + A)ᵀ X = B
+  TriInverse(a)                (I + A)⁻¹ for A (t, s) strictly lower triangular (its diagonal and upper part are
+                               never read): a unit lower-triangular (t, s) tile
 
 The same graph is emitted to torch (emit_torch) and, later, to Triton; `grad` differentiates it.
 """
@@ -99,14 +99,12 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
-class TriSolve:
-    """Forward substitution with a unit lower-triangular matrix I + A (back substitution with its transpose):
-    the chunk's exact delta-rule signals (mirasc.chunkform)."""
-
-    transpose: bool = False
+class TriInverse:
+    """The inverse of a unit lower-triangular matrix I + A: the UT transform that gives a chunk's exact
+    delta-rule signals (mirasc.chunkform). It depends on no state, so it is computed apart from the state pass."""
 
 
-Op = Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriSolve
+Op = Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriInverse
 
 
 @dataclass(eq=False)
@@ -220,13 +218,11 @@ class Graph:
             return x
         return self._add(Broadcast(), (x,), axes, batched or x.batched)
 
-    def trisolve(self, a: Value, b: Value, transpose: bool = False) -> Value:
-        """X with (I + A) X = B (transpose: (I + A)ᵀ X = B); A (t, s) strictly lower triangular, B over t."""
+    def tri_inverse(self, a: Value) -> Value:
+        """(I + A)⁻¹ for A (t, s) strictly lower triangular (only its strictly lower part is read)."""
         if a.axes != ("t", "s"):
-            raise ValueError(f"trisolve: the matrix must have axes (t, s), got {a.axes}")
-        if "t" not in b.axes or "s" in b.axes:
-            raise ValueError(f"trisolve: the right-hand side must have axis t and not s, got {b.axes}")
-        return self._add(TriSolve(transpose), (a, b), b.axes, a.batched or b.batched)
+            raise ValueError(f"tri_inverse: the matrix must have axes (t, s), got {a.axes}")
+        return self._add(TriInverse(), (a,), a.axes, a.batched)
 
     def select(self, x: Value, which: str) -> Value:
         """Row `which` ('first' or 'last') of a token-indexed value, dropping the t axis."""
@@ -268,8 +264,6 @@ def _op_params(op: Op) -> str:
         return f" {op.axis}{' reverse' if op.reverse else ''}"
     if isinstance(op, Rename):
         return " " + ",".join(f"{a}->{b}" for a, b in op.mapping)
-    if isinstance(op, TriSolve):
-        return " transpose" if op.transpose else ""
     return ""
 
 

@@ -328,7 +328,9 @@ class ChunkLowering:
             slope = self.sym_ew(hess, self.gate_env(self.gates))
             system = g.ew(lambda m, h, c: m * h * c, g.mask("strict"), slope, dots)
         system = _named(system, "A[t, s] = h_t Γ'[t, s] k_t·k_s")
-        return [k], [_named(g.trisolve(system, rhs), "exact gradient signals (I + A)⁻¹ g(ŷ)")]
+        inverse = _named(g.tri_inverse(system), "(I + A)⁻¹, the UT transform")
+        signals = g.einsum(("t", "o"), inverse, g.rename(rhs, t="s"))
+        return [k], [_named(signals, "exact gradient signals (I + A)⁻¹ g(ŷ)")]
 
     # ---------------------------------------------------------------- reads and end state
     def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value | None, out_ax: str, in_ax: str,

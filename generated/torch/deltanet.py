@@ -78,18 +78,11 @@ def _mask_end(n, chunk_size, dtype, device):
     return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
 
 
-def _tri_solve(a, b, a_batched, b_batched, transpose):
-    """X with (I + A) X = B, or (I + A)^T X = B with transpose: A [N?, C, C] strictly lower triangular (its
-    diagonal and upper part are not read), B [N?, C, ...]. The exact chunk of an affine update (chunkform)."""
-    a = a if a_batched else a[None]
-    b = b if b_batched else b[None]
-    n = max(a.shape[0], b.shape[0])
-    mat = a.expand(n, *a.shape[1:])
-    rhs = b.expand(n, *b.shape[1:]).reshape(n, b.shape[1], -1)
-    if transpose:
-        mat = mat.transpose(1, 2)
-    x = torch.linalg.solve_triangular(mat, rhs, upper=transpose, unitriangular=True).reshape(n, *b.shape[1:])
-    return x if (a_batched or b_batched) else x[0]
+def _tri_inverse(a):
+    """(I + A)^-1 for A [N?, C, C] strictly lower triangular (its diagonal and upper part are not read): the UT
+    transform of an exactly chunked affine update (mirasc.chunkform), by triangular substitution."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)
+    return torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)
 
 
 def _logcosh(x):
@@ -127,18 +120,19 @@ def chunk_forward(w1, q, k, v, gate_eta, *, chunk_size):
     v15 = (v14 * v9)
     v16 = _mask_strict(_size_t, _dt, _dev)
     v17 = (v16 * v15)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-    v18 = _tri_solve(v17, v12, True, True, transpose=False)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v19 = torch.einsum('nti,noi->nto', q, w1)
-    v21 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v22 = (v21 * v9)
-    v23 = torch.einsum('nts,nso->nto', v22, v18)
-    v24 = (v19 - v23)  # read: M(q_t; W_t)
-    v25 = torch.einsum('ns,nso,nsi->noi', v10, v18, k)
-    v26 = (w1 - v25)  # layer 1 end state
-    return (v24, v26, v7, v9, v10, v14, v17, v18, v21, v22)
+    v18 = _tri_inverse(v17)  # (I + A)⁻¹, the UT transform
+    v20 = torch.einsum('nts,nso->nto', v18, v12)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v21 = torch.einsum('nti,noi->nto', q, w1)
+    v23 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
+    v24 = (v23 * v9)
+    v25 = torch.einsum('nts,nso->nto', v24, v20)
+    v26 = (v21 - v25)  # read: M(q_t; W_t)
+    v27 = torch.einsum('ns,nso,nsi->noi', v10, v20, k)
+    v28 = (w1 - v27)  # layer 1 end state
+    return (v26, v28, v7, v9, v10, v12, v14, v18, v20, v23, v24)
 
 
-def chunk_backward(w1, q, k, v, gate_eta, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, d_out, d_new_w1, *, chunk_size):
+def chunk_backward(w1, q, k, v, gate_eta, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, d_out, d_new_w1, *, chunk_size):
     """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -147,45 +141,50 @@ def chunk_backward(w1, q, k, v, gate_eta, saved_0, saved_1, saved_2, saved_3, sa
 
     _size_t = q.shape[1]
     _size_s = q.shape[1]
+    _size_u = q.shape[1]
     _size_o = w1.shape[1]
     _size_i = w1.shape[2]
     v5 = _mask_causal(_size_t, _dt, _dev)
-    v11 = _mask_strict(_size_t, _dt, _dev)
-    v19 = ((-1.0) * d_new_w1)
-    v20 = torch.einsum('nso,nsi,noi->ns', saved_5, k, v19)
-    v21 = torch.einsum('ns,nsi,noi->nso', saved_2, k, v19)
-    v22 = torch.einsum('ns,nso,noi->nsi', saved_2, saved_5, v19)
-    v23 = ((-1.0) * d_out)
-    v24 = torch.einsum('nso,nto->nts', saved_5, v23)
-    v25 = torch.einsum('nts,nto->nso', saved_7, v23)
-    v26 = (saved_1 * v24)
-    v27 = (saved_6 * v24)
-    v28 = torch.einsum('nsi,nts->nti', k, v26)
-    v29 = torch.einsum('nti,nts->nsi', q, v26)
-    v30 = (v21 + v25)
-    v32 = torch.einsum('noi,nto->nti', w1, d_out)
-    v33 = torch.einsum('nti,nto->noi', q, d_out)
-    v34 = _tri_solve(saved_4, v30, True, True, transpose=True)
-    v35 = torch.einsum('nto,nso->nts', v34, saved_5)
-    v36 = ((-1.0) * v11 * v35)
-    v37 = (v11 * v36)
-    v38 = (saved_1 * v37)
-    v39 = (saved_3 * v37)
-    v40 = torch.einsum('nsi,nts->nti', k, v38)
-    v41 = torch.einsum('nti,nts->nsi', k, v38)
-    v42 = (v22 + v29 + v41)
-    v44 = ((-1.0) * v34)
-    v45 = torch.einsum('noi,nto->nti', w1, v34)
-    v46 = torch.einsum('nti,nto->noi', k, v34)
-    v47 = (saved_0 * v20)
-    v48 = (v27 + v39)
-    v49 = (v5 * v48)
-    v50 = torch.einsum('nts->ns', v49)
-    v51 = (v47 + v50)
-    v53 = (v40 + v42 + v45)
-    v54 = (v28 + v32)
-    v55 = (d_new_w1 + v33 + v46)
-    return (v55, v54, v53, v44, v51)
+    v12 = _mask_strict(_size_t, _dt, _dev)
+    v21 = ((-1.0) * d_new_w1)
+    v22 = torch.einsum('nso,nsi,noi->ns', saved_6, k, v21)
+    v23 = torch.einsum('ns,nsi,noi->nso', saved_2, k, v21)
+    v24 = torch.einsum('ns,nso,noi->nsi', saved_2, saved_6, v21)
+    v25 = ((-1.0) * d_out)
+    v26 = torch.einsum('nso,nto->nts', saved_6, v25)
+    v27 = torch.einsum('nts,nto->nso', saved_8, v25)
+    v28 = (saved_1 * v26)
+    v29 = (saved_7 * v26)
+    v30 = torch.einsum('nsi,nts->nti', k, v28)
+    v31 = torch.einsum('nti,nts->nsi', q, v28)
+    v32 = (v23 + v27)
+    v34 = torch.einsum('noi,nto->nti', w1, d_out)
+    v35 = torch.einsum('nti,nto->noi', q, d_out)
+    v36 = torch.einsum('nso,nto->nts', saved_3, v32)
+    v37 = torch.einsum('nts,nto->nso', saved_5, v32)
+    v39 = saved_5.permute(0, 2, 1)
+    v40 = v36.permute(0, 2, 1)
+    v41 = torch.einsum('ntu,nsu->nts', v39, v40)
+    v44 = torch.einsum('ntu,nsu->nts', v41, saved_5)
+    v45 = ((-1.0) * v12 * v44)
+    v46 = (v12 * v45)
+    v47 = (saved_1 * v46)
+    v48 = (saved_4 * v46)
+    v49 = torch.einsum('nsi,nts->nti', k, v47)
+    v50 = torch.einsum('nti,nts->nsi', k, v47)
+    v51 = (v24 + v31 + v50)
+    v53 = ((-1.0) * v37)
+    v54 = torch.einsum('noi,nto->nti', w1, v37)
+    v55 = torch.einsum('nti,nto->noi', k, v37)
+    v56 = (saved_0 * v22)
+    v57 = (v29 + v48)
+    v58 = (v5 * v57)
+    v59 = torch.einsum('nts->ns', v58)
+    v60 = (v56 + v59)
+    v62 = (v49 + v51 + v54)
+    v63 = (v30 + v34)
+    v64 = (d_new_w1 + v35 + v55)
+    return (v64, v63, v62, v53, v60)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the

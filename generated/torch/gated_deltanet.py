@@ -98,18 +98,11 @@ def _mask_end(n, chunk_size, dtype, device):
     return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
 
 
-def _tri_solve(a, b, a_batched, b_batched, transpose):
-    """X with (I + A) X = B, or (I + A)^T X = B with transpose: A [N?, C, C] strictly lower triangular (its
-    diagonal and upper part are not read), B [N?, C, ...]. The exact chunk of an affine update (chunkform)."""
-    a = a if a_batched else a[None]
-    b = b if b_batched else b[None]
-    n = max(a.shape[0], b.shape[0])
-    mat = a.expand(n, *a.shape[1:])
-    rhs = b.expand(n, *b.shape[1:]).reshape(n, b.shape[1], -1)
-    if transpose:
-        mat = mat.transpose(1, 2)
-    x = torch.linalg.solve_triangular(mat, rhs, upper=transpose, unitriangular=True).reshape(n, *b.shape[1:])
-    return x if (a_batched or b_batched) else x[0]
+def _tri_inverse(a):
+    """(I + A)^-1 for A [N?, C, C] strictly lower triangular (its diagonal and upper part are not read): the UT
+    transform of an exactly chunked affine update (mirasc.chunkform), by triangular substitution."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)
+    return torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)
 
 
 def _logcosh(x):
@@ -153,20 +146,21 @@ def chunk_forward(w1, q, k, v, gate_alpha, gate_eta, *, chunk_size):
     v23 = (v22 * v17)
     v24 = _mask_strict(_size_t, _dt, _dev)
     v25 = (v24 * v23)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-    v26 = _tri_solve(v25, v20, True, True, transpose=False)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v27 = torch.einsum('nti,noi,nt->nto', q, w1, v15)
-    v29 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
-    v30 = (v29 * v17)
-    v31 = torch.einsum('nts,nso->nto', v30, v26)
-    v32 = (v27 - v31)  # read: M(q_t; W_t)
-    v33 = torch.einsum('ns,nso,nsi->noi', v18, v26, k)
-    v34 = torch.einsum('nt,t->n', v15, v7)
-    v35 = (v34[:, None, None] * w1)
-    v36 = (v35 - v33)  # layer 1 end state
-    return (v32, v36, v8, v10, v12, v13, v14, v15, v17, v18, v22, v25, v26, v29, v30, v34)
+    v26 = _tri_inverse(v25)  # (I + A)⁻¹, the UT transform
+    v28 = torch.einsum('nts,nso->nto', v26, v20)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v29 = torch.einsum('nti,noi,nt->nto', q, w1, v15)
+    v31 = torch.einsum('nti,nsi->nts', q, k)  # scores x_t·x_s
+    v32 = (v31 * v17)
+    v33 = torch.einsum('nts,nso->nto', v32, v28)
+    v34 = (v29 - v33)  # read: M(q_t; W_t)
+    v35 = torch.einsum('ns,nso,nsi->noi', v18, v28, k)
+    v36 = torch.einsum('nt,t->n', v15, v7)
+    v37 = (v36[:, None, None] * w1)
+    v38 = (v37 - v35)  # layer 1 end state
+    return (v34, v38, v8, v10, v12, v13, v14, v15, v17, v18, v20, v22, v26, v28, v31, v32, v36)
 
 
-def chunk_backward(w1, q, k, v, gate_alpha, gate_eta, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, d_out, d_new_w1, *, chunk_size):
+def chunk_backward(w1, q, k, v, gate_alpha, gate_eta, saved_0, saved_1, saved_2, saved_3, saved_4, saved_5, saved_6, saved_7, saved_8, saved_9, saved_10, saved_11, saved_12, saved_13, saved_14, d_out, d_new_w1, *, chunk_size):
     """One chunk, backward: from the values the forward saved (it recomputes only cheap ones)."""
     _dt, _dev, _N = w1.dtype, w1.device, w1.shape[0]
 
@@ -175,68 +169,73 @@ def chunk_backward(w1, q, k, v, gate_alpha, gate_eta, saved_0, saved_1, saved_2,
 
     _size_t = q.shape[1]
     _size_s = q.shape[1]
+    _size_u = q.shape[1]
     _size_o = w1.shape[1]
     _size_i = w1.shape[2]
     v6 = _mask_causal(_size_t, _dt, _dev)
     v7 = _mask_last(_size_t, _dt, _dev)
-    v20 = _mask_strict(_size_t, _dt, _dev)
-    v29 = ((-1.0) * d_new_w1)
-    v30 = (w1 * d_new_w1)
-    v31 = torch.einsum('noi->n', v30)
-    v32 = (saved_13[:, None, None] * d_new_w1)
-    v33 = torch.einsum('t,n->nt', v7, v31)
-    v34 = torch.einsum('nso,nsi,noi->ns', saved_10, k, v29)
-    v35 = torch.einsum('ns,nsi,noi->nso', saved_7, k, v29)
-    v36 = torch.einsum('ns,nso,noi->nsi', saved_7, saved_10, v29)
-    v37 = ((-1.0) * d_out)
-    v38 = torch.einsum('nso,nto->nts', saved_10, v37)
-    v39 = torch.einsum('nts,nto->nso', saved_12, v37)
-    v40 = (saved_6 * v38)
-    v41 = (saved_11 * v38)
-    v42 = torch.einsum('nsi,nts->nti', k, v40)
-    v43 = torch.einsum('nti,nts->nsi', q, v40)
-    v44 = (v35 + v39)
-    v46 = torch.einsum('noi,nt,nto->nti', w1, saved_5, d_out)
-    v47 = torch.einsum('nti,nt,nto->noi', q, saved_5, d_out)
-    v48 = torch.einsum('nti,noi,nto->nt', q, w1, d_out)
-    v49 = _tri_solve(saved_9, v44, True, True, transpose=True)
-    v50 = torch.einsum('nto,nso->nts', v49, saved_10)
-    v51 = ((-1.0) * v20 * v50)
-    v52 = (v20 * v51)
-    v53 = (saved_6 * v52)
-    v54 = (saved_8 * v52)
-    v55 = torch.einsum('nsi,nts->nti', k, v53)
-    v56 = torch.einsum('nti,nts->nsi', k, v53)
-    v57 = (v36 + v43 + v56)
-    v59 = ((-1.0) * v49)
-    v60 = torch.einsum('noi,nt,nto->nti', w1, saved_5, v49)
-    v61 = torch.einsum('nti,nt,nto->noi', k, saved_5, v49)
-    v62 = torch.einsum('nti,noi,nto->nt', k, w1, v49)
-    v63 = (gate_eta * v34)
-    v64 = (saved_4 * v34)
-    v65 = (v41 + v54)
-    v66 = (gate_eta[:, None, :] * v65)
-    v67 = (saved_2 * v65)
-    v68 = torch.einsum('nts->ns', v67)
-    v69 = (v64 + v68)
-    v71 = (v33 + v48 + v62)
-    v72 = (v71 * torch.exp(saved_1))
-    v73 = (saved_0 * v63 * torch.exp((saved_3[:, None] - saved_1)))
-    v74 = torch.einsum('ns->n', v73)
-    v75 = ((-1.0) * saved_0 * v63 * torch.exp((saved_3[:, None] - saved_1)))
-    v76 = torch.einsum('t,n->nt', v7, v74)
-    v77 = (v66 * torch.square(v6) * torch.exp((v6 * (saved_1[:, :, None] - saved_1[:, None, :]))))
-    v78 = torch.einsum('nts->nt', v77)
-    v79 = ((-1.0) * v66 * torch.square(v6) * torch.exp((v6 * (saved_1[:, :, None] - saved_1[:, None, :]))))
-    v80 = torch.einsum('nts->ns', v79)
-    v81 = (v75 + v80)
-    v83 = (v72 + v76 + v78 + v81)
-    v84 = v83.flip(1).cumsum(1).flip(1)
-    v85 = (v84 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
-    v86 = (v55 + v57 + v60)
-    v87 = (v42 + v46)
-    v88 = (v32 + v47 + v61)
-    return (v88, v87, v86, v59, v85, v69)
+    v21 = _mask_strict(_size_t, _dt, _dev)
+    v31 = ((-1.0) * d_new_w1)
+    v32 = (w1 * d_new_w1)
+    v33 = torch.einsum('noi->n', v32)
+    v34 = (saved_14[:, None, None] * d_new_w1)
+    v35 = torch.einsum('t,n->nt', v7, v33)
+    v36 = torch.einsum('nso,nsi,noi->ns', saved_11, k, v31)
+    v37 = torch.einsum('ns,nsi,noi->nso', saved_7, k, v31)
+    v38 = torch.einsum('ns,nso,noi->nsi', saved_7, saved_11, v31)
+    v39 = ((-1.0) * d_out)
+    v40 = torch.einsum('nso,nto->nts', saved_11, v39)
+    v41 = torch.einsum('nts,nto->nso', saved_13, v39)
+    v42 = (saved_6 * v40)
+    v43 = (saved_12 * v40)
+    v44 = torch.einsum('nsi,nts->nti', k, v42)
+    v45 = torch.einsum('nti,nts->nsi', q, v42)
+    v46 = (v37 + v41)
+    v48 = torch.einsum('noi,nt,nto->nti', w1, saved_5, d_out)
+    v49 = torch.einsum('nti,nt,nto->noi', q, saved_5, d_out)
+    v50 = torch.einsum('nti,noi,nto->nt', q, w1, d_out)
+    v51 = torch.einsum('nso,nto->nts', saved_8, v46)
+    v52 = torch.einsum('nts,nto->nso', saved_10, v46)
+    v54 = saved_10.permute(0, 2, 1)
+    v55 = v51.permute(0, 2, 1)
+    v56 = torch.einsum('ntu,nsu->nts', v54, v55)
+    v59 = torch.einsum('ntu,nsu->nts', v56, saved_10)
+    v60 = ((-1.0) * v21 * v59)
+    v61 = (v21 * v60)
+    v62 = (saved_6 * v61)
+    v63 = (saved_9 * v61)
+    v64 = torch.einsum('nsi,nts->nti', k, v62)
+    v65 = torch.einsum('nti,nts->nsi', k, v62)
+    v66 = (v38 + v45 + v65)
+    v68 = ((-1.0) * v52)
+    v69 = torch.einsum('noi,nt,nto->nti', w1, saved_5, v52)
+    v70 = torch.einsum('nti,nt,nto->noi', k, saved_5, v52)
+    v71 = torch.einsum('nti,noi,nto->nt', k, w1, v52)
+    v72 = (gate_eta * v36)
+    v73 = (saved_4 * v36)
+    v74 = (v43 + v63)
+    v75 = (gate_eta[:, None, :] * v74)
+    v76 = (saved_2 * v74)
+    v77 = torch.einsum('nts->ns', v76)
+    v78 = (v73 + v77)
+    v80 = (v35 + v50 + v71)
+    v81 = (v80 * torch.exp(saved_1))
+    v82 = (saved_0 * v72 * torch.exp((saved_3[:, None] - saved_1)))
+    v83 = torch.einsum('ns->n', v82)
+    v84 = ((-1.0) * saved_0 * v72 * torch.exp((saved_3[:, None] - saved_1)))
+    v85 = torch.einsum('t,n->nt', v7, v83)
+    v86 = (v75 * torch.square(v6) * torch.exp((v6 * (saved_1[:, :, None] - saved_1[:, None, :]))))
+    v87 = torch.einsum('nts->nt', v86)
+    v88 = ((-1.0) * v75 * torch.square(v6) * torch.exp((v6 * (saved_1[:, :, None] - saved_1[:, None, :]))))
+    v89 = torch.einsum('nts->ns', v88)
+    v90 = (v84 + v89)
+    v92 = (v81 + v85 + v87 + v90)
+    v93 = v92.flip(1).cumsum(1).flip(1)
+    v94 = (v93 * (((-1e-30) + gate_alpha) > 0).to(_dt) / (torch.clamp(gate_alpha, min=1e-30)))
+    v95 = (v64 + v66 + v69)
+    v96 = (v44 + v48)
+    v97 = (v34 + v49 + v70)
+    return (v97, v96, v95, v68, v94, v78)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the

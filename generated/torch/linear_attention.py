@@ -68,18 +68,11 @@ def _mask_end(n, chunk_size, dtype, device):
     return (torch.arange(n, device=device) == (n - 1 if n == chunk_size else -1)).to(dtype)
 
 
-def _tri_solve(a, b, a_batched, b_batched, transpose):
-    """X with (I + A) X = B, or (I + A)^T X = B with transpose: A [N?, C, C] strictly lower triangular (its
-    diagonal and upper part are not read), B [N?, C, ...]. The exact chunk of an affine update (chunkform)."""
-    a = a if a_batched else a[None]
-    b = b if b_batched else b[None]
-    n = max(a.shape[0], b.shape[0])
-    mat = a.expand(n, *a.shape[1:])
-    rhs = b.expand(n, *b.shape[1:]).reshape(n, b.shape[1], -1)
-    if transpose:
-        mat = mat.transpose(1, 2)
-    x = torch.linalg.solve_triangular(mat, rhs, upper=transpose, unitriangular=True).reshape(n, *b.shape[1:])
-    return x if (a_batched or b_batched) else x[0]
+def _tri_inverse(a):
+    """(I + A)^-1 for A [N?, C, C] strictly lower triangular (its diagonal and upper part are not read): the UT
+    transform of an exactly chunked affine update (mirasc.chunkform), by triangular substitution."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape)
+    return torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)
 
 
 def _logcosh(x):

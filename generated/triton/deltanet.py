@@ -60,30 +60,35 @@ def chunk_fwd_kernel(
         v15 = (v14 * v9)
         v16 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
         v17 = (v16 * v15)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v18 = v12
+        v18 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
         for v18_r in range(1, C):
             v18_a = tl.sum(tl.where((offs_t[:, None] == v18_r) & (offs_s[None, :] < v18_r), v17, 0.0), axis=0)
             v18_u = tl.sum(v18_a[:, None] * v18, axis=0)
-            v18 = tl.where(offs_t[:, None] == v18_r, v18 - v18_u[None, :], v18)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+            v18 = tl.where(offs_t[:, None] == v18_r, v18 - v18_u[None, :], v18)  # (I + A)⁻¹, the UT transform
+        v19 = v12
         if USE_DOT:
-            v19 = tl.dot(q, tl.trans(w1), input_precision="ieee")
+            v20 = tl.dot(v18, v19, input_precision="ieee")
         else:
-            v19 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
-        v20 = v18
+            v20 = tl.sum((v18[:, :, None] * v19[None, :, :]), axis=1)  # exact gradient signals (I + A)⁻¹ g(ŷ)
         if USE_DOT:
-            v21 = tl.dot(q, tl.trans(v13), input_precision="ieee")
+            v21 = tl.dot(q, tl.trans(w1), input_precision="ieee")
         else:
-            v21 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
-        v22 = (v21 * v9)
+            v21 = tl.sum((q[:, None, :] * w1[None, :, :]), axis=2)
+        v22 = v20
         if USE_DOT:
-            v23 = tl.dot(v22, v20, input_precision="ieee")
+            v23 = tl.dot(q, tl.trans(v13), input_precision="ieee")
         else:
-            v23 = tl.sum((v22[:, :, None] * v20[None, :, :]), axis=1)
-        v24 = (v19 - v23)  # read: M(q_t; W_t)
-        v25 = tl.sum((v10[:, None, None] * v20[:, :, None] * v13[:, None, :]), axis=0)
-        v26 = (w1 - v25)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v24.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v26
+            v23 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
+        v24 = (v23 * v9)
+        if USE_DOT:
+            v25 = tl.dot(v24, v22, input_precision="ieee")
+        else:
+            v25 = tl.sum((v24[:, :, None] * v22[None, :, :]), axis=1)
+        v26 = (v21 - v25)  # read: M(q_t; W_t)
+        v27 = tl.sum((v10[:, None, None] * v22[:, :, None] * v13[:, None, :]), axis=0)
+        v28 = (w1 - v27)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v26.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v28
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -130,97 +135,113 @@ def chunk_bwd_kernel(
         v15 = (v14 * v9)
         v16 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
         v17 = (v16 * v15)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v18 = v12
+        v18 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
         for v18_r in range(1, C):
             v18_a = tl.sum(tl.where((offs_t[:, None] == v18_r) & (offs_s[None, :] < v18_r), v17, 0.0), axis=0)
             v18_u = tl.sum(v18_a[:, None] * v18, axis=0)
-            v18 = tl.where(offs_t[:, None] == v18_r, v18 - v18_u[None, :], v18)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-        v19 = v18
+            v18 = tl.where(offs_t[:, None] == v18_r, v18 - v18_u[None, :], v18)  # (I + A)⁻¹, the UT transform
+        v19 = v12
         if USE_DOT:
-            v20 = tl.dot(q, tl.trans(v13), input_precision="ieee")
+            v20 = tl.dot(v18, v19, input_precision="ieee")
         else:
-            v20 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
-        v21 = (v20 * v9)
-        v24 = ((-1.0) * d_new_w1)
-        v25 = tl.sum(tl.sum((v19[:, :, None] * v13[:, None, :] * v24[None, :, :]), axis=2), axis=1)
-        v26 = tl.sum((v10[:, None, None] * v13[:, None, :] * v24[None, :, :]), axis=2)
-        v27 = tl.sum((v10[:, None, None] * v19[:, :, None] * v24[None, :, :]), axis=1)
-        v28 = ((-1.0) * d_out)
+            v20 = tl.sum((v18[:, :, None] * v19[None, :, :]), axis=1)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+        v21 = v20
         if USE_DOT:
-            v29 = tl.trans(tl.dot(v19, tl.trans(v28), input_precision="ieee"))
+            v22 = tl.dot(q, tl.trans(v13), input_precision="ieee")
         else:
-            v29 = tl.sum((v19[None, :, :] * v28[:, None, :]), axis=2)
+            v22 = tl.sum((q[:, None, :] * v13[None, :, :]), axis=2)  # scores x_t·x_s
+        v23 = (v22 * v9)
+        v26 = ((-1.0) * d_new_w1)
+        v27 = tl.sum(tl.sum((v21[:, :, None] * v13[:, None, :] * v26[None, :, :]), axis=2), axis=1)
+        v28 = tl.sum((v10[:, None, None] * v13[:, None, :] * v26[None, :, :]), axis=2)
+        v29 = tl.sum((v10[:, None, None] * v21[:, :, None] * v26[None, :, :]), axis=1)
+        v30 = ((-1.0) * d_out)
         if USE_DOT:
-            v30 = tl.dot(tl.trans(v21), v28, input_precision="ieee")
+            v31 = tl.trans(tl.dot(v21, tl.trans(v30), input_precision="ieee"))
         else:
-            v30 = tl.sum((v21[:, :, None] * v28[:, None, :]), axis=0)
-        v31 = (v9 * v29)
-        v32 = (v20 * v29)
+            v31 = tl.sum((v21[None, :, :] * v30[:, None, :]), axis=2)
         if USE_DOT:
-            v33 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v31), input_precision="ieee"))
+            v32 = tl.dot(tl.trans(v23), v30, input_precision="ieee")
         else:
-            v33 = tl.sum((v13[None, :, :] * v31[:, :, None]), axis=1)
+            v32 = tl.sum((v23[:, :, None] * v30[:, None, :]), axis=0)
+        v33 = (v9 * v31)
+        v34 = (v22 * v31)
         if USE_DOT:
-            v34 = tl.trans(tl.dot(tl.trans(q), v31, input_precision="ieee"))
+            v35 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v33), input_precision="ieee"))
         else:
-            v34 = tl.sum((q[:, None, :] * v31[:, :, None]), axis=0)
-        v35 = (v26 + v30)
-        v36 = v35
+            v35 = tl.sum((v13[None, :, :] * v33[:, :, None]), axis=1)
         if USE_DOT:
-            v37 = tl.trans(tl.dot(tl.trans(w1), tl.trans(d_out), input_precision="ieee"))
+            v36 = tl.trans(tl.dot(tl.trans(q), v33, input_precision="ieee"))
         else:
-            v37 = tl.sum((w1[None, :, :] * d_out[:, :, None]), axis=1)
+            v36 = tl.sum((q[:, None, :] * v33[:, :, None]), axis=0)
+        v37 = (v28 + v32)
+        v38 = v37
         if USE_DOT:
-            v38 = tl.trans(tl.dot(tl.trans(q), d_out, input_precision="ieee"))
+            v39 = tl.trans(tl.dot(tl.trans(w1), tl.trans(d_out), input_precision="ieee"))
         else:
-            v38 = tl.sum((q[:, None, :] * d_out[:, :, None]), axis=0)
-        v39 = v36
-        for v39_rr in range(1, C):
-            v39_r = C - 1 - v39_rr
-            v39_a = tl.sum(tl.where((offs_s[None, :] == v39_r) & (offs_t[:, None] > v39_r) & (offs_t[:, None] < nv), v17, 0.0), axis=1)
-            v39_u = tl.sum(v39_a[:, None] * v39, axis=0)
-            v39 = tl.where(offs_t[:, None] == v39_r, v39 - v39_u[None, :], v39)
+            v39 = tl.sum((w1[None, :, :] * d_out[:, :, None]), axis=1)
         if USE_DOT:
-            v40 = tl.dot(v39, tl.trans(v19), input_precision="ieee")
+            v40 = tl.trans(tl.dot(tl.trans(q), d_out, input_precision="ieee"))
         else:
-            v40 = tl.sum((v39[:, None, :] * v19[None, :, :]), axis=2)
-        v41 = ((-1.0) * v16 * v40)
-        v42 = (v16 * v41)
-        v43 = (v9 * v42)
-        v44 = (v14 * v42)
+            v40 = tl.sum((q[:, None, :] * d_out[:, :, None]), axis=0)
         if USE_DOT:
-            v45 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v43), input_precision="ieee"))
+            v41 = tl.trans(tl.dot(v19, tl.trans(v38), input_precision="ieee"))
         else:
-            v45 = tl.sum((v13[None, :, :] * v43[:, :, None]), axis=1)
+            v41 = tl.sum((v19[None, :, :] * v38[:, None, :]), axis=2)
         if USE_DOT:
-            v46 = tl.trans(tl.dot(tl.trans(k), v43, input_precision="ieee"))
+            v42 = tl.dot(tl.trans(v18), v38, input_precision="ieee")
         else:
-            v46 = tl.sum((k[:, None, :] * v43[:, :, None]), axis=0)
-        v47 = (v27 + v34 + v46)
-        v48 = v47
-        v49 = ((-1.0) * v39)
+            v42 = tl.sum((v18[:, :, None] * v38[:, None, :]), axis=0)
+        v43 = v42
+        v44 = tl.trans(v18)
+        v45 = tl.trans(v41)
         if USE_DOT:
-            v50 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v39), input_precision="ieee"))
+            v46 = tl.dot(v44, tl.trans(v45), input_precision="ieee")
         else:
-            v50 = tl.sum((w1[None, :, :] * v39[:, :, None]), axis=1)
+            v46 = tl.sum((v44[:, None, :] * v45[None, :, :]), axis=2)
+        v47 = v46
+        v48 = v18
         if USE_DOT:
-            v51 = tl.trans(tl.dot(tl.trans(k), v39, input_precision="ieee"))
+            v49 = tl.dot(v47, tl.trans(v48), input_precision="ieee")
         else:
-            v51 = tl.sum((k[:, None, :] * v39[:, :, None]), axis=0)
-        v52 = (v7 * v25)
-        v53 = (v32 + v44)
-        v54 = (v5 * v53)
-        v55 = tl.sum((v54), axis=0)
-        v56 = (v52 + v55)
+            v49 = tl.sum((v47[:, None, :] * v48[None, :, :]), axis=2)
+        v50 = ((-1.0) * v16 * v49)
+        v51 = (v16 * v50)
+        v52 = (v9 * v51)
+        v53 = (v14 * v51)
+        if USE_DOT:
+            v54 = tl.trans(tl.dot(tl.trans(v13), tl.trans(v52), input_precision="ieee"))
+        else:
+            v54 = tl.sum((v13[None, :, :] * v52[:, :, None]), axis=1)
+        if USE_DOT:
+            v55 = tl.trans(tl.dot(tl.trans(k), v52, input_precision="ieee"))
+        else:
+            v55 = tl.sum((k[:, None, :] * v52[:, :, None]), axis=0)
+        v56 = (v29 + v36 + v55)
         v57 = v56
-        v58 = (v45 + v48 + v50)
-        v59 = (v33 + v37)
-        v60 = (d_new_w1 + v38 + v51)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v59.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v58.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v49.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v57.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        carry_w1 = v60
+        v58 = ((-1.0) * v43)
+        if USE_DOT:
+            v59 = tl.trans(tl.dot(tl.trans(w1), tl.trans(v43), input_precision="ieee"))
+        else:
+            v59 = tl.sum((w1[None, :, :] * v43[:, :, None]), axis=1)
+        if USE_DOT:
+            v60 = tl.trans(tl.dot(tl.trans(k), v43, input_precision="ieee"))
+        else:
+            v60 = tl.sum((k[:, None, :] * v43[:, :, None]), axis=0)
+        v61 = (v7 * v27)
+        v62 = (v34 + v53)
+        v63 = (v5 * v62)
+        v64 = tl.sum((v63), axis=0)
+        v65 = (v61 + v64)
+        v66 = v65
+        v67 = (v54 + v57 + v59)
+        v68 = (v35 + v39)
+        v69 = (d_new_w1 + v40 + v60)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v67.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v58.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v66.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        carry_w1 = v69
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 

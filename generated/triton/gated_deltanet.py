@@ -65,29 +65,34 @@ def chunk_fwd_kernel(
         v23 = (v22 * v17)
         v24 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
         v25 = (v24 * v23)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v26 = v20
+        v26 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
         for v26_r in range(1, C):
             v26_a = tl.sum(tl.where((offs_t[:, None] == v26_r) & (offs_s[None, :] < v26_r), v25, 0.0), axis=0)
             v26_u = tl.sum(v26_a[:, None] * v26, axis=0)
-            v26 = tl.where(offs_t[:, None] == v26_r, v26 - v26_u[None, :], v26)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-        v27 = tl.sum((q[:, None, :] * w1[None, :, :] * v15[:, None, None]), axis=2)
-        v28 = v26
+            v26 = tl.where(offs_t[:, None] == v26_r, v26 - v26_u[None, :], v26)  # (I + A)⁻¹, the UT transform
+        v27 = v20
         if USE_DOT:
-            v29 = tl.dot(q, tl.trans(v21), input_precision="ieee")
+            v28 = tl.dot(v26, v27, input_precision="ieee")
         else:
-            v29 = tl.sum((q[:, None, :] * v21[None, :, :]), axis=2)  # scores x_t·x_s
-        v30 = (v29 * v17)
+            v28 = tl.sum((v26[:, :, None] * v27[None, :, :]), axis=1)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+        v29 = tl.sum((q[:, None, :] * w1[None, :, :] * v15[:, None, None]), axis=2)
+        v30 = v28
         if USE_DOT:
-            v31 = tl.dot(v30, v28, input_precision="ieee")
+            v31 = tl.dot(q, tl.trans(v21), input_precision="ieee")
         else:
-            v31 = tl.sum((v30[:, :, None] * v28[None, :, :]), axis=1)
-        v32 = (v27 - v31)  # read: M(q_t; W_t)
-        v33 = tl.sum((v18[:, None, None] * v28[:, :, None] * v21[:, None, :]), axis=0)
-        v34 = tl.sum((v15 * v7), axis=0)
-        v35 = (v34 * w1)
-        v36 = (v35 - v33)  # layer 1 end state
-        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v32.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        w1 = v36
+            v31 = tl.sum((q[:, None, :] * v21[None, :, :]), axis=2)  # scores x_t·x_s
+        v32 = (v31 * v17)
+        if USE_DOT:
+            v33 = tl.dot(v32, v30, input_precision="ieee")
+        else:
+            v33 = tl.sum((v32[:, :, None] * v30[None, :, :]), axis=1)
+        v34 = (v29 - v33)  # read: M(q_t; W_t)
+        v35 = tl.sum((v18[:, None, None] * v30[:, :, None] * v21[:, None, :]), axis=0)
+        v36 = tl.sum((v15 * v7), axis=0)
+        v37 = (v36 * w1)
+        v38 = (v37 - v35)  # layer 1 end state
+        tl.store(out_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v34.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        w1 = v38
     tl.store(final_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
 
@@ -139,110 +144,126 @@ def chunk_bwd_kernel(
         v23 = (v22 * v17)
         v24 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
         v25 = (v24 * v23)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v26 = v20
+        v26 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
         for v26_r in range(1, C):
             v26_a = tl.sum(tl.where((offs_t[:, None] == v26_r) & (offs_s[None, :] < v26_r), v25, 0.0), axis=0)
             v26_u = tl.sum(v26_a[:, None] * v26, axis=0)
-            v26 = tl.where(offs_t[:, None] == v26_r, v26 - v26_u[None, :], v26)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-        v27 = v26
+            v26 = tl.where(offs_t[:, None] == v26_r, v26 - v26_u[None, :], v26)  # (I + A)⁻¹, the UT transform
+        v27 = v20
         if USE_DOT:
-            v28 = tl.dot(q, tl.trans(v21), input_precision="ieee")
+            v28 = tl.dot(v26, v27, input_precision="ieee")
         else:
-            v28 = tl.sum((q[:, None, :] * v21[None, :, :]), axis=2)  # scores x_t·x_s
-        v29 = (v28 * v17)
-        v30 = tl.sum((v15 * v7), axis=0)
-        v33 = ((-1.0) * d_new_w1)
-        v34 = (w1 * d_new_w1)
-        v35 = tl.sum(tl.sum((v34), axis=1), axis=0)
-        v36 = (v30 * d_new_w1)
-        v37 = (v7 * v35)
-        v38 = tl.sum(tl.sum((v27[:, :, None] * v21[:, None, :] * v33[None, :, :]), axis=2), axis=1)
-        v39 = tl.sum((v18[:, None, None] * v21[:, None, :] * v33[None, :, :]), axis=2)
-        v40 = tl.sum((v18[:, None, None] * v27[:, :, None] * v33[None, :, :]), axis=1)
-        v41 = ((-1.0) * d_out)
+            v28 = tl.sum((v26[:, :, None] * v27[None, :, :]), axis=1)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+        v29 = v28
         if USE_DOT:
-            v42 = tl.trans(tl.dot(v27, tl.trans(v41), input_precision="ieee"))
+            v30 = tl.dot(q, tl.trans(v21), input_precision="ieee")
         else:
-            v42 = tl.sum((v27[None, :, :] * v41[:, None, :]), axis=2)
+            v30 = tl.sum((q[:, None, :] * v21[None, :, :]), axis=2)  # scores x_t·x_s
+        v31 = (v30 * v17)
+        v32 = tl.sum((v15 * v7), axis=0)
+        v35 = ((-1.0) * d_new_w1)
+        v36 = (w1 * d_new_w1)
+        v37 = tl.sum(tl.sum((v36), axis=1), axis=0)
+        v38 = (v32 * d_new_w1)
+        v39 = (v7 * v37)
+        v40 = tl.sum(tl.sum((v29[:, :, None] * v21[:, None, :] * v35[None, :, :]), axis=2), axis=1)
+        v41 = tl.sum((v18[:, None, None] * v21[:, None, :] * v35[None, :, :]), axis=2)
+        v42 = tl.sum((v18[:, None, None] * v29[:, :, None] * v35[None, :, :]), axis=1)
+        v43 = ((-1.0) * d_out)
         if USE_DOT:
-            v43 = tl.dot(tl.trans(v29), v41, input_precision="ieee")
+            v44 = tl.trans(tl.dot(v29, tl.trans(v43), input_precision="ieee"))
         else:
-            v43 = tl.sum((v29[:, :, None] * v41[:, None, :]), axis=0)
-        v44 = (v17 * v42)
-        v45 = (v28 * v42)
+            v44 = tl.sum((v29[None, :, :] * v43[:, None, :]), axis=2)
         if USE_DOT:
-            v46 = tl.trans(tl.dot(tl.trans(v21), tl.trans(v44), input_precision="ieee"))
+            v45 = tl.dot(tl.trans(v31), v43, input_precision="ieee")
         else:
-            v46 = tl.sum((v21[None, :, :] * v44[:, :, None]), axis=1)
+            v45 = tl.sum((v31[:, :, None] * v43[:, None, :]), axis=0)
+        v46 = (v17 * v44)
+        v47 = (v30 * v44)
         if USE_DOT:
-            v47 = tl.trans(tl.dot(tl.trans(q), v44, input_precision="ieee"))
+            v48 = tl.trans(tl.dot(tl.trans(v21), tl.trans(v46), input_precision="ieee"))
         else:
-            v47 = tl.sum((q[:, None, :] * v44[:, :, None]), axis=0)
-        v48 = (v39 + v43)
-        v49 = v48
-        v50 = tl.sum((w1[None, :, :] * v15[:, None, None] * d_out[:, :, None]), axis=1)
-        v51 = tl.sum((q[:, None, :] * v15[:, None, None] * d_out[:, :, None]), axis=0)
-        v52 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
-        v53 = v49
-        for v53_rr in range(1, C):
-            v53_r = C - 1 - v53_rr
-            v53_a = tl.sum(tl.where((offs_s[None, :] == v53_r) & (offs_t[:, None] > v53_r) & (offs_t[:, None] < nv), v25, 0.0), axis=1)
-            v53_u = tl.sum(v53_a[:, None] * v53, axis=0)
-            v53 = tl.where(offs_t[:, None] == v53_r, v53 - v53_u[None, :], v53)
+            v48 = tl.sum((v21[None, :, :] * v46[:, :, None]), axis=1)
         if USE_DOT:
-            v54 = tl.dot(v53, tl.trans(v27), input_precision="ieee")
+            v49 = tl.trans(tl.dot(tl.trans(q), v46, input_precision="ieee"))
         else:
-            v54 = tl.sum((v53[:, None, :] * v27[None, :, :]), axis=2)
-        v55 = ((-1.0) * v24 * v54)
-        v56 = (v24 * v55)
-        v57 = (v17 * v56)
-        v58 = (v22 * v56)
+            v49 = tl.sum((q[:, None, :] * v46[:, :, None]), axis=0)
+        v50 = (v41 + v45)
+        v51 = v50
+        v52 = tl.sum((w1[None, :, :] * v15[:, None, None] * d_out[:, :, None]), axis=1)
+        v53 = tl.sum((q[:, None, :] * v15[:, None, None] * d_out[:, :, None]), axis=0)
+        v54 = tl.sum(tl.sum((q[:, None, :] * w1[None, :, :] * d_out[:, :, None]), axis=2), axis=1)
         if USE_DOT:
-            v59 = tl.trans(tl.dot(tl.trans(v21), tl.trans(v57), input_precision="ieee"))
+            v55 = tl.trans(tl.dot(v27, tl.trans(v51), input_precision="ieee"))
         else:
-            v59 = tl.sum((v21[None, :, :] * v57[:, :, None]), axis=1)
+            v55 = tl.sum((v27[None, :, :] * v51[:, None, :]), axis=2)
         if USE_DOT:
-            v60 = tl.trans(tl.dot(tl.trans(k), v57, input_precision="ieee"))
+            v56 = tl.dot(tl.trans(v26), v51, input_precision="ieee")
         else:
-            v60 = tl.sum((k[:, None, :] * v57[:, :, None]), axis=0)
-        v61 = (v40 + v47 + v60)
-        v62 = v61
-        v63 = ((-1.0) * v53)
-        v64 = tl.sum((w1[None, :, :] * v15[:, None, None] * v53[:, :, None]), axis=1)
-        v65 = tl.sum((k[:, None, :] * v15[:, None, None] * v53[:, :, None]), axis=0)
-        v66 = tl.sum(tl.sum((k[:, None, :] * w1[None, :, :] * v53[:, :, None]), axis=2), axis=1)
-        v67 = (v16 * v38)
-        v68 = (v14 * v38)
-        v69 = (v45 + v58)
-        v70 = (v16[None, :] * v69)
-        v71 = (v12 * v69)
-        v72 = tl.sum((v71), axis=0)
-        v73 = (v68 + v72)
-        v74 = v73
-        v75 = (v37 + v52 + v66)
-        v76 = (v75 * tl.exp(v10))
-        v77 = (v8 * v67 * tl.exp((v13 - v11)))
-        v78 = tl.sum((v77), axis=0)
-        v79 = ((-1.0) * v8 * v67 * tl.exp((v13 - v11)))
-        v80 = (v7 * v78)
-        v81 = (v70 * (v6 * v6) * tl.exp((v6 * (v10[:, None] - v11[None, :]))))
-        v82 = tl.sum((v81), axis=1)
-        v83 = ((-1.0) * v70 * (v6 * v6) * tl.exp((v6 * (v10[:, None] - v11[None, :]))))
-        v84 = tl.sum((v83), axis=0)
-        v85 = (v79 + v84)
-        v86 = v85
-        v87 = (v76 + v80 + v82 + v86)
-        v88 = tl.cumsum(v87, axis=0, reverse=True)
-        v89 = (v88 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
-        v90 = (v59 + v62 + v64)
-        v91 = (v46 + v50)
-        v92 = (v36 + v51 + v65)
-        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v91.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v63.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v89.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
-        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v74.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
-        carry_w1 = v92
+            v56 = tl.sum((v26[:, :, None] * v51[:, None, :]), axis=0)
+        v57 = v56
+        v58 = tl.trans(v26)
+        v59 = tl.trans(v55)
+        if USE_DOT:
+            v60 = tl.dot(v58, tl.trans(v59), input_precision="ieee")
+        else:
+            v60 = tl.sum((v58[:, None, :] * v59[None, :, :]), axis=2)
+        v61 = v60
+        v62 = v26
+        if USE_DOT:
+            v63 = tl.dot(v61, tl.trans(v62), input_precision="ieee")
+        else:
+            v63 = tl.sum((v61[:, None, :] * v62[None, :, :]), axis=2)
+        v64 = ((-1.0) * v24 * v63)
+        v65 = (v24 * v64)
+        v66 = (v17 * v65)
+        v67 = (v22 * v65)
+        if USE_DOT:
+            v68 = tl.trans(tl.dot(tl.trans(v21), tl.trans(v66), input_precision="ieee"))
+        else:
+            v68 = tl.sum((v21[None, :, :] * v66[:, :, None]), axis=1)
+        if USE_DOT:
+            v69 = tl.trans(tl.dot(tl.trans(k), v66, input_precision="ieee"))
+        else:
+            v69 = tl.sum((k[:, None, :] * v66[:, :, None]), axis=0)
+        v70 = (v42 + v49 + v69)
+        v71 = v70
+        v72 = ((-1.0) * v57)
+        v73 = tl.sum((w1[None, :, :] * v15[:, None, None] * v57[:, :, None]), axis=1)
+        v74 = tl.sum((k[:, None, :] * v15[:, None, None] * v57[:, :, None]), axis=0)
+        v75 = tl.sum(tl.sum((k[:, None, :] * w1[None, :, :] * v57[:, :, None]), axis=2), axis=1)
+        v76 = (v16 * v40)
+        v77 = (v14 * v40)
+        v78 = (v47 + v67)
+        v79 = (v16[None, :] * v78)
+        v80 = (v12 * v78)
+        v81 = tl.sum((v80), axis=0)
+        v82 = (v77 + v81)
+        v83 = v82
+        v84 = (v39 + v54 + v75)
+        v85 = (v84 * tl.exp(v10))
+        v86 = (v8 * v76 * tl.exp((v13 - v11)))
+        v87 = tl.sum((v86), axis=0)
+        v88 = ((-1.0) * v8 * v76 * tl.exp((v13 - v11)))
+        v89 = (v7 * v87)
+        v90 = (v79 * (v6 * v6) * tl.exp((v6 * (v10[:, None] - v11[None, :]))))
+        v91 = tl.sum((v90), axis=1)
+        v92 = ((-1.0) * v79 * (v6 * v6) * tl.exp((v6 * (v10[:, None] - v11[None, :]))))
+        v93 = tl.sum((v92), axis=0)
+        v94 = (v88 + v93)
+        v95 = v94
+        v96 = (v85 + v89 + v91 + v95)
+        v97 = tl.cumsum(v96, axis=0, reverse=True)
+        v98 = (v97 * tl.where(((-1e-30) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(1e-30, gate_alpha)))
+        v99 = (v68 + v71 + v73)
+        v100 = (v48 + v52)
+        v101 = (v38 + v53 + v74)
+        tl.store(grad_q_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v100.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_k_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_v_ptr + n * T * D + (c * C + offs_t)[:, None] * D + offs_o[None, :], v72.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_gate_alpha_ptr + n * T + (c * C + offs_t), v98.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_gate_eta_ptr + n * T + (c * C + offs_t), v83.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        carry_w1 = v101
     tl.store(d_init_w1_ptr + n * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 
