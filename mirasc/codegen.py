@@ -88,10 +88,11 @@ def loss_source(d: Derivation) -> str:
             tok[sym] = f"gates[{name!r}]"
     chan[NCH] = tok[NCH] = "float(y.shape[-1])"
     lines = []
-    for red in ld.reductions:
-        env = {**chan, **{k: f"{v}[:, None]" for k, v in tok.items() if str(k).startswith("R")}}
-        lines.append(f"{red.symbol} = ({TorchPrinter(env)(red.body)}).sum(-1)")
-        tok[red.symbol] = str(red.symbol)
+    for j, red in enumerate(ld.reductions):
+        env = {**chan, **{r.symbol: f"{tok[r.symbol]}[:, None]" for r in ld.reductions[:j]}}
+        name = f"_{red.symbol.name}"  # a local name no gate can take (gates are looked up in `gates`)
+        lines.append(f"{name} = ({TorchPrinter(env)(red.body)}).sum(-1)")
+        tok[red.symbol] = name
     lines.append(f"return {TorchPrinter({**tok})(ld.loss)}")
     return "\n".join("    " + line for line in lines)
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from . import spec as S
 from .symbolic import activation, diff, logcosh, sigmoid, softplus
 
-R = sp.Symbol("r", real=True)  # the residual y - v, one channel
-V = sp.Symbol("v", real=True)  # the value, one channel
-NCH = sp.Symbol("D", positive=True, integer=True)  # number of channels (for sums of channel-constant terms)
+# The derivation's own symbols are sympy Dummies: a gate may be called anything (`R1`, `D`, `r_bar`, ...) and its
+# symbol, Symbol(name), is never equal to one of these, whatever the names.
+R = sp.Dummy("r", real=True)  # the residual y - v, one channel
+V = sp.Dummy("v", real=True)  # the value, one channel
+NCH = sp.Dummy("D", positive=True, integer=True)  # number of channels (for sums of channel-constant terms)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class _Builder:
         for red in self.reductions:  # the same sum twice is one reduction
             if red.body == body:
                 return red.symbol
-        sym = sp.Symbol(f"R{len(self.reductions) + 1}", real=True)
+        sym = sp.Dummy(f"R{len(self.reductions) + 1}", real=True)
         self.reductions.append(Reduction(sym, body))
         return sym
 
@@ -146,7 +149,7 @@ def _grad(loss: sp.Expr, reductions: list[Reduction], per_channel, reduce) -> tu
     grad = sp.Integer(0)
     for k in range(len(order) - 1, -1, -1):
         red = order[k]
-        bar_sym = sp.Symbol(f"{red.symbol.name}_bar", real=True)
+        bar_sym = sp.Dummy(f"{red.symbol.name}_bar", real=True)
         adjoint_defs.append((bar_sym, adjoint[red.symbol]))
         grad += bar_sym * diff(red.body, R)
         for earlier in order[:k]:
@@ -222,10 +225,10 @@ def explain(d: Derivation, latex: bool = False) -> str:
     ld = d.loss
     out = [f"model {s.name} ({s.file})", "", f"attentional bias: {s.bias.text}"]
     for red in ld.reductions:
-        out.append(f"  {red.symbol} = Σ_channels {_inline(red.body, latex)}")
+        out.append(f"  {red.symbol.name} = Σ_channels {_inline(red.body, latex)}")
     out += ["  ℓ =", _indent(_fmt(ld.loss, latex))]
     for sym, val in ld.adjoints:
-        out.append(f"  {sym} = ∂ℓ/∂{str(sym)[:-4]} = {_inline(val, latex)}")
+        out.append(f"  {sym.name} = ∂ℓ/∂{sym.name.removesuffix('_bar')} = {_inline(val, latex)}")
     out += ["", "inner gradient signal g = ∂ℓ/∂y (elementwise, r = y − v):", _indent(_fmt(ld.grad, latex))]
     h = ld.hessian_diagonal()
     if h is not None:
@@ -269,8 +272,15 @@ def _chunk_text(d: Derivation) -> list[str]:
     return lines
 
 
+class _NamePrinter(StrPrinter):
+    """str() of an expression with the derivation's Dummies printed by their names (r, not _r)."""
+
+    def _print_Dummy(self, expr: sp.Dummy) -> str:
+        return expr.name
+
+
 def _inline(e: sp.Expr, latex: bool) -> str:
-    return sp.latex(e) if latex else str(e)
+    return sp.latex(e) if latex else _NamePrinter().doprint(e)
 
 
 def _indent(text: str) -> str:

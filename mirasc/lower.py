@@ -132,7 +132,7 @@ class ChunkLowering:
 
     # ---------------------------------------------------------------- the memory
     def sym_ew(self, expr: sp.Expr, env: dict[sp.Symbol, Value]) -> Value:
-        syms = sorted(expr.free_symbols, key=str)
+        syms = sorted(expr.free_symbols, key=lambda x: (str(x), type(x).__name__))  # a gate `_r` vs Dummy r
         args = [env[s] if s is not NCH else self.g.size("o") for s in syms]
         return self.g.ew(lambda *a: expr.xreplace(dict(zip(syms, a))), *args)
 

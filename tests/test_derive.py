@@ -146,3 +146,33 @@ def test_where_cases_take_both_branches():
         below += int((s <= 1).sum())
         above += int((s > 1).sum())
     assert below > 0 and above > 0
+
+
+# Names the derivation and the emitters use inside: reduction and adjoint symbols, the channel count, the
+# activation variable, the IR's argument symbols, the generated loss's locals. A gate may take any of them.
+INTERNAL_LOOKING = ["R1", "R2", "R3", "R1_bar", "R2_bar", "D", "x", "a0", "a1", "_R1", "_r", "n", "gates"]
+STDLIB_WITH_A_GATE = {  # bias -> (its call with the gate, the gate's range)
+    "huber": ("huber({g})", "(0, inf)"), "huber_norm": ("huber_norm({g})", "(0, inf)"),
+    "huber_mix": ("huber_mix({g})", "(0, inf)"), "value_shift": ("value_shift({g})", "[0, inf)"),
+    "lp": ("lp(3) + {g} * sum(r^2)", "[0, inf)"), "l2": ("{g} * l2()", "[0, inf)"), "dot": ("{g} * dot()", "[0, inf)"),
+}
+
+
+def _gated_spec(bias: str, gate: str, rng: str) -> str:
+    return (f"memory linear\ngate eta : scalar, range [0, inf)\ngate {gate} : scalar, range {rng}\n"
+            f"bias {bias.format(g=gate)}\nretention none\nalgorithm gd(lr = eta)\n")
+
+
+@pytest.mark.parametrize("bias", sorted(STDLIB_WITH_A_GATE))
+def test_gate_names_never_collide_with_internal_symbols(bias):
+    """Every stdlib bias, with its gate named like an internal symbol, derives the same update as with a plain
+    name (a gate `R1` once became the reduction R1 = ||r||^2 in huber_norm's threshold)."""
+    call, rng = STDLIB_WITH_A_GATE[bias]
+    plain = mirasc.compile(_gated_spec(call, "delta", rng), backend="torch")
+    q, k, v, gates, W0, _ = _inputs(plain, 0)
+    want, _ = plain(q, k, v, gates=gates, initial_state=[W0], chunk_size=1)
+    for name in INTERNAL_LOOKING:
+        op = mirasc.compile(_gated_spec(call, name, rng), backend="torch")
+        renamed = {"eta": gates["eta"], name: gates["delta"]}
+        got, _ = op(q, k, v, gates=renamed, initial_state=[W0], chunk_size=1)
+        assert rel_rms(got, want) < TOL, f"{bias} with its gate named {name}"

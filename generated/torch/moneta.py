@@ -120,8 +120,8 @@ def _logcosh(x):
 
 def loss(y, v, gates):
     """The per-token attentional bias: y, v [N, D]; gates name -> [N] or [N, D]; returns [N]."""
-    R1 = (((1e-06 + torch.square((y - v))) ** 1.5)).sum(-1)
-    return R1
+    _R1 = (((1e-06 + torch.square((y - v))) ** 1.5)).sum(-1)
+    return _R1
 
 
 # ------------------------------------------------------------------------------------------ chunk programs

@@ -92,8 +92,8 @@ def _logcosh(x):
 
 def loss(y, v, gates):
     """The per-token attentional bias: y, v [N, D]; gates name -> [N] or [N, D]; returns [N]."""
-    R1 = ((v * ((y - v) + v))).sum(-1)
-    return ((-1.0) * R1)
+    _R1 = ((((y - v) + v) * v)).sum(-1)
+    return ((-1.0) * _R1)
 
 
 # ------------------------------------------------------------------------------------------ chunk programs

@@ -113,8 +113,8 @@ def _logcosh(x):
 
 def loss(y, v, gates):
     """The per-token attentional bias: y, v [N, D]; gates name -> [N] or [N, D]; returns [N]."""
-    R1 = (torch.square((y - v))).sum(-1)
-    return (0.5 * R1)
+    _R1 = (torch.square((y - v))).sum(-1)
+    return (0.5 * _R1)
 
 
 # ------------------------------------------------------------------------------------------ chunk programs

@@ -127,8 +127,8 @@ def _logcosh(x):
 
 def loss(y, v, gates):
     """The per-token attentional bias: y, v [N, D]; gates name -> [N] or [N, D]; returns [N]."""
-    R1 = (torch.where((gates['delta'] >= torch.abs((y - v))), (0.5 * torch.square((y - v))), (gates['delta'] * (((-0.5) * gates['delta']) + (0.1 * _logcosh((10.0 * (y - v)))))))).sum(-1)
-    return R1
+    _R1 = (torch.where((gates['delta'] >= torch.abs((y - v))), (0.5 * torch.square((y - v))), (gates['delta'] * (((-0.5) * gates['delta']) + (0.1 * _logcosh((10.0 * (y - v)))))))).sum(-1)
+    return _R1
 
 
 # ------------------------------------------------------------------------------------------ chunk programs
@@ -332,15 +332,15 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln_weight,
     v160 = torch.einsum('nto->no', v159)
     v161 = (ln_weight[:, None, :] * v146 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
     v162 = (v156 + v161)
-    v163 = (v162 * torch.where((gate_delta >= torch.abs(saved_4)), _t(0.0), (1.0 * torch.tanh((10.0 * saved_4)))))
-    v164 = (v162 * torch.where((gate_delta >= torch.abs(saved_4)), _t(1.0), (1.0 * gate_delta * (10.0 - (10.0 * torch.square(torch.tanh((10.0 * saved_4))))))))
-    v166 = ((-1.0) * v164)
-    v168 = (ln_weight[:, None, :] * v164 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
-    v169 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v164 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v163 = (v162 * torch.where((gate_delta >= torch.abs(saved_4)), _t(1.0), (1.0 * gate_delta * (10.0 - (10.0 * torch.square(torch.tanh((10.0 * saved_4))))))))
+    v164 = (v162 * torch.where((gate_delta >= torch.abs(saved_4)), _t(0.0), (1.0 * torch.tanh((10.0 * saved_4)))))
+    v166 = ((-1.0) * v163)
+    v168 = (ln_weight[:, None, :] * v163 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v169 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v163 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
     v170 = torch.einsum('nto->nt', v169)
-    v171 = (saved_2 * v164 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v171 = (saved_2 * v163 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
     v172 = torch.einsum('nto->no', v171)
-    v173 = torch.einsum('nto->no', v164)
+    v173 = torch.einsum('nto->no', v163)
     v174 = (v153 + v158 + v170)
     v175 = (v174 / (_size_o))
     v176 = (2.0 * saved_2 * v175[:, :, None])
@@ -359,11 +359,11 @@ def chunk_backward(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln_weight,
     v188 = torch.einsum('nti,nth->nhi', k, v186)
     v189 = (v76 + v173)
     v190 = (v75 + v155 + v160 + v172)
-    v191 = (v109 + v164 + v187)
+    v191 = (v109 + v163 + v187)
     v192 = (d_out + v104 + v111)
     v193 = (v55 + v96 + v140 + v183)
     v194 = (v64 + v112 + v188)
-    return (v194, v193, v192, v191, v166, v137, v121, v163, v190, v189)
+    return (v194, v193, v192, v191, v166, v137, v121, v164, v190, v189)
 
 
 def chunk_forward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, ln_weight, ln_bias, *, chunk_size):
@@ -573,15 +573,15 @@ def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, l
     v167 = torch.einsum('nto->no', v166)
     v168 = (ln_weight[:, None, :] * v153 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
     v169 = (v163 + v168)
-    v170 = (v169 * torch.where((gate_delta >= torch.abs(saved_4)), _t(0.0), (1.0 * torch.tanh((10.0 * saved_4)))))
-    v171 = (v169 * torch.where((gate_delta >= torch.abs(saved_4)), _t(1.0), (1.0 * gate_delta * (10.0 - (10.0 * torch.square(torch.tanh((10.0 * saved_4))))))))
-    v173 = ((-1.0) * v171)
-    v175 = (ln_weight[:, None, :] * v171 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
-    v176 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v171 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
+    v170 = (v169 * torch.where((gate_delta >= torch.abs(saved_4)), _t(1.0), (1.0 * gate_delta * (10.0 - (10.0 * torch.square(torch.tanh((10.0 * saved_4))))))))
+    v171 = (v169 * torch.where((gate_delta >= torch.abs(saved_4)), _t(0.0), (1.0 * torch.tanh((10.0 * saved_4)))))
+    v173 = ((-1.0) * v170)
+    v175 = (ln_weight[:, None, :] * v170 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v176 = ((-0.5) * saved_2 * ln_weight[:, None, :] * v170 / (((1e-05 + saved_3[:, :, None]) ** 1.5)))
     v177 = torch.einsum('nto->nt', v176)
-    v178 = (saved_2 * v171 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
+    v178 = (saved_2 * v170 / (torch.sqrt((1e-05 + saved_3[:, :, None]))))
     v179 = torch.einsum('nto->no', v178)
-    v180 = torch.einsum('nto->no', v171)
+    v180 = torch.einsum('nto->no', v170)
     v181 = (v160 + v165 + v177)
     v182 = (v181 / (_size_o))
     v183 = (2.0 * saved_2 * v182[:, :, None])
@@ -600,11 +600,11 @@ def chunk_backward_factored(w1, w2, q, k, v, gate_alpha, gate_eta, gate_delta, l
     v195 = torch.einsum('nti,nth->nhi', k, v193)
     v196 = (v79 + v180)
     v197 = (v78 + v162 + v167 + v179)
-    v198 = (v121 + v171 + v194)
+    v198 = (v121 + v170 + v194)
     v199 = (d_out + v117 + v123)
     v200 = (v58 + v103 + v147 + v190)
     v201 = (v67 + v124 + v195)
-    return (v201, v200, v199, v198, v173, v144, v132, v170, v197, v196)
+    return (v201, v200, v199, v198, v173, v144, v132, v171, v197, v196)
 
 
 # A chunk whose channel decay spans less than SPREAD_LIMIT in log space runs the factored programs (when the

@@ -395,17 +395,17 @@ def chunk_bwd_kernel(
         v186 = tl.sum((v185), axis=0)
         v187 = (ln_weight[None, :] * v172 / (tl.sqrt((1e-05 + v19[:, None]))))
         v188 = (v182 + v187)
-        v189 = (v188 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v190 = (v188 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v191 = v189
-        v192 = ((-1.0) * v190)
-        v193 = v190
-        v194 = (ln_weight[None, :] * v190 / (tl.sqrt((1e-05 + v19[:, None]))))
-        v195 = ((-0.5) * v16 * ln_weight[None, :] * v190 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
+        v189 = (v188 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v190 = (v188 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v191 = v190
+        v192 = ((-1.0) * v189)
+        v193 = v189
+        v194 = (ln_weight[None, :] * v189 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v195 = ((-0.5) * v16 * ln_weight[None, :] * v189 / (tl.exp(1.5 * tl.log((1e-05 + v19[:, None])))))
         v196 = tl.sum((v195), axis=1)
-        v197 = (v16 * v190 / (tl.sqrt((1e-05 + v19[:, None]))))
+        v197 = (v16 * v189 / (tl.sqrt((1e-05 + v19[:, None]))))
         v198 = tl.sum((v197), axis=0)
-        v199 = tl.sum((v190), axis=0)
+        v199 = tl.sum((v189), axis=0)
         v200 = (v179 + v184 + v196)
         v201 = (v200 / (D))
         v202 = (2.0 * v16 * v201[:, None])
