@@ -86,7 +86,7 @@ def main() -> None:
 
     print(f"flash-linear-attention {fla.__version__}, torch {torch.__version__}; B=2, T={args.T}, H=2, D={args.D}, "
           "mirasc in float64, fla's references in float32; relative RMS error")
-    print(f"| spec | form | reference | output | final state |\n|---|---|---|---|---|")
+    print("| spec | form | reference | output | final state |\n|---|---|---|---|---|")
     for r in compare(args.T, args.D, args.chunk):
         print(f"| {r['spec']} | {r['form']} | {r['reference']} | {r['out']:.2e} | {r['state']:.2e} |")
 

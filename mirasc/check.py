@@ -19,6 +19,7 @@ from typing import NoReturn
 from mirasc import ast as A
 from mirasc.errors import SpecError
 from mirasc.parse import _number, parse
+from mirasc.resources import resource_file
 from mirasc.spec import (
     ELEMENTWISE_FUNCTIONS,
     REDUCTIONS,
@@ -48,7 +49,6 @@ from mirasc.spec import (
     Where,
 )
 
-STDLIB_PATH = Path(__file__).resolve().parent / "stdlib.miras"
 STDLIB_FILE = "<stdlib>"
 
 ARITY = {
@@ -137,7 +137,7 @@ class _Range:
 
 @functools.lru_cache(maxsize=1)
 def _stdlib() -> tuple[str, dict[str, A.DefStmt]]:
-    text = STDLIB_PATH.read_text(encoding="utf-8")
+    text = resource_file("stdlib.miras").read_text(encoding="utf-8")  # a real file, even when mirasc is zipped
     prog = parse(text, STDLIB_FILE)
     defs: dict[str, A.DefStmt] = {}
     for st in prog.stmts:

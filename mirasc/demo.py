@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import mirasc
 from mirasc.derive import derive, explain
+from mirasc.resources import prebuilt_names
 from mirasc.sample import random_inputs
 
 DEMO_RANGES = {"alpha": (0.9, 1.0), "eta": (0.0, 0.1), "theta": (0.0, 0.5), "delta": (0.5, 1.5)}
-MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -23,7 +22,7 @@ def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--spec", default=str(MODELS / "moneta.miras"))
+    p.add_argument("--spec", default="moneta", help="a prebuilt name, a path or spec text")
     p.add_argument("--B", type=int, default=2)
     p.add_argument("--T", type=int, default=256)
     p.add_argument("--H", type=int, default=4)
@@ -33,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     print("== compiling the prebuilt specs")
-    for path in sorted(MODELS.glob("*.miras")):
+    for name in prebuilt_names():
         t0 = time.perf_counter()
-        op = mirasc.compile(path, backend="torch")
-        print(f"  {path.name:<24} {op.name:<18} gates {sorted(op.gate_shapes(1, 1, 1, 1)) or '-'}"
+        op = mirasc.compile(name, backend="torch")
+        print(f"  {name:<24} {op.name:<18} gates {sorted(op.gate_shapes(1, 1, 1, 1)) or '-'}"
               f"  ({1e3 * (time.perf_counter() - t0):.0f} ms)")
 
     spec = mirasc.load(args.spec)
