@@ -115,6 +115,31 @@ def cmd_compile(args) -> int:
     return status
 
 
+def cmd_aot(args) -> int:
+    import json
+
+    from .aot import aot_report, as_json, format_rows
+    from .errors import SpecError
+
+    status, rows = 0, []
+    for spec in args.specs:
+        try:
+            found = aot_report(spec, arch=args.arch, chunk_size=args.chunk_size, head_dim=args.head_dim,
+                               dtype=args.dtype, timeout=args.timeout, options=_options(args.option))
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            status = 1
+            continue
+        for r in found:
+            if args.json:
+                print(json.dumps(as_json(r)), flush=True)
+            status |= 0 if r.ok else 1
+        rows += found
+    if not args.json and rows:
+        print(format_rows(rows))
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mirasc", description="Compile .miras specs of Miras test-time memories.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
     k.add_argument("-q", "--quiet", action="store_true")
     k.set_defaults(fn=cmd_compile)
+
+    a = sub.add_parser("aot", help="compile each spec's Triton kernels for a GPU (no GPU needed) and report "
+                                   "registers, spills, shared memory and tensor-core instructions")
+    a.add_argument("specs", nargs="+", metavar="SPEC", help="a prebuilt name (moneta, yaad, ...) or a .miras path")
+    a.add_argument("--arch", type=int, default=90, choices=[80, 90], help="90: H100/H200 (sm_90a), 80: A100")
+    a.add_argument("--chunk-size", type=int, default=64)
+    a.add_argument("--head-dim", type=int, default=64)
+    a.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q, k, v's dtype")
+    a.add_argument("--timeout", type=float, default=300.0, help="seconds per kernel")
+    a.add_argument("--json", action="store_true", help="one JSON object per kernel and line")
+    a.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
+    a.set_defaults(fn=cmd_aot)
 
     for register in _extensions():
         register(sub)

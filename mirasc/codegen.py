@@ -14,8 +14,8 @@ from .cachekey import __version__, spec_hash
 from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
+from .emit_triton import OFFSETS, KernelIO, kernels, stored_values
 from .grad import differentiate, split_saved
-from .ir import AXIS_ORDER
 from .lower import (
     DECAY_SPREAD_LIMIT,
     factorable,
@@ -136,74 +136,49 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
 
 
 # --------------------------------------------------------------------------------------------------- Triton
-def _triton_parts(spec: S.Spec, fwd, bwd) -> dict:
-    """The lines the Triton template splices in: argument lists, loads, bodies, stores, carries."""
-    from . import emit_triton as et
-
+def _kernel_io(spec: S.Spec, fwd) -> KernelIO:
     states = state_names(spec)
-    ins = input_names(spec)
-    rest = [n for n in ins if n not in states]
-    token = dict(zip(rest, token_inputs(spec, rest)))
-    axes = {n: fwd.inputs[n].axes for n in ins}
-    other = {n: (1.0 if n.startswith("gate_") else 0.0) for n in rest}
-
-    def state_at(ptr: str, s: str) -> str:
-        size = et.row_size(axes[s], False)
-        return f"{ptr} + (n * N_CHUNKS + c) * {size} + {et.offsets(axes[s], False)}"
-
-    offs = [f"offs_{a} = tl.arange(0, {et.SIZE[a]})" for a in AXIS_ORDER]
-    fwd_args = [f"{n}_ptr" for n in ins] + ["out_ptr"] + [f"final_{s}_ptr" for s in states] + [
-        f"starts_{s}_ptr" for s in states]
-    fwd_pro = [f"{s} = {et.load(f'{s}_ptr', fwd.inputs[s], False)}" for s in states]
-    fwd_pro += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], False)}" for n in rest if not token[n]]
-    fwd_loop = [f"tl.store({state_at(f'starts_{s}_ptr', s)}, {s})" for s in states]
-    fwd_loop += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], True, other[n])}" for n in rest if token[n]]
-    fwd_loop += et.body(fwd)
-    fwd_loop.append(et.store("out_ptr", fwd.outputs["out"].axes, True, et.name(fwd.outputs["out"])))
-    fwd_loop += [f"{s} = {et.name(fwd.outputs['new_' + s])}" for s in states]
-    fwd_epi = [et.store(f"final_{s}_ptr", axes[s], False, s) for s in states]
-
-    bwd_args = [f"starts_{s}_ptr" for s in states] + [f"{n}_ptr" for n in rest] + ["d_out_ptr"] + [
-        f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] + [f"grad_{n}_ptr" for n in rest]
-    bwd_pro = [f"carry_{s} = {et.load(f'd_final_{s}_ptr', fwd.inputs[s], False)}" for s in states]
-    bwd_pro += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], False)}" for n in rest if not token[n]]
-    bwd_pro += [f"acc_{n} = tl.zeros({et._shape(axes[n])}, DTYPE)" for n in rest if not token[n]]
-    bwd_loop = [f"{s} = tl.load({state_at(f'starts_{s}_ptr', s)})" for s in states]
-    bwd_loop += [f"{n} = {et.load(f'{n}_ptr', fwd.inputs[n], True, other[n])}" for n in rest if token[n]]
-    bwd_loop.append(f"d_out = {et.load('d_out_ptr', bwd.inputs['d_out'], True)}")
-    bwd_loop += [f"d_new_{s} = carry_{s}" for s in states]
-    bwd_loop += et.body(bwd)
-    for n in rest:
-        g = et.name(bwd.outputs[f"d_{n}"])
-        if token[n]:
-            bwd_loop.append(et.store(f"grad_{n}_ptr", axes[n], True, g))
-        else:
-            bwd_loop.append(f"acc_{n} += {g}")
-    bwd_loop += [f"carry_{s} = {et.name(bwd.outputs['d_' + s])}" for s in states]
-    bwd_epi = [et.store(f"d_init_{s}_ptr", axes[s], False, f"carry_{s}") for s in states]
-    bwd_epi += [et.store(f"grad_{n}_ptr", axes[n], False, f"acc_{n}") for n in rest if not token[n]]
-    return {
-        "fwd_args": ", ".join(fwd_args), "bwd_args": ", ".join(bwd_args), "offsets": offs,
-        "fwd_prologue": fwd_pro, "fwd_loop": fwd_loop, "fwd_epilogue": fwd_epi,
-        "bwd_prologue": bwd_pro, "bwd_loop": bwd_loop, "bwd_epilogue": bwd_epi,
-    }
+    rest = [n for n in input_names(spec) if n not in states]
+    return KernelIO(states, rest, dict(zip(rest, token_inputs(spec, rest))),
+                    {n: fwd.inputs[n].axes for n in states + rest})
 
 
 def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
-    """The source of the spec's Triton module (templates/triton_module.py.j2)."""
+    """The source of the spec's Triton module (templates/triton_module.py.j2): kernels and their DESCRIPTION.
+
+    A spec with channel decay gets the factored programs (no (C, C, D) tile) as its kernels, and the (C, C, D)
+    programs as `_cube` kernels for calls whose decay across a chunk exceeds DECAY_SPREAD_LIMIT."""
     d = derive(spec)
-    fwd = lower(d)
     ins = input_names(spec)
-    bwd = differentiate(fwd, ins)
-    token = token_inputs(spec, ins)
+    factored = factorable(spec)
+    variants = [("", factored, False)] + ([("_cube", False, True)] if factored else [])
+    found, io, stored = [], None, []
+    for suffix, use_factored, cube in variants:
+        fwd = lower(d, factored=use_factored)
+        io = io or _kernel_io(spec, fwd)
+        stored = stored or [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
+        for k in kernels(io, fwd, differentiate(fwd, ins), suffix, allow_cube=cube):
+            if cube:
+                k.doc += " (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains " \
+                         "until the sub-chunk scheme replaces it)"
+            found.append(k)
+    description = {
+        "spec": spec.name,
+        "states": {n: list(io.axes[n]) for n in io.states},
+        "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
+        "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
+        "kernels": ["state_fwd", "out_fwd", "state_bwd"] + [f"grad_{n}_bwd" for n in io.rest],
+        "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
+        "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",
+                      "spread_limit": DECAY_SPREAD_LIMIT} if factored else None),
+    }
     return _render("triton_module.py.j2",
         version=__version__,
         spec_file=_safe_comment(Path(spec.file).name),
         spec_name=spec.name,
         command=_safe_comment(command or f"mirasc compile {Path(spec.file).name}"),
         spec_hash=spec_hash(spec.source, options, "triton"),
-        state_fields=repr(tuple(state_names(spec))),
-        inputs=repr(tuple(ins)),
-        token_inputs=repr(tuple(token)),
-        **_triton_parts(spec, fwd, bwd),
+        description=pprint.pformat(description, width=110, sort_dicts=False),
+        offsets=OFFSETS,
+        kernels=found,
     )

@@ -16,6 +16,7 @@ each execute the complete module they generated. A cached compile imports neithe
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import hmac
 import importlib.machinery
@@ -279,6 +280,7 @@ class MemoryOp:
         self.source, self.file, self.options = text, file, options
         self.State = namedtuple(f"{self.name.title().replace('_', '')}State", module.STATE_FIELDS)
         self._spec = None
+        self.dot_precision = "tf32"  # fp32 contractions in the Triton kernels (with_dot_precision)
 
     def __repr__(self) -> str:
         return f"MemoryOp({self.name!r}, backend={self.backend!r}, state={self.module.STATE_FIELDS})"
@@ -297,6 +299,7 @@ class MemoryOp:
         for name, value in switches.items():
             setattr(module, name, value)
         op = MemoryOp(module, self.source, self.file, self.options, self.backend, self.triton_module)
+        op.dot_precision = self.dot_precision
         op._spec = self._spec
         return op
 
@@ -444,14 +447,17 @@ class MemoryOp:
         return gates, params
 
     # ------------------------------------------------------------------ calls
-    def _prepare(self, q, k, v, gates, params, initial_state):
-        """Flatten heads into rows: token inputs [N, T, ...], static gates and params [N, ...], state [N, ...]."""
+    def _prepare(self, q, k, v, gates, params, initial_state, sequences: int | None = None,
+                 keep_dtype: bool = False):
+        """Flatten heads into rows: token inputs [N, T, ...], static gates and params [N, ...], state [S·H, ...]
+        (S = B, or the number of packed sequences). keep_dtype: q, k, v stay in their dtype (the Triton kernels
+        read bf16 and fp16 as such); otherwise everything is fp32 (fp64 for fp64 inputs)."""
         B, T, H, D = q.shape
         dt = torch.float64 if q.dtype == torch.float64 else torch.float32
         if initial_state is None:
-            initial_state = self.init_state(B, H, D, dt, q.device)
-        flat = [s.to(dt).reshape(B * H, *s.shape[2:]) for s in initial_state]
-        tok = [x.to(dt).permute(0, 2, 1, 3).reshape(B * H, T, D) for x in (q, k, v)]
+            initial_state = self.init_state(sequences or B, H, D, dt, q.device)
+        flat = [s.to(dt).reshape(-1, *s.shape[2:]) for s in initial_state]
+        tok = [x.to(x.dtype if keep_dtype else dt).permute(0, 2, 1, 3).reshape(B * H, T, D) for x in (q, k, v)]
         gate_rows = []
         for g in self.meta["gates"]:
             x = gates[g["name"]].to(dt)
@@ -482,8 +488,15 @@ class MemoryOp:
         B, T, H, D = q.shape
         if T == 0:
             raise ValueError("q: the sequence is empty (T = 0)")
-        flat, tok, gate_rows, param_rows = self._prepare(q, k, v, gates, params, initial_state)
-        res = self.module_for(q).ChunkwiseMemory.apply(chunk, *flat, *tok, *gate_rows, *param_rows)
+        module = self.module_for(q)
+        on_triton = module is self.triton_module
+        flat, tok, gate_rows, param_rows = self._prepare(q, k, v, gates, params, initial_state, keep_dtype=on_triton)
+        if on_triton:
+            from .backends.triton import chunkwise
+
+            res = chunkwise(module, chunk, *flat, *tok, *gate_rows, *param_rows, precision=self.dot_precision)
+        else:
+            res = module.ChunkwiseMemory.apply(chunk, *flat, *tok, *gate_rows, *param_rows)
         o = res[0].reshape(B, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
         state = None
         if output_final_state:
@@ -501,6 +514,9 @@ class MemoryOp:
         if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != q.shape[1] or any(
                 a >= b for a, b in zip(bounds, bounds[1:])):
             raise ValueError(f"cu_seqlens: expected increasing offsets from 0 to T={q.shape[1]}, got {bounds}")
+        if self.module_for(q) is self.triton_module:  # the kernels walk every sequence in one launch
+            return self._varlen_triton(q, k, v, gates, initial_state, output_final_state, chunk_size, params,
+                                       bounds, check)
         gates = dict(gates or {})
         data_dependent = {g["name"] for g in self.meta["gates"] if g["data_dependent"]}
         outs, finals = [], []
@@ -515,6 +531,43 @@ class MemoryOp:
         if not output_final_state:
             return o, None
         return o, self.State(*(torch.cat(parts, dim=0) for parts in zip(*finals)))
+
+    def _varlen_triton(self, q, k, v, gates, initial_state, output_final_state, chunk_size, params, bounds, check):
+        from .backends.triton import chunkwise
+
+        n_seq = len(bounds) - 1
+        if initial_state is not None:
+            shapes = self.state_shapes(n_seq, q.shape[2], q.shape[3])
+            for (name, shape), x in zip(shapes.items(), initial_state):
+                if tuple(x.shape) != shape:
+                    raise ValueError(f"initial_state.{name}: with {n_seq} sequences, expected shape {list(shape)}, "
+                                     f"got {list(x.shape)}")
+        gates, params = self._check(q, k, v, gates, params, None, check)
+        chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
+        if chunk < 1:
+            raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        _, T, H, D = q.shape
+        flat, tok, gate_rows, param_rows = self._prepare(q, k, v, gates, params, initial_state, sequences=n_seq,
+                                                         keep_dtype=True)
+        cu = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+        res = chunkwise(self.triton_module, chunk, *flat, *tok, *gate_rows, *param_rows, cu_seqlens=cu,
+                        precision=self.dot_precision)
+        o = res[0].reshape(1, H, T, D).permute(0, 2, 1, 3).to(q.dtype)
+        if not output_final_state:
+            return o, None
+        return o, self.State(*(s.reshape(n_seq, H, *s.shape[1:]) for s in res[1:]))
+
+    def with_dot_precision(self, precision: str) -> MemoryOp:
+        """A copy of this op whose Triton kernels run fp32 contractions as `precision`: "tf32" (tensor cores, the
+        default) or "ieee" (exact fp32 products). bf16/fp16 inputs always use their own tensor-core path, fp64 is
+        always exact."""
+        from .backends.triton import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        op = copy.copy(self)
+        op.dot_precision = precision
+        return op
 
     def recurrent(self, q, k, v, gates=None, initial_state=None, chunk_size=None, params=None,
                   output_final_state=True):

@@ -1,0 +1,186 @@
+"""Launching a spec's Triton kernels: buffers, grid, dtypes and the autograd Function around them.
+
+A generated Triton module (templates/triton_module.py.j2) holds only kernels and its DESCRIPTION: the state
+fields and inputs with their axes, which inputs run along the sequence, the hidden size, and the fallback
+kernels for strongly decaying chunks. Everything that runs on the host is here.
+
+Layout (mirasc.runtime prepares it): state tensors [P, ...] with one entry per program (a sequence of one head),
+token inputs [R, T, ...] with one row per head and batch element (with cu_seqlens, R = H rows holding every
+sequence, packed), static gates and outer parameters [R, ...].
+
+Dtypes: q, k, v arrive in the caller's dtype and are read as such; contractions take DOT_DTYPE operands (bf16 and
+fp16 as given, fp32 as tf32 on tensor cores unless precision='ieee', fp64 exact); arithmetic, state and gradients
+of gates are fp32 (fp64 for fp64 inputs); `out` and the gradients of q, k, v come back in the input's dtype.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+PRECISIONS = ("tf32", "ieee")
+
+
+def num_warps(chunk_size: int, head_dim: int, hidden: int) -> int:
+    """Warps per program: 8 once a chunk's (C, D) tiles reach 64 x 64 (each then takes 16 registers a thread
+    instead of 32), else 4. Chosen from ahead-of-time compiles (mirasc aot): fewer warps spill at C = D = 64."""
+    return 8 if chunk_size * max(head_dim, hidden) >= 64 * 64 else 4
+
+
+def _tl_dtypes(token_dtype: torch.dtype, precision: str):
+    import triton.language as tl
+
+    if token_dtype == torch.float64:
+        return tl.float64, tl.float64, "ieee"
+    dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(token_dtype, tl.float32)
+    return tl.float32, dot, precision if dot == tl.float32 else "ieee"
+
+
+def _power_of_two(name: str, size: int) -> None:
+    if size & (size - 1):
+        raise ValueError(f"{name}: the Triton backend needs a power of two, got {size}")
+
+
+class _Launch:
+    """Sizes, grid and constexprs of one call."""
+
+    def __init__(self, module: ModuleType, inputs: tuple, chunk_size: int, cu_seqlens: torch.Tensor | None,
+                 precision: str):
+        desc = module.DESCRIPTION
+        self.module, self.desc = module, desc
+        self.n_state = len(desc["states"])
+        self.token = [tok for _, _, tok in desc["inputs"]]
+        states, rest = inputs[:self.n_state], inputs[self.n_state:]
+        q = rest[0]
+        self.rows, self.T, self.D = q.shape
+        self.C, self.HID = chunk_size, desc["hidden"] * self.D
+        for what, size in (("chunk_size", self.C), ("head dim D", self.D), ("hidden size", self.HID)):
+            _power_of_two(what, size)
+        if q.is_cuda and min(self.C, self.D) < 16:
+            raise ValueError(f"the Triton kernels on a GPU need chunk_size and D of at least 16 (tensor-core tiles), "
+                             f"got chunk_size={self.C}, D={self.D}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        self.dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dtype, dot, prec = _tl_dtypes(q.dtype, precision)
+        self.programs = states[0].shape[0]
+        device = q.device
+        if cu_seqlens is None:
+            self.cu = self.offsets = torch.zeros(1, dtype=torch.int32, device=device)
+            self.max_chunks = -(-self.T // self.C)
+            self.n_chunks = self.programs * self.max_chunks
+            varlen, heads = False, 1
+        else:
+            self.cu = cu_seqlens.to(device=device, dtype=torch.int32)
+            lengths = self.cu[1:] - self.cu[:-1]
+            chunks = (lengths + self.C - 1) // self.C
+            self.offsets = torch.cat([chunks.new_zeros(1), chunks.cumsum(0)[:-1]]).to(torch.int32)
+            heads = self.rows
+            self.n_chunks = int(chunks.sum()) * heads
+            self.max_chunks = int(chunks.max())
+            varlen = True
+        self.scalars = (self.cu, self.offsets, self.T, heads)
+        self.consts = dict(C=self.C, D=self.D, HID=self.HID, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
+                           DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID))
+
+    def kernels(self, rest: tuple) -> dict:
+        """The kernels of this call by job (DESCRIPTION["kernels"]): the fallback ones when a chunk decays too
+        strongly for the factored programs (one host read of the decay per call)."""
+        fallback = self.desc["fallback"]
+        suffix = ""
+        if fallback is not None:
+            names = [n for n, _, _ in self.desc["inputs"]]
+            alpha = rest[names.index(fallback["decay_input"])]
+            if _decay_spread(alpha, self.C) >= fallback["spread_limit"]:
+                suffix = fallback["suffix"]
+        return {job: getattr(self.module, f"chunk_{job}_kernel{suffix}") for job in self.desc["kernels"]}
+
+    def size(self, axis: str) -> int:
+        return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
+
+    def sequential(self) -> tuple[int]:
+        return (self.programs,)
+
+    def per_chunk(self) -> tuple[int, int]:
+        return (self.programs, self.max_chunks)
+
+
+def _decay_spread(alpha: torch.Tensor, chunk_size: int) -> float:
+    """The largest log-decay across a chunk, over every chunk, row and channel."""
+    logs = -torch.log(alpha.detach().float())
+    pad = -logs.shape[1] % chunk_size
+    if pad:
+        logs = torch.cat([logs, logs.new_zeros(logs.shape[0], pad, *logs.shape[2:])], dim=1)
+    return float(logs.reshape(logs.shape[0], -1, chunk_size, *logs.shape[2:]).sum(dim=2).max())
+
+
+class TritonChunkwise(torch.autograd.Function):
+    """out, *final_state = TritonChunkwise.apply(module, chunk_size, cu_seqlens, precision, *inputs)."""
+
+    @staticmethod
+    def forward(ctx, module, chunk_size, cu_seqlens, precision, *inputs):
+        launch = _Launch(module, inputs, chunk_size, cu_seqlens, precision)
+        inputs = [x.contiguous() for x in inputs]
+        states, rest = inputs[:launch.n_state], inputs[launch.n_state:]
+        states = [s.to(launch.dtype) for s in states]
+        q = rest[0]
+        out = torch.full((launch.rows, launch.T, launch.D), float("nan"), device=q.device, dtype=q.dtype)
+        final = [torch.empty_like(s) for s in states]
+        starts = [torch.empty((launch.n_chunks, *s.shape[1:]), device=s.device, dtype=launch.dtype) for s in states]
+        stored = [torch.empty((launch.n_chunks, *(launch.size(a) for a in axes)), device=q.device, dtype=launch.dtype)
+                  for _, axes in launch.desc["stored"]]
+        kernels = launch.kernels(rest)
+        kernels["state_fwd"][launch.sequential()](*states, *rest, *final, *starts, *stored, *launch.scalars,
+                                                  **launch.consts)
+        kernels["out_fwd"][launch.per_chunk()](*starts, *rest, *stored, out, *launch.scalars, **launch.consts)
+        ctx.save_for_backward(*rest, *starts, *stored)
+        ctx.launch, ctx.kernels = launch, kernels
+        return (out, *final)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_state):
+        launch, kernels = ctx.launch, ctx.kernels
+        saved = list(ctx.saved_tensors)
+        n_rest = len(launch.token)
+        rest, starts, stored = saved[:n_rest], saved[n_rest:n_rest + launch.n_state], saved[n_rest + launch.n_state:]
+        rest = [*rest, *stored]  # the kernels read the stored values after the inputs
+        q = rest[0]
+        d_out = torch.zeros(launch.rows, launch.T, launch.D, device=q.device, dtype=q.dtype) if d_out is None \
+            else d_out.contiguous()
+        shapes = [(launch.programs, *s.shape[1:]) for s in starts]
+        d_state = [torch.zeros(shape, device=q.device, dtype=launch.dtype) if d is None else
+                   d.contiguous().to(launch.dtype) for d, shape in zip(d_state, shapes)]
+        d_init = [torch.full(shape, float("nan"), device=q.device, dtype=launch.dtype) for shape in shapes]
+        carries = [torch.empty_like(s) for s in starts]
+        kernels["state_bwd"][launch.sequential()](*starts, *rest, d_out, *d_state, *d_init, *carries,
+                                                  *launch.scalars, **launch.consts)
+        # a static input's gradient comes per chunk: summed here over chunks, and over the sequences of a row
+        grads = [torch.full_like(x, float("nan")) if tok else
+                 torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
+                 for x, tok in zip(rest, launch.token)]
+        for (name, _, _), grad in zip(launch.desc["inputs"], grads):
+            kernels[f"grad_{name}_bwd"][launch.per_chunk()](*starts, *carries, *rest, d_out, grad, *launch.scalars,
+                                                            **launch.consts)
+        grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
+        return (None, None, None, None, *d_init, *grads)
+
+
+def _per_row(per_chunk: torch.Tensor, x: torch.Tensor, launch: _Launch) -> torch.Tensor:
+    """Sum a static input's per-chunk gradients [chunks, ...] onto its rows [R, ...]."""
+    if launch.consts["IS_VARLEN"]:  # chunks are grouped by sequence, then head: scatter each onto its head's row
+        heads = launch.rows
+        lengths = launch.cu[1:] - launch.cu[:-1]
+        per_seq = ((lengths + launch.C - 1) // launch.C).repeat_interleave(heads)
+        row = torch.arange(heads, device=x.device).repeat(len(lengths)).repeat_interleave(per_seq)
+        return torch.zeros_like(x, dtype=per_chunk.dtype).index_add_(0, row, per_chunk).to(x.dtype)
+    return per_chunk.reshape(x.shape[0], -1, *x.shape[1:]).sum(1).to(x.dtype)
+
+
+def chunkwise(module: ModuleType, chunk_size: int, *inputs: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+              precision: str = "tf32") -> tuple[torch.Tensor, ...]:
+    """Run a Triton module's kernels: (out [R, T, D], *final state [P, ...]) for inputs laid out as above."""
+    return TritonChunkwise.apply(module, chunk_size, cu_seqlens, precision, *inputs)
+
+
+__all__ = ["PRECISIONS", "TritonChunkwise", "chunkwise"]

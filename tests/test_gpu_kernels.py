@@ -1,0 +1,88 @@
+"""The Triton kernels' form, checked without a GPU: contractions in dot form (no three-axis tile in any kernel),
+a printer that refuses what it cannot map, and ahead-of-time compiles for an H100 (mirasc aot)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+from helpers import PREBUILT, model_path
+
+import mirasc
+from mirasc import ir
+from mirasc.codegen import _kernel_io
+from mirasc.derive import derive
+from mirasc.dotform import is_dot, product_tile_axes, to_dot_form
+from mirasc.emit_triton import CubeTileError, kernels
+from mirasc.grad import differentiate
+from mirasc.lower import factorable, input_names, lower
+from mirasc.triton_printer import TritonPrinter
+
+
+@pytest.mark.parametrize("stem", PREBUILT)
+def test_every_contraction_is_a_dot_or_a_two_axis_product(stem):
+    """The programs the kernels are made from (factored channel decay where there is one) have no tile with three
+    axes after the dot-form pass, in the forward and in the backward; every matrix-shaped contraction is a dot."""
+    spec = mirasc.load(model_path(stem))
+    fwd = lower(derive(spec), factored=factorable(spec))
+    for graph in (fwd, differentiate(fwd, input_names(spec))):
+        dot_form = to_dot_form(graph)
+        for v in dot_form.values:
+            assert len(v.axes) <= 2, (stem, v)
+            if isinstance(v.op, ir.Einsum):
+                assert is_dot(v) or len(product_tile_axes(v)) <= 2, (stem, v)
+        assert any(is_dot(v) for v in dot_form.values), stem
+
+
+def test_dot_form_moves_elementwise_factors_into_operands():
+    g = ir.Graph()
+    x, w, a = g.input("x", ("t", "i")), g.input("w", ("o", "i")), g.input("a", ("t",))
+    g.outputs["y"] = g.einsum(("t", "o"), x, w, a)  # Σ_i x[t,i] a[t] w[o,i] = (a ⊙ x) wᵀ
+    out = to_dot_form(g).outputs["y"]
+    assert is_dot(out)
+    assert {tuple(arg.axes) for arg in out.args} == {("t", "i"), ("o", "i")}
+
+
+def test_kernels_refuse_a_three_axis_tile():
+    """Channel decay without the factored form needs (C, C, D) decay tiles: the emitter names the value."""
+    spec = mirasc.load(model_path("moneta"))
+    fwd = lower(derive(spec), factored=False)
+    with pytest.raises(CubeTileError, match="pairwise decay"):
+        kernels(_kernel_io(spec, fwd), fwd, differentiate(fwd, input_names(spec)))
+
+
+def test_printer_refuses_what_it_cannot_map():
+    x = sp.Symbol("x")
+    assert TritonPrinter({x: "x"})(sp.exp(x)) == "tl.exp(x)"
+    with pytest.raises(NotImplementedError, match="no rule for besselj"):
+        TritonPrinter({x: "x"})(sp.besselj(0, x))
+    with pytest.raises(NotImplementedError, match="Symbol"):
+        TritonPrinter({})(x)  # an unbound symbol is never printed as its name
+
+
+def test_constants_keep_their_precision():
+    """A float fp32 cannot hold is a DTYPE tile, so an fp64 kernel keeps it exact; one fp32 holds stays a literal."""
+    p = TritonPrinter({})
+    assert p(sp.Float(0.5)) == "0.5"
+    assert p(sp.log(2)) == f"tl.full((), {float(sp.log(2))!r}, DTYPE)"
+
+
+def test_aot_compiles_for_an_h100():
+    """`mirasc aot --json`: every kernel compiles for sm_90a with no spills and tensor cores for its dots (small
+    sizes keep the test fast; bench/README.md has the full table)."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    command = [sys.executable, "-m", "mirasc", "aot", "linear_attention", "--head-dim", "16", "--chunk-size", "16",
+               "--json", "--timeout", "120"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    jobs = ("state_fwd", "out_fwd", "state_bwd", "grad_q_bwd", "grad_k_bwd", "grad_v_bwd")
+    assert {r["kernel"] for r in rows} == {f"chunk_{job}_kernel" for job in jobs}
+    for r in rows:
+        for key in ("spec", "kernel", "head_dim", "ok", "compile_s", "regs", "stack", "shared", "mma", "dots"):
+            assert key in r, key
+        assert r["ok"] and r["spec"] == "linear_attention" and r["head_dim"] == 16, r
+        assert r["stack"] == 0 and r["dots"] > 0 and r["mma"] > 0, r
