@@ -815,10 +815,16 @@ class _Checker:
                 )
             map_term = term
             if name == "lq":
-                b = self._bind(term.args, ("q", "eps"), ("q",), "lq", term.name.span)
+                b = self._bind(term.args, ("q", "eps", "form"), ("q",), "lq", term.name.span)
                 q = self._const_arg(b["q"], "q", at_least=1.0)
                 eps = self._const_arg(b["eps"], "eps") if "eps" in b else 1e-6
-                bmap = LqMap(q=q, eps=eps, span=term.span)
+                lq_form = self._word(b["form"], ("literal", "pnorm"), "form") if "form" in b else "literal"
+                # the p-norm map and its frozen chunk slope hold |A|^(q-1) and |A|^(q-2): below q = 2 the slope is
+                # infinite at a zero entry, and for 2 < q < 3 the slope's own derivative is (0 * inf at a zero entry)
+                if lq_form == "pnorm" and not (q == 2 or q >= 3):
+                    self.err(b["q"].value.span, f"lq(form = pnorm) needs q = 2 or q ≥ 3 (the map and its slope are "
+                             f"differentiable at zero entries only there), got {fmt_num(q)}")
+                bmap = LqMap(q=q, eps=eps, form=lq_form, span=term.span)  # type: ignore[arg-type]
             elif name == "kl":
                 b = self._bind(term.args, ("eps",), (), "kl", term.name.span)
                 eps = self._const_arg(b["eps"], "eps") if "eps" in b else 1e-6

@@ -51,6 +51,14 @@ def channel_axis(depth: int, layer: int) -> str | None:
     return None
 
 
+def _exact(x: float) -> sp.Expr:
+    """A map's exponent as an exact sympy number when it is rational with a small denominator (q = 4 gives the
+    integer 3 and the half 1/2, which the emitters write as products and a square root instead of exp(x log a)),
+    else a float."""
+    r = sp.Rational(x).limit_denominator(64)
+    return r if abs(float(r) - x) < 1e-12 else sp.Float(x)
+
+
 def is_mirror(m) -> bool:
     return isinstance(m, MIRROR_MAPS) or (isinstance(m, S.SoftThresholdMap) and m.form == "ftrl")
 
@@ -191,18 +199,50 @@ class ChunkLowering:
 
     # ---------------------------------------------------------------- boundary maps
     def kappa(self, P: Value) -> Value | None:
-        """The frozen slope of a scaling map: lq's 1 / (||P||_q^(q-2) + eps); None for slope 1."""
+        """The frozen slope of an lq map at the chunk-start accumulator P (one value per matrix); None for slope 1.
+
+        literal (Eq. 24): 1 / (||P||_q^(q-2) + eps), the map itself being P times that scale.
+        pnorm: (q - 1) mean(|P|^(q-2)) / (mu_q(P)^(q-2) + eps), the mean over the matrix of the map's elementwise
+        slope with its normaliser held fixed (docs/semantics.md, "Chunks of C tokens")."""
         m = self.spec.retention.map
         if not isinstance(m, S.LqMap):
             return None
+        if m.form == "pnorm":
+            q = _exact(m.q)
+            # mean |P|^(q-2); exactly 1 at q = 2 (sympy folds |a|^0 to the constant 1, which a sum cannot count)
+            spread = self._matrix_mean(self.g.ew(lambda a: sp.Abs(a) ** (q - 2), P), P) if m.q != 2 else None
+            inv = self._pnorm_inverse_normaliser(P)
+            if spread is None:
+                return _named(self.g.ew(lambda r: (q - 1) * r, inv), "pnorm frozen slope (q-1) mean|P|^(q-2)/norm")
+            return _named(self.g.ew(lambda sp_, r: (q - 1) * sp_ * r, spread, inv),
+                          "pnorm frozen slope (q-1) mean|P|^(q-2)/norm")
         g = self.g
         total = g.sum(g.ew(lambda a: sp.Abs(a) ** m.q, P), *P.axes)
         q, eps = sp.Float(m.q), sp.Float(m.eps)
         return _named(g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), total), "lq frozen slope 1/(||P||_q^(q-2)+eps)")
 
+    def _matrix_mean(self, x: Value, P: Value) -> Value:
+        """The mean of x over the matrix axes of P (one value per matrix and head)."""
+        g = self.g
+        # one elementwise op with the sizes as inlined arguments (a value made of sizes alone is a Python int,
+        # which the generated backward cannot save)
+        sizes = [g.size(a) for a in P.axes]
+        return g.ew(lambda t, *n: t / sp.Mul(*n), g.sum(x, *P.axes), *sizes)
+
+    def _pnorm_inverse_normaliser(self, P: Value) -> Value:
+        """1 / (mu_q(P)^(q-2) + eps) with mu_q(P) = (mean |P|^q)^(1/q): the p-norm map's scale."""
+        m = self.spec.retention.map
+        q, eps = _exact(m.q), sp.Float(m.eps)
+        mean_q = self._matrix_mean(self.g.ew(lambda a: sp.Abs(a) ** q, P), P)
+        return _named(self.g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), mean_q), "pnorm 1/(mu_q(P)^(q-2)+eps)")
+
     def apply_map(self, P: Value, layer: int) -> Value:
         m = self.spec.retention.map
         g = self.g
+        if isinstance(m, S.LqMap) and m.form == "pnorm":
+            q = _exact(m.q)
+            inv = self._pnorm_inverse_normaliser(P)
+            return g.ew(lambda a, r: sp.sign(a) * sp.Abs(a) ** (q - 1) * r, P, inv)
         if isinstance(m, S.LqMap):
             return g.ew(lambda a, kp: a * kp, P, self.kappa(P))
         if isinstance(m, S.SigmoidMap):
@@ -375,6 +415,8 @@ class ChunkLowering:
         gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax, factors)
         inner = g.ew(lambda p, m: -m, gterm, gterm) if inner is None else g.ew(lambda p, m: p - m, inner, gterm)
         if kappa[j] is False:
+            if self.mirror_slope[j] is not None:
+                inner = g.ew(lambda c, kp: c * kp, inner, self.mirror_slope[j])
             return g.ew(lambda b, c: b + c, g.einsum(keep, x, base[j]), inner)
         if kappa[j] is None:
             return inner
@@ -425,9 +467,18 @@ class ChunkLowering:
             if alpha is not None:
                 alpha = g.ew(lambda m, a: m + (1 - m) * a, first, alpha)
             eta = g.ew(lambda m, e: (1 - m) * e, first, eta)
+        # reads in a chunk: W_t = W' + slope (P_t - P'). A scaling map (literal lq) has W' = kappa P', so the read is
+        # kappa P_t; an elementwise map (pnorm, sigmoid, soft-threshold ftrl) reads W' x plus the slope times the
+        # linear part (kappa False), its slope in mirror_slope (None: 1).
+        self.mirror_slope: list[Value | None] = [None] * self.depth
         if is_mirror(rmap):
             base = [self.apply_map(P, j) for j, P in enumerate(self.P)]
-            kappa = [self.kappa(P) if isinstance(rmap, S.LqMap) else False for P in self.P]
+            if isinstance(rmap, S.LqMap) and rmap.form == "literal":
+                kappa = [self.kappa(P) for P in self.P]
+            else:
+                kappa = [False] * self.depth
+                if isinstance(rmap, S.LqMap):
+                    self.mirror_slope = [self.kappa(P) for P in self.P]
         else:
             base, kappa = list(self.P), [None] * self.depth
         if self.form.solves:

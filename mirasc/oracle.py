@@ -170,6 +170,27 @@ def _lq_scale(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
     return 1.0 / (norm_pow + lq.eps)
 
 
+def _pnorm_scale(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
+    """1 / (mu_q(P)^(q-2) + eps), mu_q(P) = (mean |P|^q)^(1/q) over each [out, in] matrix: shape [N, 1, 1].
+    At P = 0 the value is torch's 0^e and the outer gradient is taken as 0, as in _lq_scale."""
+    total = (p.abs() ** lq.q).mean(dim=(-2, -1), keepdim=True)
+    e = (lq.q - 2.0) / lq.q
+    nonzero = total > 0
+    norm_pow = torch.where(nonzero, torch.where(nonzero, total, 1.0) ** e, torch.zeros_like(total) ** e)
+    return 1.0 / (norm_pow + lq.eps)
+
+
+def _pnorm_map(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
+    """The p-norm mirror map W = sign(P) |P|^(q-1) / (mu_q(P)^(q-2) + eps)."""
+    return torch.sign(p) * p.abs() ** (lq.q - 1) * _pnorm_scale(p, lq)
+
+
+def _pnorm_slope(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
+    """The p-norm map's frozen chunk slope: (q - 1) mean(|P|^(q-2)) / (mu_q(P)^(q-2) + eps), shape [N, 1, 1]."""
+    spread = (p.abs() ** (lq.q - 2)).mean(dim=(-2, -1), keepdim=True) if lq.q != 2 else 1.0
+    return (lq.q - 1) * spread * _pnorm_scale(p, lq)
+
+
 def _soft_threshold(run: _Run, ps: Weights, g: dict) -> Weights:
     """S_γ(P) = sign(P) · max(|P| − γ, 0), γ a constant or a static (scalar or channel) gate."""
     gamma = _operand(run.spec.retention.map.gamma, g, 0.0)
@@ -179,6 +200,8 @@ def _soft_threshold(run: _Run, ps: Weights, g: dict) -> Weights:
 def _phi(run: _Run, ps: Weights, g: dict) -> Weights:
     """The primal weights W = φ(P) for a mirror map; W = P for every other retention."""
     m = run.spec.retention.map
+    if isinstance(m, LqMap) and m.form == "pnorm":
+        return [_pnorm_map(p, m) for p in ps]
     if isinstance(m, LqMap):
         return [p * _lq_scale(p, m) for p in ps]
     if isinstance(m, SigmoidMap):
@@ -189,8 +212,11 @@ def _phi(run: _Run, ps: Weights, g: dict) -> Weights:
 
 
 def _kappa(run: _Run, ps: Weights) -> list[torch.Tensor | float]:
-    """The map's slope frozen at the chunk start: lq 1/(||P'||_q^(q-2)+eps); every other map 1."""
+    """The map's slope frozen at the chunk start: lq 1/(||P'||_q^(q-2)+eps); pnorm (q-1) mean|P'|^(q-2) /
+    (mu_q(P')^(q-2)+eps); every other map 1. Token t in the chunk reads W' + slope (P_t - P')."""
     m = run.spec.retention.map
+    if isinstance(m, LqMap) and m.form == "pnorm":
+        return [_pnorm_slope(p, m) for p in ps]
     if isinstance(m, LqMap):
         return [_lq_scale(p, m) for p in ps]
     return [1.0 for _ in ps]

@@ -167,10 +167,17 @@ class Memory:
 
 @dataclass(frozen=True)
 class LqMap:
-    """Moneta's lq normalisation (Eq. 24): W = A / (||A||_q^(q-2) + eps), a mirror map on an accumulator."""
+    """Moneta's lq normalisation, a mirror map on an accumulator A, in one of two forms.
+
+    form='literal': Eq. 24 as printed, W = A / (||A||_q^(q-2) + eps) (homogeneous of degree -1 for q = 4).
+    form='pnorm': the p-norm algorithms' mirror map (the form Section 5.2's Variant 4 points to),
+      W = sign(A) |A|^(q-1) / (mu_q(A)^(q-2) + eps), mu_q(A) = (mean |A|^q)^(1/q) (degree 1; needs q >= 2).
+    The norms run entry-wise over each weight matrix; docs/semantics.md ("Boundary maps") has the details.
+    """
 
     q: float
     eps: float = 1e-6
+    form: Literal["literal", "pnorm"] = "literal"
     span: Span = NO_SPAN
 
 

@@ -5,7 +5,7 @@ respect to q, k, v, every gate, every param and every initial-state tensor, over
 
 The chunked oracle is a Python loop over tokens (a few ms per token with gradients), so the full sequence-length
 set runs for four representative specs only (moneta, memora, titans, gated_deltanet: lq mirror map, KL lag step,
-momentum, linear delta rule); the other specs, yaad's `huber_form = token` and moneta's `normalisation = none`
+momentum, linear delta rule); the other specs, yaad's `huber_form = token` and moneta's other `normalisation`
 variants run a reduced set {1, 63, 100} (one token; a short last chunk; several chunks and a partial one).
 """
 
@@ -32,8 +32,10 @@ REPRESENTATIVE = ("moneta", "memora", "titans", "gated_deltanet")
 FULL_T = (1, 15, 63, 64, 100, 257)
 REDUCED_T = (1, 63, 100)
 YAAD_TOKEN = ("yaad", (("huber_form", "token"),))
-MONETA_Q2 = ("moneta", (("normalisation", "none"),))
-VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN, MONETA_Q2]
+# moneta's three normalisations (docs/semantics.md, "Boundary maps"): every one that is not the default
+MONETA_FORMS = [("moneta", (("normalisation", form),)) for form in ("lq", "pnorm", "none")
+                if form != dict(mirasc.load(model_path("moneta")).options)["normalisation"]]
+VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN] + MONETA_FORMS
 B, H, D = 2, 2, 8
 
 
@@ -56,7 +58,7 @@ def ops():
 
 
 # (eta factor, alpha factor) for sequences longer than 128 tokens: see calm_inputs
-CALM = {"memora": (0.1, 0.3), "titans": (0.5, 0.3)}
+CALM = {"memora": (0.1, 0.3), "titans": (0.5, 0.3), "moneta": (0.02, 0.1)}
 
 
 def calm_inputs(op, b, t, h, d, **kw):
@@ -66,7 +68,9 @@ def calm_inputs(op, b, t, h, d, **kw):
     and k grows to ~2e-11 (titans) or ~3e-9 (memora, whose KL state has entries near 1e-7) in the oracle's own
     output by the last token, so two correct implementations that round differently cannot agree to 1e-10.
     A smaller inner step (and, for memora, a decay closer to 1) keeps the dynamics contractive; the oracle's
-    self-sensitivity is then ~1e-13.
+    self-sensitivity is then ~1e-13. Moneta with the p-norm map (its default) is chaotic at T = 257 unless both
+    are gentle: a 1e-15 perturbation of k moves the oracle's output by 7e-7 at (0.5, 1.0) and (0.05, 0.3), 7e-10 at
+    (0.1, 0.1), 1e-13 at (0.02, 0.1).
     """
     q, k, v, gates, params, state = make_inputs(op, b, t, h, d, **kw)
     if t > 128:

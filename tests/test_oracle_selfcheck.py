@@ -119,6 +119,15 @@ CONFIGS = {
         ),
         l2,
     ),
+    "mlp-layernorm-pnorm": (
+        make_spec(
+            MLP_LN,
+            [gate("alpha", "channel"), gate("eta", "channel")],
+            Retention(GateRef("alpha"), LqMap(q=4.0, form="pnorm")),
+            GD,
+        ),
+        l2,
+    ),
     "mlp-kl": (make_spec(MLP_PLAIN, [gate("alpha"), gate("eta")], Retention(GateRef("alpha"), KLMap()), GD), l2),
     "linear-momentum": (
         make_spec(LINEAR, [gate("alpha"), gate("eta", "channel"), gate("theta", "channel")], DECAY, MOMENTUM),
@@ -335,6 +344,71 @@ def test_chunked_lq_closed_form(chunk):
     assert rel_err(s_end, s_ref) < 1e-13
 
 
+def _pnorm_by_hand(qn: float, eps: float):
+    """φ(P) = sign(P)|P|^(q−1) / (μ_q(P)^(q−2) + eps), μ_q(P) = (mean |P|^q)^(1/q), and its frozen slope
+    (q − 1) mean(|P|^(q−2)) / (μ_q(P)^(q−2) + eps), written out without the oracle's helpers."""
+
+    def norm(p):
+        return ((p.abs() ** qn).mean(dim=(-2, -1), keepdim=True) ** (1 / qn)) ** (qn - 2) + eps
+
+    def phi(p):
+        return torch.sign(p) * p.abs() ** (qn - 1) / norm(p)
+
+    def kappa(p):
+        return (qn - 1) * (p.abs() ** (qn - 2)).mean(dim=(-2, -1), keepdim=True) / norm(p)
+
+    return phi, kappa
+
+
+@pytest.mark.parametrize("chunk", [7, 3])
+@pytest.mark.parametrize("qn", [3.0, 4.0])
+def test_chunked_pnorm_closed_form(chunk, qn):
+    """The p-norm map: reads W' + κ(P_t − P') with the mean elementwise slope κ, φ(P_end) at complete chunks."""
+    eps = 1e-6
+    spec = make_spec(LINEAR, [gate("alpha"), gate("eta")],
+                     Retention(GateRef("alpha"), LqMap(q=qn, eps=eps, form="pnorm")), GD)
+    q, k, v, gates, _, (s0,) = make_case(spec, seed=4)
+    o, (s_end,) = oracle.recurrent(spec, l2, q, k, v, gates, {}, (s0,), chunk_size=chunk)
+    phi, kappa = _pnorm_by_hand(qn, eps)
+    o_ref, s_ref = _chunk_closed_form(s0, q, k, v, gates["alpha"], gates["eta"], chunk, phi=phi, kappa=kappa)
+    assert rel_err(o, o_ref) < 1e-13
+    assert rel_err(s_end, s_ref) < 1e-13
+
+
+def test_pnorm_exact_recurrence_by_hand():
+    """Chunk size None: G at W_{t−1} = φ(A_{t−1}), A_t = α A_{t−1} − η G, y_t = φ(A_t) q_t at every token."""
+    qn, eps = 4.0, 1e-6
+    spec = make_spec(LINEAR, [gate("alpha"), gate("eta")],
+                     Retention(GateRef("alpha"), LqMap(q=qn, eps=eps, form="pnorm")), GD)
+    q, k, v, gates, _, (s0,) = make_case(spec, seed=8)
+    o, (s_end,) = oracle.recurrent(spec, l2, q, k, v, gates, {}, (s0,))
+    phi, _ = _pnorm_by_hand(qn, eps)
+    alpha, eta = gates["alpha"][..., None, None], gates["eta"][..., None, None]
+    a, outs = s0, []
+    for t in range(q.shape[1]):
+        w = phi(a)
+        grad = ((w @ k[:, t, :, :, None]) - v[:, t, :, :, None]) @ k[:, t, :, None, :]
+        a = alpha[:, t] * a - eta[:, t] * grad
+        outs.append((phi(a) @ q[:, t, :, :, None])[..., 0])
+    assert rel_err(o, torch.stack(outs, 1)) < 1e-13
+    assert rel_err(s_end, a) < 1e-13
+
+
+def test_pnorm_map_degree_and_slope():
+    """The p-norm map is homogeneous of degree 1 and the identity at q = 2; the literal Eq. 24 map is of degree
+    −1 at q = 4. The frozen slope is the mean of the map's elementwise derivative with the normaliser held."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 6, 5, generator=gen, dtype=F64)
+    pn = LqMap(q=4.0, eps=0.0, form="pnorm")
+    assert rel_err(oracle._pnorm_map(3.0 * a, pn), 3.0 * oracle._pnorm_map(a, pn)) < 1e-14
+    assert rel_err(oracle._pnorm_map(a, LqMap(q=2.0, eps=0.0, form="pnorm")), a) < 1e-15
+    lit = LqMap(q=4.0, eps=0.0)
+    assert rel_err((3.0 * a) * oracle._lq_scale(3.0 * a, lit), a * oracle._lq_scale(a, lit) / 3.0) < 1e-14
+    # d/dA_ij of sign(A_ij)|A_ij|^3 / N with N held = 3 A_ij^2 / N: the slope is its mean over the matrix
+    n_held = oracle._pnorm_scale(a, pn)
+    assert rel_err(oracle._pnorm_slope(a, pn), (3 * a**2 * n_held).mean(dim=(-2, -1), keepdim=True)) < 1e-14
+
+
 def test_kl_lag_token_by_hand():
     """C = T on a linear kl memory: exact step at token 0, then linear from W1 with gradients at W1."""
     eps = 1e-6
@@ -366,6 +440,8 @@ def test_kl_lag_token_by_hand():
     [
         ("mlp-layernorm-lq", None),
         ("mlp-layernorm-lq", 2),
+        ("mlp-layernorm-pnorm", None),
+        ("mlp-layernorm-pnorm", 2),
         ("mlp-kl", 2),
         ("mlp-momentum-channel", 2),
         ("mlp-deep-sigmoid", 2),
