@@ -209,3 +209,31 @@ def test_deepcopy_shares_the_op():
     x = torch.randn(1, 5, HID)
     assert m2.op is m.op and m2.q_proj.weight is not m.q_proj.weight
     assert torch.equal(m(x)[0], m2(x)[0])
+
+
+def test_qkv_projections_keep_their_scale_inside_a_model():
+    """The projections that feed the memory get nn.Linear's default U(±1/sqrt(fan_in)) even when the model's
+    generic init (initializer_range 0.02) runs over every Linear: with normal(0, 0.02) the MLP memories do not learn
+    (bench/README.md, "Initialisation"). The output gate and projection keep the model's init."""
+    pytest.importorskip("transformers", reason="MirasForCausalLM needs transformers (the hf extra)")
+    from mirasc.models import MirasConfig, MirasForCausalLM
+
+    torch.manual_seed(0)
+    hid = 64
+    model = MirasForCausalLM(MirasConfig(spec="titans", vocab_size=64, hidden_size=hid, num_hidden_layers=1,
+                                         num_heads=2, initializer_range=0.02))
+    mixer = model.model.layers[0].mixer
+    bound = hid ** -0.5
+    for lin in (mixer.q_proj, mixer.k_proj, mixer.v_proj):
+        w = lin.weight
+        assert float(w.abs().max()) <= bound
+        assert abs(float(w.std()) - bound / 3 ** 0.5) < 0.1 * bound  # uniform: std = bound / sqrt(3), not 0.02
+    assert abs(float(mixer.o_proj.weight.std()) - 0.02) < 0.004
+    assert abs(float(mixer.g_proj.weight.std()) - 0.02) < 0.004
+
+
+def test_qkv_init_std_restores_a_normal_init(monkeypatch):
+    monkeypatch.setattr(MirasLayer, "qkv_init_std", 0.02)
+    m = layer("titans")
+    for lin in (m.q_proj, m.k_proj, m.v_proj):
+        assert abs(float(lin.weight.std()) - 0.02) < 0.003

@@ -9,6 +9,16 @@
 Learned outer parameters: the initial memory (one tensor per state field, [H, out, in], initialised from
 `op.init_state(1, H, D)`), the memory's LayerNorm affine (`op.param_shapes`), static gates, and the projections.
 
+Initialisation (measured: bench/README.md, "Initialisation"). The memory sees v at the scale the projections give it,
+while an MLP memory's output M(k) = k + LayerNorm(...) is unit-scale per channel: its writes must be large enough
+to move that LayerNorm output towards v. With the q, k, v projections at a language model's generic normal(0, 0.02)
+(hidden 32: |v| ≈ 0.17 against a readout of norm ≈ 5.8) no MLP memory learned MQAR at the main job's budget. So q,
+k and v always get PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (std 1/sqrt(3·fan_in), as titans-pytorch's
+projections), whatever the model's `initializer_range` (that still sets the embeddings, the output gate and
+projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) init for ablations. Gates start at
+GATE_INIT (α 0.99, η 0.1, δ 1, θ 0.5) with a small data-dependent spread (GateProjection); the initial memory is
+`op.init_state` (learned from there), the memory's LayerNorm is the identity.
+
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
 packed) are handled exactly: each row's (segment's) real tokens are gathered to the front and the op runs once
 per distinct length on exactly those tokens, so every sequence is computed as if it were alone (chunk
@@ -188,6 +198,10 @@ class MirasLayer(nn.Module):
     forward(x [B, T, hidden], attention_mask=None, cu_seqlens=None, cache=None, use_cache=False) -> (y, cache)
     """
 
+    # The q, k, v projections' init: None is nn.Linear's default, U(±1/sqrt(fan_in)); a number is normal(0, it).
+    # A class attribute so that benchmarks can measure the alternative (bench.tasks --qkv-init-std 0.02).
+    qkv_init_std: float | None = None
+
     def __init__(self, spec, hidden_size: int, num_heads: int, head_dim: int | None = None, conv_size: int = 4,
                  gate_rank: int | None = None, use_rope: bool = False, chunk_size: int | None = None,
                  backend: str = "auto", rope_base: float = 10000.0, norm_eps: float = 1e-6,
@@ -241,8 +255,16 @@ class MirasLayer(nn.Module):
 
     # ------------------------------------------------------------------ init
     def _reset_own_parameters(self) -> None:
-        """Initialise the parameters this module owns directly (Linear children are left to their own init)."""
+        """Initialise the parameters this module owns directly, and the q, k, v projections (see "Initialisation"
+        in the module docstring); the output gate and output projection are left to their own (or the model's)
+        init. A model's generic init runs on the Linear children first and on this module after them, so the
+        projections that feed the memory get their scale here whatever the model's initializer_range."""
         with torch.no_grad():
+            for lin in (self.q_proj, self.k_proj, self.v_proj):
+                if self.qkv_init_std is None:
+                    lin.reset_parameters()  # U(±1/sqrt(fan_in)): std 1/sqrt(3 fan_in)
+                else:
+                    lin.weight.normal_(0.0, self.qkv_init_std)
             bound = 1.0 / math.sqrt(self.conv_size)
             self.conv_weight.uniform_(-bound, bound)
             for g in self.gate_meta:
