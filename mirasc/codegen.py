@@ -13,8 +13,9 @@ from . import spec as S
 from .cachekey import __version__, spec_hash
 from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V, derive
+from .dotform import to_dot_form
 from .emit_torch import TorchPrinter, emit_function
-from .emit_triton import OFFSETS, KernelIO, kernels, stored_values
+from .emit_triton import OFFSETS, KernelIO, gradient_terms, kernels, stored_values
 from .grad import differentiate, split_saved
 from .lower import (
     DECAY_SPREAD_LIMIT,
@@ -157,7 +158,9 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         fwd = lower(d, factored=use_factored)
         io = io or _kernel_io(spec, fwd)
         stored = stored or [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
-        for k in kernels(io, fwd, differentiate(fwd, ins), suffix, allow_cube=cube):
+        bwd = differentiate(fwd, ins)
+        grad_terms = {n: len(gradient_terms(to_dot_form(bwd), n)) for n in io.rest}
+        for k in kernels(io, fwd, bwd, suffix, allow_cube=cube):
             if cube:
                 k.doc += " (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains " \
                          "until the sub-chunk scheme replaces it)"
@@ -167,7 +170,9 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         "states": {n: list(io.axes[n]) for n in io.states},
         "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
-        "kernels": ["state_fwd", "out_fwd", "state_bwd"] + [f"grad_{n}_bwd" for n in io.rest],
+        "kernels": ["state_fwd", "out_fwd", "state_bwd"] + [f"grad_{n}_{j}_bwd" for n in io.rest
+                                                            for j in range(grad_terms[n])],
+        "grad_terms": grad_terms,  # kernels (summands) per input gradient
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
         "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",
                       "spread_limit": DECAY_SPREAD_LIMIT} if factored else None),

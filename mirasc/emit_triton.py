@@ -35,9 +35,24 @@ class CubeTileError(ValueError):
     """A value or product with three or more axes: not a GPU tile (the kernel would spill)."""
 
 
+def inlined(v: Value) -> bool:
+    """Whether v is printed where it is used instead of held in a variable: masks, and (t, s) tiles computed
+    elementwise from masks and per-token vectors (pairwise decays). They cost a few ALU operations to remake, and a
+    tile held from its making to its last use costs registers (C·C / threads) all the while."""
+    if isinstance(v.op, ir.Mask):
+        return True
+    return (isinstance(v.op, ir.Elementwise) and len(v.axes) == 2
+            and all(inlined(a) or len(a.axes) <= 1 for a in v.args))
+
+
 def name(v: Value) -> str:
     if isinstance(v.op, ir.Input):
         return v.op.name
+    if isinstance(v.op, ir.Mask):
+        return _MASKS[v.op.kind]
+    if inlined(v):
+        syms = ir.arg_symbols(len(v.args))
+        return f"({TritonPrinter({s: align(a, v.axes) for s, a in zip(syms, v.args)})(v.op.expr)})"
     return f"v{v.id}"
 
 
@@ -125,12 +140,10 @@ def line(v: Value, allow_cube: bool = False) -> list[str]:  # noqa: C901 - one c
     if not allow_cube and (len(v.axes) > 2 or len(product_tile_axes(v) if isinstance(op, ir.Einsum) else ()) > 2):
         raise CubeTileError(f"{describe(v)}: a tile with three axes (C·C·D or more per program) has no place in a GPU "
                             "kernel; the chunk program needs a form without it (e.g. the factored channel decay)")
-    if isinstance(op, (ir.Input, ir.Size)):
+    if isinstance(op, (ir.Input, ir.Size)) or inlined(v):
         return []
     if isinstance(op, ir.Const):
         return [f"{nm} = {align(v, ())}"]
-    if isinstance(op, ir.Mask):
-        return [f"{nm} = {_MASKS[op.kind]}"]
     if isinstance(op, ir.Elementwise):
         return _elementwise(v)
     if isinstance(op, ir.Einsum):
@@ -317,8 +330,9 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph, suffix: str = "", all
     out_fwd     one chunk per program, all chunks at once: the outputs, from the stored start state;
     state_bwd   sequential, last chunk first: the initial state's adjoint, and the adjoint entering every
                 chunk's end (`carries`);
-    grad_<x>_bwd  one chunk per program, one kernel per input x: the gradient of the chunk's x, from its start
-                state and carry (a static gate's or parameter's gradient per chunk, summed by the launcher).
+    grad_<x>_<j>_bwd  one chunk per program, one kernel per input x and summand j of its gradient (a path by which
+                x reaches the outputs): from the chunk's start state and carry (the launcher adds the terms, and sums a
+                static gate's or parameter's gradient over chunks).
     Splitting by job keeps each kernel's live tiles few (registers, no spills) and makes two of the four
     parallel over chunks, as flash-linear-attention splits chunk_fwd_h from chunk_fwd_o."""
     fwd, bwd = to_dot_form(forward), to_dot_form(backward)
@@ -371,15 +385,34 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph, suffix: str = "", all
                       [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states]))
 
     carries = {f"d_new_{s}": load(f"carries_{s}_ptr", axes[s], chunk_at) for s in states}
-    for n in rest:  # one kernel per input: each recomputes only what its own gradient needs
-        part = _only(bwd, [f"d_{n}"])
-        g = name(part.outputs[f"d_{n}"])
-        grad = (store(f"grad_{n}_ptr", axes[n], "", g, token=True) if token[n] else
-                store(f"grad_{n}_ptr", axes[n], chunk_at, g, mask="nv > 0"))
-        out.append(Kernel(f"chunk_grad_{n}_bwd_kernel{suffix}", f"the gradient of one chunk's `{n}`", "chunk",
-                          [f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + rest_args +
-                          ["d_out_ptr", f"grad_{n}_ptr"], static_loads,
-                          body(part, allow_cube, {**d_ins, **carries}) + [grad], []))
+    for n in rest:  # one kernel per input and summand: each recomputes only what its own term needs
+        for j, term in enumerate(gradient_terms(bwd, n)):
+            part = _only(term, ["term"])
+            g = name(part.outputs["term"])
+            grad = (store(f"grad_{n}_ptr", axes[n], "", g, token=True) if token[n] else
+                    store(f"grad_{n}_ptr", axes[n], chunk_at, g, mask="nv > 0"))
+            out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel{suffix}", f"term {j} of the gradient of one chunk's "
+                              f"`{n}`", "chunk",
+                              [f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + rest_args +
+                              ["d_out_ptr", f"grad_{n}_ptr"], static_loads,
+                              body(part, allow_cube, {**d_ins, **carries}) + [grad], []))
+    return out
+
+
+def gradient_terms(backward: Graph, n: str) -> list[Graph]:
+    """The backward program with output `term` set to each summand of the gradient of input n (reverse mode adds
+    the contributions of each path at the end): a kernel per term holds only that path's tiles. The launcher adds
+    the terms."""
+    v = backward.outputs[f"d_{n}"]
+    terms = [v]
+    if isinstance(v.op, ir.Elementwise) and len(v.args) >= 2 and v.op.expr == sp.Add(*ir.arg_symbols(len(v.args))):
+        terms = list(v.args)
+    out = []
+    for t in terms:
+        g = ir.rebuild(backward, lambda x: True)  # the same values in the same order: ids carry over
+        assert g.values[t.id].op == t.op and g.values[t.id].axes == t.axes
+        g.outputs = {"term": g.values[t.id]}
+        out.append(g)
     return out
 
 

@@ -27,11 +27,15 @@ DESCRIPTION = {'spec': 'gated_deltanet',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd',
-             'grad_gate_eta_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd',
+             'grad_gate_eta_0_bwd'],
+ 'grad_terms': {'q': 2, 'k': 3, 'v': 1, 'gate_alpha': 1, 'gate_eta': 1},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
 
@@ -72,22 +76,17 @@ def chunk_state_fwd_kernel(
         v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v11 = tl.cumsum(v10, axis=0, reverse=False)
         v17 = tl.exp(v11)  # cumulative decay in the chunk
-        v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v35 = (v17 * v7)
+        v35 = (v17 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v36 = tl.sum((v35), axis=0)
         v37 = (v36 * w1)
-        v27 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v24 = k
         v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v12 = v11
-        v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v18 = gate_eta
-        v19 = (v13 * v18[None, :])
-        v26 = (v25 * v19)
-        v28 = (v27 * v26)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
+        v26 = (v25 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+        v28 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v26)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
         v29 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
         for v29_r in range(1, C):
             v29_a = tl.sum(tl.where((offs_t[:, None] == v29_r) & (offs_s[None, :] < v29_r), v28, 0.0), axis=0)
@@ -100,9 +99,8 @@ def chunk_state_fwd_kernel(
         v30 = v23
         v31 = tl.dot(v29.to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
         v32 = v31
-        v8 = (v6 * v7[:, None])
-        v9 = tl.sum((v8), axis=0)
-        v14 = (v11 * v7)
+        v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v15 = tl.sum((v14), axis=0)
         v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
         v20 = (v16 * v18)
@@ -156,13 +154,10 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = k
     v24 = tl.dot(q.to(DOT_DTYPE), tl.trans(v17).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v9 = v8
-    v10 = (v6 * tl.exp((v6 * (v8[:, None] - v9[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = gate_eta
-    v13 = (v10 * v12[None, :])
-    v25 = (v24 * v13)
+    v25 = (v24 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])))
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v14 = (k * v11[:, None])
     v15 = tl.dot(v14.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -211,8 +206,7 @@ def chunk_state_bwd_kernel(
         v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v11 = tl.cumsum(v10, axis=0, reverse=False)
         v17 = tl.exp(v11)  # cumulative decay in the chunk
-        v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v26 = (v17 * v7)
+        v26 = (v17 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v27 = tl.sum((v26), axis=0)
         d_new_w1 = carry_w1
         v31 = (v27 * d_new_w1)
@@ -224,10 +218,8 @@ def chunk_state_bwd_kernel(
         v21 = (k * v17[:, None])
         stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v22 = k
-        v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = (v6 * v7[:, None])
-        v9 = tl.sum((v8), axis=0)
-        v14 = (v11 * v7)
+        v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v15 = tl.sum((v14), axis=0)
         v12 = v11
         v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
@@ -238,9 +230,7 @@ def chunk_state_bwd_kernel(
         v30 = ((-1.0) * d_new_w1)
         v33 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v24 = tl.dot(q.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
-        v19 = (v13 * v18[None, :])
-        v25 = (v24 * v19)
+        v25 = (v24 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
         v34 = ((-1.0) * d_out)
         v35 = tl.dot(tl.trans(v25).to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v36 = (v33 + v35)
@@ -254,13 +244,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -286,15 +276,12 @@ def chunk_grad_q_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = k
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v8 = tl.cumsum(v7, axis=0, reverse=False)
     v9 = v8
-    v10 = (v6 * tl.exp((v6 * (v8[:, None] - v9[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = gate_eta
-    v13 = (v10 * v12[None, :])
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v11 = tl.exp(v8)  # cumulative decay in the chunk
     v14 = (k * v11[:, None])
@@ -308,21 +295,59 @@ def chunk_grad_q_bwd_kernel(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = ((-1.0) * d_out)
     v25 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v26 = (v13 * v25)
+    v26 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])) * v25)
     v27 = tl.trans(tl.dot(tl.trans(v17).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v28 = (d_out * v11[:, None])
-    v29 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v30 = (v27 + v29)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v30.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v7 = tl.cumsum(v6, axis=0, reverse=False)
+    v8 = tl.exp(v7)  # cumulative decay in the chunk
+    v12 = (d_out * v8[:, None])
+    v13 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v12).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -348,18 +373,14 @@ def chunk_grad_k_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = k
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
     v12 = v11
-    v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
-    v19 = (v13 * v18[None, :])
-    v25 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-    v49 = tl.trans(stored_0)
+    v40 = tl.trans(stored_0)
     v17 = tl.exp(v11)  # cumulative decay in the chunk
     v21 = (k * v17[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -367,60 +388,194 @@ def chunk_grad_k_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)  # inner gradient signal g = dl/dy
     v27 = v23
-    v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v8 = (v6 * v7[:, None])
-    v9 = tl.sum((v8), axis=0)
-    v14 = (v11 * v7)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
     v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
     v20 = (v16 * v18)
-    v35 = (v24 * v20[:, None])
+    v33 = (v24 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v32 = ((-1.0) * d_new_w1)
+    v34 = tl.dot(v33.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v28 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v29 = (v28 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v35 = ((-1.0) * d_out)
+    v36 = tl.dot(tl.trans(v29).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v37 = (v34 + v36)
+    v38 = v37
+    v39 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v41 = tl.trans(v39)
+    v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v43 = v42
+    v44 = stored_0
+    v45 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v46 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v45)
+    v47 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v47)
+    v49 = tl.trans(tl.dot(tl.trans(v24).to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v49.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v17 = tl.exp(v11)  # cumulative decay in the chunk
+    v21 = (k * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)  # inner gradient signal g = dl/dy
+    v27 = v23
+    v28 = tl.dot(stored_0.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v29 = v28
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v12 = v11
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v18 = gate_eta
+    v20 = (v16 * v18)
+    v37 = (v29 * v20[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v34 = ((-1.0) * d_new_w1)
-    v36 = tl.dot(v35.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = tl.dot(v37.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v31 = (v30 * v19)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = ((-1.0) * d_out)
+    v40 = tl.trans(tl.dot(v29.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v40)
+    v43 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = tl.trans(stored_0)
+    v24 = k
+    v35 = (v24 * v20[:, None])
+    v36 = tl.dot(v35.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v31 = (v30 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
     v41 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v44 = (v36 + v41)
     v45 = v44
     v46 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v50 = tl.trans(v46)
-    v51 = tl.dot(v49.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = v51
-    v53 = stored_0
-    v54 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = ((-1.0) * v25 * v54)
-    v56 = (v25 * v55)
-    v57 = (v19 * v56)
-    v58 = tl.trans(tl.dot(tl.trans(v24).to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v28 = tl.dot(stored_0.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v29 = v28
-    v37 = (v29 * v20[:, None])
-    v38 = tl.dot(v37.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v40 = tl.trans(tl.dot(v29.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v42 = (v19 * v40)
-    v43 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v59 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v60 = (v38 + v43 + v59)
-    v61 = v60
-    v47 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = v47
-    v62 = (v48 * v17[:, None])
-    v63 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v64 = (v58 + v61 + v63)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v48 = tl.trans(v46)
+    v49 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v50 = v49
+    v51 = stored_0
+    v52 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v53 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v52)
+    v54 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v53)
+    v55 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v54)
+    v56 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v57 = (v38 + v43 + v56)
+    v58 = v57
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v58.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = k
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v12 = v11
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v18 = gate_eta
+    v20 = (v16 * v18)
+    v28 = (v21 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v27 = ((-1.0) * d_new_w1)
+    v29 = tl.dot(v28.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = tl.dot(q.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v24 = (v23 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v30 = ((-1.0) * d_out)
+    v31 = tl.dot(tl.trans(v24).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = (v29 + v31)
+    v33 = v32
+    v34 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v35 = v34
+    v17 = tl.exp(v11)  # cumulative decay in the chunk
+    v36 = (v35 * v17[:, None])
+    v37 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v37.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -447,14 +602,11 @@ def chunk_grad_v_bwd_kernel(
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = k
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v8 = (v6 * v7[:, None])
-    v9 = tl.sum((v8), axis=0)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v14 = (v11 * v7)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
     v12 = v11
     v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
@@ -467,9 +619,7 @@ def chunk_grad_v_bwd_kernel(
     v28 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
-    v18 = (v13 * v17[None, :])
-    v23 = (v22 * v18)
+    v23 = (v22 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v17[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v29 = ((-1.0) * d_out)
     v30 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -481,13 +631,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v35.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -514,12 +664,11 @@ def chunk_grad_gate_alpha_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v36 = (w1 * d_new_w1)
     v37 = tl.sum(tl.sum((v36), axis=1), axis=0)
-    v38 = (v7 * v37)
+    v38 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v37)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -528,10 +677,8 @@ def chunk_grad_gate_alpha_bwd_kernel(
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = k
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v8 = (v6 * v7[:, None])
-    v9 = tl.sum((v8), axis=0)
-    v14 = (v11 * v7)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
     v12 = v11
     v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
@@ -542,9 +689,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v35 = ((-1.0) * d_new_w1)
     v43 = tl.dot(v42.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v31 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
-    v19 = (v13 * v18[None, :])
-    v32 = (v31 * v19)
+    v32 = (v31 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
     v44 = ((-1.0) * d_out)
     v46 = tl.dot(tl.trans(v32).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v48 = (v43 + v46)
@@ -570,11 +715,10 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v68 = (v18 * v41)
     v73 = (v9 * v68 * tl.exp((v15 - v12)))
     v74 = tl.sum((v73), axis=0)
-    v76 = (v7 * v74)
+    v76 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
     v45 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v47 = (v31 * v45)
     v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v26 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
     v56 = tl.trans(stored_0)
     v53 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v57 = tl.trans(v53)
@@ -582,15 +726,15 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v59 = v58
     v60 = stored_0
     v61 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v62 = ((-1.0) * v26 * v61)
-    v63 = (v26 * v62)
+    v62 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v61)
+    v63 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v62)
     v64 = (v25 * v63)
     v69 = (v47 + v64)
     v70 = (v18[None, :] * v69)
-    v77 = (v70 * (v6 * v6) * tl.exp((v6 * (v11[:, None] - v12[None, :]))))
+    v77 = (v70 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
     v78 = tl.sum((v77), axis=1)
     v75 = ((-1.0) * v9 * v68 * tl.exp((v15 - v12)))
-    v79 = ((-1.0) * v70 * (v6 * v6) * tl.exp((v6 * (v11[:, None] - v12[None, :]))))
+    v79 = ((-1.0) * v70 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
     v80 = tl.sum((v79), axis=0)
     v81 = (v75 + v80)
     v82 = v81
@@ -600,13 +744,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -630,14 +774,11 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v8 = (v6 * v7[:, None])
-    v9 = tl.sum((v8), axis=0)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v14 = (v11 * v7)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
     v12 = v11
     v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
@@ -659,7 +800,6 @@ def chunk_grad_gate_eta_bwd_kernel(
     v37 = (v24 * v36)
     v38 = tl.sum((v37), axis=1)
     v57 = (v16 * v38)
-    v13 = (v6 * tl.exp((v6 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v31 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -667,15 +807,13 @@ def chunk_grad_gate_eta_bwd_kernel(
     v42 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v44 = (v31 * v42)
     v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v26 = tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0)
     v48 = tl.trans(stored_0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
     v20 = (v16 * v18)
     v39 = (v24 * v20[:, None])
     v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v19 = (v13 * v18[None, :])
-    v32 = (v31 * v19)
+    v32 = (v31 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
     v43 = tl.dot(tl.trans(v32).to(DOT_DTYPE), v41.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v45 = (v40 + v43)
     v46 = v45
@@ -685,11 +823,11 @@ def chunk_grad_gate_eta_bwd_kernel(
     v51 = v50
     v52 = stored_0
     v53 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = ((-1.0) * v26 * v53)
-    v55 = (v26 * v54)
+    v54 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v53)
+    v55 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v54)
     v56 = (v25 * v55)
     v58 = (v44 + v56)
-    v59 = (v13 * v58)
+    v59 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v58)
     v60 = tl.sum((v59), axis=0)
     v61 = (v57 + v60)
     v62 = v61

@@ -20,7 +20,14 @@ DESCRIPTION = {'spec': 'linear_attention',
  'states': {'w1': ['o', 'i']},
  'inputs': [['q', ['t', 'i'], True], ['k', ['t', 'i'], True], ['v', ['t', 'o'], True]],
  'hidden': 1,
- 'kernels': ['state_fwd', 'out_fwd', 'state_bwd', 'grad_q_bwd', 'grad_k_bwd', 'grad_v_bwd'],
+ 'kernels': ['state_fwd',
+             'out_fwd',
+             'state_bwd',
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_k_0_bwd',
+             'grad_v_0_bwd'],
+ 'grad_terms': {'q': 2, 'k': 1, 'v': 1},
  'stored': [],
  'fallback': None}
 
@@ -60,10 +67,7 @@ def chunk_state_fwd_kernel(
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v14 = v6
-        v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v9 = (v7 * v8[:, None])
-        v10 = tl.sum((v9), axis=0)
+        v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v4 = 1.0
         v5 = tl.full((C,), 1.0, DTYPE)
         v11 = v5
@@ -114,12 +118,10 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = k
     v13 = tl.dot(q.to(DOT_DTYPE), tl.trans(v11).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v8 = v5
-    v9 = (v7 * v8[None, :])
-    v14 = (v13 * v9)
+    v14 = (v13 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v8[None, :])))
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v12 = v6
@@ -169,13 +171,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -201,32 +203,63 @@ def chunk_grad_q_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = k
-    v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v8 = v5
-    v9 = (v7 * v8[None, :])
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v11 = v6
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = ((-1.0) * d_out)
     v15 = tl.trans(tl.dot(v11.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v16 = (v9 * v15)
+    v16 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v8[None, :])) * v15)
     v17 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v18 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(d_out).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v19 = (v17 + v18)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v19.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v6 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(d_out).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v6.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -253,10 +286,7 @@ def chunk_grad_k_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v14 = v6
-    v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v9 = (v7 * v8[:, None])
-    v10 = tl.sum((v9), axis=0)
+    v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v11 = v5
@@ -266,24 +296,23 @@ def chunk_grad_k_bwd_kernel(
     v17 = ((-1.0) * d_new_w1)
     v19 = tl.dot(v18.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = (v7 * v11[None, :])
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = ((-1.0) * d_out)
     v21 = tl.trans(tl.dot(v14.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v22 = (v12 * v21)
+    v22 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v11[None, :])) * v21)
     v23 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v24 = (v19 + v23)
     v25 = v24
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v25.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
+def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -309,10 +338,7 @@ def chunk_grad_v_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = k
-    v6 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v7 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v8 = (v6 * v7[:, None])
-    v9 = tl.sum((v8), axis=0)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v10 = v5
@@ -323,8 +349,7 @@ def chunk_grad_v_bwd_kernel(
     v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v11 = (v6 * v10[None, :])
-    v15 = (v14 * v11)
+    v15 = (v14 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v10[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = ((-1.0) * d_out)
     v22 = tl.dot(tl.trans(v15).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)

@@ -26,10 +26,12 @@ DESCRIPTION = {'spec': 'mamba2',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_k_0_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd'],
+ 'grad_terms': {'q': 2, 'k': 1, 'v': 1, 'gate_alpha': 1},
  'stored': [],
  'fallback': None}
 
@@ -70,17 +72,14 @@ def chunk_state_fwd_kernel(
         v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v13 = tl.cumsum(v12, axis=0, reverse=False)
         v18 = tl.exp(v13)  # cumulative decay in the chunk
-        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v25 = (v18 * v9)
+        v25 = (v18 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v26 = tl.sum((v25), axis=0)
         v27 = (v26 * w1)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v22 = v7
-        v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v10 = (v8 * v9[:, None])
-        v11 = tl.sum((v10), axis=0)
-        v15 = (v13 * v9)
+        v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v16 = tl.sum((v15), axis=0)
         v14 = v13
         v17 = (v11 * tl.exp((v16 - v14)))  # decay from token s to the chunk's end
@@ -139,14 +138,11 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = k
     v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v11 = v10
-    v12 = (v8 * tl.exp((v8 * (v10[:, None] - v11[None, :]))))  # pairwise decay D[t,s]
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
     v14 = v6
-    v15 = (v12 * v14[None, :])
-    v21 = (v20 * v15)
+    v21 = (v20 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))) * v14[None, :])))
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v19 = v7
@@ -190,8 +186,7 @@ def chunk_state_bwd_kernel(
         v6 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v7 = tl.cumsum(v6, axis=0, reverse=False)
         v8 = tl.exp(v7)  # cumulative decay in the chunk
-        v5 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v9 = (v8 * v5)
+        v9 = (v8 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v10 = tl.sum((v9), axis=0)
         d_new_w1 = carry_w1
         v13 = (v10 * d_new_w1)
@@ -205,13 +200,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -236,40 +231,73 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = k
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v15 = k
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.cumsum(v9, axis=0, reverse=False)
     v11 = v10
-    v12 = (v8 * tl.exp((v8 * (v10[:, None] - v11[None, :]))))  # pairwise decay D[t,s]
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v14 = v6
-    v15 = (v12 * v14[None, :])
+    v13 = v6
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v17 = v7
+    v16 = v7
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v20 = ((-1.0) * d_out)
-    v21 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v22 = (v15 * v21)
-    v23 = tl.trans(tl.dot(tl.trans(v16).to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v13 = tl.exp(v10)  # cumulative decay in the chunk
-    v24 = (d_out * v13[:, None])
-    v25 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v26 = (v23 + v25)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v26.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_out)
+    v20 = tl.trans(tl.dot(v16.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v21 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))) * v13[None, :])) * v20)
+    v22 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v5 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v6 = tl.cumsum(v5, axis=0, reverse=False)
+    v7 = tl.exp(v6)  # cumulative decay in the chunk
+    v10 = (d_out * v7[:, None])
+    v11 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -296,14 +324,11 @@ def chunk_grad_k_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v22 = v7
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v10 = (v8 * v9[:, None])
-    v11 = tl.sum((v10), axis=0)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    v16 = (v13 * v9)
+    v16 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v17 = tl.sum((v16), axis=0)
     v14 = v13
     v18 = (v11 * tl.exp((v17 - v14)))  # decay from token s to the chunk's end
@@ -316,25 +341,23 @@ def chunk_grad_k_bwd_kernel(
     v25 = ((-1.0) * d_new_w1)
     v27 = tl.dot(v26.to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v15 = (v8 * tl.exp((v8 * (v13[:, None] - v14[None, :]))))  # pairwise decay D[t,s]
-    v20 = (v15 * v19[None, :])
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = ((-1.0) * d_out)
     v29 = tl.trans(tl.dot(v22.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v30 = (v20 * v29)
+    v30 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))) * v19[None, :])) * v29)
     v31 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v32 = (v27 + v31)
     v33 = v32
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v33.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
+def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -360,14 +383,11 @@ def chunk_grad_v_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = k
-    v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v9 = (v7 * v8[:, None])
-    v10 = tl.sum((v9), axis=0)
+    v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v11 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v12 = tl.cumsum(v11, axis=0, reverse=False)
-    v15 = (v12 * v8)
+    v15 = (v12 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v16 = tl.sum((v15), axis=0)
     v13 = v12
     v17 = (v10 * tl.exp((v16 - v13)))  # decay from token s to the chunk's end
@@ -381,9 +401,7 @@ def chunk_grad_v_bwd_kernel(
     v28 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v14 = (v7 * tl.exp((v7 * (v12[:, None] - v13[None, :]))))  # pairwise decay D[t,s]
-    v19 = (v14 * v18[None, :])
-    v23 = (v22 * v19)
+    v23 = (v22 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v12[:, None] - v13[None, :]))))) * v18[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v29 = ((-1.0) * d_out)
     v30 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -393,13 +411,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v33.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -426,12 +444,11 @@ def chunk_grad_gate_alpha_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v24 = (w1 * d_new_w1)
     v25 = tl.sum(tl.sum((v24), axis=1), axis=0)
-    v26 = (v9 * v25)
+    v26 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v25)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -439,10 +456,8 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v35 = tl.sum((v34), axis=1)
     v38 = (v26 + v35)
     v39 = (v38 * tl.exp(v13))
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v10 = (v8 * v9[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v15 = (v13 * v9)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v16 = tl.sum((v15), axis=0)
     v14 = v13
     v5 = 1.0
@@ -460,16 +475,16 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v36 = (v17 * v29)
     v40 = (v11 * v36 * tl.exp((v16 - v14)))
     v41 = tl.sum((v40), axis=0)
-    v43 = (v9 * v41)
+    v43 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v41)
     v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v30 = ((-1.0) * d_out)
     v31 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v32 = (v20 * v31)
     v37 = (v17[None, :] * v32)
-    v44 = (v37 * (v8 * v8) * tl.exp((v8 * (v13[:, None] - v14[None, :]))))
+    v44 = (v37 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))
     v45 = tl.sum((v44), axis=1)
     v42 = ((-1.0) * v11 * v36 * tl.exp((v16 - v14)))
-    v46 = ((-1.0) * v37 * (v8 * v8) * tl.exp((v8 * (v13[:, None] - v14[None, :]))))
+    v46 = ((-1.0) * v37 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))
     v47 = tl.sum((v46), axis=0)
     v48 = (v42 + v47)
     v49 = v48

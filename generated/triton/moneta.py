@@ -29,13 +29,26 @@ DESCRIPTION = {'spec': 'moneta',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd',
-             'grad_gate_eta_bwd',
-             'grad_ln_weight_bwd',
-             'grad_ln_bias_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_q_2_bwd',
+             'grad_q_3_bwd',
+             'grad_q_4_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd',
+             'grad_gate_eta_0_bwd',
+             'grad_ln_weight_0_bwd',
+             'grad_ln_weight_1_bwd',
+             'grad_ln_weight_2_bwd',
+             'grad_ln_weight_3_bwd',
+             'grad_ln_weight_4_bwd',
+             'grad_ln_bias_0_bwd',
+             'grad_ln_bias_1_bwd',
+             'grad_ln_bias_2_bwd'],
+ 'grad_terms': {'q': 5, 'k': 3, 'v': 1, 'gate_alpha': 1, 'gate_eta': 1, 'ln_weight': 5, 'ln_bias': 3},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -80,14 +93,11 @@ def chunk_state_fwd_kernel(
         v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v53 = tl.cumsum(v52, axis=0, reverse=False)
         v58 = tl.exp(v53)  # cumulative decay in the chunk
-        v49 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v67 = (v58 * v49[:, None])
+        v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v68 = tl.sum((v67), axis=0)
         v69 = (v68[None, :] * w1)
-        v48 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v50 = (v48 * v49[:, None])
-        v51 = tl.sum((v50), axis=0)
-        v55 = (v53 * v49[:, None])
+        v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v56 = tl.sum((v55), axis=0)
         v54 = v53
         v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
@@ -186,21 +196,17 @@ def chunk_out_fwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v148 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v112 = (v66 * v57[:, None])
+    v112 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v113 = tl.sum((v112), axis=0)
     v119 = v113
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v120 = (v119[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v63 = (v61 * v57[:, None])
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -271,7 +277,7 @@ def chunk_out_fwd_kernel(
     v125 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v124)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v126 = (v125 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v132 = (q * v57[:, None])
+    v132 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v133 = tl.sum((v132), axis=0)
     v134 = (v126 * v133[None, :])
     v135 = tl.sum((v134), axis=1)
@@ -296,7 +302,7 @@ def chunk_out_fwd_kernel(
     v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v22 = (w1 * w1)
@@ -313,7 +319,7 @@ def chunk_out_fwd_kernel(
     v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v88 = (v86 * v87)
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v89 = v68
     v94 = (v91 * v89)
     v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -334,7 +340,7 @@ def chunk_out_fwd_kernel(
     v107 = (ln_bias[None, :] + (v103 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None]))))))
     v108 = q
     v109 = (v107 + v108)  # read: M(q_t; W_t)
-    v149 = ((v148[:, None] * v147[None, :]) + (v109 * (1.0 - v148[:, None])))
+    v149 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v147[None, :]) + (v109 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v149.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
@@ -377,16 +383,13 @@ def chunk_state_bwd_kernel(
         v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v61 = tl.cumsum(v60, axis=0, reverse=False)
         v66 = tl.exp(v61)  # cumulative decay in the chunk
-        v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v109 = (v66 * v57[:, None])
+        v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v110 = tl.sum((v109), axis=0)
         d_new_w1 = carry_w1
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v111 = (v110[None, :] * w1)
-        v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v58 = (v56 * v57[:, None])
-        v59 = tl.sum((v58), axis=0)
-        v63 = (v61 * v57[:, None])
+        v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v64 = tl.sum((v63), axis=0)
         v62 = v61
         v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -444,7 +447,7 @@ def chunk_state_bwd_kernel(
         v121 = (v120 / (HID * D))
         v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v129 = (q * v57[:, None])
+        v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
         v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
         v131 = (v123 * v130[None, :])
@@ -472,9 +475,8 @@ def chunk_state_bwd_kernel(
         v139 = (v138 * v138)
         v140 = tl.sum((v139), axis=0)
         v141 = (v140 / (D))
-        v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v146 = (v142[:, None] * d_out)
+        v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
         v147 = tl.sum((v146), axis=0)
         v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
         v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
@@ -513,7 +515,7 @@ def chunk_state_bwd_kernel(
         v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
         v76 = (v73 * v68)
         v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+        v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v72 - v79)
         v81 = (v80 * v25)
@@ -526,7 +528,7 @@ def chunk_state_bwd_kernel(
         v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v88 = (v86 * v87)
         v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v92 * v56)  # scores x_t·x_s
+        v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v89 = v68
         v94 = (v91 * v89)
         v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -544,7 +546,7 @@ def chunk_state_bwd_kernel(
         v104 = (v103 * v103)
         v105 = tl.sum((v104), axis=1)
         v106 = (v105 / (D))
-        v148 = (d_out * (1.0 - v142[:, None]))
+        v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v186 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
         v187 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
         v188 = tl.sum((v187), axis=1)
@@ -560,7 +562,7 @@ def chunk_state_bwd_kernel(
         v201 = ((-1.0) * v198)
         v202 = (v85 * v201)
         v203 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v202).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v206 = (v56 * v203)
+        v206 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v203)
         v207 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v213 = (v86 * v198)
         v214 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -689,13 +691,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -721,33 +723,365 @@ def chunk_grad_q_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
-    v147 = tl.sum((v146), axis=0)
-    v149 = v147
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = v105
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
-    v110 = tl.sum((v109), axis=0)
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v111 = (v110[None, :] * w1)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v63 = (v61 * v57[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    v69 = (v68[None, :] * w1)
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    v69 = (v65 * v67)
+    v59 = gate_eta
+    v60 = (v57 * v59)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v73 = k
-    v107 = (v69 * v73)
+    v61 = k
+    v65 = (v60 * v61)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v22)
+    v23 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+    v47 = (v46 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v62 = v47
+    v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v70 = (v69 - v66)  # layer 1 end state
+    v77 = (v70 * v70 * v70 * v70)
+    v78 = tl.sum(tl.sum((v77), axis=1), axis=0)
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v89 = (v81 * v88[None, :])
+    v90 = tl.sum((v89), axis=1)
+    v74 = v68
+    v75 = (v74[:, None] * w2)
+    v71 = v60
+    v64 = v45
+    v72 = (v71 * v64)
+    v63 = v23
+    v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v75 - v73)  # layer 2 end state
+    v82 = (v76 * v76 * v76 * v76)
+    v83 = tl.sum(tl.sum((v82), axis=1), axis=0)
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v90)
+    v91 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = (v86 * v91[None, :])
+    v93 = tl.sum((v92), axis=1)
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
+    v107 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v108 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v109 = tl.sum((v108), axis=0)
+    v110 = (v109 / (D))
+    v111 = (2.0 * v96 * v110)
+    v112 = (v107 + v111)
+    v113 = ((-1.0) * v112)
+    v114 = tl.sum((v113), axis=0)
+    v115 = (v114 / (D))
+    v116 = (v112 + v115)
+    v117 = (v86 * v116[:, None])
+    v118 = tl.sum((v117), axis=0)
+    _c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
+    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v120 = (v81 * v119[:, None])
+    v121 = tl.sum((v120), axis=0)
+    v122 = (v106 + v121)
+    v123 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v122[None, :])
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v14 = v13
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    v63 = ((-1.0) + v60)
+    v64 = (q * v63)
+    v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v68 = (q * v60)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v66 = k
+    v59 = v58
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    v62 = (v61 * tl.exp(((-1.0) * v59)))  # inverse cumulative decay times eta (factored)
+    v69 = (v66 * v62)
+    v70 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v67 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v65 - v72)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v60
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v84 = v53
+    v82 = v62
+    v87 = (v84 * v82)
+    v88 = tl.dot(v86.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v78 * v88)
+    v90 = (v81 - v89)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v91 = (v90 * v29)
+    v93 = (v92 + v91)
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95[:, None])
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v105 = (ln_weight[None, :] * v104 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v106 = ((-0.5) * v96 * ln_weight[None, :] * v104 / (((tl.full((), 1e-05, DTYPE) + v99[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v107 = tl.sum((v106), axis=1)
+    v108 = (v107 / (D))
+    v109 = (2.0 * v96 * v108[:, None])
+    v110 = (v105 + v109)
+    v111 = ((-1.0) * v110)
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (v110 + v113[:, None])
+    v115 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v29 * v114)
+    v117 = ((-1.0) * v116)
+    v118 = (v78 * v117)
+    v119 = tl.trans(tl.dot(v87.to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v120 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v119)
+    v121 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v79 * v116)
+    v123 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v124 = (v115 + v121 + v123)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v125 = (v124 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v126 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v66 = k
+    v59 = v58
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    v62 = (v61 * tl.exp(((-1.0) * v59)))  # inverse cumulative decay times eta (factored)
+    v69 = (v66 * v62)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
     v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
@@ -788,147 +1122,91 @@ def chunk_grad_q_bwd_kernel(
     v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
     v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v74 = v55
-    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v112 = (v111 - v108)  # layer 1 end state
-    v119 = (v112 * v112 * v112 * v112)
-    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
-    v121 = (v120 / (HID * D))
-    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
-    v130 = tl.sum((v129), axis=0)
-    v131 = (v123 * v130[None, :])
-    v132 = tl.sum((v131), axis=1)
-    v116 = v110
-    v117 = (v116[:, None] * w2)
-    v113 = v69
-    v91 = v53
-    v114 = (v113 * v91)
-    v90 = v31
-    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v118 = (v117 - v115)  # layer 2 end state
-    v124 = (v118 * v118 * v118 * v118)
-    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
-    v126 = (v125 / (D * HID))
-    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-    _c0 = (0.5 * v132)
-    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v134 = (v128 * v133[None, :])
-    v135 = tl.sum((v134), axis=1)
-    v136 = tl.sum((v135), axis=0)
-    v137 = (v136 / (D))
-    v138 = (v135 - v137)
-    v139 = (v138 * v138)
-    v140 = tl.sum((v139), axis=0)
-    v141 = (v140 / (D))
-    v150 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
-    v151 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
-    v152 = tl.sum((v151), axis=0)
-    v153 = (v152 / (D))
-    v154 = (2.0 * v138 * v153)
-    v155 = (v150 + v154)
-    v156 = ((-1.0) * v155)
-    v157 = tl.sum((v156), axis=0)
-    v158 = (v157 / (D))
-    v159 = (v155 + v158)
-    v160 = (v128 * v159[:, None])
-    v161 = tl.sum((v160), axis=0)
-    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
-    v162 = (v161 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v163 = (v123 * v162[:, None])
-    v164 = tl.sum((v163), axis=0)
-    v165 = (v149 + v164)
-    v166 = (v57[:, None] * v165[None, :])
-    v148 = (d_out * (1.0 - v142[:, None]))
-    v167 = v148
-    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = ((-1.0) + v66)
-    v71 = (q * v70)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v75 = (q * v66)
-    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
-    v76 = (v73 * v68)
-    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
-    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v72 - v79)
+    v67 = v55
     v22 = (w1 * w1)
     v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v81 = (v80 * v25)
-    v83 = (v82 + v81)
-    _c0 = (0.5 * v83)
-    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = v66
-    v86 = ((-1.0) + v85)
-    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v86 * v87)
-    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
-    v89 = v68
-    v94 = (v91 * v89)
-    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v96 = (v85 * v95)
-    v97 = (v88 - v96)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = ((-1.0) + v60)
+    v64 = (q * v63)
+    v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v68 = (q * v60)
+    v70 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v72 = tl.dot(v71.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v65 - v72)
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v60
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v84 = v53
+    v82 = v62
+    v87 = (v84 * v82)
+    v88 = tl.dot(v86.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v78 * v88)
+    v90 = (v81 - v89)
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v98 = (v97 * v29)
-    v100 = (v99 + v98)
-    v101 = tl.sum((v100), axis=1)
-    v102 = (v101 / (D))
-    v103 = (v100 - v102[:, None])
-    v104 = (v103 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    v168 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v169 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v170 = tl.sum((v169), axis=1)
-    v171 = (v170 / (D))
-    v172 = (2.0 * v103 * v171[:, None])
-    v173 = (v168 + v172)
-    v174 = ((-1.0) * v173)
-    v175 = tl.sum((v174), axis=1)
-    v176 = (v175 / (D))
-    v177 = (v173 + v176[:, None])
-    v178 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v179 = (v29 * v177)
-    v180 = ((-1.0) * v179)
-    v181 = (v85 * v180)
-    v182 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v183 = (v56 * v182)
-    v184 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v183).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v185 = (v86 * v179)
-    v186 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v185).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v187 = (v178 + v184 + v186)
-    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v188 = (v187 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v189 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v188).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v190 = (v25 * v188)
-    v191 = ((-1.0) * v190)
-    v192 = tl.trans(tl.dot(v74.to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v193 = (v56 * v192)
-    v194 = tl.trans(tl.dot(tl.trans(v76).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v195 = (v66 * v194)
-    v196 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v197 = (v70 * v196)
-    v198 = (v166 + v167 + v189 + v195 + v197)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v198.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v91 = (v90 * v29)
+    v93 = (v92 + v91)
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95[:, None])
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v105 = (ln_weight[None, :] * v104 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v106 = ((-0.5) * v96 * ln_weight[None, :] * v104 / (((tl.full((), 1e-05, DTYPE) + v99[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v107 = tl.sum((v106), axis=1)
+    v108 = (v107 / (D))
+    v109 = (2.0 * v96 * v108[:, None])
+    v110 = (v105 + v109)
+    v111 = ((-1.0) * v110)
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (v110 + v113[:, None])
+    v115 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v29 * v114)
+    v117 = ((-1.0) * v116)
+    v118 = (v78 * v117)
+    v119 = tl.trans(tl.dot(v87.to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v120 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v119)
+    v121 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v79 * v116)
+    v123 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v124 = (v115 + v121 + v123)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v125 = (v124 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v126 = (v25 * v125)
+    v127 = ((-1.0) * v126)
+    v128 = tl.trans(tl.dot(v67.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v128)
+    v130 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v131 = (v60 * v130)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+def chunk_grad_q_4_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 4 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -954,14 +1232,170 @@ def chunk_grad_k_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    v63 = ((-1.0) + v60)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = (q * v63)
+    v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v68 = (q * v60)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v66 = k
+    v59 = v58
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    v62 = (v61 * tl.exp(((-1.0) * v59)))  # inverse cumulative decay times eta (factored)
+    v69 = (v66 * v62)
+    v70 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v67 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v65 - v72)
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v60
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v84 = v53
+    v82 = v62
+    v87 = (v84 * v82)
+    v88 = tl.dot(v86.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v78 * v88)
+    v90 = (v81 - v89)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v91 = (v90 * v29)
+    v93 = (v92 + v91)
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95[:, None])
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v105 = (ln_weight[None, :] * v104 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v106 = ((-0.5) * v96 * ln_weight[None, :] * v104 / (((tl.full((), 1e-05, DTYPE) + v99[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v107 = tl.sum((v106), axis=1)
+    v108 = (v107 / (D))
+    v109 = (2.0 * v96 * v108[:, None])
+    v110 = (v105 + v109)
+    v111 = ((-1.0) * v110)
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (v110 + v113[:, None])
+    v115 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v29 * v114)
+    v117 = ((-1.0) * v116)
+    v118 = (v78 * v117)
+    v119 = tl.trans(tl.dot(v87.to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v120 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v119)
+    v121 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v79 * v116)
+    v123 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v124 = (v115 + v121 + v123)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v125 = (v124 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v126 = (v25 * v125)
+    v127 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v128 = (v63 * v127)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v128.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v63 = (v61 * v57[:, None])
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -1013,7 +1447,7 @@ def chunk_grad_k_bwd_kernel(
     v74 = v55
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v111 = (v110[None, :] * w1)
     v73 = k
@@ -1025,7 +1459,7 @@ def chunk_grad_k_bwd_kernel(
     v121 = (v120 / (HID * D))
     v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v130 = tl.sum((v129), axis=0)
     v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
     v131 = (v123 * v130[None, :])
@@ -1053,9 +1487,8 @@ def chunk_grad_k_bwd_kernel(
     v139 = (v138 * v138)
     v140 = tl.sum((v139), axis=0)
     v141 = (v140 / (D))
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v147 = tl.sum((v146), axis=0)
     v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
@@ -1070,20 +1503,20 @@ def chunk_grad_k_bwd_kernel(
     v159 = (v128 * v158[:, None])
     v160 = tl.sum((v159), axis=0)
     _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
-    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v163 = (v130[None, :] * v162[:, None])
+    v161 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v130[None, :] * v161[:, None])
     _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
-    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
-    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
-    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    v163 = (v162 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v164 = (v162 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
     _c0 = (tl.sqrt(v121))
-    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v174 = (v173 / (HID * D))
-    v175 = (4.0 * v174 * (v112 * v112 * v112))
-    v181 = (d_new_w1 + v170 + v175)
-    v182 = ((-1.0) * v181)
-    v183 = tl.dot(v74.to(DOT_DTYPE), v182.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v185 = (v69 * v183)
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (HID * D))
+    v168 = (4.0 * v167 * (v112 * v112 * v112))
+    v169 = (d_new_w1 + v163 + v168)
+    v170 = ((-1.0) * v169)
+    v171 = tl.dot(v74.to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v172 = (v69 * v171)
     v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
     v75 = (q * v66)
     v22 = (w1 * w1)
@@ -1096,7 +1529,7 @@ def chunk_grad_k_bwd_kernel(
     v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v81 = (v80 * v25)
@@ -1109,7 +1542,7 @@ def chunk_grad_k_bwd_kernel(
     v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v88 = (v86 * v87)
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v89 = v68
     v94 = (v91 * v89)
     v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1127,120 +1560,47 @@ def chunk_grad_k_bwd_kernel(
     v104 = (v103 * v103)
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
-    v148 = (d_out * (1.0 - v142[:, None]))
-    v186 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v187 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v188 = tl.sum((v187), axis=1)
-    v189 = (v188 / (D))
-    v190 = (2.0 * v103 * v189[:, None])
-    v191 = (v186 + v190)
-    v192 = ((-1.0) * v191)
-    v193 = tl.sum((v192), axis=1)
-    v194 = (v193 / (D))
-    v195 = (v191 + v194[:, None])
-    v196 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v197 = (v29 * v195)
-    v198 = ((-1.0) * v197)
-    v199 = (v85 * v198)
-    v200 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v203 = (v56 * v200)
-    v204 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v210 = (v86 * v197)
-    v211 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v210).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v212 = (v196 + v204 + v211)
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v173 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v174 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v175 = tl.sum((v174), axis=1)
+    v176 = (v175 / (D))
+    v177 = (2.0 * v103 * v176[:, None])
+    v178 = (v173 + v177)
+    v179 = ((-1.0) * v178)
+    v180 = tl.sum((v179), axis=1)
+    v181 = (v180 / (D))
+    v182 = (v178 + v181[:, None])
+    v183 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v182).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v184 = (v29 * v182)
+    v185 = ((-1.0) * v184)
+    v186 = (v85 * v185)
+    v187 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v186).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v188 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v187)
+    v189 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v188).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v190 = (v86 * v184)
+    v191 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v192 = (v183 + v189 + v191)
     _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v214 = (v25 * v213)
-    v215 = ((-1.0) * v214)
-    v216 = tl.trans(tl.dot(v74.to(DOT_DTYPE), tl.trans(v215).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v218 = (v56 * v216)
-    v219 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), v218.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v220 = (v68 * v219)
-    v223 = (v185 + v220)
-    v224 = v223
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v161 = (v133[None, :] * v158[:, None])
-    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
-    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
-    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
-    _c0 = (tl.sqrt(v126))
-    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v168 = (v167 / (D * HID))
-    v169 = (4.0 * v168 * (v118 * v118 * v118))
-    v176 = (d_new_w2 + v164 + v169)
-    v177 = ((-1.0) * v176)
-    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v179 = (v113 * v178)
-    v201 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v199.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v202 = (v89 * v201)
-    v206 = (v179 + v202)
-    v207 = v206
-    v184 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v182).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v217 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v215.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v221 = (v184 + v217)
-    v222 = v221
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v226 = (v222 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v227 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v226).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v228 = (v207 + v227)
-    v229 = tl.sum((v228), axis=1)
-    v230 = (v229 / (D))
-    v231 = ((-1.0) * v230)
-    v232 = (v228 + v231[:, None])
-    v234 = (2.0 * v35 * v232)
-    v235 = tl.sum((v234), axis=1)
-    v236 = (v235 / (D))
-    v240 = ((-0.5) * v35 * ln_weight[None, :] * v236[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v243 = (ln_weight[None, :] * v232 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v244 = (v240 + v243)
-    _c0 = (v42 * v42)
-    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v245 = (v244 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
-    v246 = v245
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v30 * v30))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v225 = (v54 * v222 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v180 = tl.dot(v114.to(DOT_DTYPE), v177.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v205 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v203.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v208 = (v180 + v205)
-    v209 = v208
-    v233 = (2.0 * v47[:, None] * v232)
-    v237 = ((-0.5) * ln_weight[None, :] * v43 * v236[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v247 = (ln_weight[None, :] * v245 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v238 = (0.75 * v35 * ln_weight[None, :] * v43 * v236[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v239 = tl.sum((v238), axis=1)
-    v241 = ((-0.5) * ln_weight[None, :] * v43 * v232 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v242 = tl.sum((v241), axis=1)
-    v248 = ((-0.5) * v35 * ln_weight[None, :] * v245 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v249 = tl.sum((v248), axis=1)
-    v250 = (v239 + v242 + v249)
-    v251 = (v250 / (D))
-    v252 = (2.0 * v35 * v251[:, None])
-    v253 = (v233 + v237 + v247 + v252)
-    v254 = ((-1.0) * v253)
-    v255 = tl.sum((v254), axis=1)
-    v256 = (v255 / (D))
-    v257 = (v253 + v256[:, None])
-    v258 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v257).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v259 = (v209 + v258)
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v260 = (v259 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v261 = (v225 + v260)
-    v262 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v261).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v263 = (v224 + v246 + v262)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v263.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v193 = (v192 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v194 = (v25 * v193)
+    v195 = ((-1.0) * v194)
+    v196 = tl.trans(tl.dot(v74.to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v196)
+    v198 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v199 = (v68 * v198)
+    v200 = (v172 + v199)
+    v201 = v200
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v201.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1294,14 +1654,11 @@ def chunk_grad_v_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v63 = (v61 * v57[:, None])
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -1312,7 +1669,7 @@ def chunk_grad_v_bwd_kernel(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
     v117 = (v116[:, None] * w2)
@@ -1350,7 +1707,7 @@ def chunk_grad_v_bwd_kernel(
     v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v130 = tl.sum((v129), axis=0)
     v131 = (v123 * v130[None, :])
     v132 = tl.sum((v131), axis=1)
@@ -1365,9 +1722,8 @@ def chunk_grad_v_bwd_kernel(
     v139 = (v138 * v138)
     v140 = tl.sum((v139), axis=0)
     v141 = (v140 / (D))
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v147 = tl.sum((v146), axis=0)
     v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
@@ -1401,7 +1757,7 @@ def chunk_grad_v_bwd_kernel(
     v75 = (q * v66)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v22 = (w1 * w1)
@@ -1413,7 +1769,7 @@ def chunk_grad_v_bwd_kernel(
     _c0 = (0.5 * v83)
     v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v85 = v66
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
@@ -1435,7 +1791,7 @@ def chunk_grad_v_bwd_kernel(
     v104 = (v103 * v103)
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
-    v148 = (d_out * (1.0 - v142[:, None]))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v185 = tl.sum((v184), axis=1)
@@ -1472,7 +1828,572 @@ def chunk_grad_v_bwd_kernel(
     v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v200 = (v56 * v197)
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v204 = (v86 * v194)
+    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v193 + v201 + v205)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v208 = (v25 * v207)
+    v209 = ((-1.0) * v208)
+    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v211 = (v182 + v210)
+    v212 = v211
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v215 = (v203 + v214)
+    v216 = tl.sum((v215), axis=1)
+    v217 = (v216 / (D))
+    v218 = ((-1.0) * v217)
+    v219 = (v215 + v218[:, None])
+    v220 = (2.0 * v35 * v219)
+    v221 = tl.sum((v220), axis=1)
+    v222 = (v221 / (D))
+    v223 = ((-0.5) * v35 * ln_weight[None, :] * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (ln_weight[None, :] * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v225 = (v223 + v224)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v227 = v226
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v227.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    v69 = (v65 * v67)
+    v73 = k
+    v107 = (v69 * v73)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v110 = tl.sum((v109), axis=0)
+    v111 = (v110[None, :] * w1)
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v74 = v55
+    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v111 - v108)  # layer 1 end state
+    v119 = (v112 * v112 * v112 * v112)
+    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
+    v121 = (v120 / (HID * D))
+    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v130 = tl.sum((v129), axis=0)
+    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v131 = (v123 * v130[None, :])
+    v132 = tl.sum((v131), axis=1)
+    v116 = v110
+    v117 = (v116[:, None] * w2)
+    v113 = v69
+    v91 = v53
+    v114 = (v113 * v91)
+    v90 = v31
+    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v117 - v115)  # layer 2 end state
+    v124 = (v118 * v118 * v118 * v118)
+    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
+    v126 = (v125 / (D * HID))
+    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v132)
+    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v134 = (v128 * v133[None, :])
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
+    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v151 = tl.sum((v150), axis=0)
+    v152 = (v151 / (D))
+    v153 = (2.0 * v138 * v152)
+    v154 = (v149 + v153)
+    v155 = ((-1.0) * v154)
+    v156 = tl.sum((v155), axis=0)
+    v157 = (v156 / (D))
+    v158 = (v154 + v157)
+    v159 = (v128 * v158[:, None])
+    v160 = tl.sum((v159), axis=0)
+    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
+    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v163 = (v130[None, :] * v162[:, None])
+    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
+    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    _c0 = (tl.sqrt(v121))
+    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v174 = (v173 / (HID * D))
+    v175 = (4.0 * v174 * (v112 * v112 * v112))
+    v181 = (d_new_w1 + v170 + v175)
+    v182 = ((-1.0) * v181)
+    v183 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v182).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v75 = (q * v66)
+    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
+    v76 = (v73 * v68)
+    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = ((-1.0) + v66)
+    v71 = (q * v70)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v72 - v79)
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v66
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v89 = v68
+    v94 = (v91 * v89)
+    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = (v85 * v95)
+    v97 = (v88 - v96)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v98 = (v97 * v29)
+    v100 = (v99 + v98)
+    v101 = tl.sum((v100), axis=1)
+    v102 = (v101 / (D))
+    v103 = (v100 - v102[:, None])
+    v104 = (v103 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v184 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v185 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v186 = tl.sum((v185), axis=1)
+    v187 = (v186 / (D))
+    v188 = (2.0 * v103 * v187[:, None])
+    v189 = (v184 + v188)
+    v190 = ((-1.0) * v189)
+    v191 = tl.sum((v190), axis=1)
+    v192 = (v191 / (D))
+    v193 = (v189 + v192[:, None])
+    v194 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v29 * v193)
+    v196 = ((-1.0) * v195)
+    v197 = (v85 * v196)
+    v198 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v201 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v198)
+    v202 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v201).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v208 = (v86 * v195)
+    v209 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v210 = (v194 + v202 + v209)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v211 = (v210 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v212 = (v25 * v211)
+    v213 = ((-1.0) * v212)
+    v214 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v213.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v215 = (v183 + v214)
+    v216 = v215
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v30 * v30))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v217 = (v54 * v216 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v161 = (v133[None, :] * v158[:, None])
+    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
+    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
+    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
+    _c0 = (tl.sqrt(v126))
+    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v168 = (v167 / (D * HID))
+    v169 = (4.0 * v168 * (v118 * v118 * v118))
+    v176 = (d_new_w2 + v164 + v169)
+    v177 = ((-1.0) * v176)
+    v180 = tl.dot(v114.to(DOT_DTYPE), v177.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v203 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v201.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v180 + v203)
+    v207 = v206
+    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v179 = (v113 * v178)
+    v199 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v200 = (v89 * v199)
+    v204 = (v179 + v200)
+    v205 = v204
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v218 = (v216 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v219 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v218).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v220 = (v205 + v219)
+    v221 = tl.sum((v220), axis=1)
+    v222 = (v221 / (D))
+    v223 = ((-1.0) * v222)
+    v224 = (v220 + v223[:, None])
+    v225 = (2.0 * v47[:, None] * v224)
+    v226 = (2.0 * v35 * v224)
+    v227 = tl.sum((v226), axis=1)
+    v228 = (v227 / (D))
+    v229 = ((-0.5) * ln_weight[None, :] * v43 * v228[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v232 = ((-0.5) * v35 * ln_weight[None, :] * v228[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v235 = (ln_weight[None, :] * v224 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v236 = (v232 + v235)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v237 = (v236 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v238 = (ln_weight[None, :] * v237 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v230 = (0.75 * v35 * ln_weight[None, :] * v43 * v228[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v231 = tl.sum((v230), axis=1)
+    v233 = ((-0.5) * ln_weight[None, :] * v43 * v224 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v234 = tl.sum((v233), axis=1)
+    v239 = ((-0.5) * v35 * ln_weight[None, :] * v237 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v240 = tl.sum((v239), axis=1)
+    v241 = (v231 + v234 + v240)
+    v242 = (v241 / (D))
+    v243 = (2.0 * v35 * v242[:, None])
+    v244 = (v225 + v229 + v238 + v243)
+    v245 = ((-1.0) * v244)
+    v246 = tl.sum((v245), axis=1)
+    v247 = (v246 / (D))
+    v248 = (v244 + v247[:, None])
+    v249 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v248).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v250 = (v207 + v249)
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v251 = (v250 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v252 = (v217 + v251)
+    v253 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v252).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v253.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    v69 = (v65 * v67)
+    v113 = v69
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v110 = tl.sum((v109), axis=0)
+    v116 = v110
+    v117 = (v116[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v114 = (v113 * v91)
+    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v117 - v115)  # layer 2 end state
+    v124 = (v118 * v118 * v118 * v118)
+    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
+    v126 = (v125 / (D * HID))
+    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v111 = (v110[None, :] * w1)
+    v73 = k
+    v107 = (v69 * v73)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v74 = v55
+    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v111 - v108)  # layer 1 end state
+    v119 = (v112 * v112 * v112 * v112)
+    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
+    v121 = (v120 / (HID * D))
+    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v130 = tl.sum((v129), axis=0)
+    v131 = (v123 * v130[None, :])
+    v132 = tl.sum((v131), axis=1)
+    _c0 = (0.5 * v132)
+    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v134 = (v128 * v133[None, :])
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
+    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v151 = tl.sum((v150), axis=0)
+    v152 = (v151 / (D))
+    v153 = (2.0 * v138 * v152)
+    v154 = (v149 + v153)
+    v155 = ((-1.0) * v154)
+    v156 = tl.sum((v155), axis=0)
+    v157 = (v156 / (D))
+    v158 = (v154 + v157)
+    v161 = (v133[None, :] * v158[:, None])
+    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
+    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
+    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
+    _c0 = (tl.sqrt(v126))
+    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v168 = (v167 / (D * HID))
+    v169 = (4.0 * v168 * (v118 * v118 * v118))
+    v176 = (d_new_w2 + v164 + v169)
+    v177 = ((-1.0) * v176)
+    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v179 = (v113 * v178)
+    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
+    v89 = v68
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = ((-1.0) + v66)
+    v71 = (q * v70)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v75 = (q * v66)
+    v76 = (v73 * v68)
+    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v72 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v85 = v66
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v91 * v89)
+    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = (v85 * v95)
+    v97 = (v88 - v96)
+    v98 = (v97 * v29)
+    v100 = (v99 + v98)
+    v101 = tl.sum((v100), axis=1)
+    v102 = (v101 / (D))
+    v103 = (v100 - v102[:, None])
+    v104 = (v103 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v185 = tl.sum((v184), axis=1)
+    v186 = (v185 / (D))
+    v187 = (2.0 * v103 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v196 = (v85 * v195)
+    v198 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v196.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v199 = (v89 * v198)
+    v202 = (v179 + v199)
+    v203 = v202
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v159 = (v128 * v158[:, None])
+    v160 = tl.sum((v159), axis=0)
+    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
+    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v163 = (v130[None, :] * v162[:, None])
+    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
+    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    _c0 = (tl.sqrt(v121))
+    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v174 = (v173 / (HID * D))
+    v175 = (4.0 * v174 * (v112 * v112 * v112))
+    v180 = (d_new_w1 + v170 + v175)
+    v181 = ((-1.0) * v180)
+    v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
     v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v204 = (v86 * v194)
     v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1505,13 +2426,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v227.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1540,18 +2461,15 @@ def chunk_grad_gate_alpha_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
     v117 = (v116[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v63 = (v61 * v57[:, None])
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -1621,7 +2539,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v130 = tl.sum((v129), axis=0)
     v131 = (v123 * v130[None, :])
     v132 = tl.sum((v131), axis=1)
@@ -1636,9 +2554,8 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v139 = (v138 * v138)
     v140 = tl.sum((v139), axis=0)
     v141 = (v140 / (D))
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v147 = tl.sum((v146), axis=0)
     v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
@@ -1681,7 +2598,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v186 = (w1 * v184)
     v187 = tl.sum((v186), axis=0)
     v188 = (v180 + v187)
-    v189 = (v57[:, None] * v188[None, :])
+    v189 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v188[None, :])
     v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = ((-1.0) + v66)
     v71 = (q * v70)
@@ -1690,7 +2607,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v22 = (w1 * w1)
@@ -1702,7 +2619,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     _c0 = (0.5 * v83)
     v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v89 = v68
     v94 = (v91 * v89)
     v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1725,7 +2642,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v104 = (v103 * v103)
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
-    v148 = (d_out * (1.0 - v142[:, None]))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v192 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v193 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v194 = tl.sum((v193), axis=1)
@@ -1745,7 +2662,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v202 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v201).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v206 = (v85 * v204)
     v207 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v210 = (v56 * v207)
+    v210 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v207)
     v211 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v210).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v213 = (v86 * v203)
     v214 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1755,7 +2672,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v220 = (v25 * v219)
     v221 = ((-1.0) * v220)
     v222 = tl.trans(tl.dot(v74.to(DOT_DTYPE), tl.trans(v221).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v223 = (v56 * v222)
+    v223 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v222)
     v224 = tl.trans(tl.dot(tl.trans(v76).to(DOT_DTYPE), tl.trans(v223).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v227 = (q * v224)
     v228 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v220).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1773,7 +2690,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v231 = (v67 * v230)
     v236 = (v59[:, None] * v231 * tl.exp((v64[None, :] - v62)))
     v237 = tl.sum((v236), axis=0)
-    v239 = (v57[:, None] * v237[None, :])
+    v239 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v237[None, :])
     v208 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v209 = (v91 * v208)
     v212 = v209
@@ -1790,13 +2707,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v244.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1822,14 +2739,11 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v63 = (v61 * v57[:, None])
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -1876,7 +2790,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
     v117 = (v116[:, None] * w2)
@@ -1906,7 +2820,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v130 = tl.sum((v129), axis=0)
     v131 = (v123 * v130[None, :])
     v132 = tl.sum((v131), axis=1)
@@ -1921,9 +2835,8 @@ def chunk_grad_gate_eta_bwd_kernel(
     v139 = (v138 * v138)
     v140 = tl.sum((v139), axis=0)
     v141 = (v140 / (D))
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v147 = tl.sum((v146), axis=0)
     v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
@@ -1977,7 +2890,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v22 = (w1 * w1)
@@ -1989,7 +2902,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     _c0 = (0.5 * v83)
     v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v85 = v66
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
@@ -2012,7 +2925,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v104 = (v103 * v103)
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
-    v148 = (d_out * (1.0 - v142[:, None]))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v185 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v186 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v187 = tl.sum((v186), axis=1)
@@ -2031,7 +2944,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v204 = v201
     v195 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v199 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v198).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v202 = (v56 * v199)
+    v202 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v199)
     v203 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v202).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v205 = (v86 * v196)
     v206 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -2041,7 +2954,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v209 = (v25 * v208)
     v210 = ((-1.0) * v209)
     v211 = tl.trans(tl.dot(v74.to(DOT_DTYPE), tl.trans(v210).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v212 = (v56 * v211)
+    v212 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v211)
     v213 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v214 = (v73 * v213)
     v217 = (v204 + v214)
@@ -2051,13 +2964,13 @@ def chunk_grad_gate_eta_bwd_kernel(
     tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v220.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel(
+def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight`."""
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2084,26 +2997,23 @@ def chunk_grad_ln_weight_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v109 = (v66 * v57[:, None])
-    v110 = tl.sum((v109), axis=0)
-    v116 = v110
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
+    v74 = v68
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v117 = (v116[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v63 = (v61 * v57[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    v75 = (v74[:, None] * w2)
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    v69 = (v65 * v67)
-    v113 = v69
+    v59 = gate_eta
+    v60 = (v57 * v59)
+    v71 = v60
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
@@ -2111,233 +3021,90 @@ def chunk_grad_ln_weight_bwd_kernel(
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v30)
-    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v22)
+    v23 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v16 = (w2 * w2 * w2 * w2)
     v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v91 = v53
-    v114 = (v113 * v91)
-    v90 = v31
-    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v118 = (v117 - v115)  # layer 2 end state
-    v124 = (v118 * v118 * v118 * v118)
-    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
-    v126 = (v125 / (D * HID))
-    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-    v111 = (v110[None, :] * w1)
-    v73 = k
-    v107 = (v69 * v73)
-    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v74 = v55
-    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v112 = (v111 - v108)  # layer 1 end state
-    v119 = (v112 * v112 * v112 * v112)
-    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
-    v121 = (v120 / (HID * D))
-    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v64 = v45
+    v72 = (v71 * v64)
+    v63 = v23
+    v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v75 - v73)  # layer 2 end state
+    v82 = (v76 * v76 * v76 * v76)
+    v83 = tl.sum(tl.sum((v82), axis=1), axis=0)
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+    v69 = (v68[None, :] * w1)
+    v61 = k
+    v65 = (v60 * v61)
+    v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+    v47 = (v46 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v62 = v47
+    v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v70 = (v69 - v66)  # layer 1 end state
+    v77 = (v70 * v70 * v70 * v70)
+    v78 = tl.sum(tl.sum((v77), axis=1), axis=0)
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
-    v130 = tl.sum((v129), axis=0)
-    v131 = (v123 * v130[None, :])
-    v132 = tl.sum((v131), axis=1)
-    _c0 = (0.5 * v132)
-    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v134 = (v128 * v133[None, :])
-    v135 = tl.sum((v134), axis=1)
-    v136 = tl.sum((v135), axis=0)
-    v137 = (v136 / (D))
-    v138 = (v135 - v137)
-    v139 = (v138 * v138)
-    v140 = tl.sum((v139), axis=0)
-    v141 = (v140 / (D))
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v89 = (v81 * v88[None, :])
+    v90 = tl.sum((v89), axis=1)
+    _c0 = (0.5 * v90)
+    v91 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = (v86 * v91[None, :])
+    v93 = tl.sum((v92), axis=1)
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
-    v147 = tl.sum((v146), axis=0)
-    v152 = (v138 * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
-    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = ((-1.0) + v66)
-    v71 = (q * v70)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v75 = (q * v66)
-    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
-    v76 = (v73 * v68)
-    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
-    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v72 - v79)
-    v22 = (w1 * w1)
-    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v81 = (v80 * v25)
-    v83 = (v82 + v81)
-    _c0 = (0.5 * v83)
-    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = v66
-    v86 = ((-1.0) + v85)
-    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v86 * v87)
-    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
-    v89 = v68
-    v94 = (v91 * v89)
-    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v96 = (v85 * v95)
-    v97 = (v88 - v96)
-    v26 = (w2 * w2)
-    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v98 = (v97 * v29)
-    v100 = (v99 + v98)
-    v101 = tl.sum((v100), axis=1)
-    v102 = (v101 / (D))
-    v103 = (v100 - v102[:, None])
-    v104 = (v103 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    v148 = (d_out * (1.0 - v142[:, None]))
-    v187 = (v103 * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v188 = tl.sum((v187), axis=0)
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
-    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
-    v151 = tl.sum((v150), axis=0)
-    v153 = (v151 / (D))
-    v154 = (2.0 * v138 * v153)
-    v155 = (v149 + v154)
-    v156 = ((-1.0) * v155)
-    v157 = tl.sum((v156), axis=0)
-    v158 = (v157 / (D))
-    v159 = (v155 + v158)
-    v162 = (v133[None, :] * v159[:, None])
-    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
-    v165 = (v162 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
-    v166 = (v162 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-    v167 = tl.sum(tl.sum((v166), axis=1), axis=0)
-    _c0 = (tl.sqrt(v126))
-    v168 = ((-0.5) * v167 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v169 = (v168 / (D * HID))
-    v170 = (4.0 * v169 * (v118 * v118 * v118))
-    v177 = (d_new_w2 + v165 + v170)
-    v178 = ((-1.0) * v177)
-    v179 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v180 = (v113 * v179)
-    v184 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v185 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
-    v186 = tl.sum((v185), axis=1)
-    v189 = (v186 / (D))
-    v190 = (2.0 * v103 * v189[:, None])
-    v191 = (v184 + v190)
-    v192 = ((-1.0) * v191)
-    v193 = tl.sum((v192), axis=1)
-    v194 = (v193 / (D))
-    v195 = (v191 + v194[:, None])
-    v197 = (v29 * v195)
-    v198 = ((-1.0) * v197)
-    v199 = (v85 * v198)
-    v201 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v199.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v202 = (v89 * v201)
-    v205 = (v180 + v202)
-    v206 = v205
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v160 = (v128 * v159[:, None])
-    v161 = tl.sum((v160), axis=0)
-    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
-    v163 = (v161 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v164 = (v130[None, :] * v163[:, None])
-    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
-    v171 = (v164 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
-    v172 = (v164 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
-    v173 = tl.sum(tl.sum((v172), axis=1), axis=0)
-    _c0 = (tl.sqrt(v121))
-    v174 = ((-0.5) * v173 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v175 = (v174 / (HID * D))
-    v176 = (4.0 * v175 * (v112 * v112 * v112))
-    v181 = (d_new_w1 + v171 + v176)
-    v182 = ((-1.0) * v181)
-    v183 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v182).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v196 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v200 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v203 = (v56 * v200)
-    v204 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v207 = (v86 * v197)
-    v208 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v207).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v209 = (v196 + v204 + v208)
-    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v210 = (v209 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v211 = (v25 * v210)
-    v212 = ((-1.0) * v211)
-    v213 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v214 = (v183 + v213)
-    v215 = v214
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v216 = (v215 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v217 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v216).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v218 = (v206 + v217)
-    v219 = tl.sum((v218), axis=1)
-    v220 = (v219 / (D))
-    v221 = ((-1.0) * v220)
-    v222 = (v218 + v221[:, None])
-    v223 = (2.0 * v35 * v222)
-    v224 = tl.sum((v223), axis=1)
-    v225 = (v224 / (D))
-    v226 = ((-0.5) * v35 * v43 * v225[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v227 = tl.sum((v226), axis=0)
-    v229 = (v43 * v222 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v230 = tl.sum((v229), axis=0)
-    v228 = ((-0.5) * v35 * ln_weight[None, :] * v225[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v231 = (ln_weight[None, :] * v222 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v232 = (v228 + v231)
-    _c0 = (v42 * v42)
-    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v233 = (v232 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
-    v234 = (v35 * v233 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v235 = tl.sum((v234), axis=0)
-    v236 = (v152 + v188 + v227 + v230 + v235)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v236.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias`."""
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2363,12 +3130,142 @@ def chunk_grad_ln_bias_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v142 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    v63 = ((-1.0) + v60)
+    v64 = (q * v63)
+    v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v68 = (q * v60)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v66 = k
+    v59 = v58
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    v62 = (v61 * tl.exp(((-1.0) * v59)))  # inverse cumulative decay times eta (factored)
+    v69 = (v66 * v62)
+    v70 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v67 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v65 - v72)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v60
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v84 = v53
+    v82 = v62
+    v87 = (v84 * v82)
+    v88 = tl.dot(v86.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v78 * v88)
+    v90 = (v81 - v89)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v91 = (v90 * v29)
+    v93 = (v92 + v91)
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95[:, None])
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v146 = (v142[:, None] * d_out)
-    v147 = tl.sum((v146), axis=0)
-    v148 = (d_out * (1.0 - v142[:, None]))
-    v186 = tl.sum((v148), axis=0)
+    v104 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v105 = (v96 * v104 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
+    v106 = tl.sum((v105), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
@@ -2397,14 +3294,12 @@ def chunk_grad_ln_bias_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v63 = (v61 * v57[:, None])
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
@@ -2415,11 +3310,10 @@ def chunk_grad_ln_bias_bwd_kernel(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    v109 = (v66 * v57[:, None])
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
     v117 = (v116[:, None] * w2)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -2453,7 +3347,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v129 = (q * v57[:, None])
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v130 = tl.sum((v129), axis=0)
     v131 = (v123 * v130[None, :])
     v132 = tl.sum((v131), axis=1)
@@ -2468,6 +3362,9 @@ def chunk_grad_ln_bias_bwd_kernel(
     v139 = (v138 * v138)
     v140 = tl.sum((v139), axis=0)
     v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
     v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
     v151 = tl.sum((v150), axis=0)
@@ -2500,7 +3397,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v75 = (q * v66)
     v76 = (v73 * v68)
     v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v56)  # decayed scores x_t·x_s (factored)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v72 - v79)
     v22 = (w1 * w1)
@@ -2512,7 +3409,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     _c0 = (0.5 * v83)
     v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v92 * v56)  # scores x_t·x_s
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v85 = v66
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
@@ -2534,23 +3431,24 @@ def chunk_grad_ln_bias_bwd_kernel(
     v104 = (v103 * v103)
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
     v185 = tl.sum((v184), axis=1)
-    v187 = (v185 / (D))
-    v188 = (2.0 * v103 * v187[:, None])
-    v189 = (v183 + v188)
-    v190 = ((-1.0) * v189)
-    v191 = tl.sum((v190), axis=1)
-    v192 = (v191 / (D))
-    v193 = (v189 + v192[:, None])
-    v195 = (v29 * v193)
-    v196 = ((-1.0) * v195)
-    v197 = (v85 * v196)
-    v199 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v200 = (v89 * v199)
-    v203 = (v179 + v200)
-    v204 = v203
+    v186 = (v185 / (D))
+    v187 = (2.0 * v103 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v196 = (v85 * v195)
+    v198 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v196.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v199 = (v89 * v198)
+    v202 = (v179 + v199)
+    v203 = v202
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v159 = (v128 * v158[:, None])
     v160 = tl.sum((v159), axis=0)
@@ -2568,40 +3466,904 @@ def chunk_grad_ln_bias_bwd_kernel(
     v180 = (d_new_w1 + v170 + v175)
     v181 = ((-1.0) * v180)
     v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v194 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v198 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v201 = (v56 * v198)
-    v202 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v201).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v205 = (v86 * v195)
-    v206 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v207 = (v194 + v202 + v206)
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v204 = (v86 * v194)
+    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v193 + v201 + v205)
     _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v208 = (v207 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v209 = (v25 * v208)
-    v210 = ((-1.0) * v209)
-    v211 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v210.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v212 = (v182 + v211)
-    v213 = v212
+    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v208 = (v25 * v207)
+    v209 = ((-1.0) * v208)
+    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v211 = (v182 + v210)
+    v212 = v211
     _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v214 = (v213 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v215 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v214).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v216 = (v204 + v215)
-    v217 = tl.sum((v216), axis=1)
-    v218 = (v217 / (D))
-    v219 = ((-1.0) * v218)
-    v220 = (v216 + v219[:, None])
-    v221 = (2.0 * v35 * v220)
-    v222 = tl.sum((v221), axis=1)
-    v223 = (v222 / (D))
-    v224 = ((-0.5) * v35 * ln_weight[None, :] * v223[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v225 = (ln_weight[None, :] * v220 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v226 = (v224 + v225)
+    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v215 = (v203 + v214)
+    v216 = tl.sum((v215), axis=1)
+    v217 = (v216 / (D))
+    v218 = ((-1.0) * v217)
+    v219 = (v215 + v218[:, None])
+    v220 = (2.0 * v35 * v219)
+    v221 = tl.sum((v220), axis=1)
+    v222 = (v221 / (D))
+    v223 = ((-0.5) * v35 * v43 * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = tl.sum((v223), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v224.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    v69 = (v65 * v67)
+    v113 = v69
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v110 = tl.sum((v109), axis=0)
+    v116 = v110
+    v117 = (v116[:, None] * w2)
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v114 = (v113 * v91)
+    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v117 - v115)  # layer 2 end state
+    v124 = (v118 * v118 * v118 * v118)
+    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
+    v126 = (v125 / (D * HID))
+    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v111 = (v110[None, :] * w1)
+    v73 = k
+    v107 = (v69 * v73)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v74 = v55
+    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v111 - v108)  # layer 1 end state
+    v119 = (v112 * v112 * v112 * v112)
+    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
+    v121 = (v120 / (HID * D))
+    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v130 = tl.sum((v129), axis=0)
+    v131 = (v123 * v130[None, :])
+    v132 = tl.sum((v131), axis=1)
+    _c0 = (0.5 * v132)
+    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v134 = (v128 * v133[None, :])
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
+    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v151 = tl.sum((v150), axis=0)
+    v152 = (v151 / (D))
+    v153 = (2.0 * v138 * v152)
+    v154 = (v149 + v153)
+    v155 = ((-1.0) * v154)
+    v156 = tl.sum((v155), axis=0)
+    v157 = (v156 / (D))
+    v158 = (v154 + v157)
+    v161 = (v133[None, :] * v158[:, None])
+    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
+    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
+    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
+    _c0 = (tl.sqrt(v126))
+    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v168 = (v167 / (D * HID))
+    v169 = (4.0 * v168 * (v118 * v118 * v118))
+    v176 = (d_new_w2 + v164 + v169)
+    v177 = ((-1.0) * v176)
+    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v179 = (v113 * v178)
+    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
+    v89 = v68
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = ((-1.0) + v66)
+    v71 = (q * v70)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v75 = (q * v66)
+    v76 = (v73 * v68)
+    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v72 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v85 = v66
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v91 * v89)
+    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = (v85 * v95)
+    v97 = (v88 - v96)
+    v98 = (v97 * v29)
+    v100 = (v99 + v98)
+    v101 = tl.sum((v100), axis=1)
+    v102 = (v101 / (D))
+    v103 = (v100 - v102[:, None])
+    v104 = (v103 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v185 = tl.sum((v184), axis=1)
+    v186 = (v185 / (D))
+    v187 = (2.0 * v103 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v196 = (v85 * v195)
+    v198 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v196.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v199 = (v89 * v198)
+    v202 = (v179 + v199)
+    v203 = v202
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v159 = (v128 * v158[:, None])
+    v160 = tl.sum((v159), axis=0)
+    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
+    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v163 = (v130[None, :] * v162[:, None])
+    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
+    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    _c0 = (tl.sqrt(v121))
+    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v174 = (v173 / (HID * D))
+    v175 = (4.0 * v174 * (v112 * v112 * v112))
+    v180 = (d_new_w1 + v170 + v175)
+    v181 = ((-1.0) * v180)
+    v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v204 = (v86 * v194)
+    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v193 + v201 + v205)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v208 = (v25 * v207)
+    v209 = ((-1.0) * v208)
+    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v211 = (v182 + v210)
+    v212 = v211
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v215 = (v203 + v214)
+    v216 = tl.sum((v215), axis=1)
+    v217 = (v216 / (D))
+    v218 = ((-1.0) * v217)
+    v219 = (v215 + v218[:, None])
+    v220 = (v43 * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v221 = tl.sum((v220), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v221.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_4_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    v69 = (v65 * v67)
+    v113 = v69
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v110 = tl.sum((v109), axis=0)
+    v116 = v110
+    v117 = (v116[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v114 = (v113 * v91)
+    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v117 - v115)  # layer 2 end state
+    v124 = (v118 * v118 * v118 * v118)
+    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
+    v126 = (v125 / (D * HID))
+    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v111 = (v110[None, :] * w1)
+    v73 = k
+    v107 = (v69 * v73)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v74 = v55
+    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v111 - v108)  # layer 1 end state
+    v119 = (v112 * v112 * v112 * v112)
+    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
+    v121 = (v120 / (HID * D))
+    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v130 = tl.sum((v129), axis=0)
+    v131 = (v123 * v130[None, :])
+    v132 = tl.sum((v131), axis=1)
+    _c0 = (0.5 * v132)
+    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v134 = (v128 * v133[None, :])
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
+    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v151 = tl.sum((v150), axis=0)
+    v152 = (v151 / (D))
+    v153 = (2.0 * v138 * v152)
+    v154 = (v149 + v153)
+    v155 = ((-1.0) * v154)
+    v156 = tl.sum((v155), axis=0)
+    v157 = (v156 / (D))
+    v158 = (v154 + v157)
+    v161 = (v133[None, :] * v158[:, None])
+    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
+    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
+    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
+    _c0 = (tl.sqrt(v126))
+    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v168 = (v167 / (D * HID))
+    v169 = (4.0 * v168 * (v118 * v118 * v118))
+    v176 = (d_new_w2 + v164 + v169)
+    v177 = ((-1.0) * v176)
+    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v179 = (v113 * v178)
+    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
+    v89 = v68
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = ((-1.0) + v66)
+    v71 = (q * v70)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v75 = (q * v66)
+    v76 = (v73 * v68)
+    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v72 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v85 = v66
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v91 * v89)
+    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = (v85 * v95)
+    v97 = (v88 - v96)
+    v98 = (v97 * v29)
+    v100 = (v99 + v98)
+    v101 = tl.sum((v100), axis=1)
+    v102 = (v101 / (D))
+    v103 = (v100 - v102[:, None])
+    v104 = (v103 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v185 = tl.sum((v184), axis=1)
+    v186 = (v185 / (D))
+    v187 = (2.0 * v103 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v196 = (v85 * v195)
+    v198 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v196.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v199 = (v89 * v198)
+    v202 = (v179 + v199)
+    v203 = v202
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v159 = (v128 * v158[:, None])
+    v160 = tl.sum((v159), axis=0)
+    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
+    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v163 = (v130[None, :] * v162[:, None])
+    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
+    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    _c0 = (tl.sqrt(v121))
+    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v174 = (v173 / (HID * D))
+    v175 = (4.0 * v174 * (v112 * v112 * v112))
+    v180 = (d_new_w1 + v170 + v175)
+    v181 = ((-1.0) * v180)
+    v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v204 = (v86 * v194)
+    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v193 + v201 + v205)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v208 = (v25 * v207)
+    v209 = ((-1.0) * v208)
+    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v211 = (v182 + v210)
+    v212 = v211
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v215 = (v203 + v214)
+    v216 = tl.sum((v215), axis=1)
+    v217 = (v216 / (D))
+    v218 = ((-1.0) * v217)
+    v219 = (v215 + v218[:, None])
+    v220 = (2.0 * v35 * v219)
+    v221 = tl.sum((v220), axis=1)
+    v222 = (v221 / (D))
+    v223 = ((-0.5) * v35 * ln_weight[None, :] * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (ln_weight[None, :] * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v225 = (v223 + v224)
     _c0 = (v42 * v42)
     _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v227 = (v226 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v227 = (v35 * v226 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v228 = tl.sum((v227), axis=0)
-    v229 = (v147 + v186 + v228)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v229.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v228.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v14 = tl.sum((v13), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v14 = tl.sum((v13), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    v69 = (v65 * v67)
+    v113 = v69
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v110 = tl.sum((v109), axis=0)
+    v116 = v110
+    v117 = (v116[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v114 = (v113 * v91)
+    v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v117 - v115)  # layer 2 end state
+    v124 = (v118 * v118 * v118 * v118)
+    v125 = tl.sum(tl.sum((v124), axis=1), axis=0)
+    v126 = (v125 / (D * HID))
+    v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v111 = (v110[None, :] * w1)
+    v73 = k
+    v107 = (v69 * v73)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v74 = v55
+    v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v111 - v108)  # layer 1 end state
+    v119 = (v112 * v112 * v112 * v112)
+    v120 = tl.sum(tl.sum((v119), axis=1), axis=0)
+    v121 = (v120 / (HID * D))
+    v122 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v121)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v130 = tl.sum((v129), axis=0)
+    v131 = (v123 * v130[None, :])
+    v132 = tl.sum((v131), axis=1)
+    _c0 = (0.5 * v132)
+    v133 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v134 = (v128 * v133[None, :])
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v146 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v147 = tl.sum((v146), axis=0)
+    v149 = (ln_weight * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v150 = ((-0.5) * v138 * ln_weight * v147 / (((tl.full((), 1e-05, DTYPE) + v141) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v141)))))
+    v151 = tl.sum((v150), axis=0)
+    v152 = (v151 / (D))
+    v153 = (2.0 * v138 * v152)
+    v154 = (v149 + v153)
+    v155 = ((-1.0) * v154)
+    v156 = tl.sum((v155), axis=0)
+    v157 = (v156 / (D))
+    v158 = (v154 + v157)
+    v161 = (v133[None, :] * v158[:, None])
+    _c0 = tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0))
+    v164 = (v161 * ((v127 * (_c0 * _c0) * (v118 * v118)) + (2.0 * _c0 * v118 * v127 * tl.abs(v118))))
+    v165 = (v161 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
+    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
+    _c0 = (tl.sqrt(v126))
+    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v168 = (v167 / (D * HID))
+    v169 = (4.0 * v168 * (v118 * v118 * v118))
+    v176 = (d_new_w2 + v164 + v169)
+    v177 = ((-1.0) * v176)
+    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v179 = (v113 * v178)
+    v68 = (v67 * tl.exp(((-1.0) * v62)))  # inverse cumulative decay times eta (factored)
+    v89 = v68
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = ((-1.0) + v66)
+    v71 = (q * v70)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v75 = (q * v66)
+    v76 = (v73 * v68)
+    v77 = tl.dot(v75.to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v72 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v92 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v85 = v66
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v99 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v91 * v89)
+    v95 = tl.dot(v93.to(DOT_DTYPE), v94.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = (v85 * v95)
+    v97 = (v88 - v96)
+    v98 = (v97 * v29)
+    v100 = (v99 + v98)
+    v101 = tl.sum((v100), axis=1)
+    v102 = (v101 / (D))
+    v103 = (v100 - v102[:, None])
+    v104 = (v103 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v148 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v183 = (ln_weight[None, :] * v148 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v184 = ((-0.5) * v103 * ln_weight[None, :] * v148 / (((tl.full((), 1e-05, DTYPE) + v106[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v106[:, None])))))
+    v185 = tl.sum((v184), axis=1)
+    v186 = (v185 / (D))
+    v187 = (2.0 * v103 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v196 = (v85 * v195)
+    v198 = tl.dot(tl.trans(v93).to(DOT_DTYPE), v196.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v199 = (v89 * v198)
+    v202 = (v179 + v199)
+    v203 = v202
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v159 = (v128 * v158[:, None])
+    v160 = tl.sum((v159), axis=0)
+    _c0 = (0.5 * v132 * tl.full((), 1.4142135623730951, DTYPE))
+    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v132 * v132))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v163 = (v130[None, :] * v162[:, None])
+    _c0 = tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0))
+    v170 = (v163 * ((v122 * (_c0 * _c0) * (v112 * v112)) + (2.0 * _c0 * v112 * v122 * tl.abs(v112))))
+    v171 = (v163 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
+    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
+    _c0 = (tl.sqrt(v121))
+    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v174 = (v173 / (HID * D))
+    v175 = (4.0 * v174 * (v112 * v112 * v112))
+    v180 = (d_new_w1 + v170 + v175)
+    v181 = ((-1.0) * v180)
+    v182 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v204 = (v86 * v194)
+    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v206 = (v193 + v201 + v205)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v208 = (v25 * v207)
+    v209 = ((-1.0) * v208)
+    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v211 = (v182 + v210)
+    v212 = v211
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v215 = (v203 + v214)
+    v216 = tl.sum((v215), axis=1)
+    v217 = (v216 / (D))
+    v218 = ((-1.0) * v217)
+    v219 = (v215 + v218[:, None])
+    v220 = (2.0 * v35 * v219)
+    v221 = tl.sum((v220), axis=1)
+    v222 = (v221 / (D))
+    v223 = ((-0.5) * v35 * ln_weight[None, :] * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (ln_weight[None, :] * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v225 = (v223 + v224)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v227 = tl.sum((v226), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_state_fwd_kernel_cube(
@@ -2643,14 +4405,11 @@ def chunk_state_fwd_kernel_cube(
         v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v53 = tl.cumsum(v52, axis=0, reverse=False)
         v58 = tl.exp(v53)  # cumulative decay in the chunk
-        v49 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v67 = (v58 * v49[:, None])
+        v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v68 = tl.sum((v67), axis=0)
         v69 = (v68[None, :] * w1)
-        v48 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v50 = (v48 * v49[:, None])
-        v51 = tl.sum((v50), axis=0)
-        v55 = (v53 * v49[:, None])
+        v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v56 = tl.sum((v55), axis=0)
         v54 = v53
         v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
@@ -2749,21 +4508,17 @@ def chunk_out_fwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v147 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v111 = (v67 * v57[:, None])
+    v111 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v112 = tl.sum((v111), axis=0)
     v118 = v112
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v119 = (v118[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v64 = (v61 * v57[:, None])
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -2834,7 +4589,7 @@ def chunk_out_fwd_kernel_cube(
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v125 = (v124 * (v114 * v114) * tl.abs(v114) * tl.where(v114 > 0, 1.0, tl.where(v114 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v131 = (q * v57[:, None])
+    v131 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v132 = tl.sum((v131), axis=0)
     v133 = (v125 * v132[None, :])
     v134 = tl.sum((v133), axis=1)
@@ -2855,7 +4610,7 @@ def chunk_out_fwd_kernel_cube(
     v71 = ((-1.0) + v67)
     v72 = (q * v71)
     v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v69 = (v63 * v68[None, :, :])
     v76 = (v69 * q[:, None, :])
     v77 = (v76 * v74[None, :, :])
@@ -2896,7 +4651,7 @@ def chunk_out_fwd_kernel_cube(
     v106 = (ln_bias[None, :] + (v102 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None]))))))
     v107 = q
     v108 = (v106 + v107)  # read: M(q_t; W_t)
-    v148 = ((v147[:, None] * v146[None, :]) + (v108 * (1.0 - v147[:, None])))
+    v148 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v146[None, :]) + (v108 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v148.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
@@ -2939,16 +4694,13 @@ def chunk_state_bwd_kernel_cube(
         v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v61 = tl.cumsum(v60, axis=0, reverse=False)
         v67 = tl.exp(v61)  # cumulative decay in the chunk
-        v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v108 = (v67 * v57[:, None])
+        v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v109 = tl.sum((v108), axis=0)
         d_new_w1 = carry_w1
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = (v109[None, :] * w1)
-        v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v58 = (v56 * v57[:, None])
-        v59 = tl.sum((v58), axis=0)
-        v64 = (v61 * v57[:, None])
+        v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v65 = tl.sum((v64), axis=0)
         v62 = v61
         v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -3006,7 +4758,7 @@ def chunk_state_bwd_kernel_cube(
         v120 = (v119 / (HID * D))
         v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v128 = (q * v57[:, None])
+        v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
         v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
         v130 = (v122 * v129[None, :])
@@ -3034,9 +4786,8 @@ def chunk_state_bwd_kernel_cube(
         v138 = (v137 * v137)
         v139 = tl.sum((v138), axis=0)
         v140 = (v139 / (D))
-        v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v145 = (v141[:, None] * d_out)
+        v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
         v146 = tl.sum((v145), axis=0)
         v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
         v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
@@ -3071,7 +4822,7 @@ def chunk_state_bwd_kernel_cube(
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+        v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
         v69 = (v63 * v68[None, :, :])
         v76 = (v69 * q[:, None, :])
         v77 = (v76 * v74[None, :, :])
@@ -3105,7 +4856,7 @@ def chunk_state_bwd_kernel_cube(
         v103 = (v102 * v102)
         v104 = tl.sum((v103), axis=1)
         v105 = (v104 / (D))
-        v147 = (d_out * (1.0 - v141[:, None]))
+        v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v185 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
         v186 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
         v187 = tl.sum((v186), axis=1)
@@ -3250,13 +5001,13 @@ def chunk_state_bwd_kernel_cube(
     tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel_cube(
+def chunk_grad_q_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3282,33 +5033,364 @@ def chunk_grad_q_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
-    v146 = tl.sum((v145), axis=0)
-    v148 = v146
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = v105
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
-    v109 = tl.sum((v108), axis=0)
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = (v109[None, :] * w1)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v64 = (v61 * v57[:, None])
-    v65 = tl.sum((v64), axis=0)
-    v62 = v61
-    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    v69 = (v68[None, :] * w1)
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v68 = gate_eta
-    v70 = (v66 * v68)
+    v59 = gate_eta
+    v60 = (v57 * v59)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v74 = k
-    v106 = (v70 * v74)
+    v61 = k
+    v65 = (v60 * v61)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v22)
+    v23 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+    v47 = (v46 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v62 = v47
+    v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v70 = (v69 - v66)  # layer 1 end state
+    v77 = (v70 * v70 * v70 * v70)
+    v78 = tl.sum(tl.sum((v77), axis=1), axis=0)
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v89 = (v81 * v88[None, :])
+    v90 = tl.sum((v89), axis=1)
+    v74 = v68
+    v75 = (v74[:, None] * w2)
+    v71 = v60
+    v64 = v45
+    v72 = (v71 * v64)
+    v63 = v23
+    v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v75 - v73)  # layer 2 end state
+    v82 = (v76 * v76 * v76 * v76)
+    v83 = tl.sum(tl.sum((v82), axis=1), axis=0)
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v90)
+    v91 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = (v86 * v91[None, :])
+    v93 = tl.sum((v92), axis=1)
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
+    v107 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v108 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v109 = tl.sum((v108), axis=0)
+    v110 = (v109 / (D))
+    v111 = (2.0 * v96 * v110)
+    v112 = (v107 + v111)
+    v113 = ((-1.0) * v112)
+    v114 = tl.sum((v113), axis=0)
+    v115 = (v114 / (D))
+    v116 = (v112 + v115)
+    v117 = (v86 * v116[:, None])
+    v118 = tl.sum((v117), axis=0)
+    _c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
+    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v120 = (v81 * v119[:, None])
+    v121 = tl.sum((v120), axis=0)
+    v122 = (v106 + v121)
+    v123 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v122[None, :])
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v14 = v13
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v61 = tl.exp(v58)  # cumulative decay in the chunk
+    v64 = ((-1.0) + v61)
+    v65 = (q * v64)
+    v66 = tl.dot(v65.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = v58
+    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v58[:, None, :] - v59[None, :, :]))))  # pairwise decay D[t,s]
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v62 = gate_eta
+    v63 = (v60 * v62[None, :, :])
+    v69 = (v63 * q[:, None, :])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v67 = k
+    v70 = (v69 * v67[None, :, :])
+    v71 = tl.sum((v70), axis=2)  # decayed scores x_t·x_s
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v68 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v66 - v72)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v91 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v61
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v82 = v63
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v86 = (v82 * v85[:, :, None])
+    v84 = v53
+    v87 = (v86 * v84[None, :, :])
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v81 - v88)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v90 = (v89 * v29)
+    v92 = (v91 + v90)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v103 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v104 = (ln_weight[None, :] * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v105 = ((-0.5) * v95 * ln_weight[None, :] * v103 / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v106 = tl.sum((v105), axis=1)
+    v107 = (v106 / (D))
+    v108 = (2.0 * v95 * v107[:, None])
+    v109 = (v104 + v108)
+    v110 = ((-1.0) * v109)
+    v111 = tl.sum((v110), axis=1)
+    v112 = (v111 / (D))
+    v113 = (v109 + v112[:, None])
+    v114 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v117 = (v82 * v84[None, :, :])
+    v115 = (v29 * v113)
+    v116 = ((-1.0) * v115)
+    v118 = (v117 * v116[:, None, :])
+    v119 = tl.sum((v118), axis=2)
+    v120 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v121 = (v79 * v115)
+    v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v123 = (v114 + v120 + v122)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v124 = (v123 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v125 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_3_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v59 = v58
+    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v58[:, None, :] - v59[None, :, :]))))  # pairwise decay D[t,s]
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v62 = gate_eta
+    v63 = (v60 * v62[None, :, :])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v67 = k
+    v128 = (v63 * v67[None, :, :])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
     v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
@@ -3349,146 +5431,90 @@ def chunk_grad_q_bwd_kernel_cube(
     v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
     v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v75 = v55
-    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v111 = (v110 - v107)  # layer 1 end state
-    v118 = (v111 * v111 * v111 * v111)
-    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
-    v120 = (v119 / (HID * D))
-    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v130 = (v122 * v129[None, :])
-    v131 = tl.sum((v130), axis=1)
-    v115 = v109
-    v116 = (v115[:, None] * w2)
-    v112 = v70
-    v91 = v53
-    v113 = (v112 * v91)
-    v90 = v31
-    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v117 = (v116 - v114)  # layer 2 end state
-    v123 = (v117 * v117 * v117 * v117)
-    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
-    v125 = (v124 / (D * HID))
-    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
-    _c0 = (0.5 * v131)
-    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v133 = (v127 * v132[None, :])
-    v134 = tl.sum((v133), axis=1)
-    v135 = tl.sum((v134), axis=0)
-    v136 = (v135 / (D))
-    v137 = (v134 - v136)
-    v138 = (v137 * v137)
-    v139 = tl.sum((v138), axis=0)
-    v140 = (v139 / (D))
-    v149 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
-    v150 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
-    v151 = tl.sum((v150), axis=0)
-    v152 = (v151 / (D))
-    v153 = (2.0 * v137 * v152)
-    v154 = (v149 + v153)
-    v155 = ((-1.0) * v154)
-    v156 = tl.sum((v155), axis=0)
-    v157 = (v156 / (D))
-    v158 = (v154 + v157)
-    v159 = (v127 * v158[:, None])
-    v160 = tl.sum((v159), axis=0)
-    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
-    v161 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v162 = (v122 * v161[:, None])
-    v163 = tl.sum((v162), axis=0)
-    v164 = (v148 + v163)
-    v165 = (v57[:, None] * v164[None, :])
-    v147 = (d_out * (1.0 - v141[:, None]))
-    v166 = v147
-    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = ((-1.0) + v67)
-    v72 = (q * v71)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
-    v69 = (v63 * v68[None, :, :])
-    v76 = (v69 * q[:, None, :])
-    v77 = (v76 * v74[None, :, :])
-    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
-    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v73 - v79)
+    v68 = v55
     v22 = (w1 * w1)
     v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v81 = (v80 * v25)
-    v83 = (v82 + v81)
-    _c0 = (0.5 * v83)
-    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = v67
-    v86 = ((-1.0) + v85)
-    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v86 * v87)
-    v89 = v69
-    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v93 = (v89 * v92[:, :, None])
-    v94 = (v93 * v91[None, :, :])
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v88 - v95)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.exp(v58)  # cumulative decay in the chunk
+    v64 = ((-1.0) + v61)
+    v65 = (q * v64)
+    v66 = tl.dot(v65.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v63 * q[:, None, :])
+    v70 = (v69 * v67[None, :, :])
+    v71 = tl.sum((v70), axis=2)  # decayed scores x_t·x_s
+    v72 = tl.dot(v71.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v66 - v72)
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v91 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v61
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v82 = v63
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v86 = (v82 * v85[:, :, None])
+    v84 = v53
+    v87 = (v86 * v84[None, :, :])
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v81 - v88)
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v97 = (v96 * v29)
-    v99 = (v98 + v97)
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = (v99 - v101[:, None])
-    v103 = (v102 * v102)
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v167 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v168 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v169 = tl.sum((v168), axis=1)
-    v170 = (v169 / (D))
-    v171 = (2.0 * v102 * v170[:, None])
-    v172 = (v167 + v171)
-    v173 = ((-1.0) * v172)
-    v174 = tl.sum((v173), axis=1)
-    v175 = (v174 / (D))
-    v176 = (v172 + v175[:, None])
-    v177 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v180 = (v89 * v91[None, :, :])
-    v178 = (v29 * v176)
-    v179 = ((-1.0) * v178)
-    v181 = (v180 * v179[:, None, :])
-    v182 = tl.sum((v181), axis=2)
-    v183 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v182).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v184 = (v86 * v178)
-    v185 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v186 = (v177 + v183 + v185)
-    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v187 = (v186 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v188 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v192 = (v69 * v74[None, :, :])
-    v189 = (v25 * v187)
-    v190 = ((-1.0) * v189)
-    v191 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v193 = (v192 * v191[:, :, None])
-    v194 = tl.sum((v193), axis=1)
-    v195 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v196 = (v71 * v195)
-    v197 = (v165 + v166 + v188 + v194 + v196)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v197.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v90 = (v89 * v29)
+    v92 = (v91 + v90)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v103 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v104 = (ln_weight[None, :] * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v105 = ((-0.5) * v95 * ln_weight[None, :] * v103 / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v106 = tl.sum((v105), axis=1)
+    v107 = (v106 / (D))
+    v108 = (2.0 * v95 * v107[:, None])
+    v109 = (v104 + v108)
+    v110 = ((-1.0) * v109)
+    v111 = tl.sum((v110), axis=1)
+    v112 = (v111 / (D))
+    v113 = (v109 + v112[:, None])
+    v114 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v117 = (v82 * v84[None, :, :])
+    v115 = (v29 * v113)
+    v116 = ((-1.0) * v115)
+    v118 = (v117 * v116[:, None, :])
+    v119 = tl.sum((v118), axis=2)
+    v120 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v121 = (v79 * v115)
+    v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v123 = (v114 + v120 + v122)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v124 = (v123 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v125 = (v25 * v124)
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v128 * v127[:, :, None])
+    v130 = tl.sum((v129), axis=1)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v130.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+def chunk_grad_q_4_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 4 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3514,14 +5540,169 @@ def chunk_grad_k_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v61 = tl.exp(v58)  # cumulative decay in the chunk
+    v64 = ((-1.0) + v61)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (q * v64)
+    v66 = tl.dot(v65.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = v58
+    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v58[:, None, :] - v59[None, :, :]))))  # pairwise decay D[t,s]
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v62 = gate_eta
+    v63 = (v60 * v62[None, :, :])
+    v69 = (v63 * q[:, None, :])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v67 = k
+    v70 = (v69 * v67[None, :, :])
+    v71 = tl.sum((v70), axis=2)  # decayed scores x_t·x_s
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v68 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v66 - v72)
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v91 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v61
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v82 = v63
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v86 = (v82 * v85[:, :, None])
+    v84 = v53
+    v87 = (v86 * v84[None, :, :])
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v81 - v88)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v90 = (v89 * v29)
+    v92 = (v91 + v90)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v103 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v104 = (ln_weight[None, :] * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v105 = ((-0.5) * v95 * ln_weight[None, :] * v103 / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v106 = tl.sum((v105), axis=1)
+    v107 = (v106 / (D))
+    v108 = (2.0 * v95 * v107[:, None])
+    v109 = (v104 + v108)
+    v110 = ((-1.0) * v109)
+    v111 = tl.sum((v110), axis=1)
+    v112 = (v111 / (D))
+    v113 = (v109 + v112[:, None])
+    v114 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v117 = (v82 * v84[None, :, :])
+    v115 = (v29 * v113)
+    v116 = ((-1.0) * v115)
+    v118 = (v117 * v116[:, None, :])
+    v119 = tl.sum((v118), axis=2)
+    v120 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v121 = (v79 * v115)
+    v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v123 = (v114 + v120 + v122)
+    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+    v124 = (v123 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v125 = (v25 * v124)
+    v126 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v127 = (v64 * v126)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v64 = (v61 * v57[:, None])
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -3573,7 +5754,7 @@ def chunk_grad_k_bwd_kernel_cube(
     v75 = v55
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v109 = tl.sum((v108), axis=0)
     v110 = (v109[None, :] * w1)
     v74 = k
@@ -3585,7 +5766,7 @@ def chunk_grad_k_bwd_kernel_cube(
     v120 = (v119 / (HID * D))
     v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
     v130 = (v122 * v129[None, :])
@@ -3613,9 +5794,8 @@ def chunk_grad_k_bwd_kernel_cube(
     v138 = (v137 * v137)
     v139 = tl.sum((v138), axis=0)
     v140 = (v139 / (D))
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v146 = tl.sum((v145), axis=0)
     v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
@@ -3630,21 +5810,21 @@ def chunk_grad_k_bwd_kernel_cube(
     v158 = (v127 * v157[:, None])
     v159 = tl.sum((v158), axis=0)
     _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
-    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v162 = (v129[None, :] * v161[:, None])
+    v160 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v161 = (v129[None, :] * v160[:, None])
     _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
-    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
-    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
-    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    v162 = (v161 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v163 = (v161 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v164 = tl.sum(tl.sum((v163), axis=1), axis=0)
     _c0 = (tl.sqrt(v120))
-    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v173 = (v172 / (HID * D))
-    v174 = (4.0 * v173 * (v111 * v111 * v111))
-    v180 = (d_new_w1 + v169 + v174)
-    v181 = ((-1.0) * v180)
-    v182 = tl.dot(v75.to(DOT_DTYPE), v181.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v184 = (v70 * v182)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v165 = ((-0.5) * v164 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v166 = (v165 / (HID * D))
+    v167 = (4.0 * v166 * (v111 * v111 * v111))
+    v168 = (d_new_w1 + v162 + v167)
+    v169 = ((-1.0) * v168)
+    v170 = tl.dot(v75.to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v171 = (v70 * v170)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v69 = (v63 * v68[None, :, :])
     v76 = (v69 * q[:, None, :])
     v22 = (w1 * w1)
@@ -3686,119 +5866,46 @@ def chunk_grad_k_bwd_kernel_cube(
     v103 = (v102 * v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
-    v147 = (d_out * (1.0 - v141[:, None]))
-    v185 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v186 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v187 = tl.sum((v186), axis=1)
-    v188 = (v187 / (D))
-    v189 = (2.0 * v102 * v188[:, None])
-    v190 = (v185 + v189)
-    v191 = ((-1.0) * v190)
-    v192 = tl.sum((v191), axis=1)
-    v193 = (v192 / (D))
-    v194 = (v190 + v193[:, None])
-    v195 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v198 = (v89 * v91[None, :, :])
-    v196 = (v29 * v194)
-    v197 = ((-1.0) * v196)
-    v199 = (v198 * v197[:, None, :])
-    v200 = tl.sum((v199), axis=2)
-    v203 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v209 = (v86 * v196)
-    v210 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v209).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v211 = (v195 + v203 + v210)
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v172 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v173 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v174 = tl.sum((v173), axis=1)
+    v175 = (v174 / (D))
+    v176 = (2.0 * v102 * v175[:, None])
+    v177 = (v172 + v176)
+    v178 = ((-1.0) * v177)
+    v179 = tl.sum((v178), axis=1)
+    v180 = (v179 / (D))
+    v181 = (v177 + v180[:, None])
+    v182 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v185 = (v89 * v91[None, :, :])
+    v183 = (v29 * v181)
+    v184 = ((-1.0) * v183)
+    v186 = (v185 * v184[:, None, :])
+    v187 = tl.sum((v186), axis=2)
+    v188 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v189 = (v86 * v183)
+    v190 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v191 = (v182 + v188 + v190)
     _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v213 = (v25 * v212)
-    v214 = ((-1.0) * v213)
-    v215 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v214).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v217 = (v76 * v215[:, :, None])
-    v218 = tl.sum((v217), axis=0)
-    v221 = (v184 + v218)
-    v222 = v221
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v160 = (v132[None, :] * v157[:, None])
-    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
-    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
-    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
-    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
-    _c0 = (tl.sqrt(v125))
-    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v167 = (v166 / (D * HID))
-    v168 = (4.0 * v167 * (v117 * v117 * v117))
-    v175 = (d_new_w2 + v163 + v168)
-    v176 = ((-1.0) * v175)
-    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v178 = (v112 * v177)
-    v201 = (v93 * v197[:, None, :])
-    v202 = tl.sum((v201), axis=0)
-    v205 = (v178 + v202)
-    v206 = v205
-    v183 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v216 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v214.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v219 = (v183 + v216)
-    v220 = v219
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v224 = (v220 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v225 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v224).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v226 = (v206 + v225)
-    v227 = tl.sum((v226), axis=1)
-    v228 = (v227 / (D))
-    v229 = ((-1.0) * v228)
-    v230 = (v226 + v229[:, None])
-    v232 = (2.0 * v35 * v230)
-    v233 = tl.sum((v232), axis=1)
-    v234 = (v233 / (D))
-    v238 = ((-0.5) * v35 * ln_weight[None, :] * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v241 = (ln_weight[None, :] * v230 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v242 = (v238 + v241)
-    _c0 = (v42 * v42)
-    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v243 = (v242 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
-    v244 = v243
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v30 * v30))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v223 = (v54 * v220 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v179 = tl.dot(v113.to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v204 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v200.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v207 = (v179 + v204)
-    v208 = v207
-    v231 = (2.0 * v47[:, None] * v230)
-    v235 = ((-0.5) * ln_weight[None, :] * v43 * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v245 = (ln_weight[None, :] * v243 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v236 = (0.75 * v35 * ln_weight[None, :] * v43 * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v237 = tl.sum((v236), axis=1)
-    v239 = ((-0.5) * ln_weight[None, :] * v43 * v230 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v240 = tl.sum((v239), axis=1)
-    v246 = ((-0.5) * v35 * ln_weight[None, :] * v243 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v247 = tl.sum((v246), axis=1)
-    v248 = (v237 + v240 + v247)
-    v249 = (v248 / (D))
-    v250 = (2.0 * v35 * v249[:, None])
-    v251 = (v231 + v235 + v245 + v250)
-    v252 = ((-1.0) * v251)
-    v253 = tl.sum((v252), axis=1)
-    v254 = (v253 / (D))
-    v255 = (v251 + v254[:, None])
-    v256 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v255).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v257 = (v208 + v256)
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v258 = (v257 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v259 = (v223 + v258)
-    v260 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v259).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v261 = (v222 + v244 + v260)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v261.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v192 = (v191 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v193 = (v25 * v192)
+    v194 = ((-1.0) * v193)
+    v195 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v196 = (v76 * v195[:, :, None])
+    v197 = tl.sum((v196), axis=0)
+    v198 = (v171 + v197)
+    v199 = v198
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v199.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 1 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3852,14 +5959,11 @@ def chunk_grad_v_bwd_kernel_cube(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v64 = (v61 * v57[:, None])
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -3870,7 +5974,7 @@ def chunk_grad_v_bwd_kernel_cube(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v109 = tl.sum((v108), axis=0)
     v115 = v109
     v116 = (v115[:, None] * w2)
@@ -3908,7 +6012,7 @@ def chunk_grad_v_bwd_kernel_cube(
     v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v130 = (v122 * v129[None, :])
     v131 = tl.sum((v130), axis=1)
@@ -3923,9 +6027,8 @@ def chunk_grad_v_bwd_kernel_cube(
     v138 = (v137 * v137)
     v139 = tl.sum((v138), axis=0)
     v140 = (v139 / (D))
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v146 = tl.sum((v145), axis=0)
     v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
@@ -3950,7 +6053,7 @@ def chunk_grad_v_bwd_kernel_cube(
     v176 = ((-1.0) * v175)
     v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v178 = (v112 * v177)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v69 = (v63 * v68[None, :, :])
     v89 = v69
     v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -3992,7 +6095,570 @@ def chunk_grad_v_bwd_kernel_cube(
     v103 = (v102 * v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
-    v147 = (d_out * (1.0 - v141[:, None]))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v102 * v185[:, None])
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    v193 = (v29 * v191)
+    v194 = ((-1.0) * v193)
+    v198 = (v93 * v194[:, None, :])
+    v199 = tl.sum((v198), axis=0)
+    v201 = (v178 + v199)
+    v202 = v201
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v158 = (v127 * v157[:, None])
+    v159 = tl.sum((v158), axis=0)
+    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
+    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v129[None, :] * v161[:, None])
+    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
+    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    _c0 = (tl.sqrt(v120))
+    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v173 = (v172 / (HID * D))
+    v174 = (4.0 * v173 * (v111 * v111 * v111))
+    v179 = (d_new_w1 + v169 + v174)
+    v180 = ((-1.0) * v179)
+    v181 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v89 * v91[None, :, :])
+    v196 = (v195 * v194[:, None, :])
+    v197 = tl.sum((v196), axis=2)
+    v200 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v203 = (v86 * v193)
+    v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v192 + v200 + v204)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v206 = (v205 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v207 = (v25 * v206)
+    v208 = ((-1.0) * v207)
+    v209 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v210 = (v181 + v209)
+    v211 = v210
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v213 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v212).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v214 = (v202 + v213)
+    v215 = tl.sum((v214), axis=1)
+    v216 = (v215 / (D))
+    v217 = ((-1.0) * v216)
+    v218 = (v214 + v217[:, None])
+    v219 = (2.0 * v35 * v218)
+    v220 = tl.sum((v219), axis=1)
+    v221 = (v220 / (D))
+    v222 = ((-0.5) * v35 * ln_weight[None, :] * v221[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v223 = (ln_weight[None, :] * v218 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (v222 + v223)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v226 = v225
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v226.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v65 = tl.sum((v64), axis=0)
+    v62 = v61
+    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v68 = gate_eta
+    v70 = (v66 * v68)
+    v74 = k
+    v106 = (v70 * v74)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v67 = tl.exp(v61)  # cumulative decay in the chunk
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v109 = tl.sum((v108), axis=0)
+    v110 = (v109[None, :] * w1)
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v75 = v55
+    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v110 - v107)  # layer 1 end state
+    v118 = (v111 * v111 * v111 * v111)
+    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
+    v120 = (v119 / (HID * D))
+    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v130 = (v122 * v129[None, :])
+    v131 = tl.sum((v130), axis=1)
+    v115 = v109
+    v116 = (v115[:, None] * w2)
+    v112 = v70
+    v91 = v53
+    v113 = (v112 * v91)
+    v90 = v31
+    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v116 - v114)  # layer 2 end state
+    v123 = (v117 * v117 * v117 * v117)
+    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
+    v125 = (v124 / (D * HID))
+    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v131)
+    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v133 = (v127 * v132[None, :])
+    v134 = tl.sum((v133), axis=1)
+    v135 = tl.sum((v134), axis=0)
+    v136 = (v135 / (D))
+    v137 = (v134 - v136)
+    v138 = (v137 * v137)
+    v139 = tl.sum((v138), axis=0)
+    v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
+    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v150 = tl.sum((v149), axis=0)
+    v151 = (v150 / (D))
+    v152 = (2.0 * v137 * v151)
+    v153 = (v148 + v152)
+    v154 = ((-1.0) * v153)
+    v155 = tl.sum((v154), axis=0)
+    v156 = (v155 / (D))
+    v157 = (v153 + v156)
+    v158 = (v127 * v157[:, None])
+    v159 = tl.sum((v158), axis=0)
+    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
+    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v129[None, :] * v161[:, None])
+    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
+    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    _c0 = (tl.sqrt(v120))
+    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v173 = (v172 / (HID * D))
+    v174 = (4.0 * v173 * (v111 * v111 * v111))
+    v180 = (d_new_w1 + v169 + v174)
+    v181 = ((-1.0) * v180)
+    v182 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v69 = (v63 * v68[None, :, :])
+    v76 = (v69 * q[:, None, :])
+    v77 = (v76 * v74[None, :, :])
+    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = ((-1.0) + v67)
+    v72 = (q * v71)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v73 - v79)
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v67
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v89 = v69
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v93 = (v89 * v92[:, :, None])
+    v94 = (v93 * v91[None, :, :])
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v88 - v95)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v97 = (v96 * v29)
+    v99 = (v98 + v97)
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (v99 - v101[:, None])
+    v103 = (v102 * v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v183 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v184 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v185 = tl.sum((v184), axis=1)
+    v186 = (v185 / (D))
+    v187 = (2.0 * v102 * v186[:, None])
+    v188 = (v183 + v187)
+    v189 = ((-1.0) * v188)
+    v190 = tl.sum((v189), axis=1)
+    v191 = (v190 / (D))
+    v192 = (v188 + v191[:, None])
+    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v196 = (v89 * v91[None, :, :])
+    v194 = (v29 * v192)
+    v195 = ((-1.0) * v194)
+    v197 = (v196 * v195[:, None, :])
+    v198 = tl.sum((v197), axis=2)
+    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v198).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v207 = (v86 * v194)
+    v208 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v207).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v209 = (v193 + v201 + v208)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v210 = (v209 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v211 = (v25 * v210)
+    v212 = ((-1.0) * v211)
+    v213 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v214 = (v182 + v213)
+    v215 = v214
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v30 * v30))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v216 = (v54 * v215 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v160 = (v132[None, :] * v157[:, None])
+    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
+    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
+    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
+    _c0 = (tl.sqrt(v125))
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (D * HID))
+    v168 = (4.0 * v167 * (v117 * v117 * v117))
+    v175 = (d_new_w2 + v163 + v168)
+    v176 = ((-1.0) * v175)
+    v179 = tl.dot(v113.to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v202 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v198.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v179 + v202)
+    v206 = v205
+    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v178 = (v112 * v177)
+    v199 = (v93 * v195[:, None, :])
+    v200 = tl.sum((v199), axis=0)
+    v203 = (v178 + v200)
+    v204 = v203
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v217 = (v215 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v218 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v217).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v219 = (v204 + v218)
+    v220 = tl.sum((v219), axis=1)
+    v221 = (v220 / (D))
+    v222 = ((-1.0) * v221)
+    v223 = (v219 + v222[:, None])
+    v224 = (2.0 * v47[:, None] * v223)
+    v225 = (2.0 * v35 * v223)
+    v226 = tl.sum((v225), axis=1)
+    v227 = (v226 / (D))
+    v228 = ((-0.5) * ln_weight[None, :] * v43 * v227[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v231 = ((-0.5) * v35 * ln_weight[None, :] * v227[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v234 = (ln_weight[None, :] * v223 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v235 = (v231 + v234)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v236 = (v235 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v237 = (ln_weight[None, :] * v236 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v229 = (0.75 * v35 * ln_weight[None, :] * v43 * v227[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v230 = tl.sum((v229), axis=1)
+    v232 = ((-0.5) * ln_weight[None, :] * v43 * v223 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v233 = tl.sum((v232), axis=1)
+    v238 = ((-0.5) * v35 * ln_weight[None, :] * v236 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v239 = tl.sum((v238), axis=1)
+    v240 = (v230 + v233 + v239)
+    v241 = (v240 / (D))
+    v242 = (2.0 * v35 * v241[:, None])
+    v243 = (v224 + v228 + v237 + v242)
+    v244 = ((-1.0) * v243)
+    v245 = tl.sum((v244), axis=1)
+    v246 = (v245 / (D))
+    v247 = (v243 + v246[:, None])
+    v248 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v247).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v249 = (v206 + v248)
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v250 = (v249 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v251 = (v216 + v250)
+    v252 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v251).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v252.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v65 = tl.sum((v64), axis=0)
+    v62 = v61
+    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v68 = gate_eta
+    v70 = (v66 * v68)
+    v112 = v70
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v67 = tl.exp(v61)  # cumulative decay in the chunk
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v109 = tl.sum((v108), axis=0)
+    v115 = v109
+    v116 = (v115[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v113 = (v112 * v91)
+    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v116 - v114)  # layer 2 end state
+    v123 = (v117 * v117 * v117 * v117)
+    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
+    v125 = (v124 / (D * HID))
+    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v110 = (v109[None, :] * w1)
+    v74 = k
+    v106 = (v70 * v74)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v75 = v55
+    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v110 - v107)  # layer 1 end state
+    v118 = (v111 * v111 * v111 * v111)
+    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
+    v120 = (v119 / (HID * D))
+    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v130 = (v122 * v129[None, :])
+    v131 = tl.sum((v130), axis=1)
+    _c0 = (0.5 * v131)
+    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v133 = (v127 * v132[None, :])
+    v134 = tl.sum((v133), axis=1)
+    v135 = tl.sum((v134), axis=0)
+    v136 = (v135 / (D))
+    v137 = (v134 - v136)
+    v138 = (v137 * v137)
+    v139 = tl.sum((v138), axis=0)
+    v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
+    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v150 = tl.sum((v149), axis=0)
+    v151 = (v150 / (D))
+    v152 = (2.0 * v137 * v151)
+    v153 = (v148 + v152)
+    v154 = ((-1.0) * v153)
+    v155 = tl.sum((v154), axis=0)
+    v156 = (v155 / (D))
+    v157 = (v153 + v156)
+    v160 = (v132[None, :] * v157[:, None])
+    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
+    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
+    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
+    _c0 = (tl.sqrt(v125))
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (D * HID))
+    v168 = (4.0 * v167 * (v117 * v117 * v117))
+    v175 = (d_new_w2 + v163 + v168)
+    v176 = ((-1.0) * v175)
+    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v178 = (v112 * v177)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v69 = (v63 * v68[None, :, :])
+    v89 = v69
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = ((-1.0) + v67)
+    v72 = (q * v71)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v69 * q[:, None, :])
+    v77 = (v76 * v74[None, :, :])
+    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
+    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v73 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v93 = (v89 * v92[:, :, None])
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v67
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v93 * v91[None, :, :])
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v88 - v95)
+    v97 = (v96 * v29)
+    v99 = (v98 + v97)
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (v99 - v101[:, None])
+    v103 = (v102 * v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v184 = tl.sum((v183), axis=1)
@@ -4062,13 +6728,13 @@ def chunk_grad_v_bwd_kernel_cube(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v226.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel_cube(
+def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -4097,18 +6763,15 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v109 = tl.sum((v108), axis=0)
     v115 = v109
     v116 = (v115[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v64 = (v61 * v57[:, None])
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -4178,7 +6841,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v130 = (v122 * v129[None, :])
     v131 = tl.sum((v130), axis=1)
@@ -4193,9 +6856,8 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v138 = (v137 * v137)
     v139 = tl.sum((v138), axis=0)
     v140 = (v139 / (D))
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v146 = tl.sum((v145), axis=0)
     v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
@@ -4238,7 +6900,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v185 = (w1 * v183)
     v186 = tl.sum((v185), axis=0)
     v187 = (v179 + v186)
-    v188 = (v57[:, None] * v187[None, :])
+    v188 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v187[None, :])
     v26 = (w2 * w2)
     v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
     v28 = (v27 / (D * HID))
@@ -4247,7 +6909,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v71 = ((-1.0) + v67)
     v72 = (q * v71)
     v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v69 = (v63 * v68[None, :, :])
     v76 = (v69 * q[:, None, :])
     v77 = (v76 * v74[None, :, :])
@@ -4281,7 +6943,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v103 = (v102 * v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
-    v147 = (d_out * (1.0 - v141[:, None]))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v191 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v192 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v193 = tl.sum((v192), axis=1)
@@ -4322,7 +6984,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v225 = (v68 * v224)
     v230 = (v59[:, None] * v225 * tl.exp((v65[None, :] - v62)))
     v231 = tl.sum((v230), axis=0)
-    v233 = (v57[:, None] * v231[None, :])
+    v233 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v231[None, :])
     v207 = (v92[:, :, None] * v91[None, :, :])
     v208 = (v207 * v203[:, None, :])
     v210 = v208
@@ -4332,10 +6994,10 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v221 = (v220 * v219[:, :, None])
     v226 = (v210 + v221)
     v227 = (v68[None, :, :] * v226)
-    v234 = (v227 * (v56[:, :, None] * v56[:, :, None]) * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))
+    v234 = (v227 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))
     v235 = tl.sum((v234), axis=1)
     v232 = ((-1.0) * v59[:, None] * v225 * tl.exp((v65[None, :] - v62)))
-    v236 = ((-1.0) * v227 * (v56[:, :, None] * v56[:, :, None]) * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))
+    v236 = ((-1.0) * v227 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))
     v237 = tl.sum((v236), axis=0)
     v238 = (v232 + v237)
     v239 = v238
@@ -4345,13 +7007,13 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v242.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel_cube(
+def chunk_grad_gate_eta_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -4377,14 +7039,11 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v64 = (v61 * v57[:, None])
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -4431,7 +7090,7 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v109 = tl.sum((v108), axis=0)
     v115 = v109
     v116 = (v115[:, None] * w2)
@@ -4461,7 +7120,7 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v130 = (v122 * v129[None, :])
     v131 = tl.sum((v130), axis=1)
@@ -4476,9 +7135,8 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v138 = (v137 * v137)
     v139 = tl.sum((v138), axis=0)
     v140 = (v139 / (D))
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v146 = tl.sum((v145), axis=0)
     v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
@@ -4524,7 +7182,7 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v183 = (v74 * v182)
     v213 = (v179 + v183)
     v214 = (v66 * v213)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v71 = ((-1.0) + v67)
     v72 = (q * v71)
@@ -4567,7 +7225,7 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v103 = (v102 * v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
-    v147 = (d_out * (1.0 - v141[:, None]))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v184 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v185 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v186 = tl.sum((v185), axis=1)
@@ -4605,13 +7263,13 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v219.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel_cube(
+def chunk_grad_ln_weight_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -4638,26 +7296,23 @@ def chunk_grad_ln_weight_bwd_kernel_cube(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v108 = (v67 * v57[:, None])
-    v109 = tl.sum((v108), axis=0)
-    v115 = v109
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
+    v74 = v68
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v116 = (v115[:, None] * w2)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
-    v64 = (v61 * v57[:, None])
-    v65 = tl.sum((v64), axis=0)
-    v62 = v61
-    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    v75 = (v74[:, None] * w2)
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v68 = gate_eta
-    v70 = (v66 * v68)
-    v112 = v70
+    v59 = gate_eta
+    v60 = (v57 * v59)
+    v71 = v60
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
@@ -4665,232 +7320,90 @@ def chunk_grad_ln_weight_bwd_kernel_cube(
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v30)
-    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v22)
+    v23 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v16 = (w2 * w2 * w2 * w2)
     v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v91 = v53
-    v113 = (v112 * v91)
-    v90 = v31
-    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v117 = (v116 - v114)  # layer 2 end state
-    v123 = (v117 * v117 * v117 * v117)
-    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
-    v125 = (v124 / (D * HID))
-    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
-    v110 = (v109[None, :] * w1)
-    v74 = k
-    v106 = (v70 * v74)
-    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v75 = v55
-    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v111 = (v110 - v107)  # layer 1 end state
-    v118 = (v111 * v111 * v111 * v111)
-    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
-    v120 = (v119 / (HID * D))
-    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v64 = v45
+    v72 = (v71 * v64)
+    v63 = v23
+    v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v75 - v73)  # layer 2 end state
+    v82 = (v76 * v76 * v76 * v76)
+    v83 = tl.sum(tl.sum((v82), axis=1), axis=0)
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+    v69 = (v68[None, :] * w1)
+    v61 = k
+    v65 = (v60 * v61)
+    v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+    v47 = (v46 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v62 = v47
+    v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v70 = (v69 - v66)  # layer 1 end state
+    v77 = (v70 * v70 * v70 * v70)
+    v78 = tl.sum(tl.sum((v77), axis=1), axis=0)
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v130 = (v122 * v129[None, :])
-    v131 = tl.sum((v130), axis=1)
-    _c0 = (0.5 * v131)
-    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v133 = (v127 * v132[None, :])
-    v134 = tl.sum((v133), axis=1)
-    v135 = tl.sum((v134), axis=0)
-    v136 = (v135 / (D))
-    v137 = (v134 - v136)
-    v138 = (v137 * v137)
-    v139 = tl.sum((v138), axis=0)
-    v140 = (v139 / (D))
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v89 = (v81 * v88[None, :])
+    v90 = tl.sum((v89), axis=1)
+    _c0 = (0.5 * v90)
+    v91 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = (v86 * v91[None, :])
+    v93 = tl.sum((v92), axis=1)
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
-    v146 = tl.sum((v145), axis=0)
-    v151 = (v137 * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
-    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = ((-1.0) + v67)
-    v72 = (q * v71)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
-    v69 = (v63 * v68[None, :, :])
-    v76 = (v69 * q[:, None, :])
-    v77 = (v76 * v74[None, :, :])
-    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
-    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v73 - v79)
-    v22 = (w1 * w1)
-    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v81 = (v80 * v25)
-    v83 = (v82 + v81)
-    _c0 = (0.5 * v83)
-    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = v67
-    v86 = ((-1.0) + v85)
-    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v86 * v87)
-    v89 = v69
-    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v93 = (v89 * v92[:, :, None])
-    v94 = (v93 * v91[None, :, :])
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v88 - v95)
-    v26 = (w2 * w2)
-    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v97 = (v96 * v29)
-    v99 = (v98 + v97)
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = (v99 - v101[:, None])
-    v103 = (v102 * v102)
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v147 = (d_out * (1.0 - v141[:, None]))
-    v186 = (v102 * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v187 = tl.sum((v186), axis=0)
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
-    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
-    v150 = tl.sum((v149), axis=0)
-    v152 = (v150 / (D))
-    v153 = (2.0 * v137 * v152)
-    v154 = (v148 + v153)
-    v155 = ((-1.0) * v154)
-    v156 = tl.sum((v155), axis=0)
-    v157 = (v156 / (D))
-    v158 = (v154 + v157)
-    v161 = (v132[None, :] * v158[:, None])
-    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
-    v164 = (v161 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
-    v165 = (v161 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
-    v166 = tl.sum(tl.sum((v165), axis=1), axis=0)
-    _c0 = (tl.sqrt(v125))
-    v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v168 = (v167 / (D * HID))
-    v169 = (4.0 * v168 * (v117 * v117 * v117))
-    v176 = (d_new_w2 + v164 + v169)
-    v177 = ((-1.0) * v176)
-    v178 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v177).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v179 = (v112 * v178)
-    v183 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v184 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
-    v185 = tl.sum((v184), axis=1)
-    v188 = (v185 / (D))
-    v189 = (2.0 * v102 * v188[:, None])
-    v190 = (v183 + v189)
-    v191 = ((-1.0) * v190)
-    v192 = tl.sum((v191), axis=1)
-    v193 = (v192 / (D))
-    v194 = (v190 + v193[:, None])
-    v196 = (v29 * v194)
-    v197 = ((-1.0) * v196)
-    v201 = (v93 * v197[:, None, :])
-    v202 = tl.sum((v201), axis=0)
-    v204 = (v179 + v202)
-    v205 = v204
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v159 = (v127 * v158[:, None])
-    v160 = tl.sum((v159), axis=0)
-    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
-    v162 = (v160 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v163 = (v129[None, :] * v162[:, None])
-    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
-    v170 = (v163 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
-    v171 = (v163 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
-    v172 = tl.sum(tl.sum((v171), axis=1), axis=0)
-    _c0 = (tl.sqrt(v120))
-    v173 = ((-0.5) * v172 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
-    v174 = (v173 / (HID * D))
-    v175 = (4.0 * v174 * (v111 * v111 * v111))
-    v180 = (d_new_w1 + v170 + v175)
-    v181 = ((-1.0) * v180)
-    v182 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v181).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v195 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v198 = (v89 * v91[None, :, :])
-    v199 = (v198 * v197[:, None, :])
-    v200 = tl.sum((v199), axis=2)
-    v203 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v206 = (v86 * v196)
-    v207 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v208 = (v195 + v203 + v207)
-    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v209 = (v208 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v210 = (v25 * v209)
-    v211 = ((-1.0) * v210)
-    v212 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v213 = (v182 + v212)
-    v214 = v213
-    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v215 = (v214 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v216 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v215).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v217 = (v205 + v216)
-    v218 = tl.sum((v217), axis=1)
-    v219 = (v218 / (D))
-    v220 = ((-1.0) * v219)
-    v221 = (v217 + v220[:, None])
-    v222 = (2.0 * v35 * v221)
-    v223 = tl.sum((v222), axis=1)
-    v224 = (v223 / (D))
-    v225 = ((-0.5) * v35 * v43 * v224[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v226 = tl.sum((v225), axis=0)
-    v228 = (v43 * v221 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v229 = tl.sum((v228), axis=0)
-    v227 = ((-0.5) * v35 * ln_weight[None, :] * v224[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v230 = (ln_weight[None, :] * v221 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v231 = (v227 + v230)
-    _c0 = (v42 * v42)
-    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v232 = (v231 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
-    v233 = (v35 * v232 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v234 = tl.sum((v233), axis=0)
-    v235 = (v151 + v187 + v226 + v229 + v234)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v235.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+def chunk_grad_ln_weight_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 1 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -4916,12 +7429,141 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v141 = tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v75 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v61 = tl.exp(v58)  # cumulative decay in the chunk
+    v64 = ((-1.0) + v61)
+    v65 = (q * v64)
+    v66 = tl.dot(v65.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = v58
+    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v58[:, None, :] - v59[None, :, :]))))  # pairwise decay D[t,s]
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v62 = gate_eta
+    v63 = (v60 * v62[None, :, :])
+    v69 = (v63 * q[:, None, :])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v67 = k
+    v70 = (v69 * v67[None, :, :])
+    v71 = tl.sum((v70), axis=2)  # decayed scores x_t·x_s
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v68 = v55
+    v72 = tl.dot(v71.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v66 - v72)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v74 = (v73 * v25)
+    v76 = (v75 + v74)
+    _c0 = (0.5 * v76)
+    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v91 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = v61
+    v79 = ((-1.0) + v78)
+    v80 = tl.dot(v77.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v79 * v80)
+    v82 = v63
+    v83 = v31
+    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v86 = (v82 * v85[:, :, None])
+    v84 = v53
+    v87 = (v86 * v84[None, :, :])
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v81 - v88)
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v90 = (v89 * v29)
+    v92 = (v91 + v90)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v145 = (v141[:, None] * d_out)
-    v146 = tl.sum((v145), axis=0)
-    v147 = (d_out * (1.0 - v141[:, None]))
-    v185 = tl.sum((v147), axis=0)
+    v103 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v104 = (v95 * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v105 = tl.sum((v104), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v105.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = (w1 * w1 * w1 * w1)
@@ -4950,14 +7592,12 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    v56 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v57 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v58 = (v56 * v57[:, None])
-    v59 = tl.sum((v58), axis=0)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    v64 = (v61 * v57[:, None])
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v65 = tl.sum((v64), axis=0)
     v62 = v61
     v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
@@ -4968,11 +7608,10 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v90 = v31
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v67 = tl.exp(v61)  # cumulative decay in the chunk
-    v108 = (v67 * v57[:, None])
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v109 = tl.sum((v108), axis=0)
     v115 = v109
     v116 = (v115[:, None] * w2)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -5006,7 +7645,7 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (q * v57[:, None])
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v130 = (v122 * v129[None, :])
     v131 = tl.sum((v130), axis=1)
@@ -5021,6 +7660,9 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v138 = (v137 * v137)
     v139 = tl.sum((v138), axis=0)
     v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
     v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
     v150 = tl.sum((v149), axis=0)
@@ -5044,7 +7686,7 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v176 = ((-1.0) * v175)
     v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v178 = (v112 * v177)
-    v63 = (v56[:, :, None] * tl.exp((v56[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
     v69 = (v63 * v68[None, :, :])
     v89 = v69
     v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -5086,22 +7728,23 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v103 = (v102 * v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
     v184 = tl.sum((v183), axis=1)
-    v186 = (v184 / (D))
-    v187 = (2.0 * v102 * v186[:, None])
-    v188 = (v182 + v187)
-    v189 = ((-1.0) * v188)
-    v190 = tl.sum((v189), axis=1)
-    v191 = (v190 / (D))
-    v192 = (v188 + v191[:, None])
-    v194 = (v29 * v192)
-    v195 = ((-1.0) * v194)
-    v199 = (v93 * v195[:, None, :])
-    v200 = tl.sum((v199), axis=0)
-    v202 = (v178 + v200)
-    v203 = v202
+    v185 = (v184 / (D))
+    v186 = (2.0 * v102 * v185[:, None])
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    v193 = (v29 * v191)
+    v194 = ((-1.0) * v193)
+    v198 = (v93 * v194[:, None, :])
+    v199 = tl.sum((v198), axis=0)
+    v201 = (v178 + v199)
+    v202 = v201
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v158 = (v127 * v157[:, None])
     v159 = tl.sum((v158), axis=0)
@@ -5119,38 +7762,899 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v179 = (d_new_w1 + v169 + v174)
     v180 = ((-1.0) * v179)
     v181 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v196 = (v89 * v91[None, :, :])
-    v197 = (v196 * v195[:, None, :])
-    v198 = tl.sum((v197), axis=2)
-    v201 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v198).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v204 = (v86 * v194)
-    v205 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v204).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v206 = (v193 + v201 + v205)
+    v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v89 * v91[None, :, :])
+    v196 = (v195 * v194[:, None, :])
+    v197 = tl.sum((v196), axis=2)
+    v200 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v203 = (v86 * v193)
+    v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v192 + v200 + v204)
     _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
-    v207 = (v206 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v208 = (v25 * v207)
-    v209 = ((-1.0) * v208)
-    v210 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v209.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v211 = (v181 + v210)
-    v212 = v211
+    v206 = (v205 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v207 = (v25 * v206)
+    v208 = ((-1.0) * v207)
+    v209 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v210 = (v181 + v209)
+    v211 = v210
     _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-    v213 = (v212 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v214 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v215 = (v203 + v214)
-    v216 = tl.sum((v215), axis=1)
-    v217 = (v216 / (D))
-    v218 = ((-1.0) * v217)
-    v219 = (v215 + v218[:, None])
-    v220 = (2.0 * v35 * v219)
-    v221 = tl.sum((v220), axis=1)
-    v222 = (v221 / (D))
-    v223 = ((-0.5) * v35 * ln_weight[None, :] * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v224 = (ln_weight[None, :] * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v225 = (v223 + v224)
+    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v213 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v212).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v214 = (v202 + v213)
+    v215 = tl.sum((v214), axis=1)
+    v216 = (v215 / (D))
+    v217 = ((-1.0) * v216)
+    v218 = (v214 + v217[:, None])
+    v219 = (2.0 * v35 * v218)
+    v220 = tl.sum((v219), axis=1)
+    v221 = (v220 / (D))
+    v222 = ((-0.5) * v35 * v43 * v221[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v223 = tl.sum((v222), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v223.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v65 = tl.sum((v64), axis=0)
+    v62 = v61
+    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v68 = gate_eta
+    v70 = (v66 * v68)
+    v112 = v70
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v67 = tl.exp(v61)  # cumulative decay in the chunk
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v109 = tl.sum((v108), axis=0)
+    v115 = v109
+    v116 = (v115[:, None] * w2)
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v113 = (v112 * v91)
+    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v116 - v114)  # layer 2 end state
+    v123 = (v117 * v117 * v117 * v117)
+    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
+    v125 = (v124 / (D * HID))
+    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v110 = (v109[None, :] * w1)
+    v74 = k
+    v106 = (v70 * v74)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v75 = v55
+    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v110 - v107)  # layer 1 end state
+    v118 = (v111 * v111 * v111 * v111)
+    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
+    v120 = (v119 / (HID * D))
+    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v130 = (v122 * v129[None, :])
+    v131 = tl.sum((v130), axis=1)
+    _c0 = (0.5 * v131)
+    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v133 = (v127 * v132[None, :])
+    v134 = tl.sum((v133), axis=1)
+    v135 = tl.sum((v134), axis=0)
+    v136 = (v135 / (D))
+    v137 = (v134 - v136)
+    v138 = (v137 * v137)
+    v139 = tl.sum((v138), axis=0)
+    v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
+    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v150 = tl.sum((v149), axis=0)
+    v151 = (v150 / (D))
+    v152 = (2.0 * v137 * v151)
+    v153 = (v148 + v152)
+    v154 = ((-1.0) * v153)
+    v155 = tl.sum((v154), axis=0)
+    v156 = (v155 / (D))
+    v157 = (v153 + v156)
+    v160 = (v132[None, :] * v157[:, None])
+    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
+    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
+    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
+    _c0 = (tl.sqrt(v125))
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (D * HID))
+    v168 = (4.0 * v167 * (v117 * v117 * v117))
+    v175 = (d_new_w2 + v163 + v168)
+    v176 = ((-1.0) * v175)
+    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v178 = (v112 * v177)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v69 = (v63 * v68[None, :, :])
+    v89 = v69
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = ((-1.0) + v67)
+    v72 = (q * v71)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v69 * q[:, None, :])
+    v77 = (v76 * v74[None, :, :])
+    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
+    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v73 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v93 = (v89 * v92[:, :, None])
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v67
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v93 * v91[None, :, :])
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v88 - v95)
+    v97 = (v96 * v29)
+    v99 = (v98 + v97)
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (v99 - v101[:, None])
+    v103 = (v102 * v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v102 * v185[:, None])
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    v193 = (v29 * v191)
+    v194 = ((-1.0) * v193)
+    v198 = (v93 * v194[:, None, :])
+    v199 = tl.sum((v198), axis=0)
+    v201 = (v178 + v199)
+    v202 = v201
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v158 = (v127 * v157[:, None])
+    v159 = tl.sum((v158), axis=0)
+    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
+    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v129[None, :] * v161[:, None])
+    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
+    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    _c0 = (tl.sqrt(v120))
+    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v173 = (v172 / (HID * D))
+    v174 = (4.0 * v173 * (v111 * v111 * v111))
+    v179 = (d_new_w1 + v169 + v174)
+    v180 = ((-1.0) * v179)
+    v181 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v89 * v91[None, :, :])
+    v196 = (v195 * v194[:, None, :])
+    v197 = tl.sum((v196), axis=2)
+    v200 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v203 = (v86 * v193)
+    v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v192 + v200 + v204)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v206 = (v205 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v207 = (v25 * v206)
+    v208 = ((-1.0) * v207)
+    v209 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v210 = (v181 + v209)
+    v211 = v210
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v213 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v212).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v214 = (v202 + v213)
+    v215 = tl.sum((v214), axis=1)
+    v216 = (v215 / (D))
+    v217 = ((-1.0) * v216)
+    v218 = (v214 + v217[:, None])
+    v219 = (v43 * v218 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v220 = tl.sum((v219), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v220.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_4_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v65 = tl.sum((v64), axis=0)
+    v62 = v61
+    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v68 = gate_eta
+    v70 = (v66 * v68)
+    v112 = v70
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v67 = tl.exp(v61)  # cumulative decay in the chunk
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v109 = tl.sum((v108), axis=0)
+    v115 = v109
+    v116 = (v115[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v113 = (v112 * v91)
+    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v116 - v114)  # layer 2 end state
+    v123 = (v117 * v117 * v117 * v117)
+    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
+    v125 = (v124 / (D * HID))
+    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v110 = (v109[None, :] * w1)
+    v74 = k
+    v106 = (v70 * v74)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v75 = v55
+    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v110 - v107)  # layer 1 end state
+    v118 = (v111 * v111 * v111 * v111)
+    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
+    v120 = (v119 / (HID * D))
+    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v130 = (v122 * v129[None, :])
+    v131 = tl.sum((v130), axis=1)
+    _c0 = (0.5 * v131)
+    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v133 = (v127 * v132[None, :])
+    v134 = tl.sum((v133), axis=1)
+    v135 = tl.sum((v134), axis=0)
+    v136 = (v135 / (D))
+    v137 = (v134 - v136)
+    v138 = (v137 * v137)
+    v139 = tl.sum((v138), axis=0)
+    v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
+    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v150 = tl.sum((v149), axis=0)
+    v151 = (v150 / (D))
+    v152 = (2.0 * v137 * v151)
+    v153 = (v148 + v152)
+    v154 = ((-1.0) * v153)
+    v155 = tl.sum((v154), axis=0)
+    v156 = (v155 / (D))
+    v157 = (v153 + v156)
+    v160 = (v132[None, :] * v157[:, None])
+    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
+    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
+    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
+    _c0 = (tl.sqrt(v125))
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (D * HID))
+    v168 = (4.0 * v167 * (v117 * v117 * v117))
+    v175 = (d_new_w2 + v163 + v168)
+    v176 = ((-1.0) * v175)
+    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v178 = (v112 * v177)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v69 = (v63 * v68[None, :, :])
+    v89 = v69
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = ((-1.0) + v67)
+    v72 = (q * v71)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v69 * q[:, None, :])
+    v77 = (v76 * v74[None, :, :])
+    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
+    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v73 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v93 = (v89 * v92[:, :, None])
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v67
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v93 * v91[None, :, :])
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v88 - v95)
+    v97 = (v96 * v29)
+    v99 = (v98 + v97)
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (v99 - v101[:, None])
+    v103 = (v102 * v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v102 * v185[:, None])
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    v193 = (v29 * v191)
+    v194 = ((-1.0) * v193)
+    v198 = (v93 * v194[:, None, :])
+    v199 = tl.sum((v198), axis=0)
+    v201 = (v178 + v199)
+    v202 = v201
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v158 = (v127 * v157[:, None])
+    v159 = tl.sum((v158), axis=0)
+    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
+    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v129[None, :] * v161[:, None])
+    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
+    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    _c0 = (tl.sqrt(v120))
+    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v173 = (v172 / (HID * D))
+    v174 = (4.0 * v173 * (v111 * v111 * v111))
+    v179 = (d_new_w1 + v169 + v174)
+    v180 = ((-1.0) * v179)
+    v181 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v89 * v91[None, :, :])
+    v196 = (v195 * v194[:, None, :])
+    v197 = tl.sum((v196), axis=2)
+    v200 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v203 = (v86 * v193)
+    v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v192 + v200 + v204)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v206 = (v205 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v207 = (v25 * v206)
+    v208 = ((-1.0) * v207)
+    v209 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v210 = (v181 + v209)
+    v211 = v210
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v213 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v212).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v214 = (v202 + v213)
+    v215 = tl.sum((v214), axis=1)
+    v216 = (v215 / (D))
+    v217 = ((-1.0) * v216)
+    v218 = (v214 + v217[:, None])
+    v219 = (2.0 * v35 * v218)
+    v220 = tl.sum((v219), axis=1)
+    v221 = (v220 / (D))
+    v222 = ((-0.5) * v35 * ln_weight[None, :] * v221[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v223 = (ln_weight[None, :] * v218 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (v222 + v223)
     _c0 = (v42 * v42)
     _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
-    v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v226 = (v35 * v225 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v227 = tl.sum((v226), axis=0)
-    v228 = (v146 + v185 + v227)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v228.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v14 = tl.sum((v13), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v14 = tl.sum((v13), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = (w1 * w1 * w1 * w1)
+    v12 = tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+    v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v30)
+    v31 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v16 = (w2 * w2 * w2 * w2)
+    v18 = tl.sum(tl.sum((v16), axis=1), axis=0)
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+    v32 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    v64 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v65 = tl.sum((v64), axis=0)
+    v62 = v61
+    v66 = (v59[:, None] * tl.exp((v65[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v68 = gate_eta
+    v70 = (v66 * v68)
+    v112 = v70
+    v90 = v31
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v67 = tl.exp(v61)  # cumulative decay in the chunk
+    v108 = (v67 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v109 = tl.sum((v108), axis=0)
+    v115 = v109
+    v116 = (v115[:, None] * w2)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v91 = v53
+    v113 = (v112 * v91)
+    v114 = tl.dot(tl.trans(v113).to(DOT_DTYPE), v90.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v116 - v114)  # layer 2 end state
+    v123 = (v117 * v117 * v117 * v117)
+    v124 = tl.sum(tl.sum((v123), axis=1), axis=0)
+    v125 = (v124 / (D * HID))
+    v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v110 = (v109[None, :] * w1)
+    v74 = k
+    v106 = (v70 * v74)
+    v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v55 = (v54 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v75 = v55
+    v107 = tl.trans(tl.dot(tl.trans(v106).to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v110 - v107)  # layer 1 end state
+    v118 = (v111 * v111 * v111 * v111)
+    v119 = tl.sum(tl.sum((v118), axis=1), axis=0)
+    v120 = (v119 / (HID * D))
+    v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v122 = (v121 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v130 = (v122 * v129[None, :])
+    v131 = tl.sum((v130), axis=1)
+    _c0 = (0.5 * v131)
+    v132 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v127 = (v126 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v133 = (v127 * v132[None, :])
+    v134 = tl.sum((v133), axis=1)
+    v135 = tl.sum((v134), axis=0)
+    v136 = (v135 / (D))
+    v137 = (v134 - v136)
+    v138 = (v137 * v137)
+    v139 = tl.sum((v138), axis=0)
+    v140 = (v139 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v146 = tl.sum((v145), axis=0)
+    v148 = (ln_weight * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v149 = ((-0.5) * v137 * ln_weight * v146 / (((tl.full((), 1e-05, DTYPE) + v140) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v140)))))
+    v150 = tl.sum((v149), axis=0)
+    v151 = (v150 / (D))
+    v152 = (2.0 * v137 * v151)
+    v153 = (v148 + v152)
+    v154 = ((-1.0) * v153)
+    v155 = tl.sum((v154), axis=0)
+    v156 = (v155 / (D))
+    v157 = (v153 + v156)
+    v160 = (v132[None, :] * v157[:, None])
+    _c0 = tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0))
+    v163 = (v160 * ((v126 * (_c0 * _c0) * (v117 * v117)) + (2.0 * _c0 * v117 * v126 * tl.abs(v117))))
+    v164 = (v160 * (v117 * v117) * tl.abs(v117) * tl.where(v117 > 0, 1.0, tl.where(v117 < 0, -1.0, 0.0)))
+    v165 = tl.sum(tl.sum((v164), axis=1), axis=0)
+    _c0 = (tl.sqrt(v125))
+    v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v167 = (v166 / (D * HID))
+    v168 = (4.0 * v167 * (v117 * v117 * v117))
+    v175 = (d_new_w2 + v163 + v168)
+    v176 = ((-1.0) * v175)
+    v177 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v178 = (v112 * v177)
+    v63 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v61[:, None, :] - v62[None, :, :]))))  # pairwise decay D[t,s]
+    v69 = (v63 * v68[None, :, :])
+    v89 = v69
+    v82 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = ((-1.0) + v67)
+    v72 = (q * v71)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v76 = (v69 * q[:, None, :])
+    v77 = (v76 * v74[None, :, :])
+    v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
+    v79 = tl.dot(v78.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v73 - v79)
+    v22 = (w1 * w1)
+    v23 = tl.sum(tl.sum((v22), axis=1), axis=0)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v81 = (v80 * v25)
+    v83 = (v82 + v81)
+    _c0 = (0.5 * v83)
+    v84 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v92 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v93 = (v89 * v92[:, :, None])
+    v26 = (w2 * w2)
+    v27 = tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v98 = tl.dot(v84.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = v67
+    v86 = ((-1.0) + v85)
+    v87 = tl.dot(v84.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v86 * v87)
+    v94 = (v93 * v91[None, :, :])
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v88 - v95)
+    v97 = (v96 * v29)
+    v99 = (v98 + v97)
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (v99 - v101[:, None])
+    v103 = (v102 * v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v147 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v182 = (ln_weight[None, :] * v147 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v183 = ((-0.5) * v102 * ln_weight[None, :] * v147 / (((tl.full((), 1e-05, DTYPE) + v105[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v105[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v102 * v185[:, None])
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    v193 = (v29 * v191)
+    v194 = ((-1.0) * v193)
+    v198 = (v93 * v194[:, None, :])
+    v199 = tl.sum((v198), axis=0)
+    v201 = (v178 + v199)
+    v202 = v201
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v158 = (v127 * v157[:, None])
+    v159 = tl.sum((v158), axis=0)
+    _c0 = (0.5 * v131 * tl.full((), 1.4142135623730951, DTYPE))
+    v161 = (v159 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v131 * v131))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v162 = (v129[None, :] * v161[:, None])
+    _c0 = tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0))
+    v169 = (v162 * ((v121 * (_c0 * _c0) * (v111 * v111)) + (2.0 * _c0 * v111 * v121 * tl.abs(v111))))
+    v170 = (v162 * (v111 * v111) * tl.abs(v111) * tl.where(v111 > 0, 1.0, tl.where(v111 < 0, -1.0, 0.0)))
+    v171 = tl.sum(tl.sum((v170), axis=1), axis=0)
+    _c0 = (tl.sqrt(v120))
+    v172 = ((-0.5) * v171 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
+    v173 = (v172 / (HID * D))
+    v174 = (4.0 * v173 * (v111 * v111 * v111))
+    v179 = (d_new_w1 + v169 + v174)
+    v180 = ((-1.0) * v179)
+    v181 = tl.dot(v106.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v195 = (v89 * v91[None, :, :])
+    v196 = (v195 * v194[:, None, :])
+    v197 = tl.sum((v196), axis=2)
+    v200 = tl.trans(tl.dot(tl.trans(v90).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v203 = (v86 * v193)
+    v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (v192 + v200 + v204)
+    _c0 = (0.5 * v83 * tl.full((), 1.4142135623730951, DTYPE))
+    v206 = (v205 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v83 * v83))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v207 = (v25 * v206)
+    v208 = ((-1.0) * v207)
+    v209 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v210 = (v181 + v209)
+    v211 = v210
+    _c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+    v212 = (v211 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v213 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v212).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v214 = (v202 + v213)
+    v215 = tl.sum((v214), axis=1)
+    v216 = (v215 / (D))
+    v217 = ((-1.0) * v216)
+    v218 = (v214 + v217[:, None])
+    v219 = (2.0 * v35 * v218)
+    v220 = tl.sum((v219), axis=1)
+    v221 = (v220 / (D))
+    v222 = ((-0.5) * v35 * ln_weight[None, :] * v221[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v223 = (ln_weight[None, :] * v218 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v224 = (v222 + v223)
+    _c0 = (v42 * v42)
+    _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
+    v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
+    v226 = tl.sum((v225), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v226.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)

@@ -26,10 +26,12 @@ DESCRIPTION = {'spec': 'retnet',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_k_0_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd'],
+ 'grad_terms': {'q': 2, 'k': 1, 'v': 1, 'gate_alpha': 1},
  'stored': [],
  'fallback': None}
 
@@ -71,17 +73,14 @@ def chunk_state_fwd_kernel(
         v13 = tl.broadcast_to(v12, (C,))
         v14 = tl.cumsum(v13, axis=0, reverse=False)
         v19 = tl.exp(v14)  # cumulative decay in the chunk
-        v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v26 = (v19 * v9)
+        v26 = (v19 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v27 = tl.sum((v26), axis=0)
         v28 = (v27 * w1)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
         v23 = v7
-        v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v10 = (v8 * v9[:, None])
-        v11 = tl.sum((v10), axis=0)
-        v16 = (v14 * v9)
+        v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v16 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v17 = tl.sum((v16), axis=0)
         v15 = v14
         v18 = (v11 * tl.exp((v17 - v15)))  # decay from token s to the chunk's end
@@ -141,14 +140,11 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v12 = v11
-    v13 = (v8 * tl.exp((v8 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
     v15 = v6
-    v16 = (v13 * v15[None, :])
-    v22 = (v21 * v16)
+    v22 = (v21 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v15[None, :])))
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v20 = v7
@@ -193,8 +189,7 @@ def chunk_state_bwd_kernel(
         v7 = tl.broadcast_to(v6, (C,))
         v8 = tl.cumsum(v7, axis=0, reverse=False)
         v9 = tl.exp(v8)  # cumulative decay in the chunk
-        v5 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v10 = (v9 * v5)
+        v10 = (v9 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v11 = tl.sum((v10), axis=0)
         d_new_w1 = carry_w1
         v14 = (v11 * d_new_w1)
@@ -208,13 +203,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -240,40 +235,74 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v17 = k
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v16 = k
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.broadcast_to(v9, (C,))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
     v12 = v11
-    v13 = (v8 * tl.exp((v8 * (v11[:, None] - v12[None, :]))))  # pairwise decay D[t,s]
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v15 = v6
-    v16 = (v13 * v15[None, :])
+    v14 = v6
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v18 = v7
+    v17 = v7
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = ((-1.0) * d_out)
-    v22 = tl.trans(tl.dot(v18.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v23 = (v16 * v22)
-    v24 = tl.trans(tl.dot(tl.trans(v17).to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v14 = tl.exp(v11)  # cumulative decay in the chunk
-    v25 = (d_out * v14[:, None])
-    v26 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v27 = (v24 + v26)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v20 = ((-1.0) * d_out)
+    v21 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v22 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v14[None, :])) * v21)
+    v23 = tl.trans(tl.dot(tl.trans(v16).to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v23.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v5 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v6 = tl.broadcast_to(v5, (C,))
+    v7 = tl.cumsum(v6, axis=0, reverse=False)
+    v8 = tl.exp(v7)  # cumulative decay in the chunk
+    v11 = (d_out * v8[:, None])
+    v12 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v11).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v12.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -301,14 +330,11 @@ def chunk_grad_k_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v23 = v7
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v10 = (v8 * v9[:, None])
-    v11 = tl.sum((v10), axis=0)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.broadcast_to(v12, (C,))
     v14 = tl.cumsum(v13, axis=0, reverse=False)
-    v17 = (v14 * v9)
+    v17 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v18 = tl.sum((v17), axis=0)
     v15 = v14
     v19 = (v11 * tl.exp((v18 - v15)))  # decay from token s to the chunk's end
@@ -321,25 +347,23 @@ def chunk_grad_k_bwd_kernel(
     v26 = ((-1.0) * d_new_w1)
     v28 = tl.dot(v27.to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v8 * tl.exp((v8 * (v14[:, None] - v15[None, :]))))  # pairwise decay D[t,s]
-    v21 = (v16 * v20[None, :])
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v29 = ((-1.0) * d_out)
     v30 = tl.trans(tl.dot(v23.to(DOT_DTYPE), tl.trans(v29).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v31 = (v21 * v30)
+    v31 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))) * v20[None, :])) * v30)
     v32 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v33 = (v28 + v32)
     v34 = v33
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v34.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
+def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -366,14 +390,11 @@ def chunk_grad_v_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v22 = k
-    v7 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v8 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v9 = (v7 * v8[:, None])
-    v10 = tl.sum((v9), axis=0)
+    v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v11 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v12 = tl.broadcast_to(v11, (C,))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    v16 = (v13 * v8)
+    v16 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v17 = tl.sum((v16), axis=0)
     v14 = v13
     v18 = (v10 * tl.exp((v17 - v14)))  # decay from token s to the chunk's end
@@ -387,9 +408,7 @@ def chunk_grad_v_bwd_kernel(
     v29 = tl.dot(v28.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.dot(q.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v15 = (v7 * tl.exp((v7 * (v13[:, None] - v14[None, :]))))  # pairwise decay D[t,s]
-    v20 = (v15 * v19[None, :])
-    v24 = (v23 * v20)
+    v24 = (v23 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))) * v19[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v30 = ((-1.0) * d_out)
     v31 = tl.dot(tl.trans(v24).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -399,13 +418,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v34.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -433,12 +452,11 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.broadcast_to(v12, (C,))
     v14 = tl.cumsum(v13, axis=0, reverse=False)
-    v9 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v25 = (w1 * d_new_w1)
     v26 = tl.sum(tl.sum((v25), axis=1), axis=0)
-    v27 = (v9 * v26)
+    v27 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v26)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v34 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -446,10 +464,8 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v36 = tl.sum((v35), axis=1)
     v39 = (v27 + v36)
     v40 = (v39 * tl.exp(v14))
-    v8 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v10 = (v8 * v9[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v16 = (v14 * v9)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v16 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v17 = tl.sum((v16), axis=0)
     v15 = v14
     v5 = 1.0
@@ -467,16 +483,16 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v37 = (v18 * v30)
     v41 = (v11 * v37 * tl.exp((v17 - v15)))
     v42 = tl.sum((v41), axis=0)
-    v44 = (v9 * v42)
+    v44 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v42)
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v31 = ((-1.0) * d_out)
     v32 = tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v33 = (v21 * v32)
     v38 = (v18[None, :] * v33)
-    v45 = (v38 * (v8 * v8) * tl.exp((v8 * (v14[:, None] - v15[None, :]))))
+    v45 = (v38 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))
     v46 = tl.sum((v45), axis=1)
     v43 = ((-1.0) * v11 * v37 * tl.exp((v17 - v15)))
-    v47 = ((-1.0) * v38 * (v8 * v8) * tl.exp((v8 * (v14[:, None] - v15[None, :]))))
+    v47 = ((-1.0) * v38 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))
     v48 = tl.sum((v47), axis=0)
     v49 = (v43 + v48)
     v50 = v49

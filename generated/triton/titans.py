@@ -30,14 +30,31 @@ DESCRIPTION = {'spec': 'titans',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd',
-             'grad_gate_eta_bwd',
-             'grad_gate_theta_bwd',
-             'grad_ln_weight_bwd',
-             'grad_ln_bias_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_q_2_bwd',
+             'grad_q_3_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd',
+             'grad_gate_eta_0_bwd',
+             'grad_gate_theta_0_bwd',
+             'grad_ln_weight_0_bwd',
+             'grad_ln_weight_1_bwd',
+             'grad_ln_weight_2_bwd',
+             'grad_ln_weight_3_bwd',
+             'grad_ln_bias_0_bwd',
+             'grad_ln_bias_1_bwd'],
+ 'grad_terms': {'q': 4,
+                'k': 3,
+                'v': 1,
+                'gate_alpha': 1,
+                'gate_eta': 1,
+                'gate_theta': 1,
+                'ln_weight': 4,
+                'ln_bias': 2},
  'stored': [],
  'fallback': None}
 
@@ -86,14 +103,11 @@ def chunk_state_fwd_kernel(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v75 = (v49 * v39)
+        v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v76 = tl.sum((v75), axis=0)
         v77 = (v76 * w1)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v44 = v43
-        v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-        v59 = v45
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -101,7 +115,7 @@ def chunk_state_fwd_kernel(
         v62 = v58
         v63 = (v59 * v62[None, :])
         v64 = tl.sum((v63), axis=1)
-        v78 = (v64 * v39)
+        v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
         v80 = (v77 + (v79 * s1))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -135,14 +149,11 @@ def chunk_state_fwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v70 = v37
         v53 = v52
-        v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
-        v60 = (v54 * v50[None, :])
-        v61 = tl.trans(v60)
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v46 = (v43 * v39)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v65 = v48
@@ -159,9 +170,9 @@ def chunk_state_fwd_kernel(
         v71 = v13
         v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v91 = (v90 - v88)  # layer 2 end state
-        v84 = (v58 * v39)
+        v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
-        v55 = (v52 * v39)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
@@ -222,10 +233,8 @@ def chunk_out_fwd_kernel(
     v57 = (q * v43[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v41 = v40
-    v42 = (v38 * tl.exp((v38 * (v40[:, None] - v41[None, :]))))  # pairwise decay D[t,s]
-    v50 = v42
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -241,11 +250,9 @@ def chunk_out_fwd_kernel(
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v47 = v46
-    v48 = (v38 * tl.exp((v38 * (v46[:, None] - v47[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v44 = gate_eta
-    v51 = (v48 * v44[None, :])
-    v52 = tl.trans(v51)
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v65 = (v64 * v53)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -349,8 +356,7 @@ def chunk_state_bwd_kernel(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v99 = (v49 * v39)
+        v99 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v100 = tl.sum((v99), axis=0)
         d_new_w1 = carry_w1
         v129 = (v100 * d_new_w1)
@@ -358,10 +364,8 @@ def chunk_state_bwd_kernel(
         v70 = (q * v49[:, None])
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v44 = v43
-        v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-        v59 = v45
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -377,11 +381,9 @@ def chunk_state_bwd_kernel(
         v75 = k
         v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v53 = v52
-        v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
-        v60 = (v54 * v50[None, :])
-        v61 = tl.trans(v60)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v78 = (v77 * v62)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -459,9 +461,8 @@ def chunk_state_bwd_kernel(
         _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v158 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v55 = (v52 * v39)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v69 = (v57 * v50)
@@ -469,7 +470,7 @@ def chunk_state_bwd_kernel(
         d_new_s1 = carry_s1
         v124 = ((-1.0) * d_new_s1)
         v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = (v43 * v39)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v66 = v48
@@ -548,10 +549,10 @@ def chunk_state_bwd_kernel(
         v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v206 = (v118 + v157 + v168 + v199)
-        v103 = (v58 * v39)
+        v103 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v104 = tl.sum((v103), axis=0)
         v123 = (v104 * d_new_s1)
-        v101 = (v65 * v39)
+        v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v102 = tl.sum((v101), axis=0)
         v128 = (v102 * d_new_w1)
         v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -571,13 +572,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_s2.to(d_init_s2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -604,25 +605,56 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = d_out
+    v17 = d_out
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
-    v42 = (v38 * tl.exp((v38 * (v40[:, None] - v41[None, :]))))  # pairwise decay D[t,s]
-    v50 = v42
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
     v47 = v46
-    v48 = (v38 * tl.exp((v38 * (v46[:, None] - v47[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v44 = gate_eta
-    v51 = (v48 * v44[None, :])
-    v52 = tl.trans(v51)
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -691,46 +723,324 @@ def chunk_grad_q_bwd_kernel(
     v83 = (v82 * v82)
     v84 = tl.sum((v83), axis=1)
     v85 = (v84 / (D))
-    v92 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v94 = tl.sum((v93), axis=1)
-    v95 = (v94 / (D))
-    v96 = (2.0 * v82 * v95[:, None])
-    v97 = (v92 + v96)
-    v98 = ((-1.0) * v97)
-    v99 = tl.sum((v98), axis=1)
-    v100 = (v99 / (D))
-    v101 = (v97 + v100[:, None])
-    v102 = ((-1.0) * v101)
-    v103 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = (v53 * v103)
-    v105 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v106 = (v101 * v56[:, None])
-    v107 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v108 = (v101 * v43[:, None])
-    v109 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v110 = (v105 + v107 + v109)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (v100 * v56[:, None])
+    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (v100 * v43[:, None])
+    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v104 + v106 + v108)
     _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-    v111 = (v110 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v112 = ((-1.0) * v111)
-    v113 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v114 = (v53 * v113)
-    v115 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v116 = (v111 * v56[:, None])
-    v117 = tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v118 = (v111 * v43[:, None])
-    v119 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v120 = (v91 + v115 + v117 + v119)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v120.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v111 = ((-1.0) * v110)
+    v112 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v113 = (v53 * v112)
+    v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v58 + v60)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v64 * v53)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v63 = v37
+    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v67 = (v61 - v66)
+    v74 = v13
+    v75 = v35
+    _c0 = (0.5 * v67)
+    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = (v68 * v43[:, None])
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v68 * v56[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v70 + v72)
+    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v77 = (v76 * v53)
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (v100 * v56[:, None])
+    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (v100 * v43[:, None])
+    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v104 + v106 + v108)
+    _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v111 = (v110 * v56[:, None])
+    v112 = tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v58 + v60)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v64 * v53)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v63 = v37
+    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v67 = (v61 - v66)
+    v74 = v13
+    v75 = v35
+    _c0 = (0.5 * v67)
+    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = (v68 * v43[:, None])
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v68 * v56[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v70 + v72)
+    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v77 = (v76 * v53)
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (v100 * v56[:, None])
+    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (v100 * v43[:, None])
+    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v104 + v106 + v108)
+    _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v111 = (v110 * v43[:, None])
+    v112 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -788,44 +1098,38 @@ def chunk_grad_k_bwd_kernel(
     _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v76 = v37
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * v39)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v53 = v52
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v69 = (v57 * v50)
-    v117 = (v76 * v69[:, None])
+    v105 = (v76 * v69[:, None])
     d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v114 = ((-1.0) * d_new_s1)
-    v118 = tl.dot(v117.to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
-    v60 = (v54 * v50[None, :])
-    v61 = tl.trans(v60)
+    v104 = ((-1.0) * d_new_s1)
+    v106 = tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v122 = (v76 * v68[:, None])
+    v108 = (v76 * v68[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v119 = ((-1.0) * d_new_w1)
-    v123 = tl.dot(v122.to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v107 = ((-1.0) * d_new_w1)
+    v109 = tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v59 = v45
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
@@ -864,112 +1168,43 @@ def chunk_grad_k_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v124 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v125 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = (2.0 * v95 * v127[:, None])
-    v129 = (v124 + v128)
-    v130 = ((-1.0) * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v133 = (v129 + v132[:, None])
-    v134 = ((-1.0) * v133)
-    v135 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v62 * v135)
-    v138 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v144 = (v133 * v65[:, None])
-    v145 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v146 = (v133 * v49[:, None])
-    v147 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v148 = (v138 + v145 + v147)
+    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (2.0 * v95 * v113[:, None])
+    v115 = (v110 + v114)
+    v116 = ((-1.0) * v115)
+    v117 = tl.sum((v116), axis=1)
+    v118 = (v117 / (D))
+    v119 = (v115 + v118[:, None])
+    v120 = ((-1.0) * v119)
+    v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v62 * v121)
+    v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v124 = (v119 * v65[:, None])
+    v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v126 = (v119 * v49[:, None])
+    v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v128 = (v123 + v125 + v127)
     _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v149 = (v148 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v150 = ((-1.0) * v149)
-    v151 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v153 = (v62 * v151)
-    v154 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v153.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v157 = (v118 + v123 + v154)
-    v158 = v157
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v109 = ((-1.0) * d_new_w2)
-    v111 = tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v136 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v134.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v140 = (v106 + v111 + v136)
-    v141 = v140
-    v115 = (v75 * v69[:, None])
-    v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v120 = (v75 * v68[:, None])
-    v121 = tl.dot(v120.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v152 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v150.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v155 = (v116 + v121 + v152)
-    v156 = v155
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v160 = (v156 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v161 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v160).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v162 = (v141 + v161)
-    v163 = tl.sum((v162), axis=1)
-    v164 = (v163 / (D))
-    v165 = ((-1.0) * v164)
-    v166 = (v162 + v165[:, None])
-    v168 = (2.0 * v18 * v166)
-    v169 = tl.sum((v168), axis=1)
-    v170 = (v169 / (D))
-    v174 = ((-0.5) * v18 * ln_weight[None, :] * v170[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v177 = (ln_weight[None, :] * v166 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v178 = (v174 + v177)
-    v179 = v178
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v12 * v12))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v159 = (v36 * v156 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v107 = (v88 * v69[:, None])
-    v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v88 * v68[:, None])
-    v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v139 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v137.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v142 = (v108 + v113 + v139)
-    v143 = v142
-    v167 = (2.0 * v29[:, None] * v166)
-    v171 = ((-0.5) * ln_weight[None, :] * v25 * v170[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v180 = (ln_weight[None, :] * v178 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v172 = (0.75 * v18 * ln_weight[None, :] * v25 * v170[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v173 = tl.sum((v172), axis=1)
-    v175 = ((-0.5) * ln_weight[None, :] * v25 * v166 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v176 = tl.sum((v175), axis=1)
-    v181 = ((-0.5) * v18 * ln_weight[None, :] * v178 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v182 = tl.sum((v181), axis=1)
-    v183 = (v173 + v176 + v182)
-    v184 = (v183 / (D))
-    v185 = (2.0 * v18 * v184[:, None])
-    v186 = (v167 + v171 + v180 + v185)
-    v187 = ((-1.0) * v186)
-    v188 = tl.sum((v187), axis=1)
-    v189 = (v188 / (D))
-    v190 = (v186 + v189[:, None])
-    v191 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v192 = (v143 + v191)
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v193 = (v192 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v194 = (v159 + v193)
-    v195 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v196 = (v158 + v179 + v195)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v196.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v129 = (v128 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v130 = ((-1.0) * v129)
+    v131 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v132 = (v62 * v131)
+    v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v134 = (v106 + v109 + v133)
+    v135 = v134
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1009,14 +1244,11 @@ def chunk_grad_v_bwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v87 = v13
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * v39)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v53 = v52
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -1027,13 +1259,11 @@ def chunk_grad_v_bwd_kernel(
     d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v104 = ((-1.0) * d_new_s2)
     v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
-    v60 = (v54 * v50[None, :])
-    v61 = tl.trans(v60)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
@@ -1048,8 +1278,417 @@ def chunk_grad_v_bwd_kernel(
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
     v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v59 = v45
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v74 = (v71 + v73)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v76 = v37
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    _c0 = (0.5 * v80)
+    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
+    v82 = (v81 * v49[:, None])
+    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v84 = (v81 * v65[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v83 + v85)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v111 = (v75 * v69[:, None])
+    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v110 = ((-1.0) * d_new_s1)
+    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v114 = (v75 * v68[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v113 = ((-1.0) * d_new_w1)
+    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v125 * v65[:, None])
+    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v135 = (v125 * v49[:, None])
+    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v137 = (v130 + v134 + v136)
+    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v139 = ((-1.0) * v138)
+    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v141 = (v112 + v115 + v140)
+    v142 = v141
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = v155
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v75 = k
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v115 = (v75 * v69[:, None])
+    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v114 = ((-1.0) * d_new_s1)
+    v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v118 = (v75 * v68[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v117 = ((-1.0) * d_new_w1)
+    v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v74 = (v71 + v73)
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v76 = v37
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    v87 = v13
+    v88 = v35
+    _c0 = (0.5 * v80)
+    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v82 = (v81 * v49[:, None])
+    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v84 = (v81 * v65[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v83 + v85)
+    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v122 = tl.sum((v121), axis=1)
+    v123 = (v122 / (D))
+    v124 = (2.0 * v95 * v123[:, None])
+    v125 = (v120 + v124)
+    v126 = ((-1.0) * v125)
+    v127 = tl.sum((v126), axis=1)
+    v128 = (v127 / (D))
+    v129 = (v125 + v128[:, None])
+    v130 = ((-1.0) * v129)
+    v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v62 * v131)
+    v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v140 = (v129 * v65[:, None])
+    v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v142 = (v129 * v49[:, None])
+    v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v144 = (v134 + v141 + v143)
+    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+    v145 = (v144 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v146 = ((-1.0) * v145)
+    v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v148 = (v116 + v119 + v147)
+    v149 = v148
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v12 * v12))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v150 = (v36 * v149 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    v107 = (v88 * v69[:, None])
+    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v104 = ((-1.0) * d_new_s2)
+    v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v112 = (v88 * v68[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v109 = ((-1.0) * d_new_w2)
+    v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v138 = (v108 + v113 + v135)
+    v139 = v138
+    v105 = (v87 * v69[:, None])
+    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v110 = (v87 * v68[:, None])
+    v111 = tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v136 = (v106 + v111 + v132)
+    v137 = v136
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v151 = (v149 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v152 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v153 = (v137 + v152)
+    v154 = tl.sum((v153), axis=1)
+    v155 = (v154 / (D))
+    v156 = ((-1.0) * v155)
+    v157 = (v153 + v156[:, None])
+    v158 = (2.0 * v29[:, None] * v157)
+    v159 = (2.0 * v18 * v157)
+    v160 = tl.sum((v159), axis=1)
+    v161 = (v160 / (D))
+    v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v169 = (v165 + v168)
+    v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v164 = tl.sum((v163), axis=1)
+    v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v167 = tl.sum((v166), axis=1)
+    v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v172 = tl.sum((v171), axis=1)
+    v173 = (v164 + v167 + v172)
+    v174 = (v173 / (D))
+    v175 = (2.0 * v18 * v174[:, None])
+    v176 = (v158 + v162 + v170 + v175)
+    v177 = ((-1.0) * v176)
+    v178 = tl.sum((v177), axis=1)
+    v179 = (v178 / (D))
+    v180 = (v176 + v179[:, None])
+    v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v182 = (v139 + v181)
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v183 = (v182 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v184 = (v150 + v183)
+    v185 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v87 = v13
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v105 = (v87 * v69[:, None])
+    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v104 = ((-1.0) * d_new_s2)
+    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v108 = (v87 * v68[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v107 = ((-1.0) * d_new_w2)
+    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -1157,13 +1796,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v156.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1192,7 +1831,6 @@ def chunk_grad_gate_alpha_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v99 = (w2 * d_new_w2)
@@ -1202,15 +1840,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v109 = (w1 * d_new_w1)
     v110 = tl.sum(tl.sum((v109), axis=1), axis=0)
     v111 = (v100 + v110)
-    v112 = (v39 * v111)
+    v112 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v111)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v62 = (q * v48[:, None])
     v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v44 = v43
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v55 = v45
+    v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v51 = tl.cumsum(v50, axis=0, reverse=False)
@@ -1226,11 +1862,9 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v67 = k
     v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v52 = v51
-    v53 = (v38 * tl.exp((v38 * (v51[:, None] - v52[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v49 = gate_eta
-    v56 = (v53 * v49[None, :])
-    v57 = tl.trans(v56)
+    v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
     v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = (v69 * v58)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1314,9 +1948,8 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v151 = tl.sum((v150), axis=1)
     v162 = (v112 + v140 + v151)
     v163 = (v162 * tl.exp(v43))
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v46 = (v43 * v39)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v96 = ((-1.0) * d_new_w2)
     v101 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1332,13 +1965,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v155 = v154
     v164 = (v41 * v155 * tl.exp((v47 - v44)))
     v165 = tl.sum((v164), axis=0)
-    v167 = (v39 * v165)
+    v167 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v165)
     v97 = (s2 * d_new_w2)
     v98 = tl.sum(tl.sum((v97), axis=1), axis=0)
     v105 = (s1 * d_new_w1)
     v106 = tl.sum(tl.sum((v105), axis=1), axis=0)
     v107 = (v98 + v106)
-    v108 = (v39 * v107)
+    v108 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v107)
     v133 = tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v134 = (v125 * v133)
     v135 = tl.sum((v134), axis=1)
@@ -1355,10 +1988,10 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v159 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v160 = (v157 + v159)
     v161 = v160
-    v168 = (v161 * (v38 * v38) * tl.exp((v38 * (v43[:, None] - v44[None, :]))))
+    v168 = (v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
     v169 = tl.sum((v168), axis=1)
     v166 = ((-1.0) * v41 * v155 * tl.exp((v47 - v44)))
-    v170 = ((-1.0) * v161 * (v38 * v38) * tl.exp((v38 * (v43[:, None] - v44[None, :]))))
+    v170 = ((-1.0) * v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
     v171 = tl.sum((v170), axis=0)
     v172 = (v166 + v171)
     v173 = v172
@@ -1368,13 +2001,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v176.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1400,14 +2033,11 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * v39)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v53 = v52
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -1458,11 +2088,10 @@ def chunk_grad_gate_eta_bwd_kernel(
     v112 = tl.sum((v111), axis=1)
     v141 = (v104 + v112)
     v142 = (v57 * v141)
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
@@ -1479,8 +2108,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v116 = tl.sum((v115), axis=1)
     v143 = (v108 + v116)
     v144 = (v66[None, :] * v143[:, None])
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v59 = v45
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v67 = (q * v49[:, None])
@@ -1496,8 +2124,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v74 = tl.dot(q.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
-    v60 = (v54 * v50[None, :])
-    v61 = tl.trans(v60)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v75 = (v74 * v62)
     v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1550,20 +2177,20 @@ def chunk_grad_gate_eta_bwd_kernel(
     v146 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v147 = (v144 + v146)
     v148 = tl.trans(v147)
-    v149 = (v54 * v148)
+    v149 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v148)
     v150 = tl.sum((v149), axis=0)
     v151 = (v142 + v150)
     v152 = v151
     tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v152.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_theta_bwd_kernel(
+def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_theta`."""
+    """Term 0 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1592,7 +2219,6 @@ def chunk_grad_gate_theta_bwd_kernel(
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v100 = (s2 * d_new_s2)
@@ -1602,14 +2228,12 @@ def chunk_grad_gate_theta_bwd_kernel(
     v112 = (s1 * d_new_s1)
     v113 = tl.sum(tl.sum((v112), axis=1), axis=0)
     v115 = (v101 + v113)
-    v116 = (v39 * v115)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v116 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v115)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v58 = v45
+    v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v107 = (s2 * d_new_w2)
     v108 = tl.sum(tl.sum((v107), axis=1), axis=0)
@@ -1617,7 +2241,7 @@ def chunk_grad_gate_theta_bwd_kernel(
     v121 = (s1 * d_new_w1)
     v122 = tl.sum(tl.sum((v121), axis=1), axis=0)
     v123 = (v108 + v122)
-    v124 = (v39 * v123)
+    v124 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v123)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v66 = (q * v49[:, None])
@@ -1634,11 +2258,9 @@ def chunk_grad_gate_theta_bwd_kernel(
     v71 = k
     v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v53 = v52
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
-    v59 = (v54 * v50[None, :])
-    v60 = tl.trans(v59)
+    v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v74 = (v73 * v61)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1726,9 +2348,8 @@ def chunk_grad_gate_theta_bwd_kernel(
     v165 = v164
     v171 = (v116 + v165)
     v172 = (v171 * tl.exp(v52))
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v55 = (v52 * v39)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v102 = ((-1.0) * d_new_s2)
     v103 = tl.dot(v84.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1742,8 +2363,8 @@ def chunk_grad_gate_theta_bwd_kernel(
     v159 = (v50 * v158)
     v173 = (v41 * v159 * tl.exp((v56 - v53)))
     v174 = tl.sum((v173), axis=0)
-    v176 = (v39 * v174)
-    v46 = (v43 * v39)
+    v176 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v174)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v65 = v48
@@ -1766,10 +2387,10 @@ def chunk_grad_gate_theta_bwd_kernel(
     v168 = (v161 + v167)
     v169 = tl.trans(v168)
     v170 = (v50[None, :] * v169)
-    v177 = (v170 * (v38 * v38) * tl.exp((v38 * (v52[:, None] - v53[None, :]))))
+    v177 = (v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
     v178 = tl.sum((v177), axis=1)
     v175 = ((-1.0) * v41 * v159 * tl.exp((v56 - v53)))
-    v179 = ((-1.0) * v170 * (v38 * v38) * tl.exp((v38 * (v52[:, None] - v53[None, :]))))
+    v179 = ((-1.0) * v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
     v180 = tl.sum((v179), axis=0)
     v181 = (v175 + v180)
     v182 = v181
@@ -1779,13 +2400,13 @@ def chunk_grad_gate_theta_bwd_kernel(
     tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v185.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel(
+def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight`."""
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1813,38 +2434,34 @@ def chunk_grad_ln_weight_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v44 = v43
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v59 = v45
+    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
     s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
+    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v58 + v60)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = v52
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v47 = v46
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v60 = (v54 * v50[None, :])
-    v61 = tl.trans(v60)
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v64 * v53)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v12)
@@ -1874,20 +2491,159 @@ def chunk_grad_ln_weight_bwd_kernel(
     v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v63 = v37
+    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v67 = (v61 - v66)
+    _c0 = (0.5 * v67)
+    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = (v68 * v43[:, None])
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = (v68 * v56[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v73 = (v70 + v72)
+    v74 = v13
+    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v92 = tl.sum((v91), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v87 = v13
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v105 = (v87 * v69[:, None])
+    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v104 = ((-1.0) * d_new_s2)
+    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v108 = (v87 * v68[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v107 = ((-1.0) * d_new_w2)
+    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v74 = (v71 + v73)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v76 = v37
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
     _c0 = (0.5 * v80)
     v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
     v82 = (v81 * v49[:, None])
     v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v84 = (v81 * v65[:, None])
     s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v83 + v85)
-    v87 = v13
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -1898,43 +2654,20 @@ def chunk_grad_ln_weight_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v119 = (v95 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v120 = tl.sum((v119), axis=0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v55 = (v52 * v39)
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = (v43 * v39)
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
     v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
     v118 = tl.sum((v117), axis=1)
-    v121 = (v118 / (D))
-    v122 = (2.0 * v95 * v121[:, None])
-    v123 = (v116 + v122)
-    v124 = ((-1.0) * v123)
-    v125 = tl.sum((v124), axis=1)
-    v126 = (v125 / (D))
-    v127 = (v123 + v126[:, None])
-    v128 = ((-1.0) * v127)
-    v130 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v128.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v133 = (v106 + v109 + v130)
-    v134 = v133
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
     v111 = (v75 * v69[:, None])
     d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v110 = ((-1.0) * d_new_s1)
@@ -1943,51 +2676,415 @@ def chunk_grad_ln_weight_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v113 = ((-1.0) * d_new_w1)
     v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v129 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v131 = (v62 * v129)
-    v132 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v127 * v65[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v127 * v49[:, None])
-    v138 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v139 = (v132 + v136 + v138)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v125 * v65[:, None])
+    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v135 = (v125 * v49[:, None])
+    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v137 = (v130 + v134 + v136)
     _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v140 = (v139 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v141 = ((-1.0) * v140)
-    v142 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v143 = (v112 + v115 + v142)
-    v144 = v143
+    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v139 = ((-1.0) * v138)
+    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v141 = (v112 + v115 + v140)
+    v142 = v141
     _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v145 = (v144 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v146 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v147 = (v134 + v146)
-    v148 = tl.sum((v147), axis=1)
-    v149 = (v148 / (D))
-    v150 = ((-1.0) * v149)
-    v151 = (v147 + v150[:, None])
-    v152 = (2.0 * v18 * v151)
-    v153 = tl.sum((v152), axis=1)
-    v154 = (v153 / (D))
-    v155 = ((-0.5) * v18 * v25 * v154[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v156 = tl.sum((v155), axis=0)
-    v158 = (v25 * v151 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v159 = tl.sum((v158), axis=0)
-    v157 = ((-0.5) * v18 * ln_weight[None, :] * v154[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v160 = (ln_weight[None, :] * v151 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v161 = (v157 + v160)
-    v162 = (v18 * v161 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v163 = tl.sum((v162), axis=0)
-    v164 = (v120 + v156 + v159 + v163)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v164.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = tl.sum((v153), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel(
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v87 = v13
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v105 = (v87 * v69[:, None])
+    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v104 = ((-1.0) * d_new_s2)
+    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v108 = (v87 * v68[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v107 = ((-1.0) * d_new_w2)
+    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v74 = (v71 + v73)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v76 = v37
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    _c0 = (0.5 * v80)
+    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
+    v82 = (v81 * v49[:, None])
+    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v84 = (v81 * v65[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v83 + v85)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v111 = (v75 * v69[:, None])
+    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v110 = ((-1.0) * d_new_s1)
+    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v114 = (v75 * v68[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v113 = ((-1.0) * d_new_w1)
+    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v125 * v65[:, None])
+    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v135 = (v125 * v49[:, None])
+    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v137 = (v130 + v134 + v136)
+    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v139 = ((-1.0) * v138)
+    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v141 = (v112 + v115 + v140)
+    v142 = v141
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v151 = tl.sum((v150), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v12)
+    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v87 = v13
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v105 = (v87 * v69[:, None])
+    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v104 = ((-1.0) * d_new_s2)
+    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v108 = (v87 * v68[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v107 = ((-1.0) * d_new_w2)
+    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v74 = (v71 + v73)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v76 = v37
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    _c0 = (0.5 * v80)
+    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
+    v82 = (v81 * v49[:, None])
+    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v84 = (v81 * v65[:, None])
+    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v83 + v85)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v111 = (v75 * v69[:, None])
+    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v110 = ((-1.0) * d_new_s1)
+    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v114 = (v75 * v68[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v113 = ((-1.0) * d_new_w1)
+    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v125 * v65[:, None])
+    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v135 = (v125 * v49[:, None])
+    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v137 = (v130 + v134 + v136)
+    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v139 = ((-1.0) * v138)
+    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v141 = (v112 + v115 + v140)
+    v142 = v141
+    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v157 = tl.sum((v156), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias`."""
+    """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2014,7 +3111,42 @@ def chunk_grad_ln_bias_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v119 = tl.sum((d_out), axis=0)
+    v17 = tl.sum((d_out), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v17.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -2029,14 +3161,11 @@ def chunk_grad_ln_bias_bwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v87 = v13
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * v39)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v53 = v52
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -2047,13 +3176,11 @@ def chunk_grad_ln_bias_bwd_kernel(
     d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v104 = ((-1.0) * d_new_s2)
     v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = (v38 * tl.exp((v38 * (v52[:, None] - v53[None, :]))))  # pairwise decay D[t,s]
-    v60 = (v54 * v50[None, :])
-    v61 = tl.trans(v60)
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
@@ -2068,8 +3195,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
     v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v45 = (v38 * tl.exp((v38 * (v43[:, None] - v44[None, :]))))  # pairwise decay D[t,s]
-    v59 = v45
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -2122,20 +3248,21 @@ def chunk_grad_ln_bias_bwd_kernel(
     v96 = (v95 * v95)
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
     v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
     v118 = tl.sum((v117), axis=1)
-    v120 = (v118 / (D))
-    v121 = (2.0 * v95 * v120[:, None])
-    v122 = (v116 + v121)
-    v123 = ((-1.0) * v122)
-    v124 = tl.sum((v123), axis=1)
-    v125 = (v124 / (D))
-    v126 = (v122 + v125[:, None])
-    v127 = ((-1.0) * v126)
-    v129 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v127.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v132 = (v106 + v109 + v129)
-    v133 = v132
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
     v111 = (v75 * v69[:, None])
     d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v110 = ((-1.0) * d_new_s1)
@@ -2144,34 +3271,33 @@ def chunk_grad_ln_bias_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v113 = ((-1.0) * d_new_w1)
     v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v130 = (v62 * v128)
-    v131 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v134 = (v126 * v65[:, None])
-    v135 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v136 = (v126 * v49[:, None])
-    v137 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v138 = (v131 + v135 + v137)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v125 * v65[:, None])
+    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v135 = (v125 * v49[:, None])
+    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v137 = (v130 + v134 + v136)
     _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v139 = (v138 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v140 = ((-1.0) * v139)
-    v141 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v140.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v142 = (v112 + v115 + v141)
-    v143 = v142
+    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v139 = ((-1.0) * v138)
+    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v141 = (v112 + v115 + v140)
+    v142 = v141
     _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v144 = (v143 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v145 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v146 = (v133 + v145)
-    v147 = tl.sum((v146), axis=1)
-    v148 = (v147 / (D))
-    v149 = ((-1.0) * v148)
-    v150 = (v146 + v149[:, None])
-    v151 = (2.0 * v18 * v150)
-    v152 = tl.sum((v151), axis=1)
-    v153 = (v152 / (D))
-    v154 = ((-0.5) * v18 * ln_weight[None, :] * v153[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v156 = (v154 + v155)
-    v157 = tl.sum((v156), axis=0)
-    v158 = (v119 + v157)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v158.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = tl.sum((v155), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)

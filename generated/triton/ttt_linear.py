@@ -28,12 +28,21 @@ DESCRIPTION = {'spec': 'ttt_linear',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_eta_bwd',
-             'grad_ln_weight_bwd',
-             'grad_ln_bias_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_q_2_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_eta_0_bwd',
+             'grad_ln_weight_0_bwd',
+             'grad_ln_weight_1_bwd',
+             'grad_ln_weight_2_bwd',
+             'grad_ln_weight_3_bwd',
+             'grad_ln_bias_0_bwd',
+             'grad_ln_bias_1_bwd'],
+ 'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
  'stored': [],
  'fallback': None}
 
@@ -96,10 +105,7 @@ def chunk_state_fwd_kernel(
         v27 = (v26 / (D))
         v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v36 = v28
-        v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v31 = (v29 * v30[:, None])
-        v32 = tl.sum((v31), axis=0)
+        v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v33 = gate_eta
         v34 = (v32 * v33)
@@ -150,11 +156,9 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
     v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v30 = gate_eta
-    v31 = (v29 * v30[None, :])
-    v36 = (v35 * v31)
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
@@ -232,11 +236,9 @@ def chunk_state_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v37 = k
         v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v33 = gate_eta
-        v34 = (v29 * v33[None, :])
-        v40 = (v39 * v34)
+        v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
         v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v9 = tl.sum((v7), axis=1)
         v10 = (v9 / (D))
@@ -280,9 +282,7 @@ def chunk_state_bwd_kernel(
         v62 = (v61 / (D))
         v63 = (v59 + v62[:, None])
         v68 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v31 = (v29 * v30[:, None])
-        v32 = tl.sum((v31), axis=0)
+        v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v35 = (v32 * v33)
         v52 = (v37 * v35[:, None])
         v51 = ((-1.0) * d_new_w1)
@@ -325,13 +325,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -358,13 +358,46 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v47 = d_out
+    v9 = d_out
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v9.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v30 = gate_eta
-    v31 = (v29 * v30[None, :])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
@@ -392,7 +425,7 @@ def chunk_grad_q_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v36 = (v35 * v31)
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = (v32 - v37)
     v39 = tl.sum((v38), axis=1)
@@ -401,32 +434,118 @@ def chunk_grad_q_bwd_kernel(
     v42 = (v41 * v41)
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
-    v48 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v49 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v50 = tl.sum((v49), axis=1)
-    v51 = (v50 / (D))
-    v52 = (2.0 * v41 * v51[:, None])
-    v53 = (v48 + v52)
-    v54 = ((-1.0) * v53)
-    v55 = tl.sum((v54), axis=1)
-    v56 = (v55 / (D))
-    v57 = (v53 + v56[:, None])
-    v58 = ((-1.0) * v57)
-    v59 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v60 = (v31 * v59)
-    v61 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v63 = (v47 + v61 + v62)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v63.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v49 = tl.sum((v48), axis=1)
+    v50 = (v49 / (D))
+    v51 = (2.0 * v41 * v50[:, None])
+    v52 = (v47 + v51)
+    v53 = ((-1.0) * v52)
+    v54 = tl.sum((v53), axis=1)
+    v55 = (v54 / (D))
+    v56 = (v52 + v55[:, None])
+    v57 = ((-1.0) * v56)
+    v58 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v59 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])) * v58)
+    v60 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v60.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v34 = v28
+    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v32 - v37)
+    v39 = tl.sum((v38), axis=1)
+    v40 = (v39 / (D))
+    v41 = (v38 - v40[:, None])
+    v42 = (v41 * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v49 = tl.sum((v48), axis=1)
+    v50 = (v49 / (D))
+    v51 = (2.0 * v41 * v50[:, None])
+    v52 = (v47 + v51)
+    v53 = ((-1.0) * v52)
+    v54 = tl.sum((v53), axis=1)
+    v55 = (v54 / (D))
+    v56 = (v52 + v55[:, None])
+    v57 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v57.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -477,23 +596,19 @@ def chunk_grad_k_bwd_kernel(
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v38 = v28
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v31 = (v29 * v30[:, None])
-    v32 = tl.sum((v31), axis=0)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v33 = gate_eta
     v35 = (v32 * v33)
-    v54 = (v38 * v35[:, None])
+    v52 = (v38 * v35[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v51 = ((-1.0) * d_new_w1)
-    v55 = tl.dot(v54.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v53 = tl.dot(v52.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v34 = (v29 * v33[None, :])
     v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v37 = k
     v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * v34)
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = (v36 - v41)
     v43 = tl.sum((v42), axis=1)
@@ -503,67 +618,32 @@ def chunk_grad_k_bwd_kernel(
     v47 = tl.sum((v46), axis=1)
     v48 = (v47 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v56 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v57 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v58 = tl.sum((v57), axis=1)
-    v59 = (v58 / (D))
-    v60 = (2.0 * v45 * v59[:, None])
-    v61 = (v56 + v60)
-    v62 = ((-1.0) * v61)
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (v61 + v64[:, None])
-    v66 = ((-1.0) * v65)
-    v67 = tl.trans(tl.dot(v38.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v69 = (v34 * v67)
-    v70 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = (v55 + v70)
-    v74 = v73
-    v52 = (v37 * v35[:, None])
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v53 + v68)
-    v72 = v71
-    v75 = tl.sum((v72), axis=1)
-    v76 = (v75 / (D))
-    v77 = ((-1.0) * v76)
-    v78 = (v72 + v77[:, None])
-    v80 = (2.0 * v11 * v78)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v86 = ((-0.5) * v11 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v89 = (ln_weight[None, :] * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v90 = (v86 + v89)
-    v91 = v90
-    v79 = (2.0 * v22[:, None] * v78)
-    v83 = ((-0.5) * ln_weight[None, :] * v18 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v92 = (ln_weight[None, :] * v90 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v84 = (0.75 * v11 * ln_weight[None, :] * v18 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v85 = tl.sum((v84), axis=1)
-    v87 = ((-0.5) * ln_weight[None, :] * v18 * v78 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v88 = tl.sum((v87), axis=1)
-    v93 = ((-0.5) * v11 * ln_weight[None, :] * v90 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v94 = tl.sum((v93), axis=1)
-    v95 = (v85 + v88 + v94)
-    v96 = (v95 / (D))
-    v97 = (2.0 * v11 * v96[:, None])
-    v98 = (v79 + v83 + v92 + v97)
-    v99 = ((-1.0) * v98)
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = (v98 + v101[:, None])
-    v103 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = (v74 + v91 + v103)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v104.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.trans(tl.dot(v38.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v66 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])) * v65)
+    v67 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v68 = (v53 + v67)
+    v69 = v68
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v69.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -599,10 +679,7 @@ def chunk_grad_v_bwd_kernel(
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
     v37 = k
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v31 = (v29 * v30[:, None])
-    v32 = tl.sum((v31), axis=0)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v33 = gate_eta
     v35 = (v32 * v33)
@@ -612,8 +689,238 @@ def chunk_grad_v_bwd_kernel(
     v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v34 = (v29 * v33[None, :])
-    v40 = (v39 * v34)
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v38 = v28
+    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = (v36 - v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v42 - v44[:, None])
+    v46 = (v45 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (2.0 * v11 * v71)
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v77 = (v75 + v76)
+    v78 = v77
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v37 = k
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v38 = v28
+    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = (v36 - v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v42 - v44[:, None])
+    v46 = (v45 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (2.0 * v22[:, None] * v71)
+    v73 = (2.0 * v11 * v71)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = ((-0.5) * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v79 = ((-0.5) * v11 * ln_weight[None, :] * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v82 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v83 = (v79 + v82)
+    v84 = (ln_weight[None, :] * v83 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v77 = (0.75 * v11 * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v78 = tl.sum((v77), axis=1)
+    v80 = ((-0.5) * ln_weight[None, :] * v18 * v71 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v81 = tl.sum((v80), axis=1)
+    v85 = ((-0.5) * v11 * ln_weight[None, :] * v83 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v86 = tl.sum((v85), axis=1)
+    v87 = (v78 + v81 + v86)
+    v88 = (v87 / (D))
+    v89 = (2.0 * v11 * v88[:, None])
+    v90 = (v72 + v76 + v84 + v89)
+    v91 = ((-1.0) * v90)
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (v90 + v93[:, None])
+    v95 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v37 = k
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
     v16 = k
@@ -668,13 +975,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v78.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -700,10 +1007,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v31 = (v29 * v30[:, None])
-    v32 = tl.sum((v31), axis=0)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v36 = k
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -741,8 +1045,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v33 = gate_eta
-    v34 = (v29 * v33[None, :])
-    v39 = (v38 * v34)
+    v39 = (v38 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v40 = tl.dot(v39.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v41 = (v35 - v40)
     v42 = tl.sum((v41), axis=1)
@@ -765,20 +1068,20 @@ def chunk_grad_gate_eta_bwd_kernel(
     v64 = ((-1.0) * v63)
     v65 = tl.trans(tl.dot(v37.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v66 = (v38 * v65)
-    v68 = (v29 * v66)
+    v68 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v66)
     v69 = tl.sum((v68), axis=0)
     v70 = (v67 + v69)
     v71 = v70
     tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel(
+def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight`."""
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -806,15 +1109,13 @@ def chunk_grad_ln_weight_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = k
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v34 = (v29 * v33[None, :])
-    v40 = (v39 * v34)
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
@@ -822,6 +1123,297 @@ def chunk_grad_ln_weight_bwd_kernel(
     v12 = (v11 * v11)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v34 = v28
+    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v32 - v37)
+    v39 = tl.sum((v38), axis=1)
+    v40 = (v39 / (D))
+    v41 = (v38 - v40[:, None])
+    v42 = (v41 * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v47 = (v41 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v48 = tl.sum((v47), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v48.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v37 = k
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v38 = v28
+    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = (v36 - v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v42 - v44[:, None])
+    v46 = (v45 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (2.0 * v11 * v71)
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = ((-0.5) * v11 * v18 * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v76 = tl.sum((v75), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v37 = k
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v38 = v28
+    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = (v36 - v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v42 - v44[:, None])
+    v46 = (v45 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (v18 * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v73 = tl.sum((v72), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v37 = k
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
     v16 = k
     v17 = (v15 + v16)  # memory output M(x)
@@ -847,57 +1439,42 @@ def chunk_grad_ln_weight_bwd_kernel(
     v47 = tl.sum((v46), axis=1)
     v48 = (v47 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v57 = (v45 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v58 = tl.sum((v57), axis=0)
-    v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v31 = (v29 * v30[:, None])
-    v32 = tl.sum((v31), axis=0)
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v56 = tl.sum((v55), axis=1)
-    v59 = (v56 / (D))
-    v60 = (2.0 * v45 * v59[:, None])
-    v61 = (v54 + v60)
-    v62 = ((-1.0) * v61)
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (v61 + v64[:, None])
-    v66 = ((-1.0) * v65)
-    v67 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = (v53 + v67)
-    v69 = v68
-    v70 = tl.sum((v69), axis=1)
-    v71 = (v70 / (D))
-    v72 = ((-1.0) * v71)
-    v73 = (v69 + v72[:, None])
-    v74 = (2.0 * v11 * v73)
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = ((-0.5) * v11 * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v78 = tl.sum((v77), axis=0)
-    v80 = (v18 * v73 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v81 = tl.sum((v80), axis=0)
-    v79 = ((-0.5) * v11 * ln_weight[None, :] * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v82 = (ln_weight[None, :] * v73 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v83 = (v79 + v82)
-    v84 = (v11 * v83 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v85 = tl.sum((v84), axis=0)
-    v86 = (v58 + v78 + v81 + v85)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v86.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (2.0 * v11 * v71)
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v77 = (v75 + v76)
+    v78 = (v11 * v77 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v79 = tl.sum((v78), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v79.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel(
+def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias`."""
+    """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -924,7 +1501,42 @@ def chunk_grad_ln_bias_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v57 = tl.sum((d_out), axis=0)
+    v9 = tl.sum((d_out), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v9.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -935,10 +1547,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
     v37 = k
-    v29 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v30 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v31 = (v29 * v30[:, None])
-    v32 = tl.sum((v31), axis=0)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v33 = gate_eta
     v35 = (v32 * v33)
@@ -948,8 +1557,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v34 = (v29 * v33[None, :])
-    v40 = (v39 * v34)
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
     v16 = k
@@ -975,30 +1583,30 @@ def chunk_grad_ln_bias_bwd_kernel(
     v46 = (v45 * v45)
     v47 = tl.sum((v46), axis=1)
     v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v56 = tl.sum((v55), axis=1)
-    v58 = (v56 / (D))
-    v59 = (2.0 * v45 * v58[:, None])
-    v60 = (v54 + v59)
-    v61 = ((-1.0) * v60)
-    v62 = tl.sum((v61), axis=1)
-    v63 = (v62 / (D))
-    v64 = (v60 + v63[:, None])
-    v65 = ((-1.0) * v64)
-    v66 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v53 + v66)
-    v68 = v67
-    v69 = tl.sum((v68), axis=1)
-    v70 = (v69 / (D))
-    v71 = ((-1.0) * v70)
-    v72 = (v68 + v71[:, None])
-    v73 = (2.0 * v11 * v72)
-    v74 = tl.sum((v73), axis=1)
-    v75 = (v74 / (D))
-    v76 = ((-0.5) * v11 * ln_weight[None, :] * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v77 = (ln_weight[None, :] * v72 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v78 = (v76 + v77)
-    v79 = tl.sum((v78), axis=0)
-    v80 = (v57 + v79)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v80.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (2.0 * v11 * v71)
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v77 = (v75 + v76)
+    v78 = tl.sum((v77), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v78.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)

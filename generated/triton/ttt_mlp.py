@@ -28,12 +28,21 @@ DESCRIPTION = {'spec': 'ttt_mlp',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_eta_bwd',
-             'grad_ln_weight_bwd',
-             'grad_ln_bias_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_q_2_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_eta_0_bwd',
+             'grad_ln_weight_0_bwd',
+             'grad_ln_weight_1_bwd',
+             'grad_ln_weight_2_bwd',
+             'grad_ln_weight_3_bwd',
+             'grad_ln_bias_0_bwd',
+             'grad_ln_bias_1_bwd'],
+ 'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
  'stored': [],
  'fallback': None}
 
@@ -104,10 +113,7 @@ def chunk_state_fwd_kernel(
         _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v41 = v33
-        v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v36 = (v34 * v35[:, None])
-        v37 = tl.sum((v36), axis=0)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v39 = (v37 * v38)
@@ -165,11 +171,9 @@ def chunk_out_fwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    v36 = (v34 * v35[None, :])
-    v41 = (v40 * v36)
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v8)
@@ -207,7 +211,7 @@ def chunk_out_fwd_kernel(
     v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v46 = v9
     v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * v36)
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = (v45 - v50)
@@ -265,11 +269,9 @@ def chunk_state_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = k
         v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
-        v39 = (v34 * v38[None, :])
-        v45 = (v44 * v39)
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         _c0 = (0.5 * v8)
@@ -308,7 +310,7 @@ def chunk_state_bwd_kernel(
         v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v53 = (v52 * v39)
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
         v56 = tl.sum((v55), axis=1)
@@ -330,16 +332,14 @@ def chunk_state_bwd_kernel(
         v82 = (v78 + v81[:, None])
         v83 = ((-1.0) * v82)
         v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v86 = (v39 * v84)
+        v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
         v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v95 = (v87 + v93)
         _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v96 = (v95 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v36 = (v34 * v35[:, None])
-        v37 = tl.sum((v36), axis=0)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v40 = (v37 * v38)
         v71 = (v42 * v40[:, None])
         v70 = ((-1.0) * d_new_w1)
@@ -414,13 +414,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -447,13 +447,46 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = d_out
+    v11 = d_out
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    v36 = (v34 * v35[None, :])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -488,7 +521,7 @@ def chunk_grad_q_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v41 = (v40 * v36)
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = (v37 - v42)
     v46 = v9
@@ -497,7 +530,7 @@ def chunk_grad_q_bwd_kernel(
     v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * v36)
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
@@ -506,40 +539,150 @@ def chunk_grad_q_bwd_kernel(
     v55 = (v54 * v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
-    v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v64 = tl.sum((v63), axis=1)
-    v65 = (v64 / (D))
-    v66 = (2.0 * v54 * v65[:, None])
-    v67 = (v62 + v66)
-    v68 = ((-1.0) * v67)
-    v69 = tl.sum((v68), axis=1)
-    v70 = (v69 / (D))
-    v71 = (v67 + v70[:, None])
-    v72 = ((-1.0) * v71)
-    v73 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v74 = (v36 * v73)
-    v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v77 = (v75 + v76)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = (2.0 * v54 * v64[:, None])
+    v66 = (v61 + v65)
+    v67 = ((-1.0) * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (v66 + v69[:, None])
+    v71 = ((-1.0) * v70)
+    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+    v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v76 = (v74 + v75)
     _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-    v78 = (v77 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v79 = ((-1.0) * v78)
-    v80 = tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v81 = (v36 * v80)
-    v82 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v83 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (v61 + v82 + v83)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v84.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v78 = ((-1.0) * v77)
+    v79 = tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
+    v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
+def chunk_grad_q_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v39 = v33
+    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v43 = (v37 - v42)
+    v46 = v9
+    v47 = v31
+    _c0 = (0.5 * v43)
+    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = (2.0 * v54 * v64[:, None])
+    v66 = (v61 + v65)
+    v67 = ((-1.0) * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (v66 + v69[:, None])
+    v71 = ((-1.0) * v70)
+    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+    v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v76 = (v74 + v75)
+    _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+    v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v78 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -597,23 +740,19 @@ def chunk_grad_k_bwd_kernel(
     _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
     v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v43 = v33
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v36 = (v34 * v35[:, None])
-    v37 = tl.sum((v36), axis=0)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v40 = (v37 * v38)
-    v73 = (v43 * v40[:, None])
+    v66 = (v43 * v40[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v70 = ((-1.0) * d_new_w1)
-    v74 = tl.dot(v73.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = ((-1.0) * d_new_w1)
+    v67 = tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = (v34 * v38[None, :])
     v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * v39)
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v47 = (v41 - v46)
     v50 = v9
@@ -622,7 +761,7 @@ def chunk_grad_k_bwd_kernel(
     v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * v39)
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
@@ -632,101 +771,40 @@ def chunk_grad_k_bwd_kernel(
     v60 = tl.sum((v59), axis=1)
     v61 = (v60 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v77 = tl.sum((v76), axis=1)
-    v78 = (v77 / (D))
-    v79 = (2.0 * v58 * v78[:, None])
-    v80 = (v75 + v79)
-    v81 = ((-1.0) * v80)
-    v82 = tl.sum((v81), axis=1)
-    v83 = (v82 / (D))
-    v84 = (v80 + v83[:, None])
-    v85 = ((-1.0) * v84)
-    v86 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = (v39 * v86)
-    v89 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v96 = (v89 + v95)
+    v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v70 = tl.sum((v69), axis=1)
+    v71 = (v70 / (D))
+    v72 = (2.0 * v58 * v71[:, None])
+    v73 = (v68 + v72)
+    v74 = ((-1.0) * v73)
+    v75 = tl.sum((v74), axis=1)
+    v76 = (v75 / (D))
+    v77 = (v73 + v76[:, None])
+    v78 = ((-1.0) * v77)
+    v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
+    v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v83 = (v81 + v82)
     _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v97 = (v96 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v98 = ((-1.0) * v97)
-    v99 = tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v101 = (v39 * v99)
-    v102 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v74 + v102)
-    v106 = v105
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v87 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v91 = (v67 + v87)
-    v92 = v91
-    v71 = (v42 * v40[:, None])
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v100 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v103 = (v72 + v100)
-    v104 = v103
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v108 = (v104 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v109 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v110 = (v92 + v109)
-    v111 = tl.sum((v110), axis=1)
-    v112 = (v111 / (D))
-    v113 = ((-1.0) * v112)
-    v114 = (v110 + v113[:, None])
-    v116 = (2.0 * v14 * v114)
-    v117 = tl.sum((v116), axis=1)
-    v118 = (v117 / (D))
-    v122 = ((-0.5) * v14 * ln_weight[None, :] * v118[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v125 = (ln_weight[None, :] * v114 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v126 = (v122 + v125)
-    v127 = v126
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v8 * v8))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v107 = (v32 * v104 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v68 = (v51 * v40[:, None])
-    v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v90 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v93 = (v69 + v90)
-    v94 = v93
-    v115 = (2.0 * v25[:, None] * v114)
-    v119 = ((-0.5) * ln_weight[None, :] * v21 * v118[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v128 = (ln_weight[None, :] * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v120 = (0.75 * v14 * ln_weight[None, :] * v21 * v118[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v121 = tl.sum((v120), axis=1)
-    v123 = ((-0.5) * ln_weight[None, :] * v21 * v114 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v124 = tl.sum((v123), axis=1)
-    v129 = ((-0.5) * v14 * ln_weight[None, :] * v126 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v130 = tl.sum((v129), axis=1)
-    v131 = (v121 + v124 + v130)
-    v132 = (v131 / (D))
-    v133 = (2.0 * v14 * v132[:, None])
-    v134 = (v115 + v119 + v128 + v133)
-    v135 = ((-1.0) * v134)
-    v136 = tl.sum((v135), axis=1)
-    v137 = (v136 / (D))
-    v138 = (v134 + v137[:, None])
-    v139 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v140 = (v94 + v139)
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v141 = (v140 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v142 = (v107 + v141)
-    v143 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v144 = (v106 + v127 + v143)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v84 = (v83 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v85 = ((-1.0) * v84)
+    v86 = tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
+    v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v67 + v88)
+    v90 = v89
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -766,10 +844,7 @@ def chunk_grad_v_bwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v50 = v9
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v36 = (v34 * v35[:, None])
-    v37 = tl.sum((v36), axis=0)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v40 = (v37 * v38)
@@ -781,8 +856,7 @@ def chunk_grad_v_bwd_kernel(
     v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v39 = (v34 * v38[None, :])
-    v45 = (v44 * v39)
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
@@ -807,7 +881,7 @@ def chunk_grad_v_bwd_kernel(
     _c0 = (0.5 * v47)
     v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * v39)
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = v31
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -838,7 +912,323 @@ def chunk_grad_v_bwd_kernel(
     v68 = ((-1.0) * d_new_w1)
     v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (v39 * v82)
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v85 + v88)
+    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v91 = ((-1.0) * v90)
+    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v70 + v92)
+    v94 = v93
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = v107
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = k
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v71 = (v42 * v40[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v70 = ((-1.0) * d_new_w1)
+    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v43 = v33
+    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = (v41 - v46)
+    v50 = v9
+    v51 = v31
+    _c0 = (0.5 * v47)
+    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v75 = tl.sum((v74), axis=1)
+    v76 = (v75 / (D))
+    v77 = (2.0 * v58 * v76[:, None])
+    v78 = (v73 + v77)
+    v79 = ((-1.0) * v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v78 + v81[:, None])
+    v83 = ((-1.0) * v82)
+    v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
+    v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v94 = (v87 + v93)
+    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = ((-1.0) * v95)
+    v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v98 = (v72 + v97)
+    v99 = v98
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v8 * v8))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v100 = (v32 * v99 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    v68 = (v51 * v40[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v65 = ((-1.0) * d_new_w2)
+    v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v91 = (v69 + v88)
+    v92 = v91
+    v66 = (v50 * v40[:, None])
+    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v67 + v85)
+    v90 = v89
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v101 = (v99 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v102 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v90 + v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = ((-1.0) * v105)
+    v107 = (v103 + v106[:, None])
+    v108 = (2.0 * v25[:, None] * v107)
+    v109 = (2.0 * v14 * v107)
+    v110 = tl.sum((v109), axis=1)
+    v111 = (v110 / (D))
+    v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v119 = (v115 + v118)
+    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v114 = tl.sum((v113), axis=1)
+    v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v117 = tl.sum((v116), axis=1)
+    v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v122 = tl.sum((v121), axis=1)
+    v123 = (v114 + v117 + v122)
+    v124 = (v123 / (D))
+    v125 = (2.0 * v14 * v124[:, None])
+    v126 = (v108 + v112 + v120 + v125)
+    v127 = ((-1.0) * v126)
+    v128 = tl.sum((v127), axis=1)
+    v129 = (v128 / (D))
+    v130 = (v126 + v129[:, None])
+    v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v132 = (v92 + v131)
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v133 = (v132 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v134 = (v100 + v133)
+    v135 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v50 = v9
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v66 = (v50 * v40[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v65 = ((-1.0) * d_new_w2)
+    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v43 = v33
+    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = (v41 - v46)
+    _c0 = (0.5 * v47)
+    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v69 = (v42 * v40[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v68 = ((-1.0) * d_new_w1)
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v89 = (v85 + v88)
@@ -866,13 +1256,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v108.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -898,10 +1288,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v36 = (v34 * v35[:, None])
-    v37 = tl.sum((v36), axis=0)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -954,15 +1341,14 @@ def chunk_grad_gate_eta_bwd_kernel(
     v43 = tl.dot(q.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
-    v39 = (v34 * v38[None, :])
-    v44 = (v43 * v39)
+    v44 = (v43 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v46 = (v40 - v45)
     _c0 = (0.5 * v46)
     v47 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v51 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = (v51 * v39)
+    v52 = (v51 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v53 = tl.dot(v52.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v54 = (v48 - v53)
     v55 = tl.sum((v54), axis=1)
@@ -985,7 +1371,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v82 = ((-1.0) * v81)
     v83 = tl.trans(tl.dot(v50.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v85 = (v51 * v83)
-    v84 = (v39 * v83)
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v83)
     v86 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v87 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v88 = (v86 + v87)
@@ -995,20 +1381,20 @@ def chunk_grad_gate_eta_bwd_kernel(
     v91 = tl.trans(tl.dot(v42.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v92 = (v43 * v91)
     v95 = (v85 + v92)
-    v96 = (v34 * v95)
+    v96 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v95)
     v97 = tl.sum((v96), axis=0)
     v98 = (v94 + v97)
     v99 = v98
     tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v99.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel(
+def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight`."""
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1036,15 +1422,13 @@ def chunk_grad_ln_weight_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v39 = (v34 * v38[None, :])
-    v45 = (v44 * v39)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v8)
@@ -1074,15 +1458,115 @@ def chunk_grad_ln_weight_bwd_kernel(
     v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
     v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v39 = v33
+    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v43 = (v37 - v42)
+    _c0 = (0.5 * v43)
+    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v46 = v9
+    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v62 = tl.sum((v61), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v50 = v9
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v66 = (v50 * v40[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v65 = ((-1.0) * d_new_w2)
+    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v43 = v33
     v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v47 = (v41 - v46)
     _c0 = (0.5 * v47)
     v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = v9
     v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * v39)
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = v31
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v55 = (v49 - v54)
@@ -1093,76 +1577,338 @@ def chunk_grad_ln_weight_bwd_kernel(
     v60 = tl.sum((v59), axis=1)
     v61 = (v60 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v74 = (v58 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v75 = tl.sum((v74), axis=0)
-    v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v36 = (v34 * v35[:, None])
-    v37 = tl.sum((v36), axis=0)
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v69 = (v42 * v40[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v68 = ((-1.0) * d_new_w1)
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v85 + v88)
+    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v91 = ((-1.0) * v90)
+    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v70 + v92)
+    v94 = v93
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = tl.sum((v105), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v50 = v9
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
     v40 = (v37 * v38)
     v66 = (v50 * v40[:, None])
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v65 = ((-1.0) * d_new_w2)
     v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v43 = v33
+    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = (v41 - v46)
+    _c0 = (0.5 * v47)
+    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v73 = tl.sum((v72), axis=1)
-    v76 = (v73 / (D))
-    v77 = (2.0 * v58 * v76[:, None])
-    v78 = (v71 + v77)
-    v79 = ((-1.0) * v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v78 + v81[:, None])
-    v83 = ((-1.0) * v82)
-    v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v67 + v85)
-    v89 = v88
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
     v69 = (v42 * v40[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v68 = ((-1.0) * d_new_w1)
     v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v86 = (v39 * v84)
-    v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v90 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v91 = (v87 + v90)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v85 + v88)
     _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v92 = (v91 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v93 = ((-1.0) * v92)
-    v94 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v95 = (v70 + v94)
-    v96 = v95
+    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v91 = ((-1.0) * v90)
+    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v70 + v92)
+    v94 = v93
     _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v97 = (v96 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v98 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v99 = (v89 + v98)
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = ((-1.0) * v101)
-    v103 = (v99 + v102[:, None])
-    v104 = (2.0 * v14 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    v107 = ((-0.5) * v14 * v21 * v106[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v108 = tl.sum((v107), axis=0)
-    v110 = (v21 * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v111 = tl.sum((v110), axis=0)
-    v109 = ((-0.5) * v14 * ln_weight[None, :] * v106[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v112 = (ln_weight[None, :] * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v113 = (v109 + v112)
-    v114 = (v14 * v113 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v115 = tl.sum((v114), axis=0)
-    v116 = (v75 + v108 + v111 + v115)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v116.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v103 = tl.sum((v102), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel(
+def chunk_grad_ln_weight_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v8)
+    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v50 = v9
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v66 = (v50 * v40[:, None])
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v65 = ((-1.0) * d_new_w2)
+    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v43 = v33
+    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = (v41 - v46)
+    _c0 = (0.5 * v47)
+    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v69 = (v42 * v40[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v68 = ((-1.0) * d_new_w1)
+    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v85 + v88)
+    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v91 = ((-1.0) * v90)
+    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v70 + v92)
+    v94 = v93
+    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v109 = tl.sum((v108), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias`."""
+    """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1189,7 +1935,42 @@ def chunk_grad_ln_bias_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v74 = tl.sum((d_out), axis=0)
+    v11 = tl.sum((d_out), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1204,10 +1985,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v50 = v9
-    v34 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v35 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v36 = (v34 * v35[:, None])
-    v37 = tl.sum((v36), axis=0)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v40 = (v37 * v38)
@@ -1219,8 +1997,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v39 = (v34 * v38[None, :])
-    v45 = (v44 * v39)
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
@@ -1245,7 +2022,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     _c0 = (0.5 * v47)
     v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * v39)
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = v31
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1256,49 +2033,49 @@ def chunk_grad_ln_bias_bwd_kernel(
     v59 = (v58 * v58)
     v60 = tl.sum((v59), axis=1)
     v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v73 = tl.sum((v72), axis=1)
-    v75 = (v73 / (D))
-    v76 = (2.0 * v58 * v75[:, None])
-    v77 = (v71 + v76)
-    v78 = ((-1.0) * v77)
-    v79 = tl.sum((v78), axis=1)
-    v80 = (v79 / (D))
-    v81 = (v77 + v80[:, None])
-    v82 = ((-1.0) * v81)
-    v84 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v87 = (v67 + v84)
-    v88 = v87
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
     v69 = (v42 * v40[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v68 = ((-1.0) * d_new_w1)
     v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v85 = (v39 * v83)
-    v86 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v90 = (v86 + v89)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (v85 + v88)
     _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v91 = (v90 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v92 = ((-1.0) * v91)
-    v93 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v92.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v94 = (v70 + v93)
-    v95 = v94
+    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v91 = ((-1.0) * v90)
+    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = (v70 + v92)
+    v94 = v93
     _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v96 = (v95 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v97 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v96).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v98 = (v88 + v97)
-    v99 = tl.sum((v98), axis=1)
-    v100 = (v99 / (D))
-    v101 = ((-1.0) * v100)
-    v102 = (v98 + v101[:, None])
-    v103 = (2.0 * v14 * v102)
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = ((-0.5) * v14 * ln_weight[None, :] * v105[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (ln_weight[None, :] * v102 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v108 = (v106 + v107)
-    v109 = tl.sum((v108), axis=0)
-    v110 = (v74 + v109)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v110.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = tl.sum((v107), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)

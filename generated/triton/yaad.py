@@ -30,14 +30,30 @@ DESCRIPTION = {'spec': 'yaad',
  'kernels': ['state_fwd',
              'out_fwd',
              'state_bwd',
-             'grad_q_bwd',
-             'grad_k_bwd',
-             'grad_v_bwd',
-             'grad_gate_alpha_bwd',
-             'grad_gate_eta_bwd',
-             'grad_gate_delta_bwd',
-             'grad_ln_weight_bwd',
-             'grad_ln_bias_bwd'],
+             'grad_q_0_bwd',
+             'grad_q_1_bwd',
+             'grad_q_2_bwd',
+             'grad_k_0_bwd',
+             'grad_k_1_bwd',
+             'grad_k_2_bwd',
+             'grad_v_0_bwd',
+             'grad_gate_alpha_0_bwd',
+             'grad_gate_eta_0_bwd',
+             'grad_gate_delta_0_bwd',
+             'grad_ln_weight_0_bwd',
+             'grad_ln_weight_1_bwd',
+             'grad_ln_weight_2_bwd',
+             'grad_ln_weight_3_bwd',
+             'grad_ln_bias_0_bwd',
+             'grad_ln_bias_1_bwd'],
+ 'grad_terms': {'q': 3,
+                'k': 3,
+                'v': 1,
+                'gate_alpha': 1,
+                'gate_eta': 1,
+                'gate_delta': 1,
+                'ln_weight': 4,
+                'ln_bias': 2},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -82,14 +98,11 @@ def chunk_state_fwd_kernel(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v57 = (v48 * v39[:, None])
+        v57 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v58 = tl.sum((v57), axis=0)
         v59 = (v58[None, :] * w1)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v45 = (v43 * v39[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
         v44 = v43
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -197,8 +210,7 @@ def chunk_out_fwd_kernel(
     v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
     v49 = (v47 * v44)
     v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v51 = (v50 * v38)  # decayed scores x_t·x_s (factored)
+    v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v10)
@@ -240,7 +252,7 @@ def chunk_out_fwd_kernel(
     v57 = (v55 * v56)
     v59 = v11
     v61 = tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v62 = (v61 * v38)  # scores x_t·x_s
+    v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v60 = v35
     v58 = v44
     v63 = (v60 * v58)
@@ -298,8 +310,7 @@ def chunk_state_bwd_kernel(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v80 = (v48 * v39[:, None])
+        v80 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v81 = tl.sum((v80), axis=0)
         d_new_w1 = carry_w1
         v94 = (v81[None, :] * d_new_w1)
@@ -315,8 +326,7 @@ def chunk_state_bwd_kernel(
         v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
         v56 = (v54 * v50)
         v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         _c0 = (0.5 * v10)
@@ -362,7 +372,7 @@ def chunk_state_bwd_kernel(
         v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v64 = (v62 * v63)
         v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = (v68 * v38)  # scores x_t·x_s
+        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v72 = (v62 * v71)
         v73 = (v64 - v72)
@@ -386,7 +396,7 @@ def chunk_state_bwd_kernel(
         v107 = ((-1.0) * v106)
         v108 = (v62 * v107)
         v109 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = (v38 * v109)
+        v112 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v109)
         v113 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v62 * v106)
         v120 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -394,9 +404,8 @@ def chunk_state_bwd_kernel(
         _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
         v123 = (v122 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v128 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v45 = (v43 * v39[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v51 = (v47 * v49)
@@ -478,13 +487,13 @@ def chunk_state_bwd_kernel(
     tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel(
+def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q`."""
+    """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -511,7 +520,42 @@ def chunk_grad_q_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v76 = d_out
+    v13 = d_out
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -523,7 +567,6 @@ def chunk_grad_q_bwd_kernel(
     v43 = gate_eta
     v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
     v49 = (v47 * v44)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -562,7 +605,7 @@ def chunk_grad_q_bwd_kernel(
     v45 = (q * v42)
     v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v50 * v38)  # decayed scores x_t·x_s (factored)
+    v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = (v46 - v52)
     v59 = v11
@@ -575,7 +618,7 @@ def chunk_grad_q_bwd_kernel(
     v56 = tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v57 = (v55 * v56)
     v61 = tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v62 = (v61 * v38)  # scores x_t·x_s
+    v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v65 = (v55 * v64)
     v66 = (v57 - v65)
@@ -585,44 +628,42 @@ def chunk_grad_q_bwd_kernel(
     v70 = (v69 * v69)
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
-    v77 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-    v78 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-    v79 = tl.sum((v78), axis=1)
-    v80 = (v79 / (D))
-    v81 = (2.0 * v69 * v80[:, None])
-    v82 = (v77 + v81)
-    v83 = ((-1.0) * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    v86 = (v82 + v85[:, None])
-    v87 = ((-1.0) * v86)
-    v88 = (v55 * v87)
-    v89 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v90 = (v38 * v89)
-    v91 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v92 = (v55 * v86)
-    v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v92).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v94 = (v91 + v93)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (2.0 * v69 * v79[:, None])
+    v81 = (v76 + v80)
+    v82 = ((-1.0) * v81)
+    v83 = tl.sum((v82), axis=1)
+    v84 = (v83 / (D))
+    v85 = (v81 + v84[:, None])
+    v86 = ((-1.0) * v85)
+    v87 = (v55 * v86)
+    v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
+    v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v91 = (v55 * v85)
+    v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = (v90 + v92)
     _c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = ((-1.0) * v95)
-    v97 = tl.trans(tl.dot(v48.to(DOT_DTYPE), tl.trans(v96).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v98 = (v38 * v97)
-    v99 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v100 = (v42 * v99)
-    v101 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v102 = (v42 * v101)
-    v103 = (v76 + v100 + v102)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v103.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v95 = ((-1.0) * v94)
+    v96 = tl.trans(tl.dot(v48.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v97 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v96)
+    v98 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v99 = (v42 * v98)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+def chunk_grad_q_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k`."""
+    """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -648,14 +689,141 @@ def chunk_grad_k_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v45 = (q * v42)
+    v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v47 = k
+    v41 = v40
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
+    v49 = (v47 * v44)
+    v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v48 = v37
+    v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v53 = (v46 - v52)
+    v59 = v11
+    v60 = v35
+    v58 = v44
+    v63 = (v60 * v58)
+    v55 = v42
+    _c0 = (0.5 * v53)
+    v54 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v56 = tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v55 * v56)
+    v61 = tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v55 * v64)
+    v66 = (v57 - v65)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    v69 = (v66 - v68[:, None])
+    v70 = (v69 * v69)
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (2.0 * v69 * v79[:, None])
+    v81 = (v76 + v80)
+    v82 = ((-1.0) * v81)
+    v83 = tl.sum((v82), axis=1)
+    v84 = (v83 / (D))
+    v85 = (v81 + v84[:, None])
+    v86 = ((-1.0) * v85)
+    v87 = (v55 * v86)
+    v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
+    v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v91 = (v55 * v85)
+    v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = (v90 + v92)
+    _c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
+    v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v95 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v96 = (v42 * v95)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * v39[:, None])
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -698,9 +866,9 @@ def chunk_grad_k_bwd_kernel(
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v55 = v37
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v89 = ((-1.0) * d_new_w1)
-    v90 = tl.dot(v55.to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v51 * v90)
+    v83 = ((-1.0) * d_new_w1)
+    v84 = tl.dot(v55.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = (v51 * v84)
     v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = tl.exp(v43)  # cumulative decay in the chunk
@@ -709,7 +877,7 @@ def chunk_grad_k_bwd_kernel(
     v54 = k
     v56 = (v54 * v50)
     v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v60 = (v53 - v59)
     v66 = v11
@@ -722,7 +890,7 @@ def chunk_grad_k_bwd_kernel(
     v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = (v62 * v63)
     v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = (v68 * v38)  # scores x_t·x_s
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v72 = (v62 * v71)
     v73 = (v64 - v72)
@@ -733,107 +901,43 @@ def chunk_grad_k_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v94 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v95 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v96 = tl.sum((v95), axis=1)
-    v97 = (v96 / (D))
-    v98 = (2.0 * v76 * v97[:, None])
-    v99 = (v94 + v98)
-    v100 = ((-1.0) * v99)
-    v101 = tl.sum((v100), axis=1)
-    v102 = (v101 / (D))
-    v103 = (v99 + v102[:, None])
-    v104 = ((-1.0) * v103)
-    v105 = (v62 * v104)
-    v106 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v109 = (v38 * v106)
-    v110 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v116 = (v62 * v103)
-    v117 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v118 = (v110 + v117)
+    v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v87 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v88 / (D))
+    v90 = (2.0 * v76 * v89[:, None])
+    v91 = (v86 + v90)
+    v92 = ((-1.0) * v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v91 + v94[:, None])
+    v96 = ((-1.0) * v95)
+    v97 = (v62 * v96)
+    v98 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v99 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v98)
+    v100 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v101 = (v62 * v95)
+    v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v100 + v102)
     _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v120 = ((-1.0) * v119)
-    v121 = tl.trans(tl.dot(v55.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v123 = (v38 * v121)
-    v124 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v125 = (v50 * v124)
-    v128 = (v93 + v125)
-    v129 = v128
-    v80 = v51
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v84 = ((-1.0) * d_new_w2)
-    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 * v85)
-    v107 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v108 = (v65 * v107)
-    v112 = (v86 + v108)
-    v113 = v112
-    v91 = (v51 * v54)
-    v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v122 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v126 = (v92 + v122)
-    v127 = v126
-    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v131 = (v127 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v132 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v113 + v132)
-    v134 = tl.sum((v133), axis=1)
-    v135 = (v134 / (D))
-    v136 = ((-1.0) * v135)
-    v137 = (v133 + v136[:, None])
-    v139 = (2.0 * v16 * v137)
-    v140 = tl.sum((v139), axis=1)
-    v141 = (v140 / (D))
-    v145 = ((-0.5) * v16 * ln_weight[None, :] * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v148 = (ln_weight[None, :] * v137 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v149 = (v145 + v148)
-    v150 = (v149 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v151 = v150
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v10 * v10))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v130 = (v36 * v127 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v87 = (v80 * v67)
-    v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v111 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v114 = (v88 + v111)
-    v115 = v114
-    v138 = (2.0 * v29[:, None] * v137)
-    v142 = ((-0.5) * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v152 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v143 = (0.75 * v16 * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v144 = tl.sum((v143), axis=1)
-    v146 = ((-0.5) * ln_weight[None, :] * v25 * v137 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v147 = tl.sum((v146), axis=1)
-    v153 = ((-0.5) * v16 * ln_weight[None, :] * v150 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v154 = tl.sum((v153), axis=1)
-    v155 = (v144 + v147 + v154)
-    v156 = (v155 / (D))
-    v157 = (2.0 * v16 * v156[:, None])
-    v158 = (v138 + v142 + v152 + v157)
-    v159 = ((-1.0) * v158)
-    v160 = tl.sum((v159), axis=1)
-    v161 = (v160 / (D))
-    v162 = (v158 + v161[:, None])
-    v163 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v162).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v164 = (v115 + v163)
-    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v165 = (v164 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v166 = (v130 + v165)
-    v167 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v168 = (v129 + v151 + v167)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v168.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v104 = (v103 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v105 = ((-1.0) * v104)
+    v106 = tl.trans(tl.dot(v55.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v106)
+    v108 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v50 * v108)
+    v110 = (v85 + v109)
+    v111 = v110
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v111.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v`."""
+    """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -879,14 +983,11 @@ def chunk_grad_v_bwd_kernel(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * v39[:, None])
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -908,7 +1009,7 @@ def chunk_grad_v_bwd_kernel(
     v54 = k
     v56 = (v54 * v50)
     v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -929,7 +1030,7 @@ def chunk_grad_v_bwd_kernel(
     _c0 = (0.5 * v60)
     v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = (v68 * v38)  # scores x_t·x_s
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v62 = v48
     v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = (v62 * v63)
@@ -966,7 +1067,371 @@ def chunk_grad_v_bwd_kernel(
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v38 * v102)
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+    v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v62 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = v130
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v51 = (v47 * v49)
+    v54 = k
+    v90 = (v51 * v54)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v89 = ((-1.0) * d_new_w1)
+    v91 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v52 = (q * v48)
+    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+    v56 = (v54 * v50)
+    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v55 = v37
+    v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = (v53 - v59)
+    v66 = v11
+    v67 = v35
+    v65 = v50
+    v70 = (v67 * v65)
+    v62 = v48
+    _c0 = (0.5 * v60)
+    v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = (v62 * v63)
+    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v72 = (v62 * v71)
+    v73 = (v64 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v92 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v93 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (2.0 * v76 * v95[:, None])
+    v97 = (v92 + v96)
+    v98 = ((-1.0) * v97)
+    v99 = tl.sum((v98), axis=1)
+    v100 = (v99 / (D))
+    v101 = (v97 + v100[:, None])
+    v102 = ((-1.0) * v101)
+    v103 = (v62 * v102)
+    v104 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v104)
+    v108 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v114 = (v62 * v101)
+    v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v108 + v115)
+    _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = ((-1.0) * v117)
+    v119 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = (v91 + v119)
+    v121 = v120
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v10 * v10))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v122 = (v36 * v121 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    v80 = v51
+    v87 = (v80 * v67)
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v109 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v88 + v109)
+    v113 = v112
+    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v105 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v106 = (v65 * v105)
+    v110 = (v86 + v106)
+    v111 = v110
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v123 = (v121 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v124 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v125 = (v111 + v124)
+    v126 = tl.sum((v125), axis=1)
+    v127 = (v126 / (D))
+    v128 = ((-1.0) * v127)
+    v129 = (v125 + v128[:, None])
+    v130 = (2.0 * v29[:, None] * v129)
+    v131 = (2.0 * v16 * v129)
+    v132 = tl.sum((v131), axis=1)
+    v133 = (v132 / (D))
+    v134 = ((-0.5) * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v137 = ((-0.5) * v16 * ln_weight[None, :] * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v140 = (ln_weight[None, :] * v129 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v141 = (v137 + v140)
+    v142 = (v141 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v143 = (ln_weight[None, :] * v142 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v135 = (0.75 * v16 * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v136 = tl.sum((v135), axis=1)
+    v138 = ((-0.5) * ln_weight[None, :] * v25 * v129 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v139 = tl.sum((v138), axis=1)
+    v144 = ((-0.5) * v16 * ln_weight[None, :] * v142 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v145 = tl.sum((v144), axis=1)
+    v146 = (v136 + v139 + v145)
+    v147 = (v146 / (D))
+    v148 = (2.0 * v16 * v147[:, None])
+    v149 = (v130 + v134 + v143 + v148)
+    v150 = ((-1.0) * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = (v149 + v152[:, None])
+    v154 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v155 = (v113 + v154)
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v156 = (v155 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v157 = (v122 + v156)
+    v158 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v51 = (v47 * v49)
+    v80 = v51
+    v66 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+    v65 = v50
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v52 = (q * v48)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = k
+    v56 = (v54 * v50)
+    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v55 = v37
+    v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = (v53 - v59)
+    _c0 = (0.5 * v60)
+    v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v62 = v48
+    v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = (v62 * v63)
+    v67 = v35
+    v70 = (v67 * v65)
+    v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v72 = (v62 * v71)
+    v73 = (v64 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = (v62 * v100)
+    v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v65 * v103)
+    v107 = (v86 + v104)
+    v108 = v107
+    v88 = (v51 * v54)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
     v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v109 = (v62 * v99)
     v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -996,13 +1461,13 @@ def chunk_grad_v_bwd_kernel(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v131.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel(
+def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha`."""
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1031,7 +1496,6 @@ def chunk_grad_gate_alpha_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v82 = (w2 * d_new_w2)
@@ -1042,7 +1506,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v89 = (w1 * d_new_w1)
     v90 = tl.sum((v89), axis=0)
     v91 = (v84 + v90)
-    v92 = (v39[:, None] * v91[None, :])
+    v92 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v91[None, :])
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = tl.exp(v43)  # cumulative decay in the chunk
     v50 = (q * v47)
@@ -1055,8 +1519,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v49 = (v48 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
     v54 = (v52 * v49)
     v55 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v56 = (v55 * v38)  # decayed scores x_t·x_s (factored)
+    v56 = (v55 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     _c0 = (0.5 * v10)
     v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
@@ -1095,7 +1558,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v59 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v64 = v11
     v66 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v66 * v38)  # scores x_t·x_s
+    v67 = (v66 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v65 = v35
     v63 = v49
     v68 = (v65 * v63)
@@ -1129,7 +1592,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v118 = v117
     v107 = (v60 * v105)
     v108 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v111 = (v38 * v108)
+    v111 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v108)
     v112 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v114 = (v60 * v104)
     v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1138,16 +1601,15 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v120 = (v119 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
     v121 = ((-1.0) * v120)
     v122 = tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v123 = (v38 * v122)
+    v123 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v122)
     v124 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v127 = (q * v124)
     v128 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v129 = (q * v128)
     v134 = (v92 + v118 + v127 + v129)
     v135 = (v134 * tl.exp(v43))
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v45 = (v43 * v39[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v81 = ((-1.0) * d_new_w2)
     v85 = tl.dot(v64.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1160,7 +1622,7 @@ def chunk_grad_gate_alpha_bwd_kernel(
     v131 = (v48 * v130)
     v136 = (v41[:, None] * v131 * tl.exp((v46[None, :] - v44)))
     v137 = tl.sum((v136), axis=0)
-    v139 = (v39[:, None] * v137[None, :])
+    v139 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v137[None, :])
     v109 = tl.dot(tl.trans(v67).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v110 = (v65 * v109)
     v113 = v110
@@ -1177,13 +1639,13 @@ def chunk_grad_gate_alpha_bwd_kernel(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel(
+def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta`."""
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1209,14 +1671,11 @@ def chunk_grad_gate_eta_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * v39[:, None])
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -1278,13 +1737,13 @@ def chunk_grad_gate_eta_bwd_kernel(
     v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
     v55 = (v53 * v50)
     v56 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v57 = (v56 * v38)  # decayed scores x_t·x_s (factored)
+    v57 = (v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v58 = tl.dot(v57.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v59 = (v52 - v58)
     _c0 = (0.5 * v59)
     v60 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v67 = tl.dot(v60.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = (v67 * v38)  # scores x_t·x_s
+    v68 = (v67 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v61 = v48
     v62 = tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = (v61 * v62)
@@ -1316,7 +1775,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v103 = (v66 * v102)
     v106 = v103
     v101 = tl.trans(tl.dot(v69.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = (v38 * v101)
+    v104 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v101)
     v105 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v107 = (v61 * v98)
     v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1325,7 +1784,7 @@ def chunk_grad_gate_eta_bwd_kernel(
     v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v59 * v59))) / (tl.full((), 1.772453850905516, DTYPE)))))
     v111 = ((-1.0) * v110)
     v112 = tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v113 = (v38 * v112)
+    v113 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v112)
     v114 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v115 = (v53 * v114)
     v118 = (v106 + v115)
@@ -1335,13 +1794,13 @@ def chunk_grad_gate_eta_bwd_kernel(
     tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v121.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_delta_bwd_kernel(
+def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_delta`."""
+    """Term 0 of the gradient of one chunk's `gate_delta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1387,14 +1846,11 @@ def chunk_grad_gate_delta_bwd_kernel(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * v39[:, None])
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -1416,7 +1872,7 @@ def chunk_grad_gate_delta_bwd_kernel(
     v54 = k
     v56 = (v54 * v50)
     v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1437,7 +1893,7 @@ def chunk_grad_gate_delta_bwd_kernel(
     _c0 = (0.5 * v60)
     v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = (v68 * v38)  # scores x_t·x_s
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v62 = v48
     v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = (v62 * v63)
@@ -1474,7 +1930,7 @@ def chunk_grad_gate_delta_bwd_kernel(
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v38 * v102)
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
     v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v109 = (v62 * v99)
     v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1504,13 +1960,13 @@ def chunk_grad_gate_delta_bwd_kernel(
     tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel(
+def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight`."""
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1537,24 +1993,23 @@ def chunk_grad_ln_weight_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v48 = tl.exp(v43)  # cumulative decay in the chunk
-    v62 = v48
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v55 = v42
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v52 = (q * v48)
+    v45 = (q * v42)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = k
-    v44 = v43
+    v47 = k
+    v41 = v40
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v49 = gate_eta
-    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-    v56 = (v54 * v50)
-    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+    v43 = gate_eta
+    v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
+    v49 = (v47 * v44)
+    v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v10)
@@ -1587,18 +2042,138 @@ def chunk_grad_ln_weight_bwd_kernel(
     v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v48 = v37
+    v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v53 = (v46 - v52)
+    _c0 = (0.5 * v53)
+    v54 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v56 = tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v55 * v56)
+    v59 = v11
+    v61 = tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v60 = v35
+    v58 = v44
+    v63 = (v60 * v58)
+    v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v55 * v64)
+    v66 = (v57 - v65)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    v69 = (v66 - v68[:, None])
+    v70 = (v69 * v69)
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = tl.sum((v76), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v51 = (v47 * v49)
+    v80 = v51
+    v66 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+    v65 = v50
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v52 = (q * v48)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = k
+    v56 = (v54 * v50)
+    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v55 = v37
     v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v60 = (v53 - v59)
     _c0 = (0.5 * v60)
     v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v62 = v48
     v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = (v62 * v63)
-    v66 = v11
-    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = (v68 * v38)  # scores x_t·x_s
     v67 = v35
-    v65 = v50
     v70 = (v67 * v65)
     v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v72 = (v62 * v71)
@@ -1610,84 +2185,388 @@ def chunk_grad_ln_weight_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = (v76 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v94 = tl.sum((v93), axis=0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v45 = (v43 * v39[:, None])
-    v46 = tl.sum((v45), axis=0)
-    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-    v51 = (v47 * v49)
-    v80 = v51
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v84 = ((-1.0) * d_new_w2)
-    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 * v85)
     v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v92 = tl.sum((v91), axis=1)
-    v95 = (v92 / (D))
-    v96 = (2.0 * v76 * v95[:, None])
-    v97 = (v90 + v96)
-    v98 = ((-1.0) * v97)
-    v99 = tl.sum((v98), axis=1)
-    v100 = (v99 / (D))
-    v101 = (v97 + v100[:, None])
-    v102 = ((-1.0) * v101)
-    v103 = (v62 * v102)
-    v105 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v106 = (v65 * v105)
-    v109 = (v86 + v106)
-    v110 = v109
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = (v62 * v100)
+    v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v65 * v103)
+    v107 = (v86 + v104)
+    v108 = v107
     v88 = (v51 * v54)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v107 = (v38 * v104)
-    v108 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v111 = (v62 * v101)
-    v112 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v113 = (v108 + v112)
+    v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+    v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v62 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
     _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-    v114 = (v113 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v115 = ((-1.0) * v114)
-    v116 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v117 = (v89 + v116)
-    v118 = v117
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v120 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v121 = (v110 + v120)
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v122 / (D))
-    v124 = ((-1.0) * v123)
-    v125 = (v121 + v124[:, None])
-    v126 = (2.0 * v16 * v125)
-    v127 = tl.sum((v126), axis=1)
-    v128 = (v127 / (D))
-    v129 = ((-0.5) * v16 * v25 * v128[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v130 = tl.sum((v129), axis=0)
-    v132 = (v25 * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v133 = tl.sum((v132), axis=0)
-    v131 = ((-0.5) * v16 * ln_weight[None, :] * v128[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v134 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v135 = (v131 + v134)
-    v136 = (v135 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v137 = (v16 * v136 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v138 = tl.sum((v137), axis=0)
-    v139 = (v94 + v130 + v133 + v138)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v139.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = tl.sum((v127), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel(
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v51 = (v47 * v49)
+    v80 = v51
+    v66 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+    v65 = v50
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v52 = (q * v48)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = k
+    v56 = (v54 * v50)
+    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v55 = v37
+    v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = (v53 - v59)
+    _c0 = (0.5 * v60)
+    v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v62 = v48
+    v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = (v62 * v63)
+    v67 = v35
+    v70 = (v67 * v65)
+    v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v72 = (v62 * v71)
+    v73 = (v64 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = (v62 * v100)
+    v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v65 * v103)
+    v107 = (v86 + v104)
+    v108 = v107
+    v88 = (v51 * v54)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+    v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v62 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v125 = tl.sum((v124), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v51 = (v47 * v49)
+    v80 = v51
+    v66 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+    v65 = v50
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v52 = (q * v48)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = k
+    v56 = (v54 * v50)
+    v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v55 = v37
+    v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = (v53 - v59)
+    _c0 = (0.5 * v60)
+    v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+    v62 = v48
+    v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = (v62 * v63)
+    v67 = v35
+    v70 = (v67 * v65)
+    v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v72 = (v62 * v71)
+    v73 = (v64 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = (v62 * v100)
+    v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v65 * v103)
+    v107 = (v86 + v104)
+    v108 = v107
+    v88 = (v51 * v54)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+    v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v62 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v132 = tl.sum((v131), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias`."""
+    """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -1714,7 +2593,42 @@ def chunk_grad_ln_bias_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.sum((d_out), axis=0)
+    v13 = tl.sum((d_out), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1735,14 +2649,11 @@ def chunk_grad_ln_bias_bwd_kernel(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * v39[:, None])
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -1764,7 +2675,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     v54 = k
     v56 = (v54 * v50)
     v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = (v57 * v38)  # decayed scores x_t·x_s (factored)
+    v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1785,7 +2696,7 @@ def chunk_grad_ln_bias_bwd_kernel(
     _c0 = (0.5 * v60)
     v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
     v68 = tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = (v68 * v38)  # scores x_t·x_s
+    v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
     v62 = v48
     v63 = tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = (v62 * v63)
@@ -1800,56 +2711,56 @@ def chunk_grad_ln_bias_bwd_kernel(
     v77 = (v76 * v76)
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v92 = tl.sum((v91), axis=1)
-    v94 = (v92 / (D))
-    v95 = (2.0 * v76 * v94[:, None])
-    v96 = (v90 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = (v62 * v101)
-    v104 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v105 = (v65 * v104)
-    v108 = (v86 + v105)
-    v109 = v108
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = (v62 * v100)
+    v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v65 * v103)
+    v107 = (v86 + v104)
+    v108 = v107
     v88 = (v51 * v54)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v103 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v106 = (v38 * v103)
-    v107 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v110 = (v62 * v100)
-    v111 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v112 = (v107 + v111)
+    v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+    v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v62 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
     _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-    v113 = (v112 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v114 = ((-1.0) * v113)
-    v115 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v116 = (v89 + v115)
-    v117 = v116
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v118 = (v117 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v119 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v120 = (v109 + v119)
-    v121 = tl.sum((v120), axis=1)
-    v122 = (v121 / (D))
-    v123 = ((-1.0) * v122)
-    v124 = (v120 + v123[:, None])
-    v125 = (2.0 * v16 * v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-0.5) * v16 * ln_weight[None, :] * v127[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v129 = (ln_weight[None, :] * v124 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v130 = (v128 + v129)
-    v131 = (v130 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v132 = tl.sum((v131), axis=0)
-    v133 = (v93 + v132)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v133.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = tl.sum((v130), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_state_fwd_kernel_cube(
@@ -1891,14 +2802,11 @@ def chunk_state_fwd_kernel_cube(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v57 = (v48 * v39[:, None])
+        v57 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v58 = tl.sum((v57), axis=0)
         v59 = (v58[None, :] * w1)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v45 = (v43 * v39[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
         v44 = v43
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
@@ -1998,9 +2906,8 @@ def chunk_out_fwd_kernel_cube(
     v46 = (q * v43)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v41 = v40
-    v42 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
+    v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = gate_eta
     v45 = (v42 * v44[None, :, :])
@@ -2107,8 +3014,7 @@ def chunk_state_bwd_kernel_cube(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-        v80 = (v49 * v39[:, None])
+        v80 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v81 = tl.sum((v80), axis=0)
         d_new_w1 = carry_w1
         v94 = (v81[None, :] * d_new_w1)
@@ -2116,9 +3022,8 @@ def chunk_state_bwd_kernel_cube(
         v53 = (q * v49)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         v44 = v43
-        v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v50 = gate_eta
         v51 = (v45 * v50[None, :, :])
@@ -2203,9 +3108,8 @@ def chunk_state_bwd_kernel_cube(
         _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
         v123 = (v122 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v128 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v40 = (v38 * v39[:, None])
-        v41 = tl.sum((v40), axis=0)
-        v46 = (v43 * v39[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v47 = tl.sum((v46), axis=0)
         v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
         v52 = (v48 * v50)
@@ -2287,13 +3191,13 @@ def chunk_state_bwd_kernel_cube(
     tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_bwd_kernel_cube(
+def chunk_grad_q_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2320,19 +3224,53 @@ def chunk_grad_q_bwd_kernel_cube(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v76 = d_out
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    v13 = d_out
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_q_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
-    v42 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
+    v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = gate_eta
     v45 = (v42 * v44[None, :, :])
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = k
-    v98 = (v45 * v48[None, :, :])
+    v97 = (v45 * v48[None, :, :])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -2379,7 +3317,7 @@ def chunk_grad_q_bwd_kernel_cube(
     v60 = v11
     v59 = v45
     v61 = v35
-    v88 = (v59 * v61[None, :, :])
+    v87 = (v59 * v61[None, :, :])
     v56 = v43
     _c0 = (0.5 * v54)
     v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
@@ -2396,42 +3334,40 @@ def chunk_grad_q_bwd_kernel_cube(
     v70 = (v69 * v69)
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
-    v77 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-    v78 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-    v79 = tl.sum((v78), axis=1)
-    v80 = (v79 / (D))
-    v81 = (2.0 * v69 * v80[:, None])
-    v82 = (v77 + v81)
-    v83 = ((-1.0) * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    v86 = (v82 + v85[:, None])
-    v87 = ((-1.0) * v86)
-    v89 = (v88 * v87[:, None, :])
-    v90 = tl.sum((v89), axis=2)
-    v91 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v92 = (v56 * v86)
-    v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v92).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v94 = (v91 + v93)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (2.0 * v69 * v79[:, None])
+    v81 = (v76 + v80)
+    v82 = ((-1.0) * v81)
+    v83 = tl.sum((v82), axis=1)
+    v84 = (v83 / (D))
+    v85 = (v81 + v84[:, None])
+    v86 = ((-1.0) * v85)
+    v88 = (v87 * v86[:, None, :])
+    v89 = tl.sum((v88), axis=2)
+    v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v91 = (v56 * v85)
+    v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = (v90 + v92)
     _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = ((-1.0) * v95)
-    v97 = tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v96).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v99 = (v98 * v97[:, :, None])
-    v100 = tl.sum((v99), axis=1)
-    v101 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v102 = (v43 * v101)
-    v103 = (v76 + v100 + v102)
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v103.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v95 = ((-1.0) * v94)
+    v96 = tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v98 = (v97 * v96[:, :, None])
+    v99 = tl.sum((v98), axis=1)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+def chunk_grad_q_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 2 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2457,14 +3393,141 @@ def chunk_grad_k_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = (q * v43)
+    v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v41 = v40
+    v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v44 = gate_eta
+    v45 = (v42 * v44[None, :, :])
+    v50 = (v45 * q[:, None, :])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = k
+    v51 = (v50 * v48[None, :, :])
+    v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v49 = v37
+    v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = (v47 - v53)
+    v60 = v11
+    v59 = v45
+    v61 = v35
+    v87 = (v59 * v61[None, :, :])
+    v56 = v43
+    _c0 = (0.5 * v54)
+    v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v57 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v56 * v57)
+    v62 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v63 = (v59 * v62[:, :, None])
+    v64 = (v63 * v61[None, :, :])
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v58 - v65)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    v69 = (v66 - v68[:, None])
+    v70 = (v69 * v69)
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (2.0 * v69 * v79[:, None])
+    v81 = (v76 + v80)
+    v82 = ((-1.0) * v81)
+    v83 = tl.sum((v82), axis=1)
+    v84 = (v83 / (D))
+    v85 = (v81 + v84[:, None])
+    v86 = ((-1.0) * v85)
+    v88 = (v87 * v86[:, None, :])
+    v89 = tl.sum((v88), axis=2)
+    v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v91 = (v56 * v85)
+    v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = (v90 + v92)
+    _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
+    v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v95 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v96 = (v43 * v95)
+    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_0_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39[:, None])
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
@@ -2507,10 +3570,10 @@ def chunk_grad_k_bwd_kernel_cube(
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v56 = v37
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v89 = ((-1.0) * d_new_w1)
-    v90 = tl.dot(v56.to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v52 * v90)
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v83 = ((-1.0) * d_new_w1)
+    v84 = tl.dot(v56.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = (v52 * v84)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     v51 = (v45 * v50[None, :, :])
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v57 = (v51 * q[:, None, :])
@@ -2525,7 +3588,7 @@ def chunk_grad_k_bwd_kernel_cube(
     v67 = v11
     v66 = v51
     v68 = v35
-    v105 = (v66 * v68[None, :, :])
+    v97 = (v66 * v68[None, :, :])
     v63 = v49
     _c0 = (0.5 * v61)
     v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
@@ -2543,105 +3606,41 @@ def chunk_grad_k_bwd_kernel_cube(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v94 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v95 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v96 = tl.sum((v95), axis=1)
-    v97 = (v96 / (D))
-    v98 = (2.0 * v76 * v97[:, None])
-    v99 = (v94 + v98)
-    v100 = ((-1.0) * v99)
-    v101 = tl.sum((v100), axis=1)
-    v102 = (v101 / (D))
-    v103 = (v99 + v102[:, None])
-    v104 = ((-1.0) * v103)
-    v106 = (v105 * v104[:, None, :])
-    v107 = tl.sum((v106), axis=2)
-    v110 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v116 = (v63 * v103)
-    v117 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v118 = (v110 + v117)
+    v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v87 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v88 / (D))
+    v90 = (2.0 * v76 * v89[:, None])
+    v91 = (v86 + v90)
+    v92 = ((-1.0) * v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v91 + v94[:, None])
+    v96 = ((-1.0) * v95)
+    v98 = (v97 * v96[:, None, :])
+    v99 = tl.sum((v98), axis=2)
+    v100 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v101 = (v63 * v95)
+    v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v100 + v102)
     _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v120 = ((-1.0) * v119)
-    v121 = tl.trans(tl.dot(v56.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v123 = (v57 * v121[:, :, None])
-    v124 = tl.sum((v123), axis=0)
-    v127 = (v93 + v124)
-    v128 = v127
-    v80 = v52
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v84 = ((-1.0) * d_new_w2)
-    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 * v85)
-    v108 = (v70 * v104[:, None, :])
-    v109 = tl.sum((v108), axis=0)
-    v112 = (v86 + v109)
-    v113 = v112
-    v91 = (v52 * v55)
-    v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v122 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v125 = (v92 + v122)
-    v126 = v125
-    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v130 = (v126 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v131 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v132 = (v113 + v131)
-    v133 = tl.sum((v132), axis=1)
-    v134 = (v133 / (D))
-    v135 = ((-1.0) * v134)
-    v136 = (v132 + v135[:, None])
-    v138 = (2.0 * v16 * v136)
-    v139 = tl.sum((v138), axis=1)
-    v140 = (v139 / (D))
-    v144 = ((-0.5) * v16 * ln_weight[None, :] * v140[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v147 = (ln_weight[None, :] * v136 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v148 = (v144 + v147)
-    v149 = (v148 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v150 = v149
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v10 * v10))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v129 = (v36 * v126 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v87 = (v80 * v68)
-    v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v111 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v114 = (v88 + v111)
-    v115 = v114
-    v137 = (2.0 * v29[:, None] * v136)
-    v141 = ((-0.5) * ln_weight[None, :] * v25 * v140[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v151 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v142 = (0.75 * v16 * ln_weight[None, :] * v25 * v140[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v143 = tl.sum((v142), axis=1)
-    v145 = ((-0.5) * ln_weight[None, :] * v25 * v136 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v146 = tl.sum((v145), axis=1)
-    v152 = ((-0.5) * v16 * ln_weight[None, :] * v149 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    v154 = (v143 + v146 + v153)
-    v155 = (v154 / (D))
-    v156 = (2.0 * v16 * v155[:, None])
-    v157 = (v137 + v141 + v151 + v156)
-    v158 = ((-1.0) * v157)
-    v159 = tl.sum((v158), axis=1)
-    v160 = (v159 / (D))
-    v161 = (v157 + v160[:, None])
-    v162 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v163 = (v115 + v162)
-    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v164 = (v163 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v165 = (v129 + v164)
-    v166 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v167 = (v128 + v150 + v166)
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v167.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v104 = (v103 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v105 = ((-1.0) * v104)
+    v106 = tl.trans(tl.dot(v56.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = (v57 * v106[:, :, None])
+    v108 = tl.sum((v107), axis=0)
+    v109 = (v85 + v108)
+    v110 = v109
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+def chunk_grad_k_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 1 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2687,14 +3686,11 @@ def chunk_grad_v_bwd_kernel_cube(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39[:, None])
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
@@ -2707,7 +3703,371 @@ def chunk_grad_v_bwd_kernel_cube(
     v84 = ((-1.0) * d_new_w2)
     v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 * v85)
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v51 = (v45 * v50[None, :, :])
+    v66 = v51
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v53 = (q * v49)
+    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * q[:, None, :])
+    v55 = k
+    v58 = (v57 * v55[None, :, :])
+    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v56 = v37
+    v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v54 - v60)
+    _c0 = (0.5 * v61)
+    v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = (v66 * v69[:, :, None])
+    v63 = v49
+    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v63 * v64)
+    v68 = v35
+    v71 = (v70 * v68[None, :, :])
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v65 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v104 = (v70 * v100[:, None, :])
+    v105 = tl.sum((v104), axis=0)
+    v107 = (v86 + v105)
+    v108 = v107
+    v88 = (v52 * v55)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v101 = (v66 * v68[None, :, :])
+    v102 = (v101 * v100[:, None, :])
+    v103 = tl.sum((v102), axis=2)
+    v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v63 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = v130
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v50 = gate_eta
+    v52 = (v48 * v50)
+    v55 = k
+    v90 = (v52 * v55)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v89 = ((-1.0) * d_new_w1)
+    v91 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v51 = (v45 * v50[None, :, :])
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v57 = (v51 * q[:, None, :])
+    v58 = (v57 * v55[None, :, :])
+    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v53 = (q * v49)
+    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v56 = v37
+    v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v54 - v60)
+    v67 = v11
+    v66 = v51
+    v68 = v35
+    v103 = (v66 * v68[None, :, :])
+    v63 = v49
+    _c0 = (0.5 * v61)
+    v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v63 * v64)
+    v69 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = (v66 * v69[:, :, None])
+    v71 = (v70 * v68[None, :, :])
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v65 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v92 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v93 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v94 = tl.sum((v93), axis=1)
+    v95 = (v94 / (D))
+    v96 = (2.0 * v76 * v95[:, None])
+    v97 = (v92 + v96)
+    v98 = ((-1.0) * v97)
+    v99 = tl.sum((v98), axis=1)
+    v100 = (v99 / (D))
+    v101 = (v97 + v100[:, None])
+    v102 = ((-1.0) * v101)
+    v104 = (v103 * v102[:, None, :])
+    v105 = tl.sum((v104), axis=2)
+    v108 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v114 = (v63 * v101)
+    v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v108 + v115)
+    _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = ((-1.0) * v117)
+    v119 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = (v91 + v119)
+    v121 = v120
+    _c0 = tl.full((), 1.4142135623730951, DTYPE)
+    _c1 = tl.full((), 0.5641895835477563, DTYPE)
+    _c2 = (0.5 * (v10 * v10))
+    _c3 = tl.exp(((-1.0) * _c2))
+    v122 = (v36 * v121 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+    v80 = v52
+    v87 = (v80 * v68)
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v109 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v112 = (v88 + v109)
+    v113 = v112
+    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v106 = (v70 * v102[:, None, :])
+    v107 = tl.sum((v106), axis=0)
+    v110 = (v86 + v107)
+    v111 = v110
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v123 = (v121 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v124 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v125 = (v111 + v124)
+    v126 = tl.sum((v125), axis=1)
+    v127 = (v126 / (D))
+    v128 = ((-1.0) * v127)
+    v129 = (v125 + v128[:, None])
+    v130 = (2.0 * v29[:, None] * v129)
+    v131 = (2.0 * v16 * v129)
+    v132 = tl.sum((v131), axis=1)
+    v133 = (v132 / (D))
+    v134 = ((-0.5) * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v137 = ((-0.5) * v16 * ln_weight[None, :] * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v140 = (ln_weight[None, :] * v129 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v141 = (v137 + v140)
+    v142 = (v141 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v143 = (ln_weight[None, :] * v142 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v135 = (0.75 * v16 * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v136 = tl.sum((v135), axis=1)
+    v138 = ((-0.5) * ln_weight[None, :] * v25 * v129 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v139 = tl.sum((v138), axis=1)
+    v144 = ((-0.5) * v16 * ln_weight[None, :] * v142 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v145 = tl.sum((v144), axis=1)
+    v146 = (v136 + v139 + v145)
+    v147 = (v146 / (D))
+    v148 = (2.0 * v16 * v147[:, None])
+    v149 = (v130 + v134 + v143 + v148)
+    v150 = ((-1.0) * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = (v149 + v152[:, None])
+    v154 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v155 = (v113 + v154)
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v156 = (v155 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v157 = (v122 + v156)
+    v158 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_0_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v50 = gate_eta
+    v52 = (v48 * v50)
+    v80 = v52
+    v67 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     v51 = (v45 * v50[None, :, :])
     v66 = v51
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2804,13 +4164,13 @@ def chunk_grad_v_bwd_kernel_cube(
     tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v131.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_bwd_kernel_cube(
+def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2839,7 +4199,6 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     v82 = (w2 * d_new_w2)
@@ -2850,15 +4209,14 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v89 = (w1 * d_new_w1)
     v90 = tl.sum((v89), axis=0)
     v91 = (v84 + v90)
-    v92 = (v39[:, None] * v91[None, :])
+    v92 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v91[None, :])
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v61 = v48
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
     v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     v44 = v43
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
     v50 = (v45 * v49[None, :, :])
@@ -2946,9 +4304,8 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v124 = (q * v123)
     v129 = (v92 + v116 + v124)
     v130 = (v129 * tl.exp(v43))
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v46 = (v43 * v39[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v81 = ((-1.0) * d_new_w2)
     v85 = tl.dot(v65.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -2961,7 +4318,7 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v126 = (v49 * v125)
     v131 = (v41[:, None] * v126 * tl.exp((v47[None, :] - v44)))
     v132 = tl.sum((v131), axis=0)
-    v134 = (v39[:, None] * v132[None, :])
+    v134 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v132[None, :])
     v109 = (v67[:, :, None] * v66[None, :, :])
     v110 = (v109 * v105[:, None, :])
     v112 = v110
@@ -2971,10 +4328,10 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     v122 = (v121 * v120[:, :, None])
     v127 = (v112 + v122)
     v128 = (v49[None, :, :] * v127)
-    v135 = (v128 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
+    v135 = (v128 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
     v136 = tl.sum((v135), axis=1)
     v133 = ((-1.0) * v41[:, None] * v126 * tl.exp((v47[None, :] - v44)))
-    v137 = ((-1.0) * v128 * (v38[:, :, None] * v38[:, :, None]) * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
+    v137 = ((-1.0) * v128 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
     v138 = tl.sum((v137), axis=0)
     v139 = (v133 + v138)
     v140 = v139
@@ -2984,13 +4341,13 @@ def chunk_grad_gate_alpha_bwd_kernel_cube(
     tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_bwd_kernel_cube(
+def chunk_grad_gate_eta_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3016,14 +4373,11 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39[:, None])
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
@@ -3076,7 +4430,7 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     v88 = (v54 * v87)
     v115 = (v85 + v88)
     v116 = (v48 * v115)
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v52 = (q * v49)
@@ -3142,13 +4496,13 @@ def chunk_grad_gate_eta_bwd_kernel_cube(
     tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v121.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_delta_bwd_kernel_cube(
+def chunk_grad_gate_delta_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `gate_delta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `gate_delta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3194,14 +4548,11 @@ def chunk_grad_gate_delta_bwd_kernel_cube(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39[:, None])
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
@@ -3214,7 +4565,7 @@ def chunk_grad_gate_delta_bwd_kernel_cube(
     v84 = ((-1.0) * d_new_w2)
     v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 * v85)
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     v51 = (v45 * v50[None, :, :])
     v66 = v51
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3311,13 +4662,13 @@ def chunk_grad_gate_delta_bwd_kernel_cube(
     tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_bwd_kernel_cube(
+def chunk_grad_ln_weight_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3344,25 +4695,24 @@ def chunk_grad_ln_weight_bwd_kernel_cube(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v63 = v49
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v56 = v43
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v53 = (q * v49)
+    v46 = (q * v43)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v44 = v43
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v41 = v40
+    v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v50 = gate_eta
-    v51 = (v45 * v50[None, :, :])
-    v57 = (v51 * q[:, None, :])
+    v44 = gate_eta
+    v45 = (v42 * v44[None, :, :])
+    v50 = (v45 * q[:, None, :])
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v55 = k
-    v58 = (v57 * v55[None, :, :])
-    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v48 = k
+    v51 = (v50 * v48[None, :, :])
+    v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     _c0 = (0.5 * v10)
@@ -3395,17 +4745,137 @@ def chunk_grad_ln_weight_bwd_kernel_cube(
     v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
     v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v49 = v37
+    v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v54 = (v47 - v53)
+    _c0 = (0.5 * v54)
+    v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v57 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v58 = (v56 * v57)
+    v59 = v45
+    v60 = v11
+    v62 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v63 = (v59 * v62[:, :, None])
+    v61 = v35
+    v64 = (v63 * v61[None, :, :])
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v58 - v65)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    v69 = (v66 - v68[:, None])
+    v70 = (v69 * v69)
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+    v77 = tl.sum((v76), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v50 = gate_eta
+    v52 = (v48 * v50)
+    v80 = v52
+    v67 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v51 = (v45 * v50[None, :, :])
+    v66 = v51
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v53 = (q * v49)
+    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * q[:, None, :])
+    v55 = k
+    v58 = (v57 * v55[None, :, :])
+    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v56 = v37
     v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v61 = (v54 - v60)
     _c0 = (0.5 * v61)
     v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v65 = (v63 * v64)
-    v66 = v51
-    v67 = v11
     v69 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v70 = (v66 * v69[:, :, None])
+    v63 = v49
+    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v63 * v64)
     v68 = v35
     v71 = (v70 * v68[None, :, :])
     v72 = tl.sum((v71), axis=1)
@@ -3417,84 +4887,388 @@ def chunk_grad_ln_weight_bwd_kernel_cube(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = (v76 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-    v94 = tl.sum((v93), axis=0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
-    v46 = (v43 * v39[:, None])
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-    v52 = (v48 * v50)
-    v80 = v52
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v84 = ((-1.0) * d_new_w2)
-    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 * v85)
     v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v92 = tl.sum((v91), axis=1)
-    v95 = (v92 / (D))
-    v96 = (2.0 * v76 * v95[:, None])
-    v97 = (v90 + v96)
-    v98 = ((-1.0) * v97)
-    v99 = tl.sum((v98), axis=1)
-    v100 = (v99 / (D))
-    v101 = (v97 + v100[:, None])
-    v102 = ((-1.0) * v101)
-    v106 = (v70 * v102[:, None, :])
-    v107 = tl.sum((v106), axis=0)
-    v109 = (v86 + v107)
-    v110 = v109
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v104 = (v70 * v100[:, None, :])
+    v105 = tl.sum((v104), axis=0)
+    v107 = (v86 + v105)
+    v108 = v107
     v88 = (v52 * v55)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v103 = (v66 * v68[None, :, :])
-    v104 = (v103 * v102[:, None, :])
-    v105 = tl.sum((v104), axis=2)
-    v108 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v111 = (v63 * v101)
-    v112 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v113 = (v108 + v112)
+    v101 = (v66 * v68[None, :, :])
+    v102 = (v101 * v100[:, None, :])
+    v103 = tl.sum((v102), axis=2)
+    v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v63 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
     _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-    v114 = (v113 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v115 = ((-1.0) * v114)
-    v116 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v117 = (v89 + v116)
-    v118 = v117
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v119 = (v118 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v120 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v121 = (v110 + v120)
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v122 / (D))
-    v124 = ((-1.0) * v123)
-    v125 = (v121 + v124[:, None])
-    v126 = (2.0 * v16 * v125)
-    v127 = tl.sum((v126), axis=1)
-    v128 = (v127 / (D))
-    v129 = ((-0.5) * v16 * v25 * v128[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v130 = tl.sum((v129), axis=0)
-    v132 = (v25 * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v133 = tl.sum((v132), axis=0)
-    v131 = ((-0.5) * v16 * ln_weight[None, :] * v128[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v134 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v135 = (v131 + v134)
-    v136 = (v135 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v137 = (v16 * v136 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v138 = tl.sum((v137), axis=0)
-    v139 = (v94 + v130 + v133 + v138)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v139.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = tl.sum((v127), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_bwd_kernel_cube(
+def chunk_grad_ln_weight_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v50 = gate_eta
+    v52 = (v48 * v50)
+    v80 = v52
+    v67 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v51 = (v45 * v50[None, :, :])
+    v66 = v51
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v53 = (q * v49)
+    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * q[:, None, :])
+    v55 = k
+    v58 = (v57 * v55[None, :, :])
+    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v56 = v37
+    v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v54 - v60)
+    _c0 = (0.5 * v61)
+    v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = (v66 * v69[:, :, None])
+    v63 = v49
+    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v63 * v64)
+    v68 = v35
+    v71 = (v70 * v68[None, :, :])
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v65 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v104 = (v70 * v100[:, None, :])
+    v105 = tl.sum((v104), axis=0)
+    v107 = (v86 + v105)
+    v108 = v107
+    v88 = (v52 * v55)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v101 = (v66 * v68[None, :, :])
+    v102 = (v101 * v100[:, None, :])
+    v103 = tl.sum((v102), axis=2)
+    v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v63 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v125 = tl.sum((v124), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_weight_3_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    _c0 = (0.5 * v10)
+    v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v12 = tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v50 = gate_eta
+    v52 = (v48 * v50)
+    v80 = v52
+    v67 = v11
+    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+    v84 = ((-1.0) * d_new_w2)
+    v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 * v85)
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v51 = (v45 * v50[None, :, :])
+    v66 = v51
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v53 = (q * v49)
+    v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * q[:, None, :])
+    v55 = k
+    v58 = (v57 * v55[None, :, :])
+    v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v56 = v37
+    v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v54 - v60)
+    _c0 = (0.5 * v61)
+    v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+    v69 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = (v66 * v69[:, :, None])
+    v63 = v49
+    v64 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v63 * v64)
+    v68 = v35
+    v71 = (v70 * v68[None, :, :])
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v65 - v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    v76 = (v73 - v75[:, None])
+    v77 = (v76 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v104 = (v70 * v100[:, None, :])
+    v105 = tl.sum((v104), axis=0)
+    v107 = (v86 + v105)
+    v108 = v107
+    v88 = (v52 * v55)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v87 = ((-1.0) * d_new_w1)
+    v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v101 = (v66 * v68[None, :, :])
+    v102 = (v101 * v100[:, None, :])
+    v103 = tl.sum((v102), axis=2)
+    v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v63 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
+    _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
+    _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v132 = tl.sum((v131), axis=0)
+    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    """Term 0 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -3521,7 +5295,42 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.sum((d_out), axis=0)
+    v13 = tl.sum((d_out), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_ln_bias_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, HID)
+    offs_h = tl.arange(0, HID)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -3542,14 +5351,11 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v23 = (v22 - v)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    v38 = tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    v39 = tl.where(offs_t == nv - 1, 1.0, 0.0)
-    v40 = (v38 * v39[:, None])
-    v41 = tl.sum((v40), axis=0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * v39[:, None])
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v47 = tl.sum((v46), axis=0)
     v44 = v43
     v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
@@ -3562,7 +5368,7 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v84 = ((-1.0) * d_new_w2)
     v85 = tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 * v85)
-    v45 = (v38[:, :, None] * tl.exp((v38[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+    v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
     v51 = (v45 * v50[None, :, :])
     v66 = v51
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3607,53 +5413,53 @@ def chunk_grad_ln_bias_bwd_kernel_cube(
     v77 = (v76 * v76)
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
     v92 = tl.sum((v91), axis=1)
-    v94 = (v92 / (D))
-    v95 = (2.0 * v76 * v94[:, None])
-    v96 = (v90 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v105 = (v70 * v101[:, None, :])
-    v106 = tl.sum((v105), axis=0)
-    v108 = (v86 + v106)
-    v109 = v108
+    v93 = (v92 / (D))
+    v94 = (2.0 * v76 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v104 = (v70 * v100[:, None, :])
+    v105 = tl.sum((v104), axis=0)
+    v107 = (v86 + v105)
+    v108 = v107
     v88 = (v52 * v55)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
     v87 = ((-1.0) * d_new_w1)
     v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = (v66 * v68[None, :, :])
-    v103 = (v102 * v101[:, None, :])
-    v104 = tl.sum((v103), axis=2)
-    v107 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v110 = (v63 * v100)
-    v111 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v112 = (v107 + v111)
+    v101 = (v66 * v68[None, :, :])
+    v102 = (v101 * v100[:, None, :])
+    v103 = tl.sum((v102), axis=2)
+    v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v109 = (v63 * v99)
+    v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v111 = (v106 + v110)
     _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-    v113 = (v112 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v114 = ((-1.0) * v113)
-    v115 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v116 = (v89 + v115)
-    v117 = v116
+    v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v113 = ((-1.0) * v112)
+    v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v115 = (v89 + v114)
+    v116 = v115
     _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-    v118 = (v117 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v119 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v120 = (v109 + v119)
-    v121 = tl.sum((v120), axis=1)
-    v122 = (v121 / (D))
-    v123 = ((-1.0) * v122)
-    v124 = (v120 + v123[:, None])
-    v125 = (2.0 * v16 * v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-0.5) * v16 * ln_weight[None, :] * v127[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v129 = (ln_weight[None, :] * v124 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v130 = (v128 + v129)
-    v131 = (v130 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-    v132 = tl.sum((v131), axis=0)
-    v133 = (v93 + v132)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v133.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+    v118 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v119 = (v108 + v118)
+    v120 = tl.sum((v119), axis=1)
+    v121 = (v120 / (D))
+    v122 = ((-1.0) * v121)
+    v123 = (v119 + v122[:, None])
+    v124 = (2.0 * v16 * v123)
+    v125 = tl.sum((v124), axis=1)
+    v126 = (v125 / (D))
+    v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v129 = (v127 + v128)
+    v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v131 = tl.sum((v130), axis=0)
+    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)

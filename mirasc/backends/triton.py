@@ -156,12 +156,16 @@ class TritonChunkwise(torch.autograd.Function):
         kernels["state_bwd"][launch.sequential()](*starts, *rest, d_out, *d_state, *d_init, *carries,
                                                   *launch.scalars, **launch.consts)
         # a static input's gradient comes per chunk: summed here over chunks, and over the sequences of a row
-        grads = [torch.full_like(x, float("nan")) if tok else
-                 torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
-                 for x, tok in zip(rest, launch.token)]
-        for (name, _, _), grad in zip(launch.desc["inputs"], grads):
-            kernels[f"grad_{name}_bwd"][launch.per_chunk()](*starts, *carries, *rest, d_out, grad, *launch.scalars,
-                                                            **launch.consts)
+        grads = []
+        for (name, _, tok), x in zip(launch.desc["inputs"], rest):
+            total = None
+            for j in range(launch.desc["grad_terms"][name]):  # one kernel per summand of the gradient
+                term = torch.full_like(x, float("nan")) if tok else \
+                    torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
+                kernels[f"grad_{name}_{j}_bwd"][launch.per_chunk()](*starts, *carries, *rest, d_out, term,
+                                                                    *launch.scalars, **launch.consts)
+                total = term if total is None else total + term
+            grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
         return (None, None, None, None, *d_init, *grads)
 
