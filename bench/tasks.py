@@ -1,22 +1,34 @@
 """Accuracy of several models on one synthetic task after the same training budget: a table, JSON and a plot.
 
-    python -m bench.tasks --task mqar [--models moneta yaad ...] [--steps 300] [--out bench/results/tasks]
-    python -m bench.tasks --task robust --contamination 0.0 0.3
-    python -m bench.tasks --models moneta moneta:normalisation=none   # NAME:OPTION=VALUE[,OPTION=VALUE] picks options
+    python -m bench.tasks --task mqar [--models moneta yaad ...] [--steps 400] [--seeds 0 1 2]
+    python -m bench.tasks --task mqar --hidden-sizes 32 64 128 --seq-lens 64 128 256      # a Zoology-style grid
+    python -m bench.tasks --task robust --contamination 0 0.1 0.3 0.5
+    python -m bench.tasks --models moneta:p=1.5 moneta:p=2 moneta:normalisation=none     # NAME:OPTION=VALUE,...
+    python -m bench.tasks --models titans yaad --chunk-sizes 1 4 16 64                    # the layer's chunk size
+    python -m bench.tasks --task niah --seq-lens 256 512 1024 2048                       # single-needle S-NIAH
 
-Every model gets the same data (seed), size, steps, batch and learning rate; the figures are what a
-2-core CPU gets in minutes, not the paper's scale.
+Every model gets the same data (per seed), size, steps, batch and learning rate. Each swept setting (seed, width,
+length, contamination, chunk size) is a separate training run; the table gives per model and setting the mean
+accuracy over the seeds and its spread (min–max), and the wall time of one run. `--qkv-init-std` and `--gate-init`
+change the layer's initialisation (the ablation of mirasc/nn/layer.py's defaults). MQAR kv pairs default to L/16
+when lengths are swept (Zoology's growth with L), else 4. The figures are what a 2-core CPU gets in minutes, not
+the paper's scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 import time
 from pathlib import Path
 
-DEFAULT_MODELS = ["moneta", "moneta:normalisation=none", "yaad", "memora", "titans", "gated_deltanet",
-                  "linear_attention", "transformer"]
+DEFAULT_MODELS = ["moneta", "moneta:normalisation=lq", "moneta:normalisation=none", "yaad", "memora", "titans",
+                  "gated_deltanet", "linear_attention", "transformer"]
+SWEPT = ("seq_len", "hidden_size", "contamination", "chunk_size", "eval_len")
+LABEL = {"seq_len": "sequence length L", "hidden_size": "model width", "contamination": "contamination ρ",
+         "chunk_size": "chunk size C", "eval_len": "test length"}
 
 
 def spec_and_options(model: str) -> tuple[str, dict]:
@@ -27,74 +39,195 @@ def spec_and_options(model: str) -> tuple[str, dict]:
     return spec, parse_spec_options([p for p in opts.split(",") if p]) or {}
 
 
+def _gate_init(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep:
+            raise SystemExit(f"--gate-init: expected NAME=VALUE, got {p!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
+def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: float, chunk: int | None,
+               out: Path) -> dict:
+    """Train one model on one setting; returns the row (accuracy, loss, wall time, the train-accuracy curve)."""
+    from mirasc.train.loop import train
+
+    kv = args.kv_pairs if args.kv_pairs else (max(1, seq_len // 16) if len(args.seq_lens) > 1 else 4)
+    name = model.replace(":", "_").replace("=", "-").replace(",", "_")
+    tag = f"{name}_L{seq_len}_w{hidden}_rho{rho:g}_C{chunk or 'spec'}_s{seed}"
+    heads = max(1, hidden // args.head_dim) if args.head_dim else args.heads
+    cfg = {"task": args.task, "tier": "cpu", "seq_len": seq_len, "num_layers": args.layers, "hidden_size": hidden,
+           "num_heads": heads, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
+           "warmup_steps": min(15, max(1, args.steps // 10)), "log_every": max(1, args.steps // args.curve_points),
+           "eval_examples": args.eval_examples, "overwrite": True, "seed": seed, "quiet": True,
+           "ckpt_every": 10 ** 9, "threads": args.threads, "out": str(out / "runs" / tag)}
+    if args.task in ("mqar", "robust"):
+        cfg["kv_pairs"] = kv
+    if args.task == "robust":
+        cfg["contamination"] = rho
+    if chunk is not None:
+        cfg["chunk_size"] = chunk
+    cfg["spec"], cfg["spec_options"] = spec_and_options(model)
+    t0 = time.perf_counter()
+    res = train(cfg)
+    wall = time.perf_counter() - t0
+    curve = []
+    for line in Path(res.metrics_path).read_text().splitlines():
+        r = json.loads(line)
+        if "train_acc" in r:
+            curve.append((r["step"], r["train_acc"]))
+    row = {"model": model, "seed": seed, "seq_len": seq_len, "kv_pairs": cfg.get("kv_pairs"), "hidden_size": hidden,
+           "contamination": rho, "chunk_size": chunk, "eval_len": seq_len, "accuracy": res.eval.get("accuracy"),
+           "final_loss": res.final_loss, "tokens_per_s": res.tokens_per_s, "params": res.params, "wall_s": wall,
+           "curve": curve}
+    if not args.eval_lens:
+        return [row]
+    # the trained model on longer (or shorter) test sequences: one row per test length
+    from mirasc.train import evaluate_checkpoint
+
+    rows = []
+    for n in args.eval_lens:
+        m = evaluate_checkpoint(res.checkpoint, task=args.task, seq_len=n, num_examples=args.eval_examples)
+        rows.append({**row, "eval_len": n, "accuracy": m["accuracy"]})
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per (model, setting): mean accuracy over seeds, min, max, mean wall time."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"],) + tuple(r[k] for k in SWEPT), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        acc = [r["accuracy"] for r in rs]
+        out.append({"model": key[0], **dict(zip(SWEPT, key[1:])), "kv_pairs": rs[0]["kv_pairs"],
+                    "seeds": [r["seed"] for r in rs], "accuracies": acc, "mean": statistics.fmean(acc),
+                    "min": min(acc), "max": max(acc), "wall_s": statistics.fmean(r["wall_s"] for r in rs),
+                    "params": rs[0]["params"]})
+    return out
+
+
+def table(summary: list[dict], varied: list[str]) -> str:
+    cols = ["model"] + varied + ["accuracy (mean over seeds)", "min–max", "seeds", "s / run", "params"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for s in summary:
+        vals = [s["model"]] + [f"{s[k]:g}" if isinstance(s[k], float) else str(s[k]) for k in varied]
+        vals += [f"{s['mean']:.3f}", f"{s['min']:.3f}–{s['max']:.3f}", str(len(s["seeds"])), f"{s['wall_s']:.0f}",
+                 f"{s['params']:,}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="mqar", choices=["mqar", "robust"])
+    p.add_argument("--task", default="mqar", choices=["mqar", "robust", "niah"])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--contamination", nargs="+", type=float, default=[0.0])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--hidden-sizes", nargs="+", type=int, default=[32])
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[32])
+    p.add_argument("--chunk-sizes", nargs="+", type=int, default=None,
+                   help="the layer's chunk size (default: each spec's own)")
+    p.add_argument("--kv-pairs", type=int, default=None,
+                   help="MQAR pairs (default 4, or L/16 when several lengths are swept)")
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--hidden-size", type=int, default=32)
     p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--head-dim", type=int, default=None,
+                   help="heads = width / HEAD_DIM (a width sweep at a fixed head size); default: --heads")
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--kv-pairs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--eval-examples", type=int, default=256)
+    p.add_argument("--eval-lens", nargs="+", type=int, default=None,
+                   help="also test each trained model at these sequence lengths (e.g. S-NIAH 256 ... 2048)")
+    p.add_argument("--curve-points", type=int, default=16, help="train-accuracy points logged per run")
+    p.add_argument("--qkv-init-std", type=float, default=None,
+                   help="init the layer's q/k/v projections normal(0, STD) instead of nn.Linear's default")
+    p.add_argument("--gate-init", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="initial gate values for every spec (replacing mirasc.nn.layer.GATE_INIT and "
+                        "GATE_INIT_FOR_MAP), e.g. eta=1.0")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (1: on a shared CPU two OpenMP threads wait on each other)")
     p.add_argument("--out", default="bench/results/tasks")
+    p.add_argument("--name", default=None, help="file stem of the JSON and PNG (default: from the task)")
     args = p.parse_args(argv)
 
-    from mirasc.train.loop import train
+    from mirasc.nn import layer as layer_mod
+
+    if args.qkv_init_std is not None:
+        layer_mod.MirasLayer.qkv_init_std = args.qkv_init_std
+    for name, value in _gate_init(args.gate_init).items():  # for every spec, whatever its map
+        layer_mod.GATE_INIT[name] = value
+        for per_map in layer_mod.GATE_INIT_FOR_MAP.values():
+            per_map.pop(name, None)
 
     out = Path(args.out)
+    chunks = args.chunk_sizes or [None]
     rows = []
-    for rho in args.contamination:
-        for name in args.models:
-            cfg = {"task": args.task, "tier": "cpu", "seq_len": args.seq_len, "kv_pairs": args.kv_pairs,
-                   "num_layers": args.layers, "hidden_size": args.hidden_size, "num_heads": args.heads,
-                   "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup_steps": 15,
-                   "log_every": max(1, args.steps // 4), "eval_examples": 256, "overwrite": True, "seed": 0,
-                   "quiet": True, "out": str(out / f"{args.task}_{rho:g}" / name.replace(":", "_").replace("=", "-"))}
-            cfg["spec"], cfg["spec_options"] = spec_and_options(name)
-            if args.task == "robust":
-                cfg["contamination"] = rho
-            t0 = time.perf_counter()
-            res = train(cfg)
-            rows.append({"model": name, "task": args.task, "contamination": rho,
-                         "accuracy": res.eval.get("accuracy"), "final_loss": res.final_loss,
-                         "tokens_per_s": res.tokens_per_s, "params": res.params,
-                         "wall_s": time.perf_counter() - t0})
-            print(f"{args.task} rho={rho:g} {name:>18}: accuracy {rows[-1]['accuracy']:.3f}  "
-                  f"loss {res.final_loss:.3f}  {res.tokens_per_s:,.0f} tok/s  {rows[-1]['wall_s']:.0f}s", flush=True)
+    t_all = time.perf_counter()
+    for rho, L, w, c, model, seed in itertools.product(args.contamination, args.seq_lens, args.hidden_sizes, chunks,
+                                                       args.models, args.seeds):
+        for r in run_config(args, model, seed, L, w, rho, c, out):
+            rows.append(r)
+            print(f"{args.task} {model:>28} L={L} w={w} rho={rho:g} C={c or 'spec'} seed={seed} "
+                  f"test L={r['eval_len']}: "
+                  f"accuracy {r['accuracy']:.3f}  loss {r['final_loss']:.3f}  {r['tokens_per_s']:,.0f} tok/s  "
+                  f"{r['wall_s']:.0f}s", flush=True)
+    total = time.perf_counter() - t_all
+    summary = summarise(rows)
+    varied = [k for k, vals in (("seq_len", args.seq_lens), ("hidden_size", args.hidden_sizes),
+                                ("contamination", args.contamination), ("chunk_size", chunks),
+                                ("eval_len", args.eval_lens or [])) if len(vals) > 1]
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.task}_" + "_".join(f"{r:g}" for r in args.contamination)
-    (out / f"{stem}.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=2) + "\n")
-    print("\n| model | contamination | accuracy | final loss | tok/s | params |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['contamination']:g} | {r['accuracy']:.3f} | {r['final_loss']:.3f} | "
-              f"{r['tokens_per_s']:,.0f} | {r['params']:,} |")
-    _plot(rows, out / f"{stem}.png", args)
+    stem = args.name or args.task
+    (out / f"{stem}.json").write_text(json.dumps({"config": vars(args), "total_wall_s": total, "summary": summary,
+                                                  "rows": rows}, indent=2) + "\n")
+    print(f"\n{len(rows)} runs, {total:.0f} s in all\n")
+    print(table(summary, varied))
+    _plot(summary, varied, out / f"{stem}.png", args)
     return 0
 
 
-def _plot(rows, path: Path, args) -> None:
+def _plot(summary: list[dict], varied: list[str], path: Path, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rhos = sorted({r["contamination"] for r in rows})
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / len(rhos)
-    for j, rho in enumerate(rhos):
-        acc = [next(r["accuracy"] for r in rows if r["model"] == m and r["contamination"] == rho) for m in models]
-        ax.bar([i + j * width for i in range(len(models))], acc, width, label=f"contamination {rho:g}")
-    ax.set_xticks([i + width * (len(rhos) - 1) / 2 for i in range(len(models))], models, rotation=20)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{args.task}: {args.steps} steps, hidden {args.hidden_size}, L={args.seq_len}, "
-                 f"{args.kv_pairs} pairs")
-    ax.legend()
+    models = list(dict.fromkeys(s["model"] for s in summary))
+    title = (f"{args.task}: {args.steps} steps of batch {args.batch_size}, {len(args.seeds)} seed(s); "
+             "mean and min–max over seeds")
+    if not varied:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(models)), 3.5))
+        for i, m in enumerate(models):
+            s = next(x for x in summary if x["model"] == m)
+            ax.bar(i, s["mean"], yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]], capsize=3)
+        ax.set_xticks(range(len(models)), models, rotation=25, ha="right")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title, fontsize=9)
+    else:
+        x_key = varied[-1] if varied[-1] != "seq_len" or len(varied) == 1 else varied[0]
+        panel_keys = [k for k in varied if k != x_key]
+        panels = sorted({tuple(s[k] for k in panel_keys) for s in summary})
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+        for ax, pv in zip(axes[0], panels):
+            for m in models:
+                pts = sorted((s[x_key], s["mean"], s["min"], s["max"]) for s in summary
+                             if s["model"] == m and tuple(s[k] for k in panel_keys) == pv)
+                xs = [p[0] for p in pts]
+                ax.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                            marker="o", capsize=3, label=m)
+            if x_key in ("hidden_size", "seq_len", "chunk_size", "eval_len"):
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(LABEL[x_key])
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(", ".join(f"{LABEL[k]} = {v:g}" for k, v in zip(panel_keys, pv)) or title, fontsize=9)
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")
