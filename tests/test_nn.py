@@ -237,3 +237,13 @@ def test_qkv_init_std_restores_a_normal_init(monkeypatch):
     m = layer("titans")
     for lin in (m.q_proj, m.k_proj, m.v_proj):
         assert abs(float(lin.weight.std()) - 0.02) < 0.003
+
+
+def test_kl_map_gets_its_own_eta_init():
+    """Memora's KL map steps in log space: its eta starts at GATE_INIT_FOR_MAP's 2, the others at GATE_INIT's 0.5."""
+    from mirasc.nn.layer import GATE_INIT, GATE_INIT_FOR_MAP
+
+    x = torch.randn(2, 5, HID)
+    assert abs(layer("memora").gates(x)["eta"].mean().item() - GATE_INIT_FOR_MAP["KLMap"]["eta"]) < 0.1
+    assert abs(layer("yaad").gates(x)["eta"].mean().item() - GATE_INIT["eta"]) < 0.05
+    assert GATE_INIT_FOR_MAP["KLMap"]["eta"] != GATE_INIT["eta"]

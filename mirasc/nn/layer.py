@@ -16,7 +16,8 @@ to move that LayerNorm output towards v. With the q, k, v projections at a langu
 k and v always get PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (std 1/sqrt(3·fan_in), as titans-pytorch's
 projections), whatever the model's `initializer_range` (that still sets the embeddings, the output gate and
 projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) init for ablations. Gates start at
-GATE_INIT (α 0.99, η 0.1, δ 1, θ 0.5) with a small data-dependent spread (GateProjection); the initial memory is
+GATE_INIT (α 0.99, η 0.5, δ 1, θ 0.5; η 2 for the KL map, GATE_INIT_FOR_MAP) with a small data-dependent spread
+(GateProjection); the initial memory is
 `op.init_state` (learned from there), the memory's LayerNorm is the identity.
 
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
@@ -52,9 +53,15 @@ __all__ = ["GATE_INIT", "GateProjection", "MirasLayer", "MirasLayerCache", "gate
 # range; a half-open range [lo, inf) starts at lo + 1, an unbounded one at 0 (see gate_init_value).
 GATE_INIT = {
     "alpha": 0.99,  # retention / decay: keep almost everything
-    "eta": 0.1,  # inner learning rate: small
+    "eta": 0.5,  # inner learning rate (the midpoint of a sigmoid step): 0.1 left DeltaNet, TTT-Linear and Moneta slow
     "delta": 1.0,  # Huber threshold
     "theta": 0.5,  # momentum
+}
+# By boundary map (op.meta["map"]), values that replace GATE_INIT's. The KL map (Memora) steps in log space,
+# W = softmax(α log W − η G), on rows of softmax weights of about 1/n each: η = 0.5 barely moved them (measured in
+# bench/README.md, "Initialisation").
+GATE_INIT_FOR_MAP = {
+    "KLMap": {"eta": 2.0},
 }
 GATE_MARGIN = 1e-6  # how far inside an open bound a gate is clamped
 
@@ -101,10 +108,13 @@ def clamp_to_range(x: torch.Tensor, g: dict) -> torch.Tensor:
     return x.clamp(min=lo_c if math.isfinite(lo) else None, max=hi_c if math.isfinite(hi) else None)
 
 
-def gate_init_value(g: dict) -> float:
-    """The target initial value of a gate: GATE_INIT by name, else the range midpoint (documented fallback)."""
+def gate_init_value(g: dict, map_kind: str | None = None) -> float:
+    """The target initial value of a gate: GATE_INIT_FOR_MAP[map_kind] or GATE_INIT by name, else the range
+    midpoint (documented fallback). map_kind is the op's boundary map, op.meta["map"] (e.g. "KLMap")."""
     lo, hi = float(g["low"]), float(g["high"])
-    if g["name"] in GATE_INIT:
+    if g["name"] in GATE_INIT_FOR_MAP.get(map_kind or "", {}):
+        t = GATE_INIT_FOR_MAP[map_kind][g["name"]]
+    elif g["name"] in GATE_INIT:
         t = GATE_INIT[g["name"]]
     elif math.isfinite(lo) and math.isfinite(hi):
         t = 0.5 * (lo + hi)
@@ -147,9 +157,11 @@ class GateProjection(nn.Module):
     so at initialisation the gate sits near its target with a small data-dependent spread.
     """
 
-    def __init__(self, gate: dict, hidden_size: int, num_heads: int, head_dim: int, rank: int):
+    def __init__(self, gate: dict, hidden_size: int, num_heads: int, head_dim: int, rank: int,
+                 map_kind: str | None = None):
         super().__init__()
         self.gate = dict(gate)
+        self.map_kind = map_kind
         self.out_shape = (num_heads, head_dim) if gate["kind"] == "channel" else (num_heads,)
         out = math.prod(self.out_shape)
         self.down = nn.Parameter(torch.empty(rank, hidden_size))
@@ -162,7 +174,7 @@ class GateProjection(nn.Module):
         with torch.no_grad():
             self.down.normal_(0.0, self.down.shape[1] ** -0.5)
             self.up.normal_(0.0, 0.1 * self.up.shape[1] ** -0.5)
-            self.bias.fill_(inverse_activation(self.gate, gate_init_value(self.gate)))
+            self.bias.fill_(inverse_activation(self.gate, gate_init_value(self.gate, self.map_kind)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.linear(F.linear(x, self.down), self.up, self.bias).float()
@@ -233,7 +245,8 @@ class MirasLayer(nn.Module):
         self.static_gates = nn.ParameterDict()
         for g in self.gate_meta:
             if g["data_dependent"]:
-                self.gate_proj[g["name"]] = GateProjection(g, hidden_size, H, D, self.gate_rank)
+                self.gate_proj[g["name"]] = GateProjection(g, hidden_size, H, D, self.gate_rank,
+                                                           map_kind=self.op.meta.get("map"))
             else:
                 shape = (H, D) if g["kind"] == "channel" else (H,)
                 self.static_gates[g["name"]] = nn.Parameter(torch.empty(shape))
@@ -269,7 +282,8 @@ class MirasLayer(nn.Module):
             self.conv_weight.uniform_(-bound, bound)
             for g in self.gate_meta:
                 if not g["data_dependent"]:
-                    self.static_gates[g["name"]].fill_(inverse_activation(g, gate_init_value(g)))
+                    self.static_gates[g["name"]].fill_(
+                        inverse_activation(g, gate_init_value(g, self.op.meta.get("map"))))
             with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
                 s0 = self.op.init_state(1, self.num_heads, self.head_dim, torch.float32, "cpu")
             for p, s in zip(self.initial_state, s0):
