@@ -37,7 +37,11 @@ def test_shapes_and_gate_init(name):
     for g in m.op.meta["gates"]:
         val = m.gates(x)[g["name"]]
         want = gate_init_value(g)
-        assert (val - want).abs().max() < 0.1 * max(1.0, abs(want)), (g["name"], val.min(), val.max())
+        # near the target on average, with a small data-dependent spread (its width follows the activation's slope
+        # there: softplus at 0.5 has slope 0.39, so eta spreads over about ±0.2)
+        scale = max(1.0, abs(want))
+        assert abs(val.mean().item() - want) < 0.05 * scale, (g["name"], val.mean())
+        assert (val - want).abs().max() < 0.3 * scale, (g["name"], val.min(), val.max())
     gates = {g["name"]: g for g in m.op.meta["gates"]}
     if "alpha" in gates:
         assert abs(m.gates(x)["alpha"].mean().item() - 0.99) < 0.005
