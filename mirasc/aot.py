@@ -115,12 +115,13 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 
 
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
-               timeout: float = 300.0, options: dict | None = None) -> list[KernelReport]:
+               timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None
+               ) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module for the target and report one row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype."""
-    from .backends.triton import num_warps
+    from .backends.triton import hidden_block, num_warps
     from .codegen import generate_triton
     from .loader import load
 
@@ -131,7 +132,8 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     checked = load(spec, options=options) if not hasattr(spec, "memory") else spec
     text = generate_triton(checked, options)
     hidden = head_dim * (checked.memory.expansion if checked.memory.depth > 1 else 1)
-    consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "IS_VARLEN": False, "DTYPE": "fp32",
+    consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden),
+              "IS_VARLEN": False, "DTYPE": "fp32",
               "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
     reports = []
     with tempfile.TemporaryDirectory() as d:

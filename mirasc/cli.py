@@ -125,7 +125,8 @@ def cmd_aot(args) -> int:
     for spec in args.specs:
         try:
             found = aot_report(spec, arch=args.arch, chunk_size=args.chunk_size, head_dim=args.head_dim,
-                               dtype=args.dtype, timeout=args.timeout, options=_options(args.option))
+                               dtype=args.dtype, timeout=args.timeout, options=_options(args.option),
+                               block_hidden=args.block_hidden)
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--head-dim", type=int, default=64)
     a.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q, k, v's dtype")
     a.add_argument("--timeout", type=float, default=300.0, help="seconds per kernel")
+    a.add_argument("--block-hidden", type=int, help="BH, the hidden-axis block of an MLP memory (default: the "
+                                                    "launcher's choice)")
     a.add_argument("--json", action="store_true", help="one JSON object per kernel and line")
     a.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
     a.set_defaults(fn=cmd_aot)

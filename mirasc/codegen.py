@@ -15,7 +15,6 @@ from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V, derive
 from .dotform import to_dot_form
 from .emit_torch import TorchPrinter, emit_function
-from .emit_triton import OFFSETS, KernelIO, gradient_terms, kernels, stored_values
 from .grad import differentiate, split_saved
 from .lower import (
     DECAY_SPREAD_LIMIT,
@@ -28,6 +27,7 @@ from .lower import (
     state_names,
 )
 from .resources import resource_dir
+from .triton_kernels import OFFSETS, KernelIO, gradient_terms, kernels, stored_values
 
 TEMPLATES = resource_dir("templates")
 
@@ -153,7 +153,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
     ins = input_names(spec)
     factored = factorable(spec)
     variants = [("", factored, False)] + ([("_cube", False, True)] if factored else [])
-    found, io, stored = [], None, []
+    found, io, stored, jobs = [], None, [], {}
     for suffix, use_factored, cube in variants:
         fwd = lower(d, factored=use_factored)
         io = io or _kernel_io(spec, fwd)
@@ -164,14 +164,18 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
             if cube:
                 k.doc += " (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains " \
                          "until the sub-chunk scheme replaces it)"
+            job = k.name.removeprefix("chunk_").removesuffix(f"_kernel{suffix}")
+            jobs[job + suffix] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
+                                  "scratch": [list(axes) for axes in k.scratch]}
             found.append(k)
     description = {
         "spec": spec.name,
         "states": {n: list(io.axes[n]) for n in io.states},
         "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
-        "kernels": ["state_fwd", "out_fwd", "state_bwd"] + [f"grad_{n}_{j}_bwd" for n in io.rest
-                                                            for j in range(grad_terms[n])],
+        # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence) and the axes of
+        # each value they keep in scratch memory, per program
+        "kernels": jobs,
         "grad_terms": grad_terms,  # kernels (summands) per input gradient
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
         "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",

@@ -16,9 +16,10 @@ from mirasc import ir
 from mirasc.codegen import _kernel_io
 from mirasc.derive import derive
 from mirasc.dotform import is_dot, product_tile_axes, to_dot_form
-from mirasc.emit_triton import CubeTileError, kernels
+from mirasc.emit_triton import CubeTileError
 from mirasc.grad import differentiate
 from mirasc.lower import factorable, input_names, lower
+from mirasc.triton_kernels import kernels
 from mirasc.triton_printer import TritonPrinter
 
 
@@ -79,8 +80,10 @@ def test_aot_compiles_for_an_h100():
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    jobs = ("state_fwd", "out_fwd", "state_bwd", "grad_q_bwd", "grad_k_bwd", "grad_v_bwd")
-    assert {r["kernel"] for r in rows} == {f"chunk_{job}_kernel" for job in jobs}
+    kernels = {r["kernel"] for r in rows}
+    assert {"chunk_state_fwd_kernel", "chunk_out_fwd_kernel", "chunk_state_bwd_kernel"} <= kernels
+    for x in "qkv":  # each input's gradient: one kernel per summand
+        assert f"chunk_grad_{x}_0_bwd_kernel" in kernels
     for r in rows:
         for key in ("spec", "kernel", "head_dim", "ok", "compile_s", "regs", "stack", "shared", "mma", "dots"):
             assert key in r, key

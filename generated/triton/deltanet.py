@@ -23,16 +23,16 @@ DESCRIPTION = {'spec': 'deltanet',
             ['v', ['t', 'o'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_k_0_bwd',
-             'grad_k_1_bwd',
-             'grad_k_2_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_eta_0_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
+             'out_fwd': {'grid': 'chunks', 'scratch': []},
+             'state_bwd': {'grid': 'sequences', 'scratch': []},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []}},
  'grad_terms': {'q': 2, 'k': 3, 'v': 1, 'gate_eta': 1},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
@@ -42,8 +42,8 @@ DESCRIPTION = {'spec': 'deltanet',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -61,8 +61,8 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     w1 = tl.load(w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     c = 0
@@ -102,8 +102,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -121,8 +121,8 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -153,8 +153,8 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -172,8 +172,8 @@ def chunk_state_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     carry_w1 = tl.load(d_final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     c = tl.cdiv(seq_len, C) - 1
@@ -213,8 +213,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -232,8 +232,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -263,8 +263,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -282,8 +282,8 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -299,8 +299,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -318,8 +318,8 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -367,8 +367,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -386,8 +386,8 @@ def chunk_grad_k_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -444,8 +444,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -463,8 +463,8 @@ def chunk_grad_k_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -500,8 +500,8 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -519,8 +519,8 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -555,8 +555,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -574,8 +574,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing

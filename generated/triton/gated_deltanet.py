@@ -24,17 +24,17 @@ DESCRIPTION = {'spec': 'gated_deltanet',
             ['gate_alpha', ['t'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_k_0_bwd',
-             'grad_k_1_bwd',
-             'grad_k_2_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_alpha_0_bwd',
-             'grad_gate_eta_0_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
+             'out_fwd': {'grid': 'chunks', 'scratch': []},
+             'state_bwd': {'grid': 'sequences', 'scratch': []},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []}},
  'grad_terms': {'q': 2, 'k': 3, 'v': 1, 'gate_alpha': 1, 'gate_eta': 1},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
@@ -44,8 +44,8 @@ DESCRIPTION = {'spec': 'gated_deltanet',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -63,8 +63,8 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     w1 = tl.load(w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     c = 0
@@ -116,8 +116,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -135,8 +135,8 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -174,8 +174,8 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -193,8 +193,8 @@ def chunk_state_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     carry_w1 = tl.load(d_final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     c = tl.cdiv(seq_len, C) - 1
@@ -247,8 +247,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -266,8 +266,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -303,8 +303,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -322,8 +322,8 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -344,8 +344,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -363,8 +363,8 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -421,8 +421,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -440,8 +440,8 @@ def chunk_grad_k_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -507,8 +507,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -526,8 +526,8 @@ def chunk_grad_k_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -572,8 +572,8 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -591,8 +591,8 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -634,8 +634,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -653,8 +653,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
@@ -747,8 +747,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -766,8 +766,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing

@@ -23,14 +23,14 @@ DESCRIPTION = {'spec': 'retnet',
             ['v', ['t', 'o'], True],
             ['gate_alpha', [], False]],
  'hidden': 1,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_k_0_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_alpha_0_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
+             'out_fwd': {'grid': 'chunks', 'scratch': []},
+             'state_bwd': {'grid': 'sequences', 'scratch': []},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []}},
  'grad_terms': {'q': 2, 'k': 1, 'v': 1, 'gate_alpha': 1},
  'stored': [],
  'fallback': None}
@@ -40,8 +40,8 @@ DESCRIPTION = {'spec': 'retnet',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -59,8 +59,8 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     w1 = tl.load(w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
@@ -101,8 +101,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -120,8 +120,8 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
@@ -156,8 +156,8 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -175,8 +175,8 @@ def chunk_state_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     carry_w1 = tl.load(d_final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
@@ -206,8 +206,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -225,8 +225,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
@@ -257,8 +257,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -276,8 +276,8 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
@@ -299,8 +299,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -318,8 +318,8 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
@@ -360,8 +360,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -379,8 +379,8 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
@@ -421,8 +421,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -440,8 +440,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and

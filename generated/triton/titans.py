@@ -27,26 +27,113 @@ DESCRIPTION = {'spec': 'titans',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_q_2_bwd',
-             'grad_q_3_bwd',
-             'grad_k_0_bwd',
-             'grad_k_1_bwd',
-             'grad_k_2_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_alpha_0_bwd',
-             'grad_gate_eta_0_bwd',
-             'grad_gate_theta_0_bwd',
-             'grad_ln_weight_0_bwd',
-             'grad_ln_weight_1_bwd',
-             'grad_ln_weight_2_bwd',
-             'grad_ln_weight_3_bwd',
-             'grad_ln_bias_0_bwd',
-             'grad_ln_bias_1_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']]},
+             'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
+             'state_bwd': {'grid': 'sequences',
+                           'scratch': [['h', 'i'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['h', 'i'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h']]},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h']]},
+             'grad_q_2_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h']]},
+             'grad_q_3_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h']]},
+             'grad_k_0_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h']]},
+             'grad_k_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_k_2_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h']]},
+             'grad_v_0_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_gate_alpha_0_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h']]},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['t', 'h']]},
+             'grad_gate_theta_0_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h']]},
+             'grad_ln_weight_0_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_ln_weight_1_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_weight_2_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_weight_3_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_bias_1_bwd': {'grid': 'sequences',
+                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]}},
  'grad_terms': {'q': 4,
                 'k': 3,
                 'v': 1,
@@ -61,10 +148,10 @@ DESCRIPTION = {'spec': 'titans',
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_state_fwd_kernel(
-    w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr,
+    w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -82,30 +169,29 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    w1 = tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    w2 = tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    s1 = tl.load(s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    s2 = tl.load(s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    for hb in range(0, HID, BH):
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        tl.store(starts_w1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_w1_ptr.dtype.element_ty))
+        tl.store(starts_w2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_w2_ptr.dtype.element_ty))
+        tl.store(starts_s1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_s1_ptr.dtype.element_ty))
+        tl.store(starts_s2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_s2_ptr.dtype.element_ty))
+    tl.debug_barrier()
     c = 0
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        tl.store(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(starts_w1_ptr.dtype.element_ty))
-        tl.store(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(starts_w2_ptr.dtype.element_ty))
-        tl.store(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], s1.to(starts_s1_ptr.dtype.element_ty))
-        tl.store(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], s2.to(starts_s2_ptr.dtype.element_ty))
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v76 = tl.sum((v75), axis=0)
-        v77 = (v76 * w1)
         v44 = v43
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -117,12 +203,24 @@ def chunk_state_fwd_kernel(
         v64 = tl.sum((v63), axis=1)
         v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
-        v80 = (v77 + (v79 * s1))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        _c0 = (0.5 * v12)
-        v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v77 = (v76 * w1)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v80 = (v77 + (v79 * s1))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v80)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
@@ -144,10 +242,6 @@ def chunk_state_fwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v70 = v37
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
@@ -159,45 +253,60 @@ def chunk_state_fwd_kernel(
         v65 = v48
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
-        v73 = (v70 * v67[:, None])
         v69 = k
-        v74 = tl.dot(tl.trans(v73).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = (v80 - v74)  # layer 1 end state
-        v89 = (v76 * w2)
-        v90 = (v89 + (v79 * s2))
         v72 = v35
         v87 = (v72 * v67[:, None])
-        v71 = v13
-        v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v91 = (v90 - v88)  # layer 2 end state
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
-        v82 = (v70 * v68[:, None])
-        v83 = tl.dot(tl.trans(v82).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (((-1.0) * v83) + (v85 * s1))
         v92 = (v72 * v68[:, None])
-        v93 = tl.dot(tl.trans(v92).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v94 = (((-1.0) * v93) + (v85 * s2))
-        w1 = v81
-        w2 = v91
-        s1 = v86
-        s2 = v94
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v70 = v37
+            v73 = (v70 * v67[:, None])
+            v74 = tl.dot(tl.trans(v73).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            v81 = (v80 - v74)  # layer 1 end state
+            tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v89 = (v76 * w2)
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v90 = (v89 + (v79 * s2))
+            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v71 = v13
+            v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v91 = (v90 - v88)  # layer 2 end state
+            tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v82 = (v70 * v68[:, None])
+            v83 = tl.dot(tl.trans(v82).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v86 = (((-1.0) * v83) + (v85 * s1))
+            tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v93 = tl.dot(tl.trans(v92).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v94 = (((-1.0) * v93) + (v85 * s2))
+            tl.store(starts_s2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v94.to(starts_s2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v94.to(final_s2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+        tl.debug_barrier()
+        tl.debug_barrier()  # the next chunk reads the state this one wrote
         c += 1
-    tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
-    tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(final_w2_ptr.dtype.element_ty))
-    tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], s1.to(final_s1_ptr.dtype.element_ty))
-    tl.store(final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], s2.to(final_s2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_out_fwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -215,182 +324,58 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = (v58 + v60)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v65 = (v64 * v53)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v63 = v37
-    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v61 - v66)
-    _c0 = (0.5 * v67)
-    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v69 = (v68 * v43[:, None])
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 * v56[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = (v70 + v72)
-    v74 = v13
-    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v77 = (v76 * v53)
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
-    v87 = q
-    v88 = (v86 + v87)  # read: M(q_t; W_t)
-    tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_state_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """The initial state's adjoint and the adjoint entering every chunk's end."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
-    offs_i = tl.arange(0, D)
-    carry_w1 = tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    carry_w2 = tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    carry_s1 = tl.load(d_final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    carry_s2 = tl.load(d_final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = tl.cdiv(seq_len, C) - 1
-    while c >= 0:
+    c = 0
+    while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        tl.store(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        tl.store(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(carries_w2_ptr.dtype.element_ty))
-        tl.store(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_s1.to(carries_s1_ptr.dtype.element_ty))
-        tl.store(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_s2.to(carries_s2_ptr.dtype.element_ty))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v99 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v100 = tl.sum((v99), axis=0)
-        d_new_w1 = carry_w1
-        v129 = (v100 * d_new_w1)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v70 = (q * v49[:, None])
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v53 = v52
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v47 = v46
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
-        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        _c0 = (0.5 * v12)
-        v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v64 * v53)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
@@ -412,23 +397,202 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v74 - v79)
-        v87 = v13
+        v70 = tl.zeros((C, D), DTYPE)
+        v72 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v63 = v37
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = (v61 - v66)
+            _c0 = (0.5 * v67)
+            v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v69 = (v68 * v43[:, None])
+            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 * v56[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v73 = (v70 + v72)
+        v76 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v77 = (v76 * v53)
+        v75 = v35
+        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = (v73 - v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v79 - v81[:, None])
+        v83 = (v82 * v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
+        v87 = q
+        v88 = (v86 + v87)  # read: M(q_t; W_t)
+        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_state_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The initial state's adjoint and the adjoint entering every chunk's end."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    for hb in range(0, HID, BH):
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        tl.store(carries_w1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_w1_ptr.dtype.element_ty))
+        tl.store(carries_w2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_w2_ptr.dtype.element_ty))
+        tl.store(carries_s1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_s1_ptr.dtype.element_ty))
+        tl.store(carries_s2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_s2_ptr.dtype.element_ty))
+    tl.debug_barrier()
+    c = tl.cdiv(seq_len, C) - 1
+    while c >= 0:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v99 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v100 = tl.sum((v99), axis=0)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v70 = (q * v49[:, None])
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v129 = (v100 * d_new_w1)
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v129)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v74)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v88 = v35
-        _c0 = (0.5 * v80)
-        v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v82 = (v81 * v49[:, None])
-        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v84 = (v81 * v65[:, None])
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v82 = (v81 * v49[:, None])
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
-        v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v90 = (v89 * v62)
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -452,24 +616,14 @@ def chunk_state_bwd_kernel(
         v142 = ((-1.0) * v141)
         v143 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v145 = (v62 * v143)
-        v146 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v152 = (v141 * v65[:, None])
-        v153 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (v141 * v49[:, None])
-        v156 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v158 = (v146 + v153 + v156)
-        _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v159 = (v158 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v69 = (v57 * v50)
         v125 = (v75 * v69[:, None])
-        d_new_s1 = carry_s1
-        v124 = ((-1.0) * d_new_s1)
-        v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
@@ -477,38 +631,76 @@ def chunk_state_bwd_kernel(
         v67 = (v61 * v66[None, :])
         v68 = tl.sum((v67), axis=1)
         v130 = (v75 * v68[:, None])
-        v127 = ((-1.0) * d_new_w1)
-        v131 = tl.dot(v130.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v160 = ((-1.0) * v159)
-        v161 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v160.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v162 = (v126 + v131 + v161)
-        v163 = v162
-        _c0 = tl.full((), 1.4142135623730951, DTYPE)
-        _c1 = tl.full((), 0.5641895835477563, DTYPE)
-        _c2 = (0.5 * (v12 * v12))
-        _c3 = tl.exp(((-1.0) * _c2))
-        v166 = (v36 * v163 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
         v114 = (v88 * v69[:, None])
-        d_new_s2 = carry_s2
-        v111 = ((-1.0) * d_new_s2)
-        v115 = tl.dot(v114.to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v121 = (v88 * v68[:, None])
-        d_new_w2 = carry_w2
-        v116 = ((-1.0) * d_new_w2)
-        v122 = tl.dot(v121.to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v147 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v150 = (v115 + v122 + v147)
-        v151 = v150
-        v112 = (v87 * v69[:, None])
-        v113 = tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v119 = (v87 * v68[:, None])
-        v120 = tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 = tl.zeros((C, D), DTYPE)
+        v120 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v87 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v146 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v153 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v156 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v158 = (v146 + v153 + v156)
+            v80 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v159 = (v158 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
+            v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v124 = ((-1.0) * d_new_s1)
+            v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v127 = ((-1.0) * d_new_w1)
+            v131 = tl.dot(v130.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v160 = ((-1.0) * v159)
+            v161 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v160.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v162 = (v126 + v131 + v161)
+            v163 = v162
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v163)
+            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = tl.full((), 1.4142135623730951, DTYPE)
+            _c1 = tl.full((), 0.5641895835477563, DTYPE)
+            _c2 = (0.5 * (v12 * v12))
+            _c3 = tl.exp(((-1.0) * _c2))
+            v166 = (v36 * v163 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v111 = ((-1.0) * d_new_s2)
+            v115 = tl.dot(v114.to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v116 = ((-1.0) * d_new_w2)
+            v122 = tl.dot(v121.to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v147 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v150 = (v115 + v122 + v147)
+            v151 = v150
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
+            v112 = (v87 * v69[:, None])
+            v113 += tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v119 = (v87 * v68[:, None])
+            v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v148 = (v113 + v120 + v144)
         v149 = v148
-        _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v167 = (v163 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v169 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v169 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v163 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v167 = (v163 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
         v170 = (v149 + v169)
         v171 = tl.sum((v170), axis=1)
         v172 = (v171 / (D))
@@ -537,46 +729,66 @@ def chunk_state_bwd_kernel(
         v195 = tl.sum((v194), axis=1)
         v196 = (v195 / (D))
         v197 = (v193 + v196[:, None])
-        v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v200 = (v151 + v198)
-        _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v201 = (v200 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v202 = (v166 + v201)
-        v203 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v202.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v207 = (v129 + v165 + v203)
-        v118 = (v100 * d_new_w2)
-        v157 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v206 = (v118 + v157 + v168 + v199)
         v103 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v104 = tl.sum((v103), axis=0)
-        v123 = (v104 * d_new_s1)
         v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v102 = tl.sum((v101), axis=0)
-        v128 = (v102 * d_new_w1)
-        v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v205 = (v123 + v128 + v164)
-        v110 = (v104 * d_new_s2)
-        v117 = (v102 * d_new_w2)
-        v154 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v204 = (v110 + v117 + v154)
-        carry_w1 = v207
-        carry_w2 = v206
-        carry_s1 = v205
-        carry_s2 = v204
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v151 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v200 = (v151 + v198)
+            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v201 = (v200 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v166 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v202 = (v166 + v201)
+            v203 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v202.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v129 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            v165 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v207 = (v129 + v165 + v203)
+            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v118 = (v100 * d_new_w2)
+            v82 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v157 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v167 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v206 = (v118 + v157 + v168 + v199)
+            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v123 = (v104 * d_new_s1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v128 = (v102 * d_new_w1)
+            v159 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v205 = (v123 + v128 + v164)
+            tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(d_init_s1_ptr.dtype.element_ty), mask=c == 0)
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v110 = (v104 * d_new_s2)
+            v117 = (v102 * d_new_w2)
+            v84 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v154 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v204 = (v110 + v117 + v154)
+            tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(d_init_s2_ptr.dtype.element_ty), mask=c == 0)
+        tl.debug_barrier()
+        tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
-    tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
-    tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
-    tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_s1.to(d_init_s1_ptr.dtype.element_ty))
-    tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_s2.to(d_init_s2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -594,8 +806,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -610,10 +822,10 @@ def chunk_grad_q_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -631,132 +843,168 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v63 = v37
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = (v58 + v60)
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v65 = (v64 * v53)
-    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v61 - v66)
-    v74 = v13
-    v75 = v35
-    _c0 = (0.5 * v67)
-    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v69 = (v68 * v43[:, None])
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 * v56[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = (v70 + v72)
-    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v77 = (v76 * v53)
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v103 = (v53 * v102)
-    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v100 * v56[:, None])
-    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v107 = (v100 * v43[:, None])
-    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v109 = (v104 + v106 + v108)
-    _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v111 = ((-1.0) * v110)
-    v112 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v113 = (v53 * v112)
-    v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v65 = (v64 * v53)
+        v75 = v35
+        v70 = tl.zeros((C, D), DTYPE)
+        v72 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v63 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v67 = (v61 - v66)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            _c0 = (0.5 * v67)
+            v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v69 = (v68 * v43[:, None])
+            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 * v56[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v73 = (v70 + v72)
+        v76 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v77 = (v76 * v53)
+        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = (v73 - v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v79 - v81[:, None])
+        v83 = (v82 * v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (2.0 * v82 * v94[:, None])
+        v96 = (v91 + v95)
+        v97 = ((-1.0) * v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = (v96 + v99[:, None])
+        v101 = ((-1.0) * v100)
+        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = (v53 * v102)
+        v105 = (v100 * v56[:, None])
+        v107 = (v100 * v43[:, None])
+        v112 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v109 = (v104 + v106 + v108)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v111 = ((-1.0) * v110)
+            v63 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v113 = (v53 * v112)
+        v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -774,130 +1022,166 @@ def chunk_grad_q_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = (v58 + v60)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v65 = (v64 * v53)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v63 = v37
-    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v61 - v66)
-    v74 = v13
-    v75 = v35
-    _c0 = (0.5 * v67)
-    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v69 = (v68 * v43[:, None])
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 * v56[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = (v70 + v72)
-    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v77 = (v76 * v53)
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v103 = (v53 * v102)
-    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v100 * v56[:, None])
-    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v107 = (v100 * v43[:, None])
-    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v109 = (v104 + v106 + v108)
-    _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v111 = (v110 * v56[:, None])
-    v112 = tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v64 * v53)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v75 = v35
+        v70 = tl.zeros((C, D), DTYPE)
+        v72 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v63 = v37
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = (v61 - v66)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            _c0 = (0.5 * v67)
+            v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v69 = (v68 * v43[:, None])
+            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 * v56[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v73 = (v70 + v72)
+        v76 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v77 = (v76 * v53)
+        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = (v73 - v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v79 - v81[:, None])
+        v83 = (v82 * v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (2.0 * v82 * v94[:, None])
+        v96 = (v91 + v95)
+        v97 = ((-1.0) * v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = (v96 + v99[:, None])
+        v101 = ((-1.0) * v100)
+        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = (v53 * v102)
+        v105 = (v100 * v56[:, None])
+        v107 = (v100 * v43[:, None])
+        v112 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v109 = (v104 + v106 + v108)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v111 = (v110 * v56[:, None])
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v112 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -915,130 +1199,166 @@ def chunk_grad_q_3_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = (v58 + v60)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v65 = (v64 * v53)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v63 = v37
-    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v61 - v66)
-    v74 = v13
-    v75 = v35
-    _c0 = (0.5 * v67)
-    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v69 = (v68 * v43[:, None])
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 * v56[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = (v70 + v72)
-    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v77 = (v76 * v53)
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v103 = (v53 * v102)
-    v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v105 = (v100 * v56[:, None])
-    v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v107 = (v100 * v43[:, None])
-    v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v109 = (v104 + v106 + v108)
-    _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-    v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v111 = (v110 * v43[:, None])
-    v112 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v64 * v53)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v75 = v35
+        v70 = tl.zeros((C, D), DTYPE)
+        v72 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v63 = v37
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = (v61 - v66)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            _c0 = (0.5 * v67)
+            v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v69 = (v68 * v43[:, None])
+            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 * v56[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v73 = (v70 + v72)
+        v76 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v77 = (v76 * v53)
+        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = (v73 - v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v79 - v81[:, None])
+        v83 = (v82 * v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (2.0 * v82 * v94[:, None])
+        v96 = (v91 + v95)
+        v97 = ((-1.0) * v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = (v96 + v99[:, None])
+        v101 = ((-1.0) * v100)
+        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = (v53 * v102)
+        v105 = (v100 * v56[:, None])
+        v107 = (v100 * v43[:, None])
+        v112 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v109 = (v104 + v106 + v108)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v111 = (v110 * v43[:, None])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1056,153 +1376,191 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v76 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s1)
-    v106 = tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v76 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w1)
-    v109 = tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    v87 = v13
-    v88 = v35
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v112 = tl.sum((v111), axis=1)
-    v113 = (v112 / (D))
-    v114 = (2.0 * v95 * v113[:, None])
-    v115 = (v110 + v114)
-    v116 = ((-1.0) * v115)
-    v117 = tl.sum((v116), axis=1)
-    v118 = (v117 / (D))
-    v119 = (v115 + v118[:, None])
-    v120 = ((-1.0) * v119)
-    v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v122 = (v62 * v121)
-    v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v124 = (v119 * v65[:, None])
-    v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v126 = (v119 * v49[:, None])
-    v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v128 = (v123 + v125 + v127)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v129 = (v128 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v130 = ((-1.0) * v129)
-    v131 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v132 = (v62 * v131)
-    v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v134 = (v106 + v109 + v133)
-    v135 = v134
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v88 = v35
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
+            v105 = (v76 * v69[:, None])
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s1)
+            v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v76 * v68[:, None])
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w1)
+            v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v82 = (v81 * v49[:, None])
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v90 = (v89 * v62)
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v112 = tl.sum((v111), axis=1)
+        v113 = (v112 / (D))
+        v114 = (2.0 * v95 * v113[:, None])
+        v115 = (v110 + v114)
+        v116 = ((-1.0) * v115)
+        v117 = tl.sum((v116), axis=1)
+        v118 = (v117 / (D))
+        v119 = (v115 + v118[:, None])
+        v120 = ((-1.0) * v119)
+        v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (v62 * v121)
+        v124 = (v119 * v65[:, None])
+        v126 = (v119 * v49[:, None])
+        v131 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v128 = (v123 + v125 + v127)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v129 = (v128 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v130 = ((-1.0) * v129)
+            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v132 = (v62 * v131)
+        v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v134 = (v106 + v109 + v133)
+        v135 = v134
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1220,177 +1578,214 @@ def chunk_grad_k_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = v155
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (2.0 * v18 * v149)
+        v151 = tl.sum((v150), axis=1)
+        v152 = (v151 / (D))
+        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v155 = (v153 + v154)
+        v156 = v155
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1408,211 +1803,274 @@ def chunk_grad_k_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v75 = k
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v115 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v114 = ((-1.0) * d_new_s1)
-    v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v118 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v117 = ((-1.0) * d_new_w1)
-    v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    v87 = v13
-    v88 = v35
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v122 / (D))
-    v124 = (2.0 * v95 * v123[:, None])
-    v125 = (v120 + v124)
-    v126 = ((-1.0) * v125)
-    v127 = tl.sum((v126), axis=1)
-    v128 = (v127 / (D))
-    v129 = (v125 + v128[:, None])
-    v130 = ((-1.0) * v129)
-    v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v62 * v131)
-    v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v140 = (v129 * v65[:, None])
-    v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v142 = (v129 * v49[:, None])
-    v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v144 = (v134 + v141 + v143)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v145 = (v144 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v146 = ((-1.0) * v145)
-    v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v148 = (v116 + v119 + v147)
-    v149 = v148
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v12 * v12))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v150 = (v36 * v149 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v107 = (v88 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v88 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v109 = ((-1.0) * d_new_w2)
-    v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v138 = (v108 + v113 + v135)
-    v139 = v138
-    v105 = (v87 * v69[:, None])
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = (v87 * v68[:, None])
-    v111 = tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v136 = (v106 + v111 + v132)
-    v137 = v136
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v151 = (v149 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v152 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v153 = (v137 + v152)
-    v154 = tl.sum((v153), axis=1)
-    v155 = (v154 / (D))
-    v156 = ((-1.0) * v155)
-    v157 = (v153 + v156[:, None])
-    v158 = (2.0 * v29[:, None] * v157)
-    v159 = (2.0 * v18 * v157)
-    v160 = tl.sum((v159), axis=1)
-    v161 = (v160 / (D))
-    v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v169 = (v165 + v168)
-    v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v164 = tl.sum((v163), axis=1)
-    v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v167 = tl.sum((v166), axis=1)
-    v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v172 = tl.sum((v171), axis=1)
-    v173 = (v164 + v167 + v172)
-    v174 = (v173 / (D))
-    v175 = (2.0 * v18 * v174[:, None])
-    v176 = (v158 + v162 + v170 + v175)
-    v177 = ((-1.0) * v176)
-    v178 = tl.sum((v177), axis=1)
-    v179 = (v178 / (D))
-    v180 = (v176 + v179[:, None])
-    v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v182 = (v139 + v181)
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v183 = (v182 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v184 = (v150 + v183)
-    v185 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v75 = k
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v115 = (v75 * v69[:, None])
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v118 = (v75 * v68[:, None])
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v88 = v35
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v114 = ((-1.0) * d_new_s1)
+            v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v117 = ((-1.0) * d_new_w1)
+            v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v119)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v82 = (v81 * v49[:, None])
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v90 = (v89 * v62)
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v122 = tl.sum((v121), axis=1)
+        v123 = (v122 / (D))
+        v124 = (2.0 * v95 * v123[:, None])
+        v125 = (v120 + v124)
+        v126 = ((-1.0) * v125)
+        v127 = tl.sum((v126), axis=1)
+        v128 = (v127 / (D))
+        v129 = (v125 + v128[:, None])
+        v130 = ((-1.0) * v129)
+        v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v133 = (v62 * v131)
+        v140 = (v129 * v65[:, None])
+        v142 = (v129 * v49[:, None])
+        v107 = (v88 * v69[:, None])
+        v112 = (v88 * v68[:, None])
+        v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
+        v111 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v144 = (v134 + v141 + v143)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v145 = (v144 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v146 = ((-1.0) * v145)
+            v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v116 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v119 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v148 = (v116 + v119 + v147)
+            v149 = v148
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v149)
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = tl.full((), 1.4142135623730951, DTYPE)
+            _c1 = tl.full((), 0.5641895835477563, DTYPE)
+            _c2 = (0.5 * (v12 * v12))
+            _c3 = tl.exp(((-1.0) * _c2))
+            v150 = (v36 * v149 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v150)
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v109 = ((-1.0) * d_new_w2)
+            v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v138 = (v108 + v113 + v135)
+            v139 = v138
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
+            v105 = (v87 * v69[:, None])
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v110 = (v87 * v68[:, None])
+            v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v136 = (v106 + v111 + v132)
+        v137 = v136
+        v152 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v149 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v151 = (v149 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v153 = (v137 + v152)
+        v154 = tl.sum((v153), axis=1)
+        v155 = (v154 / (D))
+        v156 = ((-1.0) * v155)
+        v157 = (v153 + v156[:, None])
+        v158 = (2.0 * v29[:, None] * v157)
+        v159 = (2.0 * v18 * v157)
+        v160 = tl.sum((v159), axis=1)
+        v161 = (v160 / (D))
+        v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v169 = (v165 + v168)
+        v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v164 = tl.sum((v163), axis=1)
+        v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v167 = tl.sum((v166), axis=1)
+        v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v172 = tl.sum((v171), axis=1)
+        v173 = (v164 + v167 + v172)
+        v174 = (v173 / (D))
+        v175 = (2.0 * v18 * v174[:, None])
+        v176 = (v158 + v162 + v170 + v175)
+        v177 = ((-1.0) * v176)
+        v178 = tl.sum((v177), axis=1)
+        v179 = (v178 / (D))
+        v180 = (v176 + v179[:, None])
+        v185 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v139 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v182 = (v139 + v181)
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v183 = (v182 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v150 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v184 = (v150 + v183)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -1630,177 +2088,214 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = ((-1.0) * v155)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v156.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (2.0 * v18 * v149)
+        v151 = tl.sum((v150), axis=1)
+        v152 = (v151 / (D))
+        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v155 = (v153 + v154)
+        v156 = ((-1.0) * v155)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v156.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1818,194 +2313,282 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v99 = (w2 * d_new_w2)
-    v100 = tl.sum(tl.sum((v99), axis=1), axis=0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v109 = (w1 * d_new_w1)
-    v110 = tl.sum(tl.sum((v109), axis=1), axis=0)
-    v111 = (v100 + v110)
-    v112 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v111)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v48 = tl.exp(v43)  # cumulative decay in the chunk
-    v62 = (q * v48[:, None])
-    v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v44 = v43
-    v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v51 = tl.cumsum(v50, axis=0, reverse=False)
-    v54 = tl.exp(v51)  # cumulative decay in the chunk
-    v59 = v54
-    v60 = (v55 * v59[None, :])
-    v61 = tl.sum((v60), axis=1)
-    v64 = (q * v61[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v63 + v65)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v67 = k
-    v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v52 = v51
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v49 = gate_eta
-    v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
-    v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = (v69 * v58)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v68 = v37
-    v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v72 = (v66 - v71)
-    _c0 = (0.5 * v72)
-    v73 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v74 = (v73 * v48[:, None])
-    v75 = tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = (v73 * v61[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v77 = tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v75 + v77)
-    v79 = v13
-    v81 = tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v82 = (v81 * v58)
-    v80 = v35
-    v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v78 - v83)
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    v87 = (v84 - v86[:, None])
-    v88 = (v87 * v87)
-    v89 = tl.sum((v88), axis=1)
-    v90 = (v89 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-    v117 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v87 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v138 = tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v139 = (v125 * v138)
-    v140 = tl.sum((v139), axis=1)
-    v126 = ((-1.0) * v125)
-    v127 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v128 = (v58 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v131 = (v125 * v61[:, None])
-    v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v136 = (v125 * v48[:, None])
-    v137 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v141 = (v130 + v132 + v137)
-    _c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
-    v142 = (v141 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v149 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v150 = (v142 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v162 = (v112 + v140 + v151)
-    v163 = (v162 * tl.exp(v43))
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v96 = ((-1.0) * d_new_w2)
-    v101 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = (v79 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = ((-1.0) * d_new_w1)
-    v113 = tl.dot(v68.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v67 * v113)
-    v115 = tl.sum((v114), axis=1)
-    v152 = (v103 + v115)
-    v153 = (v57 * v152[:, None])
-    v154 = tl.sum((v153), axis=0)
-    v155 = v154
-    v164 = (v41 * v155 * tl.exp((v47 - v44)))
-    v165 = tl.sum((v164), axis=0)
-    v167 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v165)
-    v97 = (s2 * d_new_w2)
-    v98 = tl.sum(tl.sum((v97), axis=1), axis=0)
-    v105 = (s1 * d_new_w1)
-    v106 = tl.sum(tl.sum((v105), axis=1), axis=0)
-    v107 = (v98 + v106)
-    v108 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v107)
-    v133 = tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v134 = (v125 * v133)
-    v135 = tl.sum((v134), axis=1)
-    v146 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v147 = (v142 * v146)
-    v148 = tl.sum((v147), axis=1)
-    v156 = (v108 + v135 + v148)
-    v157 = (v59[None, :] * v156[:, None])
-    v129 = (v81 * v127)
-    v143 = ((-1.0) * v142)
-    v144 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v69 * v144)
-    v158 = (v129 + v145)
-    v159 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v160 = (v157 + v159)
-    v161 = v160
-    v168 = (v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-    v169 = tl.sum((v168), axis=1)
-    v166 = ((-1.0) * v41 * v155 * tl.exp((v47 - v44)))
-    v170 = ((-1.0) * v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-    v171 = tl.sum((v170), axis=0)
-    v172 = (v166 + v171)
-    v173 = v172
-    v174 = (v163 + v167 + v169 + v173)
-    v175 = tl.cumsum(v174, axis=0, reverse=True)
-    v176 = (v175 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v176.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v100 = tl.zeros((), DTYPE)
+        v110 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v99 = (w2 * d_new_w2)
+            v100 += tl.sum(tl.sum((v99), axis=1), axis=0)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v109 = (w1 * d_new_w1)
+            v110 += tl.sum(tl.sum((v109), axis=1), axis=0)
+        v111 = (v100 + v110)
+        v112 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v111)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v62 = (q * v48[:, None])
+        v44 = v43
+        v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v51 = tl.cumsum(v50, axis=0, reverse=False)
+        v54 = tl.exp(v51)  # cumulative decay in the chunk
+        v59 = v54
+        v60 = (v55 * v59[None, :])
+        v61 = tl.sum((v60), axis=1)
+        v64 = (q * v61[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v67 = k
+        v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v52 = v51
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v49 = gate_eta
+        v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
+        v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = (v69 * v58)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = (v63 + v65)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v66)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v75 = tl.zeros((C, D), DTYPE)
+        v77 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v68 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
+            v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v72 = (v66 - v71)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
+            _c0 = (0.5 * v72)
+            v73 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+            v74 = (v73 * v48[:, None])
+            v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v76 = (v73 * v61[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v78 = (v75 + v77)
+        v81 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v79 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v82 = (v81 * v58)
+        v80 = v35
+        v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v78 - v83)
+        v85 = tl.sum((v84), axis=1)
+        v86 = (v85 / (D))
+        v87 = (v84 - v86[:, None])
+        v88 = (v87 * v87)
+        v89 = tl.sum((v88), axis=1)
+        v90 = (v89 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+        v117 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v87 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v138 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v138 += tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v139 = (v125 * v138)
+        v140 = tl.sum((v139), axis=1)
+        v126 = ((-1.0) * v125)
+        v127 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v128 = (v58 * v127)
+        v131 = (v125 * v61[:, None])
+        v136 = (v125 * v48[:, None])
+        v151 = tl.zeros((C,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v137 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v141 = (v130 + v132 + v137)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
+            v142 = (v141 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v149 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v150 = (v142 * v149)
+            v151 += tl.sum((v150), axis=1)
+        tl.debug_barrier()
+        v162 = (v112 + v140 + v151)
+        v163 = (v162 * tl.exp(v43))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v103 = tl.zeros((C,), DTYPE)
+        v113 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v96 = ((-1.0) * d_new_w2)
+            v101 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v102 = (v79 * v101)
+            v103 += tl.sum((v102), axis=1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_w1)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v113 += tl.dot(v68.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v114 = (v67 * v113)
+        v115 = tl.sum((v114), axis=1)
+        v152 = (v103 + v115)
+        v153 = (v57 * v152[:, None])
+        v154 = tl.sum((v153), axis=0)
+        v155 = v154
+        v164 = (v41 * v155 * tl.exp((v47 - v44)))
+        v165 = tl.sum((v164), axis=0)
+        v167 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v165)
+        v98 = tl.zeros((), DTYPE)
+        v106 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v97 = (s2 * d_new_w2)
+            v98 += tl.sum(tl.sum((v97), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v105 = (s1 * d_new_w1)
+            v106 += tl.sum(tl.sum((v105), axis=1), axis=0)
+        v107 = (v98 + v106)
+        v108 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v107)
+        v133 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v133 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v134 = (v125 * v133)
+        v135 = tl.sum((v134), axis=1)
+        v148 = tl.zeros((C,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v146 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v142 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v147 = (v142 * v146)
+            v148 += tl.sum((v147), axis=1)
+        v156 = (v108 + v135 + v148)
+        v157 = (v59[None, :] * v156[:, None])
+        v129 = (v81 * v127)
+        v144 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v142 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v143 = ((-1.0) * v142)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v144 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v69 * v144)
+        v158 = (v129 + v145)
+        v159 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v160 = (v157 + v159)
+        v161 = v160
+        v168 = (v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
+        v169 = tl.sum((v168), axis=1)
+        v166 = ((-1.0) * v41 * v155 * tl.exp((v47 - v44)))
+        v170 = ((-1.0) * v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
+        v171 = tl.sum((v170), axis=0)
+        v172 = (v166 + v171)
+        v173 = v172
+        v174 = (v163 + v167 + v169 + v173)
+        v175 = tl.cumsum(v174, axis=0, reverse=True)
+        v176 = (v175 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v176.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -2023,172 +2606,217 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v84 = v13
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v85 = v35
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v101 = ((-1.0) * d_new_s2)
-    v102 = tl.dot(v85.to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v103 = (v84 * v102)
-    v104 = tl.sum((v103), axis=1)
-    v72 = k
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v73 = v37
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v109 = ((-1.0) * d_new_s1)
-    v110 = tl.dot(v73.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v111 = (v72 * v110)
-    v112 = tl.sum((v111), axis=1)
-    v141 = (v104 + v112)
-    v142 = (v57 * v141)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v105 = ((-1.0) * d_new_w2)
-    v106 = tl.dot(v85.to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v107 = (v84 * v106)
-    v108 = tl.sum((v107), axis=1)
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v114 = tl.dot(v73.to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v115 = (v72 * v114)
-    v116 = tl.sum((v115), axis=1)
-    v143 = (v108 + v116)
-    v144 = (v66[None, :] * v143[:, None])
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v67 = (q * v49[:, None])
-    v68 = tl.dot(v67.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v69 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 + v70)
-    v74 = tl.dot(q.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v75 = (v74 * v62)
-    v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v77 = (v71 - v76)
-    _c0 = (0.5 * v77)
-    v78 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v86 = tl.dot(v78.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v79 = (v78 * v49[:, None])
-    v80 = tl.dot(v79.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v81 = (v78 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v82 = tl.dot(v81.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = (v80 + v82)
-    v87 = (v86 * v62)
-    v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = (v83 - v88)
-    v90 = tl.sum((v89), axis=1)
-    v91 = (v90 / (D))
-    v92 = (v89 - v91[:, None])
-    v93 = (v92 * v92)
-    v94 = tl.sum((v93), axis=1)
-    v95 = (v94 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
-    v118 = ((-0.5) * v92 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v95[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
-    v119 = tl.sum((v118), axis=1)
-    v120 = (v119 / (D))
-    v121 = (2.0 * v92 * v120[:, None])
-    v122 = (v117 + v121)
-    v123 = ((-1.0) * v122)
-    v124 = tl.sum((v123), axis=1)
-    v125 = (v124 / (D))
-    v126 = (v122 + v125[:, None])
-    v127 = ((-1.0) * v126)
-    v128 = tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v130 = (v86 * v128)
-    v129 = (v62 * v128)
-    v131 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v132 = (v126 * v65[:, None])
-    v133 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v134 = (v126 * v49[:, None])
-    v135 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v136 = (v131 + v133 + v135)
-    _c0 = (0.5 * v77 * tl.full((), 1.4142135623730951, DTYPE))
-    v137 = (v136 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v77 * v77))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v138 = ((-1.0) * v137)
-    v139 = tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v140 = (v74 * v139)
-    v145 = (v130 + v140)
-    v146 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v147 = (v144 + v146)
-    v148 = tl.trans(v147)
-    v149 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v148)
-    v150 = tl.sum((v149), axis=0)
-    v151 = (v142 + v150)
-    v152 = v151
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v152.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v84 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v84)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v85 = v35
+        v72 = k
+        v104 = tl.zeros((C,), DTYPE)
+        v110 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v101 = ((-1.0) * d_new_s2)
+            v102 = tl.dot(v85.to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v103 = (v84 * v102)
+            v104 += tl.sum((v103), axis=1)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v73 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v109 = ((-1.0) * d_new_s1)
+            v110 += tl.dot(v73.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v111 = (v72 * v110)
+        v112 = tl.sum((v111), axis=1)
+        v141 = (v104 + v112)
+        v142 = (v57 * v141)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v108 = tl.zeros((C,), DTYPE)
+        v114 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v105 = ((-1.0) * d_new_w2)
+            v106 = tl.dot(v85.to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v107 = (v84 * v106)
+            v108 += tl.sum((v107), axis=1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v114 += tl.dot(v73.to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 = (v72 * v114)
+        v116 = tl.sum((v115), axis=1)
+        v143 = (v108 + v116)
+        v144 = (v66[None, :] * v143[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v67 = (q * v49[:, None])
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v69 = (q * v65[:, None])
+        v74 = tl.dot(q.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 = (v74 * v62)
+        v86 = tl.zeros((C, C), DTYPE)
+        v80 = tl.zeros((C, D), DTYPE)
+        v82 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = tl.dot(v67.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 + v70)
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v77 = (v71 - v76)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            _c0 = (0.5 * v77)
+            v78 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+            v79 = (v78 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v80 += tl.dot(v79.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = (v78 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v82 += tl.dot(v81.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v83 = (v80 + v82)
+        v87 = (v86 * v62)
+        v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v89 = (v83 - v88)
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (v89 - v91[:, None])
+        v93 = (v92 * v92)
+        v94 = tl.sum((v93), axis=1)
+        v95 = (v94 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v117 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
+        v118 = ((-0.5) * v92 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v95[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
+        v119 = tl.sum((v118), axis=1)
+        v120 = (v119 / (D))
+        v121 = (2.0 * v92 * v120[:, None])
+        v122 = (v117 + v121)
+        v123 = ((-1.0) * v122)
+        v124 = tl.sum((v123), axis=1)
+        v125 = (v124 / (D))
+        v126 = (v122 + v125[:, None])
+        v127 = ((-1.0) * v126)
+        v128 = tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (v86 * v128)
+        v129 = (v62 * v128)
+        v132 = (v126 * v65[:, None])
+        v134 = (v126 * v49[:, None])
+        v139 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v131 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v133 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v135 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v136 = (v131 + v133 + v135)
+            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v77 * tl.full((), 1.4142135623730951, DTYPE))
+            v137 = (v136 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v77 * v77))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v138 = ((-1.0) * v137)
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v139 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v140 = (v74 * v139)
+        v145 = (v130 + v140)
+        v146 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v147 = (v144 + v146)
+        v148 = tl.trans(v147)
+        v149 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v148)
+        v150 = tl.sum((v149), axis=0)
+        v151 = (v142 + v150)
+        v152 = v151
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v152.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_theta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -2206,205 +2834,288 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v100 = (s2 * d_new_s2)
-    v101 = tl.sum(tl.sum((v100), axis=1), axis=0)
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v112 = (s1 * d_new_s1)
-    v113 = tl.sum(tl.sum((v112), axis=1), axis=0)
-    v115 = (v101 + v113)
-    v116 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v115)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = (s2 * d_new_w2)
-    v108 = tl.sum(tl.sum((v107), axis=1), axis=0)
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v121 = (s1 * d_new_w1)
-    v122 = tl.sum(tl.sum((v121), axis=1), axis=0)
-    v123 = (v108 + v122)
-    v124 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v123)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v66 = (q * v49[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v57 = tl.exp(v52)  # cumulative decay in the chunk
-    v62 = v57
-    v63 = (v58 * v62[None, :])
-    v64 = tl.sum((v63), axis=1)
-    v68 = (q * v64[:, None])
-    v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = (v67 + v69)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = k
-    v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v73 * v61)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v72 = v37
-    v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = (v70 - v75)
-    _c0 = (0.5 * v76)
-    v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v78 = (v77 * v49[:, None])
-    v79 = tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v77 * v64[:, None])
-    v81 = tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = (v79 + v81)
-    v83 = v13
-    v85 = tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v86 = (v85 * v61)
-    v84 = v35
-    v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v82 - v87)
-    v89 = tl.sum((v88), axis=1)
-    v90 = (v89 / (D))
-    v91 = (v88 - v90[:, None])
-    v92 = (v91 * v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v128 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-    v129 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-    v130 = tl.sum((v129), axis=1)
-    v131 = (v130 / (D))
-    v132 = (2.0 * v91 * v131[:, None])
-    v133 = (v128 + v132)
-    v134 = ((-1.0) * v133)
-    v135 = tl.sum((v134), axis=1)
-    v136 = (v135 / (D))
-    v137 = (v133 + v136[:, None])
-    v145 = tl.dot(v77.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v146 = (v137 * v145)
-    v147 = tl.sum((v146), axis=1)
-    v138 = ((-1.0) * v137)
-    v139 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v140 = (v61 * v139)
-    v142 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v143 = (v137 * v64[:, None])
-    v144 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v148 = (v137 * v49[:, None])
-    v149 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v150 = (v142 + v144 + v149)
-    _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
-    v151 = (v150 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v155 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v156 = (v151 * v155)
-    v157 = tl.sum((v156), axis=1)
-    v162 = (v124 + v147 + v157)
-    v163 = (v58 * v162[:, None])
-    v164 = tl.sum((v163), axis=0)
-    v165 = v164
-    v171 = (v116 + v165)
-    v172 = (v171 * tl.exp(v52))
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v102 = ((-1.0) * d_new_s2)
-    v103 = tl.dot(v84.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = (v83 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v114 = ((-1.0) * d_new_s1)
-    v117 = tl.dot(v72.to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v118 = (v71 * v117)
-    v119 = tl.sum((v118), axis=1)
-    v158 = (v105 + v119)
-    v159 = (v50 * v158)
-    v173 = (v41 * v159 * tl.exp((v56 - v53)))
-    v174 = tl.sum((v173), axis=0)
-    v176 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v174)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v65 = v48
-    v106 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v84.to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = (v83 * v109)
-    v111 = tl.sum((v110), axis=1)
-    v120 = ((-1.0) * d_new_w1)
-    v125 = tl.dot(v72.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v126 = (v71 * v125)
-    v127 = tl.sum((v126), axis=1)
-    v160 = (v111 + v127)
-    v161 = (v65[None, :] * v160[:, None])
-    v141 = (v85 * v139)
-    v152 = ((-1.0) * v151)
-    v153 = tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = (v73 * v153)
-    v166 = (v141 + v154)
-    v167 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v168 = (v161 + v167)
-    v169 = tl.trans(v168)
-    v170 = (v50[None, :] * v169)
-    v177 = (v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-    v178 = tl.sum((v177), axis=1)
-    v175 = ((-1.0) * v41 * v159 * tl.exp((v56 - v53)))
-    v179 = ((-1.0) * v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-    v180 = tl.sum((v179), axis=0)
-    v181 = (v175 + v180)
-    v182 = v181
-    v183 = (v172 + v176 + v178 + v182)
-    v184 = tl.cumsum(v183, axis=0, reverse=True)
-    v185 = (v184 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-    tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v185.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v101 = tl.zeros((), DTYPE)
+        v113 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v100 = (s2 * d_new_s2)
+            v101 += tl.sum(tl.sum((v100), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v112 = (s1 * d_new_s1)
+            v113 += tl.sum(tl.sum((v112), axis=1), axis=0)
+        v115 = (v101 + v113)
+        v116 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v115)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v108 = tl.zeros((), DTYPE)
+        v122 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = (s2 * d_new_w2)
+            v108 += tl.sum(tl.sum((v107), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v121 = (s1 * d_new_w1)
+            v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
+        v123 = (v108 + v122)
+        v124 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v123)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v66 = (q * v49[:, None])
+        v57 = tl.exp(v52)  # cumulative decay in the chunk
+        v62 = v57
+        v63 = (v58 * v62[None, :])
+        v64 = tl.sum((v63), axis=1)
+        v68 = (q * v64[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = k
+        v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v73 * v61)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 = (v67 + v69)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v70)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v79 = tl.zeros((C, D), DTYPE)
+        v81 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v72 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+            v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v76 = (v70 - v75)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+            _c0 = (0.5 * v76)
+            v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            v78 = (v77 * v49[:, None])
+            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v77 * v64[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v81 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v82 = (v79 + v81)
+        v85 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v83 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
+            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v86 = (v85 * v61)
+        v84 = v35
+        v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v88 = (v82 - v87)
+        v89 = tl.sum((v88), axis=1)
+        v90 = (v89 / (D))
+        v91 = (v88 - v90[:, None])
+        v92 = (v91 * v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v128 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+        v129 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+        v130 = tl.sum((v129), axis=1)
+        v131 = (v130 / (D))
+        v132 = (2.0 * v91 * v131[:, None])
+        v133 = (v128 + v132)
+        v134 = ((-1.0) * v133)
+        v135 = tl.sum((v134), axis=1)
+        v136 = (v135 / (D))
+        v137 = (v133 + v136[:, None])
+        v145 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v145 += tl.dot(v77.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v146 = (v137 * v145)
+        v147 = tl.sum((v146), axis=1)
+        v138 = ((-1.0) * v137)
+        v139 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v140 = (v61 * v139)
+        v143 = (v137 * v64[:, None])
+        v148 = (v137 * v49[:, None])
+        v157 = tl.zeros((C,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v142 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v144 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v149 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v150 = (v142 + v144 + v149)
+            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+            v151 = (v150 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v155 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v156 = (v151 * v155)
+            v157 += tl.sum((v156), axis=1)
+        tl.debug_barrier()
+        v162 = (v124 + v147 + v157)
+        v163 = (v58 * v162[:, None])
+        v164 = tl.sum((v163), axis=0)
+        v165 = v164
+        v171 = (v116 + v165)
+        v172 = (v171 * tl.exp(v52))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v105 = tl.zeros((C,), DTYPE)
+        v117 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v102 = ((-1.0) * d_new_s2)
+            v103 = tl.dot(v84.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = (v83 * v103)
+            v105 += tl.sum((v104), axis=1)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v114 = ((-1.0) * d_new_s1)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v117 += tl.dot(v72.to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v118 = (v71 * v117)
+        v119 = tl.sum((v118), axis=1)
+        v158 = (v105 + v119)
+        v159 = (v50 * v158)
+        v173 = (v41 * v159 * tl.exp((v56 - v53)))
+        v174 = tl.sum((v173), axis=0)
+        v176 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v174)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v65 = v48
+        v111 = tl.zeros((C,), DTYPE)
+        v125 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v106 = ((-1.0) * d_new_w2)
+            v109 = tl.dot(v84.to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v110 = (v83 * v109)
+            v111 += tl.sum((v110), axis=1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v120 = ((-1.0) * d_new_w1)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v125 += tl.dot(v72.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v126 = (v71 * v125)
+        v127 = tl.sum((v126), axis=1)
+        v160 = (v111 + v127)
+        v161 = (v65[None, :] * v160[:, None])
+        v141 = (v85 * v139)
+        v153 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v151 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v152 = ((-1.0) * v151)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v153 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v154 = (v73 * v153)
+        v166 = (v141 + v154)
+        v167 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v161 + v167)
+        v169 = tl.trans(v168)
+        v170 = (v50[None, :] * v169)
+        v177 = (v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+        v178 = tl.sum((v177), axis=1)
+        v175 = ((-1.0) * v41 * v159 * tl.exp((v56 - v53)))
+        v179 = ((-1.0) * v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+        v180 = tl.sum((v179), axis=0)
+        v181 = (v175 + v180)
+        v182 = v181
+        v183 = (v172 + v176 + v178 + v182)
+        v184 = tl.cumsum(v183, axis=0, reverse=True)
+        v185 = (v184 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v185.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2422,109 +3133,133 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = (v58 + v60)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v65 = (v64 * v53)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v63 = v37
-    v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = (v61 - v66)
-    _c0 = (0.5 * v67)
-    v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v69 = (v68 * v43[:, None])
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = (v68 * v56[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = (v70 + v72)
-    v74 = v13
-    v76 = tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v77 = (v76 * v53)
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v92 = tl.sum((v91), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v64 * v53)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v70 = tl.zeros((C, D), DTYPE)
+        v72 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v63 = v37
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = (v61 - v66)
+            _c0 = (0.5 * v67)
+            v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v69 = (v68 * v43[:, None])
+            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v71 = (v68 * v56[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v73 = (v70 + v72)
+        v76 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v77 = (v76 * v53)
+        v75 = v35
+        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = (v73 - v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v79 - v81[:, None])
+        v83 = (v82 * v82)
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+        v92 = tl.sum((v91), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2542,175 +3277,212 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = tl.sum((v153), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (2.0 * v18 * v149)
+        v151 = tl.sum((v150), axis=1)
+        v152 = (v151 / (D))
+        v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v154 = tl.sum((v153), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2728,172 +3500,209 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v151 = tl.sum((v150), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v151 = tl.sum((v150), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2911,178 +3720,215 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v157 = tl.sum((v156), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (2.0 * v18 * v149)
+        v151 = tl.sum((v150), axis=1)
+        v152 = (v151 / (D))
+        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v155 = (v153 + v154)
+        v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v157 = tl.sum((v156), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3100,8 +3946,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -3116,10 +3962,10 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3137,167 +3983,204 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v12)
-    v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v14 = tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v87 = v13
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v105 = (v87 * v69[:, None])
-    d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v104 = ((-1.0) * d_new_s2)
-    v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v108 = (v87 * v68[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v107 = ((-1.0) * d_new_w2)
-    v109 = tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v74 = (v71 + v73)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v77 * v62)
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v76 = v37
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    _c0 = (0.5 * v80)
-    v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v89 = tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v90 = (v89 * v62)
-    v82 = (v81 * v49[:, None])
-    v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v81 * v65[:, None])
-    s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v85 = tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v83 + v85)
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v111 = (v75 * v69[:, None])
-    d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v110 = ((-1.0) * d_new_s1)
-    v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v114 = (v75 * v68[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v113 = ((-1.0) * d_new_w1)
-    v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = (v62 * v127)
-    v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v133 = (v125 * v65[:, None])
-    v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v135 = (v125 * v49[:, None])
-    v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v137 = (v130 + v134 + v136)
-    _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-    v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v139 = ((-1.0) * v138)
-    v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v141 = (v112 + v115 + v140)
-    v142 = v141
-    _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-    v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v144 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = tl.sum((v155), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v53 = v52
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v69 = (v57 * v50)
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v77 * v62)
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = (v81 * v49[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v83 + v85)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v111 = (v75 * v69[:, None])
+        v114 = (v75 * v68[:, None])
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v144 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (2.0 * v18 * v149)
+        v151 = tl.sum((v150), axis=1)
+        v152 = (v151 / (D))
+        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v155 = (v153 + v154)
+        v156 = tl.sum((v155), axis=0)
+        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1

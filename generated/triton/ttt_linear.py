@@ -25,23 +25,23 @@ DESCRIPTION = {'spec': 'ttt_linear',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 1,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_q_2_bwd',
-             'grad_k_0_bwd',
-             'grad_k_1_bwd',
-             'grad_k_2_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_eta_0_bwd',
-             'grad_ln_weight_0_bwd',
-             'grad_ln_weight_1_bwd',
-             'grad_ln_weight_2_bwd',
-             'grad_ln_weight_3_bwd',
-             'grad_ln_bias_0_bwd',
-             'grad_ln_bias_1_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
+             'out_fwd': {'grid': 'chunks', 'scratch': []},
+             'state_bwd': {'grid': 'sequences', 'scratch': []},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': []}},
  'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
  'stored': [],
  'fallback': None}
@@ -51,8 +51,8 @@ DESCRIPTION = {'spec': 'ttt_linear',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -70,8 +70,8 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     w1 = tl.load(w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
@@ -121,8 +121,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -140,8 +140,8 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -199,8 +199,8 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -218,8 +218,8 @@ def chunk_state_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     carry_w1 = tl.load(d_final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
@@ -328,8 +328,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -347,8 +347,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -365,8 +365,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -384,8 +384,8 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -455,8 +455,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -474,8 +474,8 @@ def chunk_grad_q_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -542,8 +542,8 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -561,8 +561,8 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -640,8 +640,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -659,8 +659,8 @@ def chunk_grad_k_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -747,8 +747,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -766,8 +766,8 @@ def chunk_grad_k_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -871,8 +871,8 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -890,8 +890,8 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -978,8 +978,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -997,8 +997,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1078,8 +1078,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1097,8 +1097,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1156,8 +1156,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1175,8 +1175,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1261,8 +1261,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1280,8 +1280,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1363,8 +1363,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1382,8 +1382,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1471,8 +1471,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -1490,8 +1490,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1508,8 +1508,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -1527,8 +1527,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)

@@ -25,23 +25,67 @@ DESCRIPTION = {'spec': 'ttt_mlp',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': ['state_fwd',
-             'out_fwd',
-             'state_bwd',
-             'grad_q_0_bwd',
-             'grad_q_1_bwd',
-             'grad_q_2_bwd',
-             'grad_k_0_bwd',
-             'grad_k_1_bwd',
-             'grad_k_2_bwd',
-             'grad_v_0_bwd',
-             'grad_gate_eta_0_bwd',
-             'grad_ln_weight_0_bwd',
-             'grad_ln_weight_1_bwd',
-             'grad_ln_weight_2_bwd',
-             'grad_ln_weight_3_bwd',
-             'grad_ln_bias_0_bwd',
-             'grad_ln_bias_1_bwd'],
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
+             'state_bwd': {'grid': 'sequences',
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
+                                       ['h', 'i'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h']]},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_q_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_q_2_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_k_0_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_k_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_k_2_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h']]},
+             'grad_v_0_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['t', 'h']]},
+             'grad_ln_weight_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_ln_weight_1_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_weight_2_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_weight_3_bwd': {'grid': 'sequences',
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h']]},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_ln_bias_1_bwd': {'grid': 'sequences',
+                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]}},
  'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
  'stored': [],
  'fallback': None}
@@ -49,10 +93,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_state_fwd_kernel(
-    w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr,
+    w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -70,24 +114,35 @@ def chunk_state_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    w1 = tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    w2 = tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    for hb in range(0, HID, BH):
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        tl.store(starts_w1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_w1_ptr.dtype.element_ty))
+        tl.store(starts_w2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_w2_ptr.dtype.element_ty))
+    tl.debug_barrier()
     c = 0
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        tl.store(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(starts_w1_ptr.dtype.element_ty))
-        tl.store(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(starts_w2_ptr.dtype.element_ty))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        _c0 = (0.5 * v8)
-        v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
@@ -109,35 +164,44 @@ def chunk_state_fwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v41 = v33
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v39 = (v37 * v38)
-        v44 = (v41 * v39[:, None])
         v40 = k
-        v45 = tl.dot(tl.trans(v44).to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = (w1 - v45)  # layer 1 end state
         v43 = v31
         v47 = (v43 * v39[:, None])
-        v42 = v9
-        v48 = tl.dot(tl.trans(v47).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = (w2 - v48)  # layer 2 end state
-        w1 = v46
-        w2 = v49
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v41 = v33
+            v44 = (v41 * v39[:, None])
+            v45 = tl.dot(tl.trans(v44).to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v46 = (w1 - v45)  # layer 1 end state
+            tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v42 = v9
+            v48 = tl.dot(tl.trans(v47).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v49 = (w2 - v48)  # layer 2 end state
+            tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v49.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
+            tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v49.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+        tl.debug_barrier()
+        tl.debug_barrier()  # the next chunk reads the state this one wrote
         c += 1
-    tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
-    tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], w2.to(final_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_out_fwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr,
+    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -155,128 +219,37 @@ def chunk_out_fwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v39 = v33
-    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = (v37 - v42)
-    _c0 = (0.5 * v43)
-    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = v9
-    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v47 = v31
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
-    v59 = q
-    v60 = (v58 + v59)  # read: M(q_t; W_t)
-    tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_state_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """The initial state's adjoint and the adjoint entering every chunk's end."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
-    offs_i = tl.arange(0, D)
-    carry_w1 = tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    carry_w2 = tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = tl.cdiv(seq_len, C) - 1
-    while c >= 0:
+    c = 0
+    while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        tl.store(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        tl.store(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(carries_w2_ptr.dtype.element_ty))
-        d_new_w1 = carry_w1
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        _c0 = (0.5 * v8)
-        v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
@@ -298,18 +271,149 @@ def chunk_state_bwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v47 = (v41 - v46)
-        v50 = v9
+        v45 = tl.zeros((C, D), DTYPE)
+        v48 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v39 = v33
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v43 = (v37 - v42)
+            _c0 = (0.5 * v43)
+            v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v52 / (D))
+        v54 = (v51 - v53[:, None])
+        v55 = (v54 * v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
+        v59 = q
+        v60 = (v58 + v59)  # read: M(q_t; W_t)
+        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_state_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The initial state's adjoint and the adjoint entering every chunk's end."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    for hb in range(0, HID, BH):
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        tl.store(carries_w1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_w1_ptr.dtype.element_ty))
+        tl.store(carries_w2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_w2_ptr.dtype.element_ty))
+    tl.debug_barrier()
+    c = tl.cdiv(seq_len, C) - 1
+    while c >= 0:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v41)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v51 = v31
-        _c0 = (0.5 * v47)
-        v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v49 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v41 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -333,41 +437,66 @@ def chunk_state_bwd_kernel(
         v83 = ((-1.0) * v82)
         v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-        v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v95 = (v87 + v93)
-        _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v96 = (v95 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v40 = (v37 * v38)
         v71 = (v42 * v40[:, None])
-        v70 = ((-1.0) * d_new_w1)
-        v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v97 = ((-1.0) * v96)
-        v98 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v99 = (v72 + v98)
-        v100 = v99
-        _c0 = tl.full((), 1.4142135623730951, DTYPE)
-        _c1 = tl.full((), 0.5641895835477563, DTYPE)
-        _c2 = (0.5 * (v8 * v8))
-        _c3 = tl.exp(((-1.0) * _c2))
-        v102 = (v32 * v100 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
         v68 = (v51 * v40[:, None])
-        d_new_w2 = carry_w2
-        v65 = ((-1.0) * d_new_w2)
-        v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v91 = (v69 + v88)
-        v92 = v91
-        v66 = (v50 * v40[:, None])
-        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v95 = (v87 + v93)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v96 = (v95 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v70 = ((-1.0) * d_new_w1)
+            v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v97 = ((-1.0) * v96)
+            v98 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v99 = (v72 + v98)
+            v100 = v99
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v32 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = tl.full((), 1.4142135623730951, DTYPE)
+            _c1 = tl.full((), 0.5641895835477563, DTYPE)
+            _c2 = (0.5 * (v8 * v8))
+            _c3 = tl.exp(((-1.0) * _c2))
+            v102 = (v32 * v100 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v91 = (v69 + v88)
+            v92 = v91
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+            v66 = (v50 * v40[:, None])
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v89 = (v67 + v85)
         v90 = v89
-        _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v103 = (v100 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v105 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v105 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v100 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v103 = (v100 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
         v106 = (v90 + v105)
         v107 = tl.sum((v106), axis=1)
         v108 = (v107 / (D))
@@ -396,29 +525,44 @@ def chunk_state_bwd_kernel(
         v131 = tl.sum((v130), axis=1)
         v132 = (v131 / (D))
         v133 = (v129 + v132[:, None])
-        v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v136 = (v92 + v134)
-        _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v137 = (v136 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v138 = (v102 + v137)
-        v139 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v138.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v141 = (d_new_w1 + v101 + v139)
-        v94 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v135 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v140 = (d_new_w2 + v94 + v104 + v135)
-        carry_w1 = v141
-        carry_w2 = v140
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v92 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v136 = (v92 + v134)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v137 = (v136 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v102 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v138 = (v102 + v137)
+            v139 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v138.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v101 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v141 = (d_new_w1 + v101 + v139)
+            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v94 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v103 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v135 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v140 = (d_new_w2 + v94 + v104 + v135)
+            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
+        tl.debug_barrier()
+        tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
-    tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
-    tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], carry_w2.to(d_init_w2_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -436,8 +580,8 @@ def chunk_grad_q_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -452,10 +596,10 @@ def chunk_grad_q_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -473,103 +617,131 @@ def chunk_grad_q_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v39 = v33
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = (v37 - v42)
-    v46 = v9
-    v47 = v31
-    _c0 = (0.5 * v43)
-    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (2.0 * v54 * v64[:, None])
-    v66 = (v61 + v65)
-    v67 = ((-1.0) * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (v66 + v69[:, None])
-    v71 = ((-1.0) * v70)
-    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v76 = (v74 + v75)
-    _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-    v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v78 = ((-1.0) * v77)
-    v79 = tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
-    v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
+        v45 = tl.zeros((C, D), DTYPE)
+        v48 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v39 = v33
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v43 = (v37 - v42)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            _c0 = (0.5 * v43)
+            v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v52 / (D))
+        v54 = (v51 - v53[:, None])
+        v55 = (v54 * v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v63 = tl.sum((v62), axis=1)
+        v64 = (v63 / (D))
+        v65 = (2.0 * v54 * v64[:, None])
+        v66 = (v61 + v65)
+        v67 = ((-1.0) * v66)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v70 = (v66 + v69[:, None])
+        v71 = ((-1.0) * v70)
+        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+        v79 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v76 = (v74 + v75)
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+            v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v78 = ((-1.0) * v77)
+            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
+        v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -587,100 +759,128 @@ def chunk_grad_q_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v39 = v33
-    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = (v37 - v42)
-    v46 = v9
-    v47 = v31
-    _c0 = (0.5 * v43)
-    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (2.0 * v54 * v64[:, None])
-    v66 = (v61 + v65)
-    v67 = ((-1.0) * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (v66 + v69[:, None])
-    v71 = ((-1.0) * v70)
-    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v76 = (v74 + v75)
-    _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-    v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v78 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v31
+        v45 = tl.zeros((C, D), DTYPE)
+        v48 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v39 = v33
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v43 = (v37 - v42)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            _c0 = (0.5 * v43)
+            v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v52 / (D))
+        v54 = (v51 - v53[:, None])
+        v55 = (v54 * v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v63 = tl.sum((v62), axis=1)
+        v64 = (v63 / (D))
+        v65 = (2.0 * v54 * v64[:, None])
+        v66 = (v61 + v65)
+        v67 = ((-1.0) * v66)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v70 = (v66 + v69[:, None])
+        v71 = ((-1.0) * v70)
+        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+        v78 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v76 = (v74 + v75)
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+            v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -698,111 +898,140 @@ def chunk_grad_k_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v43 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w1)
-    v67 = tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    v50 = v9
-    v51 = v31
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v70 = tl.sum((v69), axis=1)
-    v71 = (v70 / (D))
-    v72 = (2.0 * v58 * v71[:, None])
-    v73 = (v68 + v72)
-    v74 = ((-1.0) * v73)
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = (v73 + v76[:, None])
-    v78 = ((-1.0) * v77)
-    v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
-    v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v83 = (v81 + v82)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v84 = (v83 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v85 = ((-1.0) * v84)
-    v86 = tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
-    v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v67 + v88)
-    v90 = v89
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v67 = tl.zeros((C, D), DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+            v66 = (v43 * v40[:, None])
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w1)
+            v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v70 / (D))
+        v72 = (2.0 * v58 * v71[:, None])
+        v73 = (v68 + v72)
+        v74 = ((-1.0) * v73)
+        v75 = tl.sum((v74), axis=1)
+        v76 = (v75 / (D))
+        v77 = (v73 + v76[:, None])
+        v78 = ((-1.0) * v77)
+        v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
+        v86 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v83 = (v81 + v82)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v84 = (v83 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v85 = ((-1.0) * v84)
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
+        v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v67 + v88)
+        v90 = v89
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -820,131 +1049,165 @@ def chunk_grad_k_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = v107
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (2.0 * v14 * v101)
+        v103 = tl.sum((v102), axis=1)
+        v104 = (v103 / (D))
+        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v107 = (v105 + v106)
+        v108 = v107
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -962,163 +1225,216 @@ def chunk_grad_k_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v42 = k
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v71 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v70 = ((-1.0) * d_new_w1)
-    v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    v50 = v9
-    v51 = v31
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = (2.0 * v58 * v76[:, None])
-    v78 = (v73 + v77)
-    v79 = ((-1.0) * v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v78 + v81[:, None])
-    v83 = ((-1.0) * v82)
-    v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-    v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v94 = (v87 + v93)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = ((-1.0) * v95)
-    v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = (v72 + v97)
-    v99 = v98
-    _c0 = tl.full((), 1.4142135623730951, DTYPE)
-    _c1 = tl.full((), 0.5641895835477563, DTYPE)
-    _c2 = (0.5 * (v8 * v8))
-    _c3 = tl.exp(((-1.0) * _c2))
-    v100 = (v32 * v99 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-    v68 = (v51 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v91 = (v69 + v88)
-    v92 = v91
-    v66 = (v50 * v40[:, None])
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = (v67 + v85)
-    v90 = v89
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v101 = (v99 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v102 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v103 = (v90 + v102)
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = ((-1.0) * v105)
-    v107 = (v103 + v106[:, None])
-    v108 = (2.0 * v25[:, None] * v107)
-    v109 = (2.0 * v14 * v107)
-    v110 = tl.sum((v109), axis=1)
-    v111 = (v110 / (D))
-    v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v119 = (v115 + v118)
-    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v114 = tl.sum((v113), axis=1)
-    v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v117 = tl.sum((v116), axis=1)
-    v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v114 + v117 + v122)
-    v124 = (v123 / (D))
-    v125 = (2.0 * v14 * v124[:, None])
-    v126 = (v108 + v112 + v120 + v125)
-    v127 = ((-1.0) * v126)
-    v128 = tl.sum((v127), axis=1)
-    v129 = (v128 / (D))
-    v130 = (v126 + v129[:, None])
-    v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v132 = (v92 + v131)
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v133 = (v132 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v134 = (v100 + v133)
-    v135 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v42 = k
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        v71 = (v42 * v40[:, None])
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v49 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v70 = ((-1.0) * d_new_w1)
+            v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v75 = tl.sum((v74), axis=1)
+        v76 = (v75 / (D))
+        v77 = (2.0 * v58 * v76[:, None])
+        v78 = (v73 + v77)
+        v79 = ((-1.0) * v78)
+        v80 = tl.sum((v79), axis=1)
+        v81 = (v80 / (D))
+        v82 = (v78 + v81[:, None])
+        v83 = ((-1.0) * v82)
+        v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
+        v68 = (v51 * v40[:, None])
+        v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v94 = (v87 + v93)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 = ((-1.0) * v95)
+            v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v98 = (v72 + v97)
+            v99 = v98
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v32 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = tl.full((), 1.4142135623730951, DTYPE)
+            _c1 = tl.full((), 0.5641895835477563, DTYPE)
+            _c2 = (0.5 * (v8 * v8))
+            _c3 = tl.exp(((-1.0) * _c2))
+            v100 = (v32 * v99 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v91 = (v69 + v88)
+            v92 = v91
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+            v66 = (v50 * v40[:, None])
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v89 = (v67 + v85)
+        v90 = v89
+        v102 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v99 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v101 = (v99 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = (v90 + v102)
+        v104 = tl.sum((v103), axis=1)
+        v105 = (v104 / (D))
+        v106 = ((-1.0) * v105)
+        v107 = (v103 + v106[:, None])
+        v108 = (2.0 * v25[:, None] * v107)
+        v109 = (2.0 * v14 * v107)
+        v110 = tl.sum((v109), axis=1)
+        v111 = (v110 / (D))
+        v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v119 = (v115 + v118)
+        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v114 = tl.sum((v113), axis=1)
+        v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v117 = tl.sum((v116), axis=1)
+        v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v122 = tl.sum((v121), axis=1)
+        v123 = (v114 + v117 + v122)
+        v124 = (v123 / (D))
+        v125 = (2.0 * v14 * v124[:, None])
+        v126 = (v108 + v112 + v120 + v125)
+        v127 = ((-1.0) * v126)
+        v128 = tl.sum((v127), axis=1)
+        v129 = (v128 / (D))
+        v130 = (v126 + v129[:, None])
+        v135 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v92 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v132 = (v92 + v131)
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v133 = (v132 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v100 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v134 = (v100 + v133)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -1136,131 +1452,165 @@ def chunk_grad_v_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = ((-1.0) * v107)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v108.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (2.0 * v14 * v101)
+        v103 = tl.sum((v102), axis=1)
+        v104 = (v103 / (D))
+        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v107 = (v105 + v106)
+        v108 = ((-1.0) * v107)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v108.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -1278,121 +1628,157 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v49 = v9
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v50 = v31
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v64 = ((-1.0) * d_new_w2)
-    v65 = tl.dot(v50.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v49 * v65)
-    v67 = tl.sum((v66), axis=1)
-    v41 = k
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v42 = v33
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v69 = tl.dot(v42.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = (v41 * v69)
-    v71 = tl.sum((v70), axis=1)
-    v93 = (v67 + v71)
-    v94 = (v37 * v93)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = tl.dot(q.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v44 = (v43 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = (v40 - v45)
-    _c0 = (0.5 * v46)
-    v47 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v51 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = (v51 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v53 = tl.dot(v52.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = (v48 - v53)
-    v55 = tl.sum((v54), axis=1)
-    v56 = (v55 / (D))
-    v57 = (v54 - v56[:, None])
-    v58 = (v57 * v57)
-    v59 = tl.sum((v58), axis=1)
-    v60 = (v59 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
-    v73 = ((-0.5) * v57 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v60[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
-    v74 = tl.sum((v73), axis=1)
-    v75 = (v74 / (D))
-    v76 = (2.0 * v57 * v75[:, None])
-    v77 = (v72 + v76)
-    v78 = ((-1.0) * v77)
-    v79 = tl.sum((v78), axis=1)
-    v80 = (v79 / (D))
-    v81 = (v77 + v80[:, None])
-    v82 = ((-1.0) * v81)
-    v83 = tl.trans(tl.dot(v50.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v85 = (v51 * v83)
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v83)
-    v86 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v87 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = (v86 + v87)
-    _c0 = (0.5 * v46 * tl.full((), 1.4142135623730951, DTYPE))
-    v89 = (v88 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v46 * v46))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v90 = ((-1.0) * v89)
-    v91 = tl.trans(tl.dot(v42.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v92 = (v43 * v91)
-    v95 = (v85 + v92)
-    v96 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v95)
-    v97 = tl.sum((v96), axis=0)
-    v98 = (v94 + v97)
-    v99 = v98
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v99.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v49 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v50 = v31
+        v41 = k
+        v67 = tl.zeros((C,), DTYPE)
+        v69 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v64 = ((-1.0) * d_new_w2)
+            v65 = tl.dot(v50.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v66 = (v49 * v65)
+            v67 += tl.sum((v66), axis=1)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v42 = v33
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v69 += tl.dot(v42.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v70 = (v41 * v69)
+        v71 = tl.sum((v70), axis=1)
+        v93 = (v67 + v71)
+        v94 = (v37 * v93)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v43 = tl.dot(q.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v44 = (v43 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = tl.zeros((C, C), DTYPE)
+        v48 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v42 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v46 = (v40 - v45)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+            _c0 = (0.5 * v46)
+            v47 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v51 += tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v48 += tl.dot(v47.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v52 = (v51 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v53 = tl.dot(v52.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v54 = (v48 - v53)
+        v55 = tl.sum((v54), axis=1)
+        v56 = (v55 / (D))
+        v57 = (v54 - v56[:, None])
+        v58 = (v57 * v57)
+        v59 = tl.sum((v58), axis=1)
+        v60 = (v59 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v72 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
+        v73 = ((-0.5) * v57 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v60[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
+        v76 = (2.0 * v57 * v75[:, None])
+        v77 = (v72 + v76)
+        v78 = ((-1.0) * v77)
+        v79 = tl.sum((v78), axis=1)
+        v80 = (v79 / (D))
+        v81 = (v77 + v80[:, None])
+        v82 = ((-1.0) * v81)
+        v83 = tl.trans(tl.dot(v50.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v85 = (v51 * v83)
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v83)
+        v91 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v87 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v88 = (v86 + v87)
+            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v46 * tl.full((), 1.4142135623730951, DTYPE))
+            v89 = (v88 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v46 * v46))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v90 = ((-1.0) * v89)
+            v42 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v91 += tl.trans(tl.dot(v42.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (v43 * v91)
+        v95 = (v85 + v92)
+        v96 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v95)
+        v97 = tl.sum((v96), axis=0)
+        v98 = (v94 + v97)
+        v99 = v98
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v99.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1410,83 +1796,100 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v39 = v33
-    v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = (v37 - v42)
-    _c0 = (0.5 * v43)
-    v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = v9
-    v48 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v47 = v31
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v62 = tl.sum((v61), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v45 = tl.zeros((C, D), DTYPE)
+        v48 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v39 = v33
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v43 = (v37 - v42)
+            _c0 = (0.5 * v43)
+            v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v52 / (D))
+        v54 = (v51 - v53[:, None])
+        v55 = (v54 * v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v62 = tl.sum((v61), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1504,129 +1907,163 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = tl.sum((v105), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (2.0 * v14 * v101)
+        v103 = tl.sum((v102), axis=1)
+        v104 = (v103 / (D))
+        v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v106 = tl.sum((v105), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1644,126 +2081,160 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v103 = tl.sum((v102), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v103 = tl.sum((v102), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1781,132 +2252,166 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v109 = tl.sum((v108), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (2.0 * v14 * v101)
+        v103 = tl.sum((v102), axis=1)
+        v104 = (v103 / (D))
+        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v107 = (v105 + v106)
+        v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v109 = tl.sum((v108), axis=0)
+        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -1924,8 +2429,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
@@ -1940,10 +2445,10 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -1961,121 +2466,155 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
     offs_o = tl.arange(0, D)
-    offs_g = tl.arange(0, HID)
-    offs_h = tl.arange(0, HID)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    _c0 = (0.5 * v8)
-    v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v10 = tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v50 = v9
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v66 = (v50 * v40[:, None])
-    d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-    v65 = ((-1.0) * d_new_w2)
-    v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v43 = v33
-    v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = (v41 - v46)
-    _c0 = (0.5 * v47)
-    v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-    v52 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v31
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    v81 = ((-1.0) * v80)
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v67 + v83)
-    v87 = v86
-    v69 = (v42 * v40[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v68 = ((-1.0) * d_new_w1)
-    v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v89 = (v85 + v88)
-    _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-    v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v91 = ((-1.0) * v90)
-    v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = (v70 + v92)
-    v94 = v93
-    _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-    v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-    v96 = tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = tl.sum((v107), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v40 = (v37 * v38)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v67 = tl.zeros((C, D), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v69 = (v42 * v40[:, None])
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v96 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (2.0 * v14 * v101)
+        v103 = tl.sum((v102), axis=1)
+        v104 = (v103 / (D))
+        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v107 = (v105 + v106)
+        v108 = tl.sum((v107), axis=0)
+        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        c += 1

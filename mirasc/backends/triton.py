@@ -15,11 +15,24 @@ of gates are fp32 (fp64 for fp64 inputs); `out` and the gradients of q, k, v com
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
 
 PRECISIONS = ("tf32", "ieee")
+
+
+def hidden_block(hidden: int) -> int:
+    """BH, the block of an MLP memory's hidden axis a kernel holds at a time. 32 from ahead-of-time compiles
+    (mirasc aot titans --block-hidden ...): at C = D = 64, hidden 256, bf16, sm_90a, 64 spills 1.4 KB in the state pass
+    and takes 376 KB of shared memory in the backward state pass (over the H100's 227 KB); 32 spills 8 bytes there
+    and takes 209 KB."""
+    return min(HIDDEN_BLOCK, hidden)
+
+
+HIDDEN_BLOCK = 32
+INTERPRETER_HIDDEN_BLOCK: int | None = None  # tests set a small block to walk several blocks on the CPU
 
 
 def num_warps(chunk_size: int, head_dim: int, hidden: int) -> int:
@@ -55,6 +68,9 @@ class _Launch:
         q = rest[0]
         self.rows, self.T, self.D = q.shape
         self.C, self.HID = chunk_size, desc["hidden"] * self.D
+        # the hidden-axis block (on the interpreter the whole axis, one block, unless INTERPRETER_HIDDEN_BLOCK says:
+        # the interpreter runs every block's operations one by one)
+        self.BH = hidden_block(self.HID) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         for what, size in (("chunk_size", self.C), ("head dim D", self.D), ("hidden size", self.HID)):
             _power_of_two(what, size)
         if q.is_cuda and min(self.C, self.D) < 16:
@@ -81,7 +97,7 @@ class _Launch:
             self.max_chunks = int(chunks.max())
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
-        self.consts = dict(C=self.C, D=self.D, HID=self.HID, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
+        self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
                            DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID))
 
     def kernels(self, rest: tuple) -> dict:
@@ -94,7 +110,22 @@ class _Launch:
             alpha = rest[names.index(fallback["decay_input"])]
             if _decay_spread(alpha, self.C) >= fallback["spread_limit"]:
                 suffix = fallback["suffix"]
-        return {job: getattr(self.module, f"chunk_{job}_kernel{suffix}") for job in self.desc["kernels"]}
+        jobs = {}
+        for job, info in self.desc["kernels"].items():
+            is_fallback = fallback is not None and job.endswith(fallback["suffix"])
+            if is_fallback == bool(suffix):
+                jobs[job.removesuffix(suffix)] = (getattr(self.module, f"chunk_{job}_kernel"), info)
+        return jobs
+
+    def run(self, kernels: dict, job: str, *args) -> None:
+        """Launch one job's kernel: one program per chunk or per sequence, with its scratch memory if it has any."""
+        fn, info = kernels[job]
+        scratch = []
+        if info["scratch"]:
+            per_program = sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
+            scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
+        grid = self.per_chunk() if info["grid"] == "chunks" else self.sequential()
+        fn[grid](*args, *scratch, *self.scalars, **self.consts)
 
     def size(self, axis: str) -> int:
         return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
@@ -131,9 +162,8 @@ class TritonChunkwise(torch.autograd.Function):
         stored = [torch.empty((launch.n_chunks, *(launch.size(a) for a in axes)), device=q.device, dtype=launch.dtype)
                   for _, axes in launch.desc["stored"]]
         kernels = launch.kernels(rest)
-        kernels["state_fwd"][launch.sequential()](*states, *rest, *final, *starts, *stored, *launch.scalars,
-                                                  **launch.consts)
-        kernels["out_fwd"][launch.per_chunk()](*starts, *rest, *stored, out, *launch.scalars, **launch.consts)
+        launch.run(kernels, "state_fwd", *states, *rest, *final, *starts, *stored)
+        launch.run(kernels, "out_fwd", *starts, *rest, *stored, out)
         ctx.save_for_backward(*rest, *starts, *stored)
         ctx.launch, ctx.kernels = launch, kernels
         return (out, *final)
@@ -153,8 +183,7 @@ class TritonChunkwise(torch.autograd.Function):
                    d.contiguous().to(launch.dtype) for d, shape in zip(d_state, shapes)]
         d_init = [torch.full(shape, float("nan"), device=q.device, dtype=launch.dtype) for shape in shapes]
         carries = [torch.empty_like(s) for s in starts]
-        kernels["state_bwd"][launch.sequential()](*starts, *rest, d_out, *d_state, *d_init, *carries,
-                                                  *launch.scalars, **launch.consts)
+        launch.run(kernels, "state_bwd", *starts, *rest, d_out, *d_state, *d_init, *carries)
         # a static input's gradient comes per chunk: summed here over chunks, and over the sequences of a row
         grads = []
         for (name, _, tok), x in zip(launch.desc["inputs"], rest):
@@ -162,8 +191,7 @@ class TritonChunkwise(torch.autograd.Function):
             for j in range(launch.desc["grad_terms"][name]):  # one kernel per summand of the gradient
                 term = torch.full_like(x, float("nan")) if tok else \
                     torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
-                kernels[f"grad_{name}_{j}_bwd"][launch.per_chunk()](*starts, *carries, *rest, d_out, term,
-                                                                    *launch.scalars, **launch.consts)
+                launch.run(kernels, f"grad_{name}_{j}_bwd", *starts, *carries, *rest, d_out, term)
                 total = term if total is None else total + term
             grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
