@@ -60,8 +60,3 @@ class SpecError(Exception):
     def from_span(cls, span: Any, text: str, message: str) -> SpecError:
         """An error at the start of `span` (a `mirasc.spec.Span`) in `text`."""
         return cls.at(span.file, text, span.line, span.col, message)
-
-
-def error_at(span: Any, text: str, message: str) -> SpecError:
-    """Shorthand for `SpecError.from_span(span, text, message)`."""
-    return SpecError.from_span(span, text, message)

@@ -229,13 +229,6 @@ class Graph:
         return self.einsum([a for a in x.axes if a != "t"], x, self.mask(which))
 
     # -- inspection
-    def users(self) -> dict[int, list[Value]]:
-        out: dict[int, list[Value]] = {v.id: [] for v in self.values}
-        for v in self.values:
-            for a in v.args:
-                out[a.id].append(v)
-        return out
-
     def dump(self) -> str:
         """A readable listing of the graph (mirasc explain --dump-ir)."""
         lines = []

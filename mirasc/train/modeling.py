@@ -11,15 +11,6 @@ from torch import nn
 from .config import TrainConfig, TrainError, resolve_spec
 
 
-def models_available() -> bool:
-    """True when `mirasc.models` (MirasConfig, MirasForCausalLM) imports."""
-    try:
-        mod = importlib.import_module("mirasc.models")
-    except Exception:
-        return False
-    return hasattr(mod, "MirasForCausalLM") and hasattr(mod, "MirasConfig")
-
-
 def _factory(path: str):
     mod_name, _, fn = path.partition(":")
     try:
@@ -82,10 +73,6 @@ class LossModule(nn.Module):
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         correct = (logits.argmax(-1) == target).sum()
         return loss, correct
-
-
-def full_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=input_ids).logits
 
 
 def count_params(model: nn.Module) -> int:
