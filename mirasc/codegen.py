@@ -13,7 +13,6 @@ from . import spec as S
 from .cachekey import __version__, spec_hash
 from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V, derive
-from .dotform import to_dot_form
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate, split_saved
 from .lower import (
@@ -27,7 +26,7 @@ from .lower import (
     state_names,
 )
 from .resources import resource_dir
-from .triton_kernels import OFFSETS, KernelIO, gradient_terms, kernels, stored_values
+from .triton_kernels import OFFSETS, KernelIO, kernels, stored_values
 
 TEMPLATES = resource_dir("templates")
 
@@ -159,7 +158,6 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         io = io or _kernel_io(spec, fwd)
         stored = stored or [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
         bwd = differentiate(fwd, ins)
-        grad_terms = {n: len(gradient_terms(to_dot_form(bwd), n)) for n in io.rest}
         for k in kernels(io, fwd, bwd, suffix, allow_cube=cube):
             if cube:
                 k.doc += " (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains " \
@@ -176,7 +174,6 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence) and the axes of
         # each value they keep in scratch memory, per program
         "kernels": jobs,
-        "grad_terms": grad_terms,  # kernels (summands) per input gradient
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
         "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",
                       "spread_limit": DECAY_SPREAD_LIMIT} if factored else None),

@@ -89,10 +89,40 @@ def store(ptr: str, axes: tuple[str, ...], index: str, value: str, token: bool =
 
 
 # ------------------------------------------------------------------------------------------------ one chunk's body
-def schedule(graph: Graph) -> list[Value]:
-    """The graph's values in the order a depth-first walk from the outputs first needs them: each value is made
-    just before its first use, so a tile computed early for a late use does not hold registers in between (the
-    emitted order is the order the GPU compiler keeps)."""
+# Register tiles, in units of a 64 x 64 tile, that a value holds while it lives (the sizes of a typical kernel: chunk
+# and channel axes 64, the hidden block 32). Masks, pairwise decays (written where used), vectors and scalars: none.
+_NOMINAL = {"t": 64, "s": 64, "u": 64, "o": 64, "i": 64, "h": 32, "g": 32}
+
+
+def tile_units(v: Value) -> float:
+    if inlined(v) or isinstance(v.op, (ir.Const, ir.Size, ir.Mask)) or len(v.axes) < 2:
+        return 0.0
+    n = 1
+    for a in v.axes:
+        n *= _NOMINAL[a]
+    return n / 4096
+
+
+def peak_units(graph: Graph, order: list[Value]) -> float:
+    """The most register tiles live at once when the values are made in `order` (each from its making to its last
+    read): a static stand-in for the GPU compiler's register pressure, which decides spills."""
+    pos = {v.id: k for k, v in enumerate(order)}
+    last = {v.id: len(order) for v in graph.outputs.values()}
+    for v in order:
+        for a in v.args:
+            last[a.id] = max(last.get(a.id, -1), pos[v.id])
+    live, peak, ending = 0.0, 0.0, {}
+    for k, v in enumerate(order):
+        units = tile_units(v)
+        live += units
+        peak = max(peak, live)
+        ending.setdefault(last.get(v.id, k), []).append(units)
+        live -= sum(ending.pop(k, []))
+    return peak
+
+
+def _walk(graph: Graph, arg_order) -> list[Value]:
+    """Values in the order a depth-first walk from the outputs first needs them, args visited in arg_order."""
     order: list[Value] = []
     seen: set[int] = set()
     for root in graph.outputs.values():
@@ -106,8 +136,22 @@ def schedule(graph: Graph) -> list[Value]:
                 order.append(v)
                 continue
             stack.append((v, True))
-            stack.extend((a, False) for a in reversed(v.args) if a.id not in seen)
+            stack.extend((a, False) for a in reversed(arg_order(v)) if a.id not in seen)
     return order
+
+
+def schedule(graph: Graph) -> list[Value]:
+    """The order the values are emitted in (the order the GPU compiler keeps): each value just before its first use,
+    so that a tile made early for a late use does not hold registers in between. Two walks from the outputs: args in
+    order, and args needing the most registers first (Sethi and Ullman's rule for trees); the one with the smaller
+    peak of live tiles wins."""
+    need: dict[int, float] = {}
+    for v in graph.values:  # topological: args first
+        args = sorted((need[a.id] for a in v.args), reverse=True)
+        need[v.id] = max([tile_units(v)] + [n + k for k, n in enumerate(args)])
+    orders = [_walk(graph, lambda v: list(v.args)),
+              _walk(graph, lambda v: sorted(v.args, key=lambda a: -need[a.id]))]
+    return min(orders, key=lambda order: peak_units(graph, order))
 
 
 @dataclass
@@ -293,21 +337,74 @@ def stored_values(graph: Graph) -> list[Value]:
     return [v for v in graph.values if isinstance(v.op, STORED_OPS)]
 
 
-def gradient_terms(backward: Graph, n: str) -> list[Graph]:
+# A gradient kernel whose schedule keeps more register tiles than this live at once (tile_units) is split further
+# into the summands of its sums. From ahead-of-time compiles at C = D = 64, bf16, 8 warps: kernels up to about 9
+# units compile without spills, 12 and up spill.
+GRADIENT_UNITS = 7.0
+MAX_TERMS = 12  # kernels per input gradient at most: each recomputes the forward values its term needs
+
+
+def _summands(v: Value) -> list[Value] | None:
+    """The terms of v when v is a plain sum of values of its own axes (a broadcast term is left whole)."""
+    if not (isinstance(v.op, ir.Elementwise) and len(v.args) >= 2):
+        return None
+    if v.op.expr != sp.Add(*ir.arg_symbols(len(v.args))) or any(a.axes != v.axes for a in v.args):
+        return None
+    return list(v.args)
+
+
+def gradient_terms(backward: Graph, n: str, deeper: bool = True) -> list[Graph]:
     """The backward program with output `term` set to each summand of the gradient of input n (reverse mode adds
-    the contributions of each path at the end): a kernel per term holds only that path's tiles. The launcher adds
-    the terms."""
-    v = backward.outputs[f"d_{n}"]
-    terms = [v]
-    if isinstance(v.op, ir.Elementwise) and len(v.args) >= 2 and v.op.expr == sp.Add(*ir.arg_symbols(len(v.args))):
-        terms = list(v.args)
+    the contributions of each path at the end): a kernel per term holds only that path's tiles. A summand that is
+    itself a sum (or a linear op of one) is split again while its kernel would keep more than GRADIENT_UNITS tiles
+    live, when `deeper`. The launcher adds the terms."""
+    g = ir.rebuild(backward, lambda x: True)  # a working copy the split relabellings are added to
+    terms, done = [g.outputs[f"d_{n}"]], []
+    while terms:
+        v = terms.pop(0)
+        first = not done and not terms
+        if first or (deeper and len(done) + len(terms) < MAX_TERMS and _term_peak(g, v) > GRADIENT_UNITS):
+            parts = _summands(v) or _distribute(g, v)
+            if parts:
+                terms = parts + terms
+                continue
+        done.append(v)
     out = []
-    for t in terms:
-        g = ir.rebuild(backward, lambda x: True)  # the same values in the same order: ids carry over
-        assert g.values[t.id].op == t.op and g.values[t.id].axes == t.axes
-        g.outputs = {"term": g.values[t.id]}
-        out.append(g)
+    for t in done:
+        part = ir.rebuild(g, lambda x: True)  # the same values in the same order: ids carry over
+        part.outputs = {"term": part.values[t.id]}
+        out.append(part)
     return out
+
+
+def _distribute(g: Graph, v: Value) -> list[Value] | None:
+    """v = op(..., a + b + ..., ...) for an op linear in that argument (a relabelling, a broadcast, a cumulative
+    sum, a contraction, an elementwise expression homogeneous and linear in it): [op(..., a, ...), op(..., b, ...),
+    ...], made in g. None when v is not of that form."""
+    for j, arg in enumerate(v.args):
+        linear = isinstance(v.op, (ir.Rename, ir.Broadcast, ir.Cumsum, ir.Einsum))
+        if isinstance(v.op, ir.Elementwise):
+            x = ir.arg_symbols(len(v.args))[j]
+            linear = sp.diff(v.op.expr, x, 2) == 0 and v.op.expr.subs(x, 0) == 0
+        if not linear:
+            continue
+        parts = _summands(arg) or _distribute(g, arg)  # a sum, or a linear op of one, ...
+        if parts:
+            return [g._add(v.op, v.args[:j] + (part,) + v.args[j + 1:], v.axes, v.batched, v.hint) for part in parts]
+    return None
+
+
+def _term_peak(graph: Graph, v: Value) -> float:
+    """peak_units of the part of graph that computes v (a view over graph's values: nothing copied)."""
+    needed: set[int] = set()
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if x.id not in needed:
+            needed.add(x.id)
+            stack.extend(x.args)
+    part = Graph(values=[x for x in graph.values if x.id in needed], outputs={"term": v})
+    return peak_units(part, schedule(part))
 
 
 class _Assembler:
@@ -445,7 +542,10 @@ def _gradients(a: _Assembler, suffix: str) -> list[Kernel]:
         loads.update({f"d_new_{s}": load(f"carries_{s}_ptr", axes[s], a.at) for s in states})
     out = []
     for n in rest:  # one kernel per input and summand: each recomputes only what its own term needs
-        for j, term in enumerate(gradient_terms(bwd, n)):
+        # An MLP memory's terms are split once only: each recomputes the memory's forward pass, which alone
+        # fills the registers (titans, C = D = 64, bf16: split into up to 13 terms per gradient, 54 of its 65 term
+        # kernels still spilled, 16 B to 2.7 KB), so splitting further multiplied the recomputation, not the fits.
+        for j, term in enumerate(gradient_terms(bwd, n, deeper=not a.hidden)):
             part = _only(term, ["term"])
             b = a.body(part, loads, sources)
             g = name(part.outputs["term"])

@@ -31,9 +31,13 @@ DESCRIPTION = {'spec': 'deltanet',
              'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 2, 'k': 3, 'v': 1, 'gate_eta': 1},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': []}},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
 
@@ -181,29 +185,29 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        d_new_w1 = carry_w1
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v12 = k
         v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v9 = gate_eta
         v11 = (v8 * v9)
         v19 = (v12 * v11[:, None])
+        d_new_w1 = carry_w1
         v18 = ((-1.0) * d_new_w1)
         v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(v12).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v15 = (v14 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = ((-1.0) * d_out)
         v22 = tl.dot(tl.trans(v15).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v23 = (v20 + v22)
         v24 = v23
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v26 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v27 = v26
         v28 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v25 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v29 = (d_new_w1 + v25 + v28)
         carry_w1 = v29
         c += -1
@@ -241,21 +245,21 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v6 = gate_eta
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v9 = (v8 - v)  # inner gradient signal g = dl/dy
     v12 = v9
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v13 = tl.dot(stored_0.to(DOT_DTYPE), v12.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
     v14 = v13
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = ((-1.0) * d_out)
     v18 = tl.trans(tl.dot(v14.to(DOT_DTYPE), tl.trans(v17).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = gate_eta
     v19 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])) * v18)
+    v10 = k
     v20 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -328,16 +332,9 @@ def chunk_grad_k_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
+    v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = gate_eta
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-    v30 = tl.trans(stored_0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = (v12 - v)  # inner gradient signal g = dl/dy
-    v17 = v13
-    v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v11 = (v8 * v9)
     v23 = (v14 * v11[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -351,8 +348,15 @@ def chunk_grad_k_0_bwd_kernel(
     v26 = tl.dot(tl.trans(v19).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v27 = (v24 + v26)
     v28 = v27
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (v12 - v)  # inner gradient signal g = dl/dy
+    v17 = v13
     v29 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v31 = tl.trans(v29)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v30 = tl.trans(stored_0)
     v32 = tl.dot(v30.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v33 = v32
     v34 = stored_0
@@ -394,51 +398,25 @@ def chunk_grad_k_1_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v11 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = (v12 - v)  # inner gradient signal g = dl/dy
-    v17 = v13
-    v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v19 = v18
+    v12 = (v11 - v)  # inner gradient signal g = dl/dy
+    v14 = v12
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v15 = tl.dot(stored_0.to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v16 = v15
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = gate_eta
-    v11 = (v8 * v9)
-    v27 = (v19 * v11[:, None])
+    v10 = (v8 * v9)
+    v20 = (v16 * v10[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v24 = ((-1.0) * d_new_w1)
-    v28 = tl.dot(v27.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v29 = ((-1.0) * d_out)
-    v30 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v29).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v32 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v30)
-    v33 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v37 = tl.trans(stored_0)
-    v14 = k
-    v25 = (v14 * v11[:, None])
-    v26 = tl.dot(v25.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v21 = (v20 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
-    v31 = tl.dot(tl.trans(v21).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = (v26 + v31)
-    v35 = v34
-    v36 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v38 = tl.trans(v36)
-    v39 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v40 = v39
-    v41 = stored_0
-    v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
-    v44 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v43)
-    v45 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v44)
-    v46 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v47 = (v28 + v33 + v46)
-    v48 = v47
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v48.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_new_w1)
+    v21 = tl.dot(v20.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v22 = v21
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
@@ -471,8 +449,126 @@ def chunk_grad_k_2_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v9 = (v8 - v)  # inner gradient signal g = dl/dy
+    v11 = v9
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v12 = tl.dot(stored_0.to(DOT_DTYPE), v11.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v13 = v12
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = ((-1.0) * d_out)
+    v17 = tl.trans(tl.dot(v13.to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = gate_eta
+    v18 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])) * v17)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v20 = v19
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = k
+    v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v9 = gate_eta
+    v11 = (v8 * v9)
+    v23 = (v14 * v11[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v19 = (v18 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = ((-1.0) * d_out)
+    v26 = tl.dot(tl.trans(v19).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v27 = (v24 + v26)
+    v28 = v27
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (v12 - v)  # inner gradient signal g = dl/dy
+    v17 = v13
+    v29 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v31 = tl.trans(v29)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v30 = tl.trans(stored_0)
+    v32 = tl.dot(v30.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = v32
+    v34 = stored_0
+    v35 = tl.dot(v33.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v35)
+    v37 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v36)
+    v38 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v37)
+    v39 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = v39
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_4_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -491,8 +587,10 @@ def chunk_grad_k_2_bwd_kernel(
     v22 = tl.dot(tl.trans(v15).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v23 = (v20 + v22)
     v24 = v23
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v25 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v26 = v25
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -527,29 +625,70 @@ def chunk_grad_v_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = k
+    v11 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = gate_eta
-    v11 = (v8 * v9)
-    v19 = (v12 * v11[:, None])
+    v10 = (v8 * v9)
+    v16 = (v11 * v10[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v18 = ((-1.0) * d_new_w1)
-    v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v15 = ((-1.0) * d_new_w1)
+    v17 = tl.dot(v16.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v18 = v17
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v19 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v20 = v19
+    v21 = ((-1.0) * v20)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v21.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(v12).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v15 = (v14 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v8 = k
+    v10 = tl.dot(q.to(DOT_DTYPE), tl.trans(v8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = gate_eta
+    v11 = (v10 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = ((-1.0) * d_out)
-    v22 = tl.dot(tl.trans(v15).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v23 = (v20 + v22)
-    v24 = v23
-    v25 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v26 = v25
-    v27 = ((-1.0) * v26)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v27.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v14 = ((-1.0) * d_out)
+    v15 = tl.dot(tl.trans(v11).to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = v15
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v17 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v16.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v18 = v17
+    v19 = ((-1.0) * v18)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
@@ -582,52 +721,145 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v9 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = (v9 - v)  # inner gradient signal g = dl/dy
+    v13 = v10
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v14 = tl.dot(stored_0.to(DOT_DTYPE), v13.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v15 = v14
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v18 = ((-1.0) * d_new_w1)
+    v19 = tl.dot(v15.to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v11 = k
+    v20 = (v11 * v19)
+    v21 = tl.sum((v20), axis=1)
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v22 = (v8 * v21)
+    v23 = v22
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v23.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v8 = k
+    v13 = tl.dot(q.to(DOT_DTYPE), tl.trans(v8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v6 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = (v6 - v)  # inner gradient signal g = dl/dy
+    v10 = v7
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v11 = tl.dot(stored_0.to(DOT_DTYPE), v10.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v12 = v11
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = ((-1.0) * d_out)
+    v17 = tl.trans(tl.dot(v12.to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v18 = (v13 * v17)
+    v19 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v18)
+    v20 = tl.sum((v19), axis=0)
+    v21 = v20
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v21.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v9 = gate_eta
+    v11 = (v8 * v9)
+    v24 = (v14 * v11[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v23 = ((-1.0) * d_new_w1)
+    v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v20 = (v19 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v26 = ((-1.0) * d_out)
+    v27 = tl.dot(tl.trans(v20).to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v28 = (v25 + v27)
+    v29 = v28
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (v12 - v)  # inner gradient signal g = dl/dy
     v18 = v13
-    v19 = tl.dot(stored_0.to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v20 = v19
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v25 = ((-1.0) * d_new_w1)
-    v26 = tl.dot(v20.to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v27 = (v14 * v26)
-    v28 = tl.sum((v27), axis=1)
-    v47 = (v8 * v28)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v31 = ((-1.0) * d_out)
-    v32 = tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v34 = (v21 * v32)
+    v30 = tl.trans(tl.dot(v18.to(DOT_DTYPE), tl.trans(v29).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v32 = tl.trans(v30)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v31 = tl.trans(stored_0)
+    v33 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v34 = v33
+    v35 = stored_0
+    v36 = tl.dot(v34.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v37 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v36)
+    v38 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v37)
     v15 = tl.dot(k.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.trans(stored_0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v9 = gate_eta
-    v11 = (v8 * v9)
-    v29 = (v14 * v11[:, None])
-    v30 = tl.dot(v29.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
-    v33 = tl.dot(tl.trans(v22).to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v35 = (v30 + v33)
-    v36 = v35
-    v37 = tl.trans(tl.dot(v18.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v39 = tl.trans(v37)
-    v40 = tl.dot(v38.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = v40
-    v42 = stored_0
-    v43 = tl.dot(v41.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v44 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v43)
-    v45 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v44)
-    v46 = (v15 * v45)
-    v48 = (v34 + v46)
-    v49 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v48)
-    v50 = tl.sum((v49), axis=0)
-    v51 = (v47 + v50)
-    v52 = v51
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v52.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v39 = (v15 * v38)
+    v40 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v39)
+    v41 = tl.sum((v40), axis=0)
+    v42 = v41
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))

@@ -32,10 +32,22 @@ DESCRIPTION = {'spec': 'gated_deltanet',
              'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 2, 'k': 3, 'v': 1, 'gate_alpha': 1, 'gate_eta': 1},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_4_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_5_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_6_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_7_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_8_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': []}},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
 
@@ -202,42 +214,42 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v22 = k
+        v24 = tl.dot(q.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v11 = tl.cumsum(v10, axis=0, reverse=False)
-        v17 = tl.exp(v11)  # cumulative decay in the chunk
-        v26 = (v17 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v27 = tl.sum((v26), axis=0)
-        d_new_w1 = carry_w1
-        v31 = (v27 * d_new_w1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = (q * v17[:, None])
+        v12 = v11
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v18 = gate_eta
+        v25 = (v24 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v39 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (k * v17[:, None])
-        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-        v22 = k
+        v34 = ((-1.0) * d_out)
+        v35 = tl.dot(tl.trans(v25).to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v15 = tl.sum((v14), axis=0)
-        v12 = v11
         v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v18 = gate_eta
         v20 = (v16 * v18)
         v32 = (v22 * v20[:, None])
+        d_new_w1 = carry_w1
         v30 = ((-1.0) * d_new_w1)
         v33 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v24 = tl.dot(q.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v25 = (v24 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-        v34 = ((-1.0) * d_out)
-        v35 = tl.dot(tl.trans(v25).to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v36 = (v33 + v35)
         v37 = v36
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v40 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v41 = v40
+        v17 = tl.exp(v11)  # cumulative decay in the chunk
+        v21 = (k * v17[:, None])
         v42 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), v41.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v26 = (v17 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v27 = tl.sum((v26), axis=0)
+        v31 = (v27 * d_new_w1)
+        v38 = (q * v17[:, None])
+        v39 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v43 = (v31 + v39 + v42)
         carry_w1 = v43
         c += -1
@@ -274,15 +286,13 @@ def chunk_grad_q_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v17 = k
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v8 = tl.cumsum(v7, axis=0, reverse=False)
     v9 = v8
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = gate_eta
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = tl.exp(v8)  # cumulative decay in the chunk
     v14 = (k * v11[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -290,12 +300,14 @@ def chunk_grad_q_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v16 = (v15 - v)  # inner gradient signal g = dl/dy
     v19 = v16
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v20 = tl.dot(stored_0.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
     v21 = v20
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = ((-1.0) * d_out)
     v25 = tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v26 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])) * v25)
+    v17 = k
     v27 = tl.trans(tl.dot(tl.trans(v17).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -371,23 +383,20 @@ def chunk_grad_k_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = k
+    v28 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
     v12 = v11
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-    v40 = tl.trans(stored_0)
-    v17 = tl.exp(v11)  # cumulative decay in the chunk
-    v21 = (k * v17[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = (v22 - v)  # inner gradient signal g = dl/dy
-    v27 = v23
+    v29 = (v28 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v35 = ((-1.0) * d_out)
+    v36 = tl.dot(tl.trans(v29).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
@@ -397,16 +406,19 @@ def chunk_grad_k_0_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v32 = ((-1.0) * d_new_w1)
     v34 = tl.dot(v33.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v28 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v29 = (v28 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v35 = ((-1.0) * d_out)
-    v36 = tl.dot(tl.trans(v29).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v37 = (v34 + v36)
     v38 = v37
+    v17 = tl.exp(v11)  # cumulative decay in the chunk
+    v21 = (k * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)  # inner gradient signal g = dl/dy
+    v27 = v23
     v39 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v41 = tl.trans(v39)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v40 = tl.trans(stored_0)
     v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = v42
     v44 = stored_0
@@ -448,60 +460,34 @@ def chunk_grad_k_1_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v17 = tl.exp(v11)  # cumulative decay in the chunk
-    v21 = (k * v17[:, None])
+    v16 = tl.exp(v11)  # cumulative decay in the chunk
+    v19 = (k * v16[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = (v22 - v)  # inner gradient signal g = dl/dy
-    v27 = v23
-    v28 = tl.dot(stored_0.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v29 = v28
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = v21
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v24 = tl.dot(stored_0.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v25 = v24
     v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v15 = tl.sum((v14), axis=0)
+    v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v14 = tl.sum((v13), axis=0)
     v12 = v11
-    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v15 = (v9 * tl.exp((v14 - v12)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v18 = gate_eta
-    v20 = (v16 * v18)
-    v37 = (v29 * v20[:, None])
+    v17 = gate_eta
+    v18 = (v15 * v17)
+    v29 = (v25 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v34 = ((-1.0) * d_new_w1)
-    v38 = tl.dot(v37.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = ((-1.0) * d_out)
-    v40 = tl.trans(tl.dot(v29.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v42 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v40)
-    v43 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v47 = tl.trans(stored_0)
-    v24 = k
-    v35 = (v24 * v20[:, None])
-    v36 = tl.dot(v35.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v31 = (v30 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-    v41 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v44 = (v36 + v41)
-    v45 = v44
-    v46 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v48 = tl.trans(v46)
-    v49 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = v49
-    v51 = stored_0
-    v52 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v53 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v52)
-    v54 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v53)
-    v55 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v54)
-    v56 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v57 = (v38 + v43 + v56)
-    v58 = v57
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v58.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v28 = ((-1.0) * d_new_w1)
+    v30 = tl.dot(v29.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v31 = v30
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v31.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
@@ -534,37 +520,172 @@ def chunk_grad_k_2_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v9 = v8
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v12 = gate_eta
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = k
-    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v11 = tl.exp(v8)  # cumulative decay in the chunk
+    v14 = (k * v11[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v15 = tl.dot(v14.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v15 - v)  # inner gradient signal g = dl/dy
+    v18 = v16
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v19 = tl.dot(stored_0.to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v20 = v19
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = ((-1.0) * d_out)
+    v24 = tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v25 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])) * v24)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v26 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v27 = v26
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = k
+    v28 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v15 = tl.sum((v14), axis=0)
     v12 = v11
-    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
+    v29 = (v28 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v35 = ((-1.0) * d_out)
+    v36 = tl.dot(tl.trans(v29).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v20 = (v16 * v18)
+    v33 = (v24 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v32 = ((-1.0) * d_new_w1)
+    v34 = tl.dot(v33.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v37 = (v34 + v36)
+    v38 = v37
+    v17 = tl.exp(v11)  # cumulative decay in the chunk
+    v21 = (k * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)  # inner gradient signal g = dl/dy
+    v27 = v23
+    v39 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v41 = tl.trans(v39)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v40 = tl.trans(stored_0)
+    v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v43 = v42
+    v44 = stored_0
+    v45 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v46 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v45)
+    v47 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v47)
+    v49 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v50 = v49
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v50.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_4_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = k
+    v23 = tl.dot(q.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v18 = gate_eta
+    v24 = (v23 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v30 = ((-1.0) * d_out)
+    v31 = tl.dot(tl.trans(v24).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
     v20 = (v16 * v18)
     v28 = (v21 * v20[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = ((-1.0) * d_new_w1)
     v29 = tl.dot(v28.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.dot(q.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v24 = (v23 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v30 = ((-1.0) * d_out)
-    v31 = tl.dot(tl.trans(v24).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v32 = (v29 + v31)
     v33 = v32
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
     v34 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v35 = v34
     v17 = tl.exp(v11)  # cumulative decay in the chunk
     v36 = (v35 * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v37 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v37.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -599,36 +720,81 @@ def chunk_grad_v_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v20 = k
     v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v15 = tl.sum((v14), axis=0)
+    v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v14 = tl.sum((v13), axis=0)
     v12 = v11
-    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v15 = (v9 * tl.exp((v14 - v12)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v19 = (v16 * v17)
-    v27 = (v20 * v19[:, None])
+    v16 = gate_eta
+    v17 = (v15 * v16)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = k
+    v23 = (v18 * v17[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = ((-1.0) * d_new_w1)
-    v28 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = v24
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v26 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v27 = v26
+    v28 = ((-1.0) * v27)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v28.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v23 = (v22 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v17[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = k
+    v15 = tl.dot(q.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v9 = v8
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v11 = gate_eta
+    v16 = (v15 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v11[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v29 = ((-1.0) * d_out)
-    v30 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v31 = (v28 + v30)
-    v32 = v31
-    v33 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = v33
-    v35 = ((-1.0) * v34)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v35.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_out)
+    v20 = tl.dot(tl.trans(v16).to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v21 = v20
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v22 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v23 = v22
+    v24 = ((-1.0) * v23)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v24.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
@@ -662,86 +828,549 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v36 = (w1 * d_new_w1)
-    v37 = tl.sum(tl.sum((v36), axis=1), axis=0)
-    v38 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v37)
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = (w1 * d_new_w1)
+    v13 = tl.sum(tl.sum((v12), axis=1), axis=0)
+    v14 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v13)
+    v15 = (v14 * tl.exp(v8))
+    v16 = tl.cumsum(v15, axis=0, reverse=True)
+    v17 = (v16 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v17.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (d_out * v50)
-    v52 = tl.sum((v51), axis=1)
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v11 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = (d_out * v11)
+    v13 = tl.sum((v12), axis=1)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v7 = tl.cumsum(v6, axis=0, reverse=False)
+    v14 = (v13 * tl.exp(v7))
+    v15 = tl.cumsum(v14, axis=0, reverse=True)
+    v16 = (v15 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v16.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v24 = k
+    v20 = k
+    v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v17 = gate_eta
+    v23 = (v22 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v17[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v29 = ((-1.0) * d_out)
+    v30 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v15 = tl.sum((v14), axis=0)
-    v12 = v11
     v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v19 = (v16 * v17)
+    v27 = (v20 * v19[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v26 = ((-1.0) * d_new_w1)
+    v28 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v31 = (v28 + v30)
+    v32 = v31
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v33 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v34 = v33
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v35 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = (v34 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 * tl.exp(v11))
+    v39 = tl.cumsum(v38, axis=0, reverse=True)
+    v40 = (v39 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v40.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v15 = tl.exp(v11)  # cumulative decay in the chunk
+    v17 = (k * v15[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v18 = tl.dot(v17.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = (v18 - v)  # inner gradient signal g = dl/dy
+    v22 = v19
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v23 = tl.dot(stored_0.to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v24 = v23
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v27 = ((-1.0) * d_new_w1)
+    v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v20 = k
+    v29 = (v20 * v28)
+    v30 = tl.sum((v29), axis=1)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v16 = gate_eta
+    v31 = (v16 * v30)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v14 = tl.sum((v13), axis=0)
+    v12 = v11
+    v32 = (v9 * v31 * tl.exp((v14 - v12)))
+    v33 = tl.sum((v32), axis=0)
+    v34 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v33)
+    v35 = tl.cumsum(v34, axis=0, reverse=True)
+    v36 = (v35 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v36.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_4_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = k
+    v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v10 = tl.exp(v8)  # cumulative decay in the chunk
+    v12 = (k * v10[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = (v13 - v)  # inner gradient signal g = dl/dy
+    v17 = v14
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v19 = v18
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = ((-1.0) * d_out)
+    v24 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v25 = (v20 * v24)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v11 = gate_eta
+    v26 = (v11[None, :] * v25)
+    v9 = v8
+    v27 = (v26 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = tl.cumsum(v28, axis=0, reverse=True)
+    v30 = (v29 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v30.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_5_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 5 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = k
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
+    v30 = (v29 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v36 = ((-1.0) * d_out)
+    v37 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
     v20 = (v16 * v18)
-    v42 = (v24 * v20[:, None])
-    v35 = ((-1.0) * d_new_w1)
-    v43 = tl.dot(v42.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v31 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v32 = (v31 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-    v44 = ((-1.0) * d_out)
-    v46 = tl.dot(tl.trans(v32).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = (v43 + v46)
-    v49 = v48
-    v54 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = v54
-    v65 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v55 * v65)
-    v67 = tl.sum((v66), axis=1)
-    v71 = (v38 + v52 + v67)
-    v72 = (v71 * tl.exp(v11))
+    v34 = (v24 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v33 = ((-1.0) * d_new_w1)
+    v35 = tl.dot(v34.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v35 + v37)
+    v39 = v38
     v17 = tl.exp(v11)  # cumulative decay in the chunk
     v21 = (k * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)  # inner gradient signal g = dl/dy
     v28 = v23
-    v29 = tl.dot(stored_0.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v30 = v29
-    v39 = tl.dot(v30.to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v40 = (v24 * v39)
-    v41 = tl.sum((v40), axis=1)
-    v68 = (v18 * v41)
-    v73 = (v9 * v68 * tl.exp((v15 - v12)))
-    v74 = tl.sum((v73), axis=0)
-    v76 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
-    v45 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v47 = (v31 * v45)
+    v40 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = tl.trans(v40)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v41 = tl.trans(stored_0)
+    v43 = tl.dot(v41.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v44 = v43
+    v45 = stored_0
+    v46 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v47)
     v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v56 = tl.trans(stored_0)
-    v53 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v57 = tl.trans(v53)
-    v58 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v59 = v58
-    v60 = stored_0
-    v61 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v62 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v61)
-    v63 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v62)
-    v64 = (v25 * v63)
-    v69 = (v47 + v64)
-    v70 = (v18[None, :] * v69)
-    v77 = (v70 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
-    v78 = tl.sum((v77), axis=1)
-    v75 = ((-1.0) * v9 * v68 * tl.exp((v15 - v12)))
-    v79 = ((-1.0) * v70 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
-    v80 = tl.sum((v79), axis=0)
-    v81 = (v75 + v80)
-    v82 = v81
-    v83 = (v72 + v76 + v78 + v82)
-    v84 = tl.cumsum(v83, axis=0, reverse=True)
-    v85 = (v84 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v49 = (v25 * v48)
+    v50 = (v18[None, :] * v49)
+    v51 = (v50 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
+    v52 = tl.sum((v51), axis=1)
+    v53 = tl.cumsum(v52, axis=0, reverse=True)
+    v54 = (v53 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v54.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_6_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 6 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v15 = tl.exp(v11)  # cumulative decay in the chunk
+    v17 = (k * v15[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v18 = tl.dot(v17.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = (v18 - v)  # inner gradient signal g = dl/dy
+    v22 = v19
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v23 = tl.dot(stored_0.to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v24 = v23
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v27 = ((-1.0) * d_new_w1)
+    v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v20 = k
+    v29 = (v20 * v28)
+    v30 = tl.sum((v29), axis=1)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v16 = gate_eta
+    v31 = (v16 * v30)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v14 = tl.sum((v13), axis=0)
+    v12 = v11
+    v32 = ((-1.0) * v9 * v31 * tl.exp((v14 - v12)))
+    v33 = v32
+    v34 = tl.cumsum(v33, axis=0, reverse=True)
+    v35 = (v34 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v35.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_7_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 7 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = k
+    v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v10 = tl.exp(v8)  # cumulative decay in the chunk
+    v12 = (k * v10[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = (v13 - v)  # inner gradient signal g = dl/dy
+    v17 = v14
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v19 = v18
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = ((-1.0) * d_out)
+    v24 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v25 = (v20 * v24)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v11 = gate_eta
+    v26 = (v11[None, :] * v25)
+    v9 = v8
+    v27 = ((-1.0) * v26 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))
+    v28 = tl.sum((v27), axis=0)
+    v29 = v28
+    v30 = tl.cumsum(v29, axis=0, reverse=True)
+    v31 = (v30 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_8_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 8 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = k
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v18 = gate_eta
+    v30 = (v29 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v36 = ((-1.0) * d_out)
+    v37 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v20 = (v16 * v18)
+    v34 = (v24 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v33 = ((-1.0) * d_new_w1)
+    v35 = tl.dot(v34.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v35 + v37)
+    v39 = v38
+    v17 = tl.exp(v11)  # cumulative decay in the chunk
+    v21 = (k * v17[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)  # inner gradient signal g = dl/dy
+    v28 = v23
+    v40 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = tl.trans(v40)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v41 = tl.trans(stored_0)
+    v43 = tl.dot(v41.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v44 = v43
+    v45 = stored_0
+    v46 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v47)
+    v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = (v25 * v48)
+    v50 = (v18[None, :] * v49)
+    v51 = ((-1.0) * v50 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
+    v52 = tl.sum((v51), axis=0)
+    v53 = v52
+    v54 = tl.cumsum(v53, axis=0, reverse=True)
+    v55 = (v54 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
@@ -778,13 +1407,145 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
-    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v15 = tl.sum((v14), axis=0)
+    v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v14 = tl.sum((v13), axis=0)
     v12 = v11
-    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v15 = (v9 * tl.exp((v14 - v12)))  # decay from token s to the chunk's end
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = tl.exp(v11)  # cumulative decay in the chunk
+    v17 = (k * v16[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v18 = tl.dot(v17.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = (v18 - v)  # inner gradient signal g = dl/dy
+    v22 = v19
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v23 = tl.dot(stored_0.to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v24 = v23
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v27 = ((-1.0) * d_new_w1)
+    v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v20 = k
+    v29 = (v20 * v28)
+    v30 = tl.sum((v29), axis=1)
+    v31 = (v15 * v30)
+    v32 = v31
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v32.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = k
+    v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v11 = tl.exp(v8)  # cumulative decay in the chunk
+    v12 = (k * v11[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = (v13 - v)  # inner gradient signal g = dl/dy
+    v17 = v14
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v19 = v18
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = ((-1.0) * d_out)
+    v24 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v25 = (v20 * v24)
+    v9 = v8
+    v26 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v25)
+    v27 = tl.sum((v26), axis=0)
+    v28 = v27
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v28.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = k
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v18 = gate_eta
+    v30 = (v29 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v36 = ((-1.0) * d_out)
+    v37 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
+    v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
+    v20 = (v16 * v18)
+    v34 = (v24 * v20[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v33 = ((-1.0) * d_new_w1)
+    v35 = tl.dot(v34.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v35 + v37)
+    v39 = v38
     v17 = tl.exp(v11)  # cumulative decay in the chunk
     v21 = (k * v17[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -792,43 +1553,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)  # inner gradient signal g = dl/dy
     v28 = v23
-    v29 = tl.dot(stored_0.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v30 = v29
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v35 = ((-1.0) * d_new_w1)
-    v36 = tl.dot(v30.to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v37 = (v24 * v36)
-    v38 = tl.sum((v37), axis=1)
-    v57 = (v16 * v38)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v31 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = ((-1.0) * d_out)
-    v42 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v44 = (v31 * v42)
+    v40 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = tl.trans(v40)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v41 = tl.trans(stored_0)
+    v43 = tl.dot(v41.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v44 = v43
+    v45 = stored_0
+    v46 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v47 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v47)
     v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.trans(stored_0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v18 = gate_eta
-    v20 = (v16 * v18)
-    v39 = (v24 * v20[:, None])
-    v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = (v31 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-    v43 = tl.dot(tl.trans(v32).to(DOT_DTYPE), v41.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v45 = (v40 + v43)
-    v46 = v45
-    v47 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v49 = tl.trans(v47)
-    v50 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = v50
-    v52 = stored_0
-    v53 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v53)
-    v55 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v54)
-    v56 = (v25 * v55)
-    v58 = (v44 + v56)
-    v59 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v58)
-    v60 = tl.sum((v59), axis=0)
-    v61 = (v57 + v60)
-    v62 = v61
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v62.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v49 = (v25 * v48)
+    v50 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v49)
+    v51 = tl.sum((v50), axis=0)
+    v52 = v51
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v52.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))

@@ -26,8 +26,9 @@ DESCRIPTION = {'spec': 'linear_attention',
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 2, 'k': 1, 'v': 1},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []}},
  'stored': [],
  'fallback': None}
 
@@ -161,10 +162,10 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        d_new_w1 = carry_w1
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v6 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        d_new_w1 = carry_w1
         v7 = (d_new_w1 + v6)
         carry_w1 = v7
         c += -1
@@ -201,18 +202,18 @@ def chunk_grad_q_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = k
-    v4 = 1.0
-    v5 = tl.full((C,), 1.0, DTYPE)
-    v8 = v5
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v11 = v6
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = ((-1.0) * d_out)
     v15 = tl.trans(tl.dot(v11.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v4 = 1.0
+    v5 = tl.full((C,), 1.0, DTYPE)
+    v8 = v5
     v16 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v8[None, :])) * v15)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = k
     v17 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -285,25 +286,64 @@ def chunk_grad_k_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v14 = v6
+    v13 = v6
     v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v11 = v5
-    v13 = (v10 * v11)
-    v18 = (v14 * v13[:, None])
+    v12 = (v10 * v11)
+    v17 = (v13 * v12[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v17 = ((-1.0) * d_new_w1)
-    v19 = tl.dot(v18.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = ((-1.0) * d_new_w1)
+    v18 = tl.dot(v17.to(DOT_DTYPE), v16.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = v18
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v19.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v6 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v10 = v6
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v20 = ((-1.0) * d_out)
-    v21 = tl.trans(tl.dot(v14.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v22 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v11[None, :])) * v21)
-    v23 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v24 = (v19 + v23)
-    v25 = v24
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v25.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v13 = ((-1.0) * d_out)
+    v14 = tl.trans(tl.dot(v10.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v4 = 1.0
+    v5 = tl.full((C,), 1.0, DTYPE)
+    v8 = v5
+    v15 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v8[None, :])) * v14)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v17 = v16
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
@@ -337,23 +377,62 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = k
+    v12 = k
     v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v4 = 1.0
     v5 = tl.full((C,), 1.0, DTYPE)
     v10 = v5
-    v12 = (v9 * v10)
-    v19 = (v13 * v12[:, None])
+    v11 = (v9 * v10)
+    v16 = (v12 * v11[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v18 = ((-1.0) * d_new_w1)
-    v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v15 = ((-1.0) * d_new_w1)
+    v17 = tl.dot(v16.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v18 = v17
+    v19 = ((-1.0) * v18)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v15 = (v14 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v10[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v9 = k
+    v10 = tl.dot(q.to(DOT_DTYPE), tl.trans(v9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v4 = 1.0
+    v5 = tl.full((C,), 1.0, DTYPE)
+    v7 = v5
+    v11 = (v10 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v7[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = ((-1.0) * d_out)
-    v22 = tl.dot(tl.trans(v15).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v23 = (v20 + v22)
-    v24 = v23
-    v25 = ((-1.0) * v24)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v25.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v14 = ((-1.0) * d_out)
+    v15 = tl.dot(tl.trans(v11).to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v16 = v15
+    v17 = ((-1.0) * v16)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v17.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])

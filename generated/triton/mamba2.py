@@ -29,9 +29,13 @@ DESCRIPTION = {'spec': 'mamba2',
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 2, 'k': 1, 'v': 1, 'gate_alpha': 1},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': []}},
  'stored': [],
  'fallback': None}
 
@@ -230,8 +234,6 @@ def chunk_grad_q_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v15 = k
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.cumsum(v9, axis=0, reverse=False)
@@ -246,6 +248,8 @@ def chunk_grad_q_0_bwd_kernel(
     v19 = ((-1.0) * d_out)
     v20 = tl.trans(tl.dot(v16.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v21 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))) * v13[None, :])) * v20)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = k
     v22 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -323,32 +327,75 @@ def chunk_grad_k_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v22 = v7
+    v20 = v7
     v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    v16 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v17 = tl.sum((v16), axis=0)
+    v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v16 = tl.sum((v15), axis=0)
     v14 = v13
-    v18 = (v11 * tl.exp((v17 - v14)))  # decay from token s to the chunk's end
+    v17 = (v11 * tl.exp((v16 - v14)))  # decay from token s to the chunk's end
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v19 = v6
-    v21 = (v18 * v19)
-    v26 = (v22 * v21[:, None])
+    v18 = v6
+    v19 = (v17 * v18)
+    v24 = (v20 * v19[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v25 = ((-1.0) * d_new_w1)
-    v27 = tl.dot(v26.to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = ((-1.0) * d_new_w1)
+    v25 = tl.dot(v24.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v26 = v25
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v26.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v10 = tl.cumsum(v9, axis=0, reverse=False)
+    v11 = v10
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v13 = v6
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v15 = v7
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v28 = ((-1.0) * d_out)
-    v29 = tl.trans(tl.dot(v22.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v30 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))) * v19[None, :])) * v29)
-    v31 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v32 = (v27 + v31)
-    v33 = v32
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v33.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v18 = ((-1.0) * d_out)
+    v19 = tl.trans(tl.dot(v15.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v20 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))) * v13[None, :])) * v19)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v22 = v21
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
@@ -382,33 +429,76 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = k
+    v19 = k
     v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v11 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v12 = tl.cumsum(v11, axis=0, reverse=False)
-    v15 = (v12 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v16 = tl.sum((v15), axis=0)
+    v14 = (v12 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v15 = tl.sum((v14), axis=0)
     v13 = v12
-    v17 = (v10 * tl.exp((v16 - v13)))  # decay from token s to the chunk's end
+    v16 = (v10 * tl.exp((v15 - v13)))  # decay from token s to the chunk's end
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v18 = v6
-    v20 = (v17 * v18)
-    v27 = (v21 * v20[:, None])
+    v17 = v6
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = ((-1.0) * d_new_w1)
-    v28 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = v24
+    v26 = ((-1.0) * v25)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v26.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v23 = (v22 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v12[:, None] - v13[None, :]))))) * v18[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = k
+    v15 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v8 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v9 = tl.cumsum(v8, axis=0, reverse=False)
+    v10 = v9
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v12 = v6
+    v16 = (v15 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v9[:, None] - v10[None, :]))))) * v12[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v29 = ((-1.0) * d_out)
-    v30 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v31 = (v28 + v30)
-    v32 = v31
-    v33 = ((-1.0) * v32)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v33.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_out)
+    v20 = tl.dot(tl.trans(v16).to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v21 = v20
+    v22 = ((-1.0) * v21)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v22.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
@@ -441,22 +531,175 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v10 = (w1 * d_new_w1)
+    v11 = tl.sum(tl.sum((v10), axis=1), axis=0)
+    v12 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v11)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = (d_out * v13)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v12 + v15)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v7 = tl.cumsum(v6, axis=0, reverse=False)
+    v17 = (v16 * tl.exp(v7))
+    v18 = tl.cumsum(v17, axis=0, reverse=True)
+    v19 = (v18 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v19.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v19 = v7
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v22 = ((-1.0) * d_new_w1)
+    v23 = tl.dot(v19.to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = k
+    v24 = (v18 * v23)
+    v25 = tl.sum((v24), axis=1)
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v17 = v6
+    v26 = (v17 * v25)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v24 = (w1 * d_new_w1)
-    v25 = tl.sum(tl.sum((v24), axis=1), axis=0)
-    v26 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v25)
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v16 = tl.sum((v15), axis=0)
+    v14 = v13
+    v27 = (v11 * v26 * tl.exp((v16 - v14)))
+    v28 = tl.sum((v27), axis=0)
+    v29 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v28)
+    v30 = tl.cumsum(v29, axis=0, reverse=True)
+    v31 = (v30 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v10 = tl.cumsum(v9, axis=0, reverse=False)
+    v11 = v10
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v12 = v6
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = (d_out * v33)
-    v35 = tl.sum((v34), axis=1)
-    v38 = (v26 + v35)
-    v39 = (v38 * tl.exp(v13))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = k
+    v15 = tl.dot(q.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v14 = v7
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = ((-1.0) * d_out)
+    v19 = tl.trans(tl.dot(v14.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v20 = (v15 * v19)
+    v21 = (v12[None, :] * v20)
+    v22 = (v21 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))
+    v23 = tl.sum((v22), axis=1)
+    v24 = tl.cumsum(v23, axis=0, reverse=True)
+    v25 = (v24 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v25.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v13 = tl.cumsum(v12, axis=0, reverse=False)
     v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v16 = tl.sum((v15), axis=0)
     v14 = v13
@@ -468,27 +711,24 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v19 = v7
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v23 = ((-1.0) * d_new_w1)
-    v27 = tl.dot(v19.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v28 = (v18 * v27)
-    v29 = tl.sum((v28), axis=1)
-    v36 = (v17 * v29)
-    v40 = (v11 * v36 * tl.exp((v16 - v14)))
-    v41 = tl.sum((v40), axis=0)
-    v43 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v41)
+    v24 = tl.dot(v19.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v25 = (v18 * v24)
+    v26 = tl.sum((v25), axis=1)
+    v30 = (v17 * v26)
+    v32 = ((-1.0) * v11 * v30 * tl.exp((v16 - v14)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = tl.dot(q.to(DOT_DTYPE), tl.trans(v18).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v30 = ((-1.0) * d_out)
-    v31 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v32 = (v20 * v31)
-    v37 = (v17[None, :] * v32)
-    v44 = (v37 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))
-    v45 = tl.sum((v44), axis=1)
-    v42 = ((-1.0) * v11 * v36 * tl.exp((v16 - v14)))
-    v46 = ((-1.0) * v37 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v42 + v47)
-    v49 = v48
-    v50 = (v39 + v43 + v45 + v49)
-    v51 = tl.cumsum(v50, axis=0, reverse=True)
-    v52 = (v51 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v52.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = ((-1.0) * d_out)
+    v28 = tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v29 = (v20 * v28)
+    v31 = (v17[None, :] * v29)
+    v33 = ((-1.0) * v31 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))
+    v34 = tl.sum((v33), axis=0)
+    v35 = (v32 + v34)
+    v36 = v35
+    v37 = tl.cumsum(v36, axis=0, reverse=True)
+    v38 = (v37 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v38.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))

@@ -29,9 +29,13 @@ DESCRIPTION = {'spec': 'retnet',
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 2, 'k': 1, 'v': 1, 'gate_alpha': 1},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': []}},
  'stored': [],
  'fallback': None}
 
@@ -234,8 +238,6 @@ def chunk_grad_q_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = k
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.broadcast_to(v9, (C,))
     v11 = tl.cumsum(v10, axis=0, reverse=False)
@@ -250,6 +252,8 @@ def chunk_grad_q_0_bwd_kernel(
     v20 = ((-1.0) * d_out)
     v21 = tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v22 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v14[None, :])) * v21)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = k
     v23 = tl.trans(tl.dot(tl.trans(v16).to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v23.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -329,32 +333,76 @@ def chunk_grad_k_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
-    v23 = v7
+    v21 = v7
     v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.broadcast_to(v12, (C,))
     v14 = tl.cumsum(v13, axis=0, reverse=False)
-    v17 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v18 = tl.sum((v17), axis=0)
+    v16 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v17 = tl.sum((v16), axis=0)
     v15 = v14
-    v19 = (v11 * tl.exp((v18 - v15)))  # decay from token s to the chunk's end
+    v18 = (v11 * tl.exp((v17 - v15)))  # decay from token s to the chunk's end
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v20 = v6
-    v22 = (v19 * v20)
-    v27 = (v23 * v22[:, None])
+    v19 = v6
+    v20 = (v18 * v19)
+    v25 = (v21 * v20[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = ((-1.0) * d_new_w1)
-    v28 = tl.dot(v27.to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = ((-1.0) * d_new_w1)
+    v26 = tl.dot(v25.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v27 = v26
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_k_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v10 = tl.broadcast_to(v9, (C,))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v14 = v6
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v16 = v7
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v29 = ((-1.0) * d_out)
-    v30 = tl.trans(tl.dot(v23.to(DOT_DTYPE), tl.trans(v29).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v31 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))) * v20[None, :])) * v30)
-    v32 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v33 = (v28 + v32)
-    v34 = v33
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v34.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_out)
+    v20 = tl.trans(tl.dot(v16.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v21 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v14[None, :])) * v20)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v22 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v23 = v22
+    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v23.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
@@ -389,33 +437,77 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v22 = k
+    v20 = k
     v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v11 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v12 = tl.broadcast_to(v11, (C,))
     v13 = tl.cumsum(v12, axis=0, reverse=False)
-    v16 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v17 = tl.sum((v16), axis=0)
+    v15 = (v13 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v16 = tl.sum((v15), axis=0)
     v14 = v13
-    v18 = (v10 * tl.exp((v17 - v14)))  # decay from token s to the chunk's end
+    v17 = (v10 * tl.exp((v16 - v14)))  # decay from token s to the chunk's end
     v5 = 1.0
     v6 = tl.full((C,), 1.0, DTYPE)
-    v19 = v6
-    v21 = (v18 * v19)
-    v28 = (v22 * v21[:, None])
+    v18 = v6
+    v19 = (v17 * v18)
+    v24 = (v20 * v19[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v27 = ((-1.0) * d_new_w1)
-    v29 = tl.dot(v28.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v23 = ((-1.0) * d_new_w1)
+    v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v26 = v25
+    v27 = ((-1.0) * v26)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v27.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.dot(q.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v24 = (v23 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v13[:, None] - v14[None, :]))))) * v19[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = k
+    v16 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v8 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v9 = tl.broadcast_to(v8, (C,))
+    v10 = tl.cumsum(v9, axis=0, reverse=False)
+    v11 = v10
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v13 = v6
+    v17 = (v16 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v10[:, None] - v11[None, :]))))) * v13[None, :])))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v30 = ((-1.0) * d_out)
-    v31 = tl.dot(tl.trans(v24).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = (v29 + v31)
-    v33 = v32
-    v34 = ((-1.0) * v33)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v34.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v20 = ((-1.0) * d_out)
+    v21 = tl.dot(tl.trans(v17).to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v22 = v21
+    v23 = ((-1.0) * v22)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v23.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
@@ -449,22 +541,181 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v11 = (w1 * d_new_w1)
+    v12 = tl.sum(tl.sum((v11), axis=1), axis=0)
+    v13 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v12)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v15 = (d_out * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v13 + v16)
+    v6 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v7 = tl.broadcast_to(v6, (C,))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v18 = (v17 * tl.exp(v8))
+    v19 = tl.cumsum(v18, axis=0, reverse=True)
+    v20 = tl.sum((v19), axis=0)
+    v21 = (v20 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (first_chunk + c) * 1 + 0, v21.to(grad_gate_alpha_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v20 = v7
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v23 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v20.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = k
+    v25 = (v19 * v24)
+    v26 = tl.sum((v25), axis=1)
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v18 = v6
+    v27 = (v18 * v26)
+    v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v13 = tl.broadcast_to(v12, (C,))
     v14 = tl.cumsum(v13, axis=0, reverse=False)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v25 = (w1 * d_new_w1)
-    v26 = tl.sum(tl.sum((v25), axis=1), axis=0)
-    v27 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v26)
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v17 = tl.sum((v16), axis=0)
+    v15 = v14
+    v28 = (v11 * v27 * tl.exp((v17 - v15)))
+    v29 = tl.sum((v28), axis=0)
+    v30 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v29)
+    v31 = tl.cumsum(v30, axis=0, reverse=True)
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v32 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (first_chunk + c) * 1 + 0, v33.to(grad_gate_alpha_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v10 = tl.broadcast_to(v9, (C,))
+    v11 = tl.cumsum(v10, axis=0, reverse=False)
+    v12 = v11
+    v5 = 1.0
+    v6 = tl.full((C,), 1.0, DTYPE)
+    v13 = v6
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v34 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v35 = (d_out * v34)
-    v36 = tl.sum((v35), axis=1)
-    v39 = (v27 + v36)
-    v40 = (v39 * tl.exp(v14))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = k
+    v16 = tl.dot(q.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
+    v15 = v7
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = ((-1.0) * d_out)
+    v20 = tl.trans(tl.dot(v15.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v21 = (v16 * v20)
+    v22 = (v13[None, :] * v21)
+    v23 = (v22 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = tl.cumsum(v24, axis=0, reverse=True)
+    v26 = tl.sum((v25), axis=0)
+    v27 = (v26 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (first_chunk + c) * 1 + 0, v27.to(grad_gate_alpha_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    gate_alpha = tl.load(gate_alpha_ptr + row * 1 + 0).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v13 = tl.broadcast_to(v12, (C,))
+    v14 = tl.cumsum(v13, axis=0, reverse=False)
     v16 = (v14 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v17 = tl.sum((v16), axis=0)
     v15 = v14
@@ -476,28 +727,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v20 = v7
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v24 = ((-1.0) * d_new_w1)
-    v28 = tl.dot(v20.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v29 = (v19 * v28)
-    v30 = tl.sum((v29), axis=1)
-    v37 = (v18 * v30)
-    v41 = (v11 * v37 * tl.exp((v17 - v15)))
-    v42 = tl.sum((v41), axis=0)
-    v44 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v42)
+    v25 = tl.dot(v20.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v26 = (v19 * v25)
+    v27 = tl.sum((v26), axis=1)
+    v31 = (v18 * v27)
+    v33 = ((-1.0) * v11 * v31 * tl.exp((v17 - v15)))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v31 = ((-1.0) * d_out)
-    v32 = tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v33 = (v21 * v32)
-    v38 = (v18[None, :] * v33)
-    v45 = (v38 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))
-    v46 = tl.sum((v45), axis=1)
-    v43 = ((-1.0) * v11 * v37 * tl.exp((v17 - v15)))
-    v47 = ((-1.0) * v38 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))
-    v48 = tl.sum((v47), axis=0)
-    v49 = (v43 + v48)
-    v50 = v49
-    v51 = (v40 + v44 + v46 + v50)
-    v52 = tl.cumsum(v51, axis=0, reverse=True)
-    v53 = tl.sum((v52), axis=0)
-    v54 = (v53 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (first_chunk + c) * 1 + 0, v54.to(grad_gate_alpha_ptr.dtype.element_ty), mask=nv > 0)
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v28 = ((-1.0) * d_out)
+    v29 = tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v30 = (v21 * v29)
+    v32 = (v18[None, :] * v30)
+    v34 = ((-1.0) * v32 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v14[:, None] - v15[None, :]))))
+    v35 = tl.sum((v34), axis=0)
+    v36 = (v33 + v35)
+    v37 = v36
+    v38 = tl.cumsum(v37, axis=0, reverse=True)
+    v39 = tl.sum((v38), axis=0)
+    v40 = (v39 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_gate_alpha_ptr + (first_chunk + c) * 1 + 0, v40.to(grad_gate_alpha_ptr.dtype.element_ty), mask=nv > 0)

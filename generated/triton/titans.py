@@ -27,8 +27,8 @@ DESCRIPTION = {'spec': 'titans',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']]},
-             'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -52,31 +52,21 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h'],
+                                          ['s', 'h']]},
              'grad_q_2_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_q_3_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h'],
+                                          ['s', 'h']]},
              'grad_k_1_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -90,58 +80,83 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h']]},
              'grad_v_0_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_v_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h']]},
+             'grad_gate_alpha_1_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'grad_gate_alpha_2_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h']]},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['t', 'h']]},
+             'grad_gate_alpha_3_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h']]},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['s', 'h']]},
+             'grad_gate_eta_1_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['s', 'h']]},
              'grad_gate_theta_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h']]},
+             'grad_gate_theta_1_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['s', 'h']]},
+             'grad_gate_theta_2_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['s', 'h']]},
+             'grad_gate_theta_3_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'h']]},
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h']]},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]}},
- 'grad_terms': {'q': 4,
-                'k': 3,
-                'v': 1,
-                'gate_alpha': 1,
-                'gate_eta': 1,
-                'gate_theta': 1,
-                'ln_weight': 4,
-                'ln_bias': 2},
+                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]}},
  'stored': [],
  'fallback': None}
 
@@ -186,38 +201,17 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v76 = tl.sum((v75), axis=0)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v62 = v58
-        v63 = (v59 * v62[None, :])
-        v64 = tl.sum((v63), axis=1)
-        v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v79 = tl.sum((v78), axis=0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v77 = (v76 * w1)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v80 = (v77 + (v79 * s1))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v80)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -232,64 +226,83 @@ def chunk_state_fwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
         v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
+        v44 = v43
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v65 = v48
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
         v69 = k
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v62 = v58
+        v63 = (v59 * v62[None, :])
+        v64 = tl.sum((v63), axis=1)
+        v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v79 = tl.sum((v78), axis=0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v76 = tl.sum((v75), axis=0)
         v72 = v35
         v87 = (v72 * v67[:, None])
-        v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v85 = tl.sum((v84), axis=0)
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
+        v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v85 = tl.sum((v84), axis=0)
         v92 = (v72 * v68[:, None])
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v70 = v37
             v73 = (v70 * v67[:, None])
             v74 = tl.dot(tl.trans(v73).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v80 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v77 = (v76 * w1)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v80 = (v77 + (v79 * s1))
             v81 = (v80 - v74)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v71 = v13
+            v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v89 = (v76 * w2)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v90 = (v89 + (v79 * s2))
-            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v71 = v13
-            v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v91 = (v90 - v88)  # layer 2 end state
             tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v82 = (v70 * v68[:, None])
             v83 = tl.dot(tl.trans(v82).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v86 = (((-1.0) * v83) + (v85 * s1))
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
@@ -333,46 +346,17 @@ def chunk_out_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v64 * v53)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -387,16 +371,40 @@ def chunk_out_fwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v65 = (v64 * v53)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
         v70 = tl.zeros((C, D), DTYPE)
         v72 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -404,16 +412,20 @@ def chunk_out_fwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v63 = v37
             v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
             v67 = (v61 - v66)
             _c0 = (0.5 * v67)
             v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
             v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
@@ -425,9 +437,9 @@ def chunk_out_fwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v74 = v13
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v77 = (v76 * v53)
         v75 = v35
@@ -853,20 +865,6 @@ def chunk_grad_q_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -891,27 +889,40 @@ def chunk_grad_q_1_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v65 = (v64 * v53)
         v49 = tl.exp(v46)  # cumulative decay in the chunk
         v54 = v49
         v55 = (v50 * v54[None, :])
         v56 = tl.sum((v55), axis=1)
         v59 = (q * v56[:, None])
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v65 = (v64 * v53)
-        v75 = v35
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
         v70 = tl.zeros((C, D), DTYPE)
         v72 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -924,20 +935,17 @@ def chunk_grad_q_1_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v63 = v37
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v61 = (v58 + v60)
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v67 = (v61 - v66)
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
             _c0 = (0.5 * v67)
             v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
             v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
@@ -949,10 +957,14 @@ def chunk_grad_q_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v77 = (v76 * v53)
+        v75 = v35
         v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v79 = (v73 - v78)
         v80 = tl.sum((v79), axis=1)
@@ -962,11 +974,11 @@ def chunk_grad_q_1_bwd_kernel(
         v84 = tl.sum((v83), axis=1)
         v85 = (v84 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = (2.0 * v82 * v94[:, None])
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v96 = (v91 + v95)
         v97 = ((-1.0) * v96)
         v98 = tl.sum((v97), axis=1)
@@ -981,7 +993,7 @@ def chunk_grad_q_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1031,46 +1043,17 @@ def chunk_grad_q_2_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v64 * v53)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -1085,17 +1068,40 @@ def chunk_grad_q_2_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v75 = v35
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v65 = (v64 * v53)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
         v70 = tl.zeros((C, D), DTYPE)
         v72 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1103,20 +1109,21 @@ def chunk_grad_q_2_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v63 = v37
             v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
             v67 = (v61 - v66)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
             _c0 = (0.5 * v67)
             v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
             v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
@@ -1128,10 +1135,14 @@ def chunk_grad_q_2_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v77 = (v76 * v53)
+        v75 = v35
         v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v79 = (v73 - v78)
         v80 = tl.sum((v79), axis=1)
@@ -1141,11 +1152,11 @@ def chunk_grad_q_2_bwd_kernel(
         v84 = tl.sum((v83), axis=1)
         v85 = (v84 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = (2.0 * v82 * v94[:, None])
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v96 = (v91 + v95)
         v97 = ((-1.0) * v96)
         v98 = tl.sum((v97), axis=1)
@@ -1160,14 +1171,14 @@ def chunk_grad_q_2_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v109 = (v104 + v106 + v108)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
             v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v111 = (v110 * v56[:, None])
@@ -1208,46 +1219,17 @@ def chunk_grad_q_3_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v64 * v53)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -1262,17 +1244,40 @@ def chunk_grad_q_3_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v75 = v35
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v46 = tl.cumsum(v45, axis=0, reverse=False)
+        v47 = v46
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v44 = gate_eta
+        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = k
+        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v65 = (v64 * v53)
+        v49 = tl.exp(v46)  # cumulative decay in the chunk
+        v54 = v49
+        v55 = (v50 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v59 = (q * v56[:, None])
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v57 = (q * v43[:, None])
         v70 = tl.zeros((C, D), DTYPE)
         v72 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1280,20 +1285,21 @@ def chunk_grad_q_3_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v63 = v37
             v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v58 + v60)
             v67 = (v61 - v66)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
             _c0 = (0.5 * v67)
             v68 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
             v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
@@ -1305,10 +1311,14 @@ def chunk_grad_q_3_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v77 = (v76 * v53)
+        v75 = v35
         v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v79 = (v73 - v78)
         v80 = tl.sum((v79), axis=1)
@@ -1318,11 +1328,11 @@ def chunk_grad_q_3_bwd_kernel(
         v84 = tl.sum((v83), axis=1)
         v85 = (v84 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = (2.0 * v82 * v94[:, None])
+        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v96 = (v91 + v95)
         v97 = ((-1.0) * v96)
         v98 = tl.sum((v97), axis=1)
@@ -1337,14 +1347,14 @@ def chunk_grad_q_3_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v109 = (v104 + v106 + v108)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
             v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v111 = (v110 * v43[:, None])
@@ -1410,54 +1420,40 @@ def chunk_grad_k_0_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
         v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
         v58 = tl.exp(v52)  # cumulative decay in the chunk
         v63 = v58
         v64 = (v59 * v63[None, :])
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v88 = v35
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
         v83 = tl.zeros((C, D), DTYPE)
         v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1470,28 +1466,17 @@ def chunk_grad_k_0_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
-            v105 = (v76 * v69[:, None])
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s1)
-            v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v76 * v68[:, None])
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w1)
-            v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v74 = (v71 + v73)
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v74 - v79)
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
@@ -1503,10 +1488,14 @@ def chunk_grad_k_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v90 = (v89 * v62)
+        v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
         v93 = tl.sum((v92), axis=1)
@@ -1516,11 +1505,11 @@ def chunk_grad_k_0_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v112 = tl.sum((v111), axis=1)
         v113 = (v112 / (D))
         v114 = (2.0 * v95 * v113[:, None])
+        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v115 = (v110 + v114)
         v116 = ((-1.0) * v115)
         v117 = tl.sum((v116), axis=1)
@@ -1535,7 +1524,7 @@ def chunk_grad_k_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1550,6 +1539,31 @@ def chunk_grad_k_0_bwd_kernel(
             v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v132 = (v62 * v131)
         v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v106 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v105 = (v76 * v69[:, None])
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s1)
+            v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v108 = (v76 * v68[:, None])
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w1)
+            v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v134 = (v106 + v109 + v133)
         v135 = v134
         tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1607,78 +1621,50 @@ def chunk_grad_k_1_bwd_kernel(
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -1686,27 +1672,34 @@ def chunk_grad_k_1_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -1717,54 +1710,75 @@ def chunk_grad_k_1_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))
@@ -2117,78 +2131,50 @@ def chunk_grad_v_0_bwd_kernel(
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -2196,27 +2182,34 @@ def chunk_grad_v_0_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -2227,54 +2220,75 @@ def chunk_grad_v_0_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))
@@ -2284,10 +2298,228 @@ def chunk_grad_v_0_bwd_kernel(
         v151 = tl.sum((v150), axis=1)
         v152 = (v151 / (D))
         v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v155 = (v153 + v154)
-        v156 = ((-1.0) * v155)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v156.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v154 = ((-1.0) * v153)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v76 = v37
+            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
+            v80 = (v74 - v79)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            _c0 = (0.5 * v80)
+            v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v82 = (v81 * v49[:, None])
+            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v84 = (v81 * v65[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
+        v88 = v35
+        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v92 = (v86 - v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v92 - v94[:, None])
+        v96 = (v95 * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v62 * v127)
+        v133 = (v125 * v65[:, None])
+        v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (v130 + v134 + v136)
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v139 = ((-1.0) * v138)
+            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v141 = (v112 + v115 + v140)
+            v142 = v141
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
+        v145 = (v132 + v144)
+        v146 = tl.sum((v145), axis=1)
+        v147 = (v146 / (D))
+        v148 = ((-1.0) * v147)
+        v149 = (v145 + v148[:, None])
+        v150 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v151 = ((-1.0) * v150)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2322,61 +2554,571 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v100 = tl.zeros((), DTYPE)
-        v110 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v99 = (w2 * d_new_w2)
-            v100 += tl.sum(tl.sum((v99), axis=1), axis=0)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v109 = (w1 * d_new_w1)
-            v110 += tl.sum(tl.sum((v109), axis=1), axis=0)
-        v111 = (v100 + v110)
-        v112 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v111)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v62 = (q * v48[:, None])
-        v44 = v43
-        v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v51 = tl.cumsum(v50, axis=0, reverse=False)
-        v54 = tl.exp(v51)  # cumulative decay in the chunk
-        v59 = v54
-        v60 = (v55 * v59[None, :])
-        v61 = tl.sum((v60), axis=1)
-        v64 = (q * v61[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v67 = k
-        v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v52 = v51
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v49 = gate_eta
-        v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
-        v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = (v69 * v58)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = (v63 + v65)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v66)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v42 = v41
+        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v47 = tl.cumsum(v46, axis=0, reverse=False)
+        v48 = v47
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = gate_eta
+        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v63 = k
+        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v66 = (v65 * v54)
+        v50 = tl.exp(v47)  # cumulative decay in the chunk
+        v55 = v50
+        v56 = (v51 * v55[None, :])
+        v57 = tl.sum((v56), axis=1)
+        v60 = (q * v57[:, None])
+        v44 = tl.exp(v41)  # cumulative decay in the chunk
+        v58 = (q * v44[:, None])
+        v71 = tl.zeros((C, D), DTYPE)
+        v73 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v64 = v37
+            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v62 = (v59 + v61)
+            v68 = (v62 - v67)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            _c0 = (0.5 * v68)
+            v69 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+            v70 = (v69 * v44[:, None])
+            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = (v69 * v57[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v74 = (v71 + v73)
+        v77 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v75 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v78 = (v77 * v54)
+        v76 = v35
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v74 - v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v80 - v82[:, None])
+        v84 = (v83 * v83)
+        v85 = tl.sum((v84), axis=1)
+        v86 = (v85 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v100 = tl.sum((v99), axis=1)
+        v101 = (v100 / (D))
+        v102 = (2.0 * v83 * v101[:, None])
+        v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v103 = (v98 + v102)
+        v104 = ((-1.0) * v103)
+        v105 = tl.sum((v104), axis=1)
+        v106 = (v105 / (D))
+        v107 = (v103 + v106[:, None])
+        v108 = ((-1.0) * v107)
+        v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v110 = (v54 * v109)
+        v112 = (v107 * v57[:, None])
+        v114 = (v107 * v44[:, None])
+        v123 = tl.zeros((C,), DTYPE)
+        v116 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v111 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v119 = (v111 + v113 + v115)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+            v120 = (v119 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v121 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v122 = (v120 * v121)
+            v123 += tl.sum((v122), axis=1)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v117 = (v107 * v116)
+        v118 = tl.sum((v117), axis=1)
+        v93 = tl.zeros((), DTYPE)
+        v95 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v92 = (w2 * d_new_w2)
+            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v94 = (w1 * d_new_w1)
+            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
+        v96 = (v93 + v95)
+        v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
+        v124 = (v97 + v118 + v123)
+        v125 = (v124 * tl.exp(v41))
+        v126 = tl.cumsum(v125, axis=0, reverse=True)
+        v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v57 = v35
+        v54 = k
+        v66 = tl.zeros((C,), DTYPE)
+        v68 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v63 = ((-1.0) * d_new_w2)
+            v64 = tl.dot(v57.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v56 = v13
+            v65 = (v56 * v64)
+            v66 += tl.sum((v65), axis=1)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v55 = v37
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v67 = ((-1.0) * d_new_w1)
+            v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = (v54 * v68)
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v66 + v70)
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v48 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v49 = tl.cumsum(v48, axis=0, reverse=False)
+        v50 = v49
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v47 = gate_eta
+        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v49[:, None] - v50[None, :]))))) * v47[None, :])))
+        v72 = (v53 * v71[:, None])
+        v73 = tl.sum((v72), axis=0)
+        v74 = v73
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v75 = (v41 * v74 * tl.exp((v46 - v44)))
+        v76 = tl.sum((v75), axis=0)
+        v77 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v76)
+        v78 = tl.cumsum(v77, axis=0, reverse=True)
+        v79 = (v78 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v42 = v41
+        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v47 = tl.cumsum(v46, axis=0, reverse=False)
+        v48 = v47
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = gate_eta
+        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v63 = k
+        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v66 = (v65 * v54)
+        v50 = tl.exp(v47)  # cumulative decay in the chunk
+        v55 = v50
+        v56 = (v51 * v55[None, :])
+        v57 = tl.sum((v56), axis=1)
+        v60 = (q * v57[:, None])
+        v44 = tl.exp(v41)  # cumulative decay in the chunk
+        v58 = (q * v44[:, None])
+        v71 = tl.zeros((C, D), DTYPE)
+        v73 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v64 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v62 = (v59 + v61)
+            v68 = (v62 - v67)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            _c0 = (0.5 * v68)
+            v69 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+            v70 = (v69 * v44[:, None])
+            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = (v69 * v57[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v74 = (v71 + v73)
+        v77 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v75 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v78 = (v77 * v54)
+        v76 = v35
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v74 - v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v80 - v82[:, None])
+        v84 = (v83 * v83)
+        v85 = tl.sum((v84), axis=1)
+        v86 = (v85 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v100 = tl.sum((v99), axis=1)
+        v101 = (v100 / (D))
+        v102 = (2.0 * v83 * v101[:, None])
+        v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v103 = (v98 + v102)
+        v104 = ((-1.0) * v103)
+        v105 = tl.sum((v104), axis=1)
+        v106 = (v105 / (D))
+        v107 = (v103 + v106[:, None])
+        v108 = ((-1.0) * v107)
+        v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v110 = (v54 * v109)
+        v113 = (v107 * v57[:, None])
+        v118 = (v107 * v44[:, None])
+        v127 = tl.zeros((C,), DTYPE)
+        v115 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v112 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v119 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v120 = (v112 + v114 + v119)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+            v121 = (v120 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v125 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v126 = (v121 * v125)
+            v127 += tl.sum((v126), axis=1)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v116 = (v107 * v115)
+        v117 = tl.sum((v116), axis=1)
+        v93 = tl.zeros((), DTYPE)
+        v95 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v92 = (s2 * d_new_w2)
+            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v94 = (s1 * d_new_w1)
+            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
+        v96 = (v93 + v95)
+        v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
+        v128 = (v97 + v117 + v127)
+        v129 = (v55[None, :] * v128[:, None])
+        v123 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v121 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v122 = ((-1.0) * v121)
+            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 = (v65 * v123)
+        v111 = (v77 * v109)
+        v130 = (v111 + v124)
+        v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v132 = (v129 + v131)
+        v133 = v132
+        v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
+        v135 = tl.sum((v134), axis=1)
+        v136 = tl.cumsum(v135, axis=0, reverse=True)
+        v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v51 = tl.cumsum(v50, axis=0, reverse=False)
+        v52 = v51
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v49 = gate_eta
+        v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v79 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -2401,26 +3143,83 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v80 = v35
+        v67 = k
+        v101 = tl.zeros((C,), DTYPE)
+        v107 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v96 = ((-1.0) * d_new_w2)
+            v99 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v100 = (v79 * v99)
+            v101 += tl.sum((v100), axis=1)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v68 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v102 = ((-1.0) * d_new_w1)
+            v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v108 = (v67 * v107)
+        v109 = tl.sum((v108), axis=1)
+        v140 = (v101 + v109)
+        v141 = (v57 * v140[:, None])
+        v142 = tl.sum((v141), axis=0)
+        v143 = v142
+        v150 = ((-1.0) * v41 * v143 * tl.exp((v47 - v44)))
+        v54 = tl.exp(v51)  # cumulative decay in the chunk
+        v59 = v54
+        v98 = tl.zeros((), DTYPE)
+        v104 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v97 = (s2 * d_new_w2)
+            v98 += tl.sum(tl.sum((v97), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v103 = (s1 * d_new_w1)
+            v104 += tl.sum(tl.sum((v103), axis=1), axis=0)
+        v105 = (v98 + v104)
+        v106 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v105)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v62 = (q * v48[:, None])
+        v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v60 = (v55 * v59[None, :])
+        v61 = tl.sum((v60), axis=1)
+        v64 = (q * v61[:, None])
+        v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = (v69 * v58)
         v75 = tl.zeros((C, D), DTYPE)
         v77 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v68 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = (v63 + v65)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v72 = (v66 - v71)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
             _c0 = (0.5 * v72)
             v73 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
             v74 = (v73 * v48[:, None])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v76 = (v73 * v61[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -2431,14 +3230,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v79 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
         v82 = (v81 * v58)
-        v80 = v35
         v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v84 = (v78 - v83)
         v85 = tl.sum((v84), axis=1)
@@ -2448,139 +3243,73 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.sum((v88), axis=1)
         v90 = (v89 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-        v117 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v87 * v119[:, None])
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v138 = tl.zeros((C, D), DTYPE)
+        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+        v111 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+        v112 = tl.sum((v111), axis=1)
+        v113 = (v112 / (D))
+        v114 = (2.0 * v87 * v113[:, None])
+        v115 = (v110 + v114)
+        v116 = ((-1.0) * v115)
+        v117 = tl.sum((v116), axis=1)
+        v118 = (v117 / (D))
+        v119 = (v115 + v118[:, None])
+        v127 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v138 += tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v139 = (v125 * v138)
-        v140 = tl.sum((v139), axis=1)
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v128 = (v58 * v127)
-        v131 = (v125 * v61[:, None])
-        v136 = (v125 * v48[:, None])
-        v151 = tl.zeros((C,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v128 = (v119 * v127)
+        v129 = tl.sum((v128), axis=1)
+        v120 = ((-1.0) * v119)
+        v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (v58 * v121)
+        v125 = (v119 * v61[:, None])
+        v130 = (v119 * v48[:, None])
+        v139 = tl.zeros((C,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v124 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v137 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v141 = (v130 + v132 + v137)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v132 = (v124 + v126 + v131)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
-            v142 = (v141 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v149 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v150 = (v142 * v149)
-            v151 += tl.sum((v150), axis=1)
+            v133 = (v132 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v137 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v138 = (v133 * v137)
+            v139 += tl.sum((v138), axis=1)
         tl.debug_barrier()
-        v162 = (v112 + v140 + v151)
-        v163 = (v162 * tl.exp(v43))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v103 = tl.zeros((C,), DTYPE)
-        v113 = tl.zeros((C, D), DTYPE)
+        v144 = (v106 + v129 + v139)
+        v145 = (v59[None, :] * v144[:, None])
+        v123 = (v81 * v121)
+        v135 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v96 = ((-1.0) * d_new_w2)
-            v101 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = (v79 * v101)
-            v103 += tl.sum((v102), axis=1)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_w1)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v113 += tl.dot(v68.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v114 = (v67 * v113)
-        v115 = tl.sum((v114), axis=1)
-        v152 = (v103 + v115)
-        v153 = (v57 * v152[:, None])
-        v154 = tl.sum((v153), axis=0)
-        v155 = v154
-        v164 = (v41 * v155 * tl.exp((v47 - v44)))
-        v165 = tl.sum((v164), axis=0)
-        v167 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v165)
-        v98 = tl.zeros((), DTYPE)
-        v106 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v97 = (s2 * d_new_w2)
-            v98 += tl.sum(tl.sum((v97), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v105 = (s1 * d_new_w1)
-            v106 += tl.sum(tl.sum((v105), axis=1), axis=0)
-        v107 = (v98 + v106)
-        v108 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v107)
-        v133 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v133 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v134 = (v125 * v133)
-        v135 = tl.sum((v134), axis=1)
-        v148 = tl.zeros((C,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v146 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v142 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v147 = (v142 * v146)
-            v148 += tl.sum((v147), axis=1)
-        v156 = (v108 + v135 + v148)
-        v157 = (v59[None, :] * v156[:, None])
-        v129 = (v81 * v127)
-        v144 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v142 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v143 = ((-1.0) * v142)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v144 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v145 = (v69 * v144)
-        v158 = (v129 + v145)
-        v159 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v160 = (v157 + v159)
-        v161 = v160
-        v168 = (v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-        v169 = tl.sum((v168), axis=1)
-        v166 = ((-1.0) * v41 * v155 * tl.exp((v47 - v44)))
-        v170 = ((-1.0) * v161 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-        v171 = tl.sum((v170), axis=0)
-        v172 = (v166 + v171)
-        v173 = v172
-        v174 = (v163 + v167 + v169 + v173)
-        v175 = tl.cumsum(v174, axis=0, reverse=True)
-        v176 = (v175 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v176.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+            v133 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v134 = ((-1.0) * v133)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v136 = (v69 * v135)
+        v146 = (v123 + v136)
+        v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v148 = (v145 + v147)
+        v149 = v148
+        v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
+        v152 = tl.sum((v151), axis=0)
+        v153 = (v150 + v152)
+        v154 = v153
+        v155 = tl.cumsum(v154, axis=0, reverse=True)
+        v156 = (v155 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2617,12 +3346,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v47 = (v41 * tl.exp((v46 - v44)))  # decay from token s to the chunk's end
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2630,11 +3359,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v84 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v84)
+            v50 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -2659,156 +3388,244 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v85 = v35
-        v72 = k
-        v104 = tl.zeros((C,), DTYPE)
-        v110 = tl.zeros((C, D), DTYPE)
+        v51 = v35
+        v48 = k
+        v60 = tl.zeros((C,), DTYPE)
+        v62 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v101 = ((-1.0) * d_new_s2)
-            v102 = tl.dot(v85.to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v103 = (v84 * v102)
-            v104 += tl.sum((v103), axis=1)
+            v57 = ((-1.0) * d_new_s2)
+            v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = (v50 * v58)
+            v60 += tl.sum((v59), axis=1)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v73 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+            v49 = v37
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v109 = ((-1.0) * d_new_s1)
-            v110 += tl.dot(v73.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v111 = (v72 * v110)
-        v112 = tl.sum((v111), axis=1)
-        v141 = (v104 + v112)
-        v142 = (v57 * v141)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v108 = tl.zeros((C,), DTYPE)
-        v114 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v105 = ((-1.0) * d_new_w2)
-            v106 = tl.dot(v85.to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v107 = (v84 * v106)
-            v108 += tl.sum((v107), axis=1)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v114 += tl.dot(v73.to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v115 = (v72 * v114)
-        v116 = tl.sum((v115), axis=1)
-        v143 = (v108 + v116)
-        v144 = (v66[None, :] * v143[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v67 = (q * v49[:, None])
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v69 = (q * v65[:, None])
-        v74 = tl.dot(q.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v75 = (v74 * v62)
-        v86 = tl.zeros((C, C), DTYPE)
-        v80 = tl.zeros((C, D), DTYPE)
-        v82 = tl.zeros((C, D), DTYPE)
+            v61 = ((-1.0) * d_new_s1)
+            v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 = (v48 * v62)
+        v64 = tl.sum((v63), axis=1)
+        v65 = (v60 + v64)
+        v66 = (v47 * v65)
+        v67 = v66
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = tl.dot(v67.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 + v70)
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v77 = (v71 - v76)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-            _c0 = (0.5 * v77)
-            v78 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-            v79 = (v78 * v49[:, None])
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v80 += tl.dot(v79.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = (v78 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 += tl.dot(v81.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v83 = (v80 + v82)
-        v87 = (v86 * v62)
-        v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v89 = (v83 - v88)
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (v89 - v91[:, None])
-        v93 = (v92 * v92)
-        v94 = tl.sum((v93), axis=1)
-        v95 = (v94 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
-        v118 = ((-0.5) * v92 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v95[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v95[:, None])))))
-        v119 = tl.sum((v118), axis=1)
-        v120 = (v119 / (D))
-        v121 = (2.0 * v92 * v120[:, None])
-        v122 = (v117 + v121)
-        v123 = ((-1.0) * v122)
-        v124 = tl.sum((v123), axis=1)
-        v125 = (v124 / (D))
-        v126 = (v122 + v125[:, None])
-        v127 = ((-1.0) * v126)
-        v128 = tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = (v86 * v128)
-        v129 = (v62 * v128)
-        v132 = (v126 * v65[:, None])
-        v134 = (v126 * v49[:, None])
-        v139 = tl.zeros((C, C), DTYPE)
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v69 = k
+        v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v72 = (v71 * v59)
+        v55 = tl.exp(v52)  # cumulative decay in the chunk
+        v60 = v55
+        v61 = (v56 * v60[None, :])
+        v62 = tl.sum((v61), axis=1)
+        v66 = (q * v62[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v64 = (q * v49[:, None])
+        v77 = tl.zeros((C, D), DTYPE)
+        v79 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v84 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v131 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v133 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v135 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v136 = (v131 + v133 + v135)
-            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v77 * tl.full((), 1.4142135623730951, DTYPE))
-            v137 = (v136 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v77 * v77))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v138 = ((-1.0) * v137)
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v139 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v140 = (v74 * v139)
-        v145 = (v130 + v140)
-        v146 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v147 = (v144 + v146)
-        v148 = tl.trans(v147)
-        v149 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v148)
-        v150 = tl.sum((v149), axis=0)
-        v151 = (v142 + v150)
-        v152 = v151
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v152.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v70 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
+            v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v68 = (v65 + v67)
+            v74 = (v68 - v73)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+            _c0 = (0.5 * v74)
+            v75 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+            v76 = (v75 * v49[:, None])
+            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v78 = (v75 * v62[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v80 = (v77 + v79)
+        v83 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v84 = (v83 * v59)
+        v82 = v35
+        v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v80 - v85)
+        v87 = tl.sum((v86), axis=1)
+        v88 = (v87 / (D))
+        v89 = (v86 - v88[:, None])
+        v90 = (v89 * v89)
+        v91 = tl.sum((v90), axis=1)
+        v92 = (v91 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+        v108 = tl.sum((v107), axis=1)
+        v109 = (v108 / (D))
+        v110 = (2.0 * v89 * v109[:, None])
+        v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+        v111 = (v106 + v110)
+        v112 = ((-1.0) * v111)
+        v113 = tl.sum((v112), axis=1)
+        v114 = (v113 / (D))
+        v115 = (v111 + v114[:, None])
+        v116 = ((-1.0) * v115)
+        v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v118 = (v59 * v117)
+        v121 = (v115 * v62[:, None])
+        v123 = (v115 * v49[:, None])
+        v128 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v125 = (v120 + v122 + v124)
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
+            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v127 = ((-1.0) * v126)
+            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v71 * v128)
+        v119 = (v83 * v117)
+        v132 = (v119 + v129)
+        v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v101 = tl.zeros((C,), DTYPE)
+        v103 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v98 = ((-1.0) * d_new_w2)
+            v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v100 = (v81 * v99)
+            v101 += tl.sum((v100), axis=1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v102 = ((-1.0) * d_new_w1)
+            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v104 = (v69 * v103)
+        v105 = tl.sum((v104), axis=1)
+        v130 = (v101 + v105)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v63 = v48
+        v131 = (v63[None, :] * v130[:, None])
+        v134 = (v131 + v133)
+        v135 = tl.trans(v134)
+        v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
+        v137 = tl.sum((v136), axis=0)
+        v138 = v137
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2843,76 +3660,247 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v101 = tl.zeros((), DTYPE)
-        v113 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v100 = (s2 * d_new_s2)
-            v101 += tl.sum(tl.sum((v100), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v112 = (s1 * d_new_s1)
-            v113 += tl.sum(tl.sum((v112), axis=1), axis=0)
-        v115 = (v101 + v113)
-        v116 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v115)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v108 = tl.zeros((), DTYPE)
-        v122 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = (s2 * d_new_w2)
-            v108 += tl.sum(tl.sum((v107), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v121 = (s1 * d_new_w1)
-            v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
-        v123 = (v108 + v122)
-        v124 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v123)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v66 = (q * v49[:, None])
-        v57 = tl.exp(v52)  # cumulative decay in the chunk
-        v62 = v57
-        v63 = (v58 * v62[None, :])
-        v64 = tl.sum((v63), axis=1)
-        v68 = (q * v64[:, None])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = k
-        v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v73 * v61)
         v14 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v70 = (v67 + v69)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v70)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             _c0 = (0.5 * v12)
             v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v42 = v41
+        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v47 = tl.cumsum(v46, axis=0, reverse=False)
+        v48 = v47
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v45 = gate_eta
+        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v63 = k
+        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v66 = (v65 * v54)
+        v50 = tl.exp(v47)  # cumulative decay in the chunk
+        v55 = v50
+        v56 = (v51 * v55[None, :])
+        v57 = tl.sum((v56), axis=1)
+        v60 = (q * v57[:, None])
+        v44 = tl.exp(v41)  # cumulative decay in the chunk
+        v58 = (q * v44[:, None])
+        v71 = tl.zeros((C, D), DTYPE)
+        v73 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v64 = v37
+            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v62 = (v59 + v61)
+            v68 = (v62 - v67)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            _c0 = (0.5 * v68)
+            v69 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+            v70 = (v69 * v44[:, None])
+            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = (v69 * v57[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v74 = (v71 + v73)
+        v77 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v75 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v78 = (v77 * v54)
+        v76 = v35
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v74 - v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v80 - v82[:, None])
+        v84 = (v83 * v83)
+        v85 = tl.sum((v84), axis=1)
+        v86 = (v85 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v105 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v106 = tl.sum((v105), axis=1)
+        v107 = (v106 / (D))
+        v108 = (2.0 * v83 * v107[:, None])
+        v104 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+        v109 = (v104 + v108)
+        v110 = ((-1.0) * v109)
+        v111 = tl.sum((v110), axis=1)
+        v112 = (v111 / (D))
+        v113 = (v109 + v112[:, None])
+        v114 = ((-1.0) * v113)
+        v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (v54 * v115)
+        v118 = (v113 * v57[:, None])
+        v123 = (v113 * v44[:, None])
+        v129 = tl.zeros((C,), DTYPE)
+        v120 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v117 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v125 = (v117 + v119 + v124)
+            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v127 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v128 = (v126 * v127)
+            v129 += tl.sum((v128), axis=1)
+            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v121 = (v113 * v120)
+        v122 = tl.sum((v121), axis=1)
+        v95 = tl.zeros((), DTYPE)
+        v101 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v94 = (s2 * d_new_w2)
+            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v100 = (s1 * d_new_w1)
+            v101 += tl.sum(tl.sum((v100), axis=1), axis=0)
+        v102 = (v95 + v101)
+        v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
+        v130 = (v103 + v122 + v129)
+        v131 = (v51 * v130[:, None])
+        v132 = tl.sum((v131), axis=0)
+        v133 = v132
+        v93 = tl.zeros((), DTYPE)
+        v97 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v92 = (s2 * d_new_s2)
+            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v96 = (s1 * d_new_s1)
+            v97 += tl.sum(tl.sum((v96), axis=1), axis=0)
+        v98 = (v93 + v97)
+        v99 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v98)
+        v134 = (v99 + v133)
+        v135 = (v134 * tl.exp(v47))
+        v136 = tl.cumsum(v135, axis=0, reverse=True)
+        v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_theta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_theta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v44 = tl.cumsum(v43, axis=0, reverse=False)
+        v46 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v45 = v44
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = gate_eta
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            v50 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -2937,6 +3925,343 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v35
+        v48 = k
+        v60 = tl.zeros((C,), DTYPE)
+        v62 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 = ((-1.0) * d_new_s2)
+            v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = (v50 * v58)
+            v60 += tl.sum((v59), axis=1)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v61 = ((-1.0) * d_new_s1)
+            v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 = (v48 * v62)
+        v64 = tl.sum((v63), axis=1)
+        v65 = (v60 + v64)
+        v66 = (v42 * v65)
+        v67 = (v41 * v66 * tl.exp((v47 - v45)))
+        v68 = tl.sum((v67), axis=0)
+        v69 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v68)
+        v70 = tl.cumsum(v69, axis=0, reverse=True)
+        v71 = (v70 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_theta_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_theta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v69 = k
+        v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v72 = (v71 * v59)
+        v55 = tl.exp(v52)  # cumulative decay in the chunk
+        v60 = v55
+        v61 = (v56 * v60[None, :])
+        v62 = tl.sum((v61), axis=1)
+        v66 = (q * v62[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v64 = (q * v49[:, None])
+        v77 = tl.zeros((C, D), DTYPE)
+        v79 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v70 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
+            v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v68 = (v65 + v67)
+            v74 = (v68 - v73)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+            _c0 = (0.5 * v74)
+            v75 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+            v76 = (v75 * v49[:, None])
+            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v78 = (v75 * v62[:, None])
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v80 = (v77 + v79)
+        v83 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v84 = (v83 * v59)
+        v82 = v35
+        v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v80 - v85)
+        v87 = tl.sum((v86), axis=1)
+        v88 = (v87 / (D))
+        v89 = (v86 - v88[:, None])
+        v90 = (v89 * v89)
+        v91 = tl.sum((v90), axis=1)
+        v92 = (v91 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+        v108 = tl.sum((v107), axis=1)
+        v109 = (v108 / (D))
+        v110 = (2.0 * v89 * v109[:, None])
+        v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+        v111 = (v106 + v110)
+        v112 = ((-1.0) * v111)
+        v113 = tl.sum((v112), axis=1)
+        v114 = (v113 / (D))
+        v115 = (v111 + v114[:, None])
+        v116 = ((-1.0) * v115)
+        v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v118 = (v59 * v117)
+        v121 = (v115 * v62[:, None])
+        v123 = (v115 * v49[:, None])
+        v128 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v125 = (v120 + v122 + v124)
+            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
+            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v127 = ((-1.0) * v126)
+            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (v71 * v128)
+        v119 = (v83 * v117)
+        v132 = (v119 + v129)
+        v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v101 = tl.zeros((C,), DTYPE)
+        v103 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v98 = ((-1.0) * d_new_w2)
+            v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v100 = (v81 * v99)
+            v101 += tl.sum((v100), axis=1)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v102 = ((-1.0) * d_new_w1)
+            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v104 = (v69 * v103)
+        v105 = tl.sum((v104), axis=1)
+        v130 = (v101 + v105)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v63 = v48
+        v131 = (v63[None, :] * v130[:, None])
+        v134 = (v131 + v133)
+        v135 = tl.trans(v134)
+        v136 = (v50[None, :] * v135)
+        v137 = (v136 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+        v138 = tl.sum((v137), axis=1)
+        v139 = tl.cumsum(v138, axis=0, reverse=True)
+        v140 = (v139 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_theta_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_theta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v14 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            _c0 = (0.5 * v12)
+            v13 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v16 = tl.sum((v14), axis=1)
+        v17 = (v16 / (D))
+        v18 = (v14 - v17[:, None])
+        v19 = (v18 * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        v23 = k
+        v24 = (v22 + v23)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v71 = k
+        v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v74 = (v73 * v61)
+        v57 = tl.exp(v52)  # cumulative decay in the chunk
+        v62 = v57
+        v63 = (v58 * v62[None, :])
+        v64 = tl.sum((v63), axis=1)
+        v68 = (q * v64[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v66 = (q * v49[:, None])
         v79 = tl.zeros((C, D), DTYPE)
         v81 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2944,18 +4269,22 @@ def chunk_grad_gate_theta_0_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v72 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
             v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 = (v67 + v69)
             v76 = (v70 - v75)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
             _c0 = (0.5 * v76)
             v77 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
             v78 = (v77 * v49[:, None])
             v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v77 * v64[:, None])
@@ -2967,10 +4296,10 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v83 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
-            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
+            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v86 = (v85 * v61)
@@ -2984,130 +4313,98 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v128 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-        v129 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-        v130 = tl.sum((v129), axis=1)
-        v131 = (v130 / (D))
-        v132 = (2.0 * v91 * v131[:, None])
-        v133 = (v128 + v132)
-        v134 = ((-1.0) * v133)
-        v135 = tl.sum((v134), axis=1)
-        v136 = (v135 / (D))
-        v137 = (v133 + v136[:, None])
-        v145 = tl.zeros((C, D), DTYPE)
+        v117 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+        v118 = tl.sum((v117), axis=1)
+        v119 = (v118 / (D))
+        v120 = (2.0 * v91 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+        v121 = (v116 + v120)
+        v122 = ((-1.0) * v121)
+        v123 = tl.sum((v122), axis=1)
+        v124 = (v123 / (D))
+        v125 = (v121 + v124[:, None])
+        v126 = ((-1.0) * v125)
+        v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v128 = (v61 * v127)
+        v131 = (v125 * v64[:, None])
+        v133 = (v125 * v49[:, None])
+        v138 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v145 += tl.dot(v77.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v146 = (v137 * v145)
-        v147 = tl.sum((v146), axis=1)
-        v138 = ((-1.0) * v137)
-        v139 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v140 = (v61 * v139)
-        v143 = (v137 * v64[:, None])
-        v148 = (v137 * v49[:, None])
-        v157 = tl.zeros((C,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v142 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v144 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v149 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v150 = (v142 + v144 + v149)
-            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v135 = (v130 + v132 + v134)
+            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
-            v151 = (v150 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v155 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v156 = (v151 * v155)
-            v157 += tl.sum((v156), axis=1)
-        tl.debug_barrier()
-        v162 = (v124 + v147 + v157)
-        v163 = (v58 * v162[:, None])
-        v164 = tl.sum((v163), axis=0)
-        v165 = v164
-        v171 = (v116 + v165)
-        v172 = (v171 * tl.exp(v52))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v105 = tl.zeros((C,), DTYPE)
-        v117 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v102 = ((-1.0) * d_new_s2)
-            v103 = tl.dot(v84.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = (v83 * v103)
-            v105 += tl.sum((v104), axis=1)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v114 = ((-1.0) * d_new_s1)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v117 += tl.dot(v72.to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v118 = (v71 * v117)
-        v119 = tl.sum((v118), axis=1)
-        v158 = (v105 + v119)
-        v159 = (v50 * v158)
-        v173 = (v41 * v159 * tl.exp((v56 - v53)))
-        v174 = tl.sum((v173), axis=0)
-        v176 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v174)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v65 = v48
-        v111 = tl.zeros((C,), DTYPE)
-        v125 = tl.zeros((C, D), DTYPE)
+            v136 = (v135 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v137 = ((-1.0) * v136)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v139 = (v73 * v138)
+        v129 = (v85 * v127)
+        v144 = (v129 + v139)
+        v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = tl.zeros((C,), DTYPE)
+        v113 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = ((-1.0) * d_new_w2)
-            v109 = tl.dot(v84.to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v110 = (v83 * v109)
-            v111 += tl.sum((v110), axis=1)
+            v104 = ((-1.0) * d_new_w2)
+            v105 = tl.dot(v84.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = (v83 * v105)
+            v107 += tl.sum((v106), axis=1)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v120 = ((-1.0) * d_new_w1)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v125 += tl.dot(v72.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v126 = (v71 * v125)
-        v127 = tl.sum((v126), axis=1)
-        v160 = (v111 + v127)
-        v161 = (v65[None, :] * v160[:, None])
-        v141 = (v85 * v139)
-        v153 = tl.zeros((C, C), DTYPE)
+            v112 = ((-1.0) * d_new_w1)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v114 = (v71 * v113)
+        v115 = tl.sum((v114), axis=1)
+        v142 = (v107 + v115)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v65 = v48
+        v143 = (v65[None, :] * v142[:, None])
+        v146 = (v143 + v145)
+        v147 = tl.trans(v146)
+        v148 = (v50[None, :] * v147)
+        v150 = ((-1.0) * v148 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+        v151 = tl.sum((v150), axis=0)
+        v103 = tl.zeros((C,), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v151 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v152 = ((-1.0) * v151)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v153 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v154 = (v73 * v153)
-        v166 = (v141 + v154)
-        v167 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v161 + v167)
-        v169 = tl.trans(v168)
-        v170 = (v50[None, :] * v169)
-        v177 = (v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-        v178 = tl.sum((v177), axis=1)
-        v175 = ((-1.0) * v41 * v159 * tl.exp((v56 - v53)))
-        v179 = ((-1.0) * v170 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-        v180 = tl.sum((v179), axis=0)
-        v181 = (v175 + v180)
-        v182 = v181
-        v183 = (v172 + v176 + v178 + v182)
-        v184 = tl.cumsum(v183, axis=0, reverse=True)
-        v185 = (v184 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v185.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v100 = ((-1.0) * d_new_s2)
+            v101 = tl.dot(v84.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v102 = (v83 * v101)
+            v103 += tl.sum((v102), axis=1)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v108 = ((-1.0) * d_new_s1)
+            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 = (v71 * v109)
+        v111 = tl.sum((v110), axis=1)
+        v140 = (v103 + v111)
+        v141 = (v50 * v140)
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v149 = ((-1.0) * v41 * v141 * tl.exp((v56 - v53)))
+        v152 = (v149 + v151)
+        v153 = v152
+        v154 = tl.cumsum(v153, axis=0, reverse=True)
+        v155 = (v154 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3311,73 +4608,45 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -3385,27 +4654,34 @@ def chunk_grad_ln_weight_1_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -3416,54 +4692,75 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))
@@ -3534,73 +4831,45 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -3608,27 +4877,34 @@ def chunk_grad_ln_weight_2_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -3639,54 +4915,75 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))
@@ -3749,78 +5046,50 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -3828,27 +5097,34 @@ def chunk_grad_ln_weight_3_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -3859,54 +5135,75 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))
@@ -4012,78 +5309,50 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v89 = tl.zeros((C, C), DTYPE)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v52 = tl.cumsum(v51, axis=0, reverse=False)
+        v53 = v52
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v50 = gate_eta
+        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = k
+        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v78 = (v77 * v62)
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        v63 = v58
+        v64 = (v59 * v63[None, :])
+        v65 = tl.sum((v64), axis=1)
+        v72 = (q * v65[:, None])
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v70 = (q * v49[:, None])
+        v83 = tl.zeros((C, D), DTYPE)
+        v85 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -4091,27 +5360,34 @@ def chunk_grad_ln_bias_1_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 = (v71 + v73)
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             _c0 = (0.5 * v80)
             v81 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
         v86 = (v83 + v85)
+        v89 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = v13
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v90 = (v89 * v62)
         v88 = v35
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
@@ -4122,54 +5398,75 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (2.0 * v95 * v119[:, None])
+        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v121 = (v116 + v120)
         v122 = ((-1.0) * v121)
         v123 = tl.sum((v122), axis=1)
         v124 = (v123 / (D))
         v125 = (v121 + v124[:, None])
         v126 = ((-1.0) * v125)
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v111 = (v75 * v69[:, None])
-        v114 = (v75 * v68[:, None])
         v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v62 * v127)
         v133 = (v125 * v65[:, None])
         v135 = (v125 * v49[:, None])
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v47 = tl.sum((v46), axis=0)
+        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+        v66 = v48
+        v67 = (v61 * v66[None, :])
+        v68 = tl.sum((v67), axis=1)
+        v114 = (v75 * v68[:, None])
+        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v56 = tl.sum((v55), axis=0)
+        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+        v69 = (v57 * v50)
+        v111 = (v75 * v69[:, None])
+        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v144 = tl.zeros((C, D), DTYPE)
+        v109 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v138 = (v137 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v139 = ((-1.0) * v138)
             v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v113 = ((-1.0) * d_new_w1)
+            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v110 = ((-1.0) * d_new_s1)
+            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v141 = (v112 + v115 + v140)
             v142 = v141
             v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v143 = (v142 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v87 * v68[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v107 = ((-1.0) * d_new_w2)
+            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v105 = (v87 * v69[:, None])
+            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v104 = ((-1.0) * d_new_s2)
+            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v131 = (v106 + v109 + v128)
+        v132 = v131
         v145 = (v132 + v144)
         v146 = tl.sum((v145), axis=1)
         v147 = (v146 / (D))

@@ -35,14 +35,15 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': []}},
- 'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
  'stored': [],
  'fallback': None}
 
@@ -150,15 +151,8 @@ def chunk_out_fwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
@@ -171,18 +165,25 @@ def chunk_out_fwd_kernel(
     v17 = (v15 + v16)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v24 = (v19 + v23)
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v34 = v28
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = (v32 - v37)
     v39 = tl.sum((v38), axis=1)
     v40 = (v39 / (D))
@@ -229,16 +230,8 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        d_new_w1 = carry_w1
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v37 = k
-        v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v33 = gate_eta
-        v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
         v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v9 = tl.sum((v7), axis=1)
         v10 = (v9 / (D))
@@ -251,18 +244,25 @@ def chunk_state_bwd_kernel(
         v17 = (v15 + v16)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v18 = (v17 - v)  # inner gradient signal g = dl/dy
-        v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         v23 = (2.0 * v11 * v22[:, None])
+        v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v24 = (v19 + v23)
         v25 = ((-1.0) * v24)
         v26 = tl.sum((v25), axis=1)
         v27 = (v26 / (D))
         v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v38 = v28
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v37 = k
+        v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v33 = gate_eta
+        v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
         v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v42 = (v36 - v41)
         v43 = tl.sum((v42), axis=1)
         v44 = (v43 / (D))
@@ -271,54 +271,55 @@ def chunk_state_bwd_kernel(
         v47 = tl.sum((v46), axis=1)
         v48 = (v47 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
         v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
         v56 = tl.sum((v55), axis=1)
         v57 = (v56 / (D))
         v58 = (2.0 * v45 * v57[:, None])
+        v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
         v59 = (v54 + v58)
         v60 = ((-1.0) * v59)
         v61 = tl.sum((v60), axis=1)
         v62 = (v61 / (D))
         v63 = (v59 + v62[:, None])
-        v68 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v64 = ((-1.0) * v63)
+        v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v35 = (v32 * v33)
         v52 = (v37 * v35[:, None])
+        d_new_w1 = carry_w1
         v51 = ((-1.0) * d_new_w1)
         v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = ((-1.0) * v63)
-        v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v66 = (v53 + v65)
         v67 = v66
         v69 = tl.sum((v67), axis=1)
         v70 = (v69 / (D))
         v71 = ((-1.0) * v70)
         v72 = (v67 + v71[:, None])
-        v73 = (2.0 * v22[:, None] * v72)
         v74 = (2.0 * v11 * v72)
         v75 = tl.sum((v74), axis=1)
         v76 = (v75 / (D))
-        v77 = ((-0.5) * ln_weight[None, :] * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v80 = ((-0.5) * v11 * ln_weight[None, :] * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v83 = (ln_weight[None, :] * v72 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v84 = (v80 + v83)
-        v85 = (ln_weight[None, :] * v84 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v86 = ((-0.5) * v11 * ln_weight[None, :] * v84 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v87 = tl.sum((v86), axis=1)
         v78 = (0.75 * v11 * ln_weight[None, :] * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v79 = tl.sum((v78), axis=1)
         v81 = ((-0.5) * ln_weight[None, :] * v18 * v72 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v82 = tl.sum((v81), axis=1)
-        v86 = ((-0.5) * v11 * ln_weight[None, :] * v84 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v87 = tl.sum((v86), axis=1)
         v88 = (v79 + v82 + v87)
         v89 = (v88 / (D))
         v90 = (2.0 * v11 * v89[:, None])
+        v85 = (ln_weight[None, :] * v84 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v73 = (2.0 * v22[:, None] * v72)
+        v77 = ((-0.5) * ln_weight[None, :] * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v91 = (v73 + v77 + v85 + v90)
         v92 = ((-1.0) * v91)
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = (v91 + v94[:, None])
         v96 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v95.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v97 = (d_new_w1 + v68 + v96)
         carry_w1 = v97
         c += -1
@@ -484,15 +485,8 @@ def chunk_grad_q_2_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
@@ -505,18 +499,25 @@ def chunk_grad_q_2_bwd_kernel(
     v17 = (v15 + v16)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v24 = (v19 + v23)
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v34 = v28
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = (v32 - v37)
     v39 = tl.sum((v38), axis=1)
     v40 = (v39 / (D))
@@ -525,11 +526,11 @@ def chunk_grad_q_2_bwd_kernel(
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
     v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
     v49 = tl.sum((v48), axis=1)
     v50 = (v49 / (D))
     v51 = (2.0 * v41 * v50[:, None])
+    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
     v52 = (v47 + v51)
     v53 = ((-1.0) * v52)
     v54 = tl.sum((v53), axis=1)
@@ -585,31 +586,25 @@ def chunk_grad_k_0_bwd_kernel(
     v17 = (v15 + v16)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v24 = (v19 + v23)
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v38 = v28
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v38 * v35[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v37 = k
     v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
     v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = (v36 - v41)
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
@@ -618,11 +613,11 @@ def chunk_grad_k_0_bwd_kernel(
     v47 = tl.sum((v46), axis=1)
     v48 = (v47 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
     v58 = (2.0 * v45 * v57[:, None])
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v59 = (v54 + v58)
     v60 = ((-1.0) * v59)
     v61 = tl.sum((v60), axis=1)
@@ -632,6 +627,12 @@ def chunk_grad_k_0_bwd_kernel(
     v65 = tl.trans(tl.dot(v38.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v66 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])) * v65)
     v67 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v35 = (v32 * v33)
+    v52 = (v38 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v68 = (v53 + v67)
     v69 = v68
     tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v69.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -776,8 +777,8 @@ def chunk_grad_k_2_bwd_kernel(
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
@@ -793,28 +794,22 @@ def chunk_grad_k_2_bwd_kernel(
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v24 = (v19 + v23)
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
     v38 = v28
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v37 = k
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
     v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = (v36 - v41)
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
@@ -823,11 +818,11 @@ def chunk_grad_k_2_bwd_kernel(
     v47 = tl.sum((v46), axis=1)
     v48 = (v47 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
     v58 = (2.0 * v45 * v57[:, None])
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
     v59 = (v54 + v58)
     v60 = ((-1.0) * v59)
     v61 = tl.sum((v60), axis=1)
@@ -835,30 +830,36 @@ def chunk_grad_k_2_bwd_kernel(
     v63 = (v59 + v62[:, None])
     v64 = ((-1.0) * v63)
     v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v66 = (v53 + v65)
     v67 = v66
     v68 = tl.sum((v67), axis=1)
     v69 = (v68 / (D))
     v70 = ((-1.0) * v69)
     v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v22[:, None] * v71)
     v73 = (2.0 * v11 * v71)
     v74 = tl.sum((v73), axis=1)
     v75 = (v74 / (D))
-    v76 = ((-0.5) * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v79 = ((-0.5) * v11 * ln_weight[None, :] * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v82 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v83 = (v79 + v82)
-    v84 = (ln_weight[None, :] * v83 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v85 = ((-0.5) * v11 * ln_weight[None, :] * v83 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v86 = tl.sum((v85), axis=1)
     v77 = (0.75 * v11 * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v80 = ((-0.5) * ln_weight[None, :] * v18 * v71 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v81 = tl.sum((v80), axis=1)
-    v85 = ((-0.5) * v11 * ln_weight[None, :] * v83 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v86 = tl.sum((v85), axis=1)
     v87 = (v78 + v81 + v86)
     v88 = (v87 / (D))
     v89 = (2.0 * v11 * v88[:, None])
+    v84 = (ln_weight[None, :] * v83 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v72 = (2.0 * v22[:, None] * v71)
+    v76 = ((-0.5) * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v90 = (v72 + v76 + v84 + v89)
     v91 = ((-1.0) * v90)
     v92 = tl.sum((v91), axis=1)
@@ -969,10 +970,110 @@ def chunk_grad_v_0_bwd_kernel(
     v73 = tl.sum((v72), axis=1)
     v74 = (v73 / (D))
     v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v77 = (v75 + v76)
-    v78 = ((-1.0) * v77)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v78.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v76 = ((-1.0) * v75)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v76.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v38 = v28
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v37 = k
+    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v33 = gate_eta
+    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
+    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = (v36 - v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v42 - v44[:, None])
+    v46 = (v45 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v48 = (v47 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (2.0 * v45 * v57[:, None])
+    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
+    v59 = (v54 + v58)
+    v60 = ((-1.0) * v59)
+    v61 = tl.sum((v60), axis=1)
+    v62 = (v61 / (D))
+    v63 = (v59 + v62[:, None])
+    v64 = ((-1.0) * v63)
+    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v35 = (v32 * v33)
+    v52 = (v37 * v35[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v51 = ((-1.0) * d_new_w1)
+    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v66 = (v53 + v65)
+    v67 = v66
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = ((-1.0) * v69)
+    v71 = (v67 + v70[:, None])
+    v72 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v73 = ((-1.0) * v72)
+    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
@@ -1009,7 +1110,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v36 = k
+    v33 = k
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v9 = tl.sum((v7), axis=1)
@@ -1033,46 +1134,107 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
     v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v37 = v28
+    v34 = v28
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v50 = ((-1.0) * d_new_w1)
-    v51 = tl.dot(v37.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = (v36 * v51)
-    v53 = tl.sum((v52), axis=1)
-    v67 = (v32 * v53)
+    v37 = ((-1.0) * d_new_w1)
+    v38 = tl.dot(v34.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v39 = (v33 * v38)
+    v40 = tl.sum((v39), axis=1)
+    v41 = (v32 * v40)
+    v42 = v41
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
+    # writes nothing
+    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v34 = v28
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = tl.dot(q.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v39 = (v38 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v40 = tl.dot(v39.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = (v35 - v40)
-    v42 = tl.sum((v41), axis=1)
-    v43 = (v42 / (D))
-    v44 = (v41 - v43[:, None])
-    v45 = (v44 * v44)
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
+    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v32 - v37)
+    v39 = tl.sum((v38), axis=1)
+    v40 = (v39 / (D))
+    v41 = (v38 - v40[:, None])
+    v42 = (v41 * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v47[:, None])))))
-    v55 = ((-0.5) * v44 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v47[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v47[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v44 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.trans(tl.dot(v37.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v66 = (v38 * v65)
-    v68 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v66)
-    v69 = tl.sum((v68), axis=0)
-    v70 = (v67 + v69)
-    v71 = v70
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v49 = tl.sum((v48), axis=1)
+    v50 = (v49 / (D))
+    v51 = (2.0 * v41 * v50[:, None])
+    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v52 = (v47 + v51)
+    v53 = ((-1.0) * v52)
+    v54 = tl.sum((v53), axis=1)
+    v55 = (v54 / (D))
+    v56 = (v52 + v55[:, None])
+    v57 = ((-1.0) * v56)
+    v58 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v59 = (v35 * v58)
+    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v59)
+    v61 = tl.sum((v60), axis=0)
+    v62 = v61
+    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v62.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(

@@ -42,13 +42,23 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h']]},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_q_1_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h']]},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_0_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h']]},
              'grad_k_1_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -61,32 +71,39 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h']]},
              'grad_v_0_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_v_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['s', 'h']]},
+             'grad_gate_eta_1_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['s', 'h']]},
              'grad_ln_weight_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h'],
+                                                  ['s', 'h']]},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]}},
- 'grad_terms': {'q': 3, 'k': 3, 'v': 1, 'gate_eta': 1, 'ln_weight': 4, 'ln_bias': 2},
+                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]}},
  'stored': [],
  'fallback': None}
 
@@ -228,25 +245,17 @@ def chunk_out_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
         v10 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             _c0 = (0.5 * v8)
             v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -261,39 +270,53 @@ def chunk_out_fwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v45 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
         v48 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v39 = v33
             v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v43 = (v37 - v42)
             _c0 = (0.5 * v43)
             v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v46 = v9
             v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
         v47 = v31
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         v52 = tl.sum((v51), axis=1)
         v53 = (v52 / (D))
@@ -627,19 +650,16 @@ def chunk_grad_q_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
         v10 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             _c0 = (0.5 * v8)
             v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -654,47 +674,56 @@ def chunk_grad_q_1_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
         v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
         v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v45 = tl.zeros((C, D), DTYPE)
         v48 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v39 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v43 = (v37 - v42)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
             _c0 = (0.5 * v43)
             v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
             v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         v52 = tl.sum((v51), axis=1)
         v53 = (v52 / (D))
@@ -703,11 +732,11 @@ def chunk_grad_q_1_bwd_kernel(
         v56 = tl.sum((v55), axis=1)
         v57 = (v56 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v63 = tl.sum((v62), axis=1)
         v64 = (v63 / (D))
         v65 = (2.0 * v54 * v64[:, None])
+        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v66 = (v61 + v65)
         v67 = ((-1.0) * v66)
         v68 = tl.sum((v67), axis=1)
@@ -720,16 +749,16 @@ def chunk_grad_q_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v76 = (v74 + v75)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
             v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v78 = ((-1.0) * v77)
-            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
         v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -768,25 +797,17 @@ def chunk_grad_q_2_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
         v10 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             _c0 = (0.5 * v8)
             v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -801,42 +822,55 @@ def chunk_grad_q_2_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v47 = v31
-        v45 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
         v48 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v39 = v33
             v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v43 = (v37 - v42)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
             _c0 = (0.5 * v43)
             v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
             v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         v52 = tl.sum((v51), axis=1)
         v53 = (v52 / (D))
@@ -845,11 +879,11 @@ def chunk_grad_q_2_bwd_kernel(
         v56 = tl.sum((v55), axis=1)
         v57 = (v56 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v63 = tl.sum((v62), axis=1)
         v64 = (v63 / (D))
         v65 = (2.0 * v54 * v64[:, None])
+        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v66 = (v61 + v65)
         v67 = ((-1.0) * v66)
         v68 = tl.sum((v67), axis=1)
@@ -867,7 +901,7 @@ def chunk_grad_q_2_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v76 = (v74 + v75)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
             v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -914,10 +948,10 @@ def chunk_grad_k_0_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             _c0 = (0.5 * v8)
             v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -932,57 +966,56 @@ def chunk_grad_k_0_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = k
         v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
         v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v67 = tl.zeros((C, D), DTYPE)
-        v49 = tl.zeros((C, D), DTYPE)
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
-            v66 = (v43 * v40[:, None])
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w1)
-            v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
         v56 = tl.sum((v55), axis=1)
         v57 = (v56 / (D))
@@ -991,11 +1024,11 @@ def chunk_grad_k_0_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
         v72 = (2.0 * v58 * v71[:, None])
+        v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = (v68 + v72)
         v74 = ((-1.0) * v73)
         v75 = tl.sum((v74), axis=1)
@@ -1008,19 +1041,30 @@ def chunk_grad_k_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v83 = (v81 + v82)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v84 = (v83 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v85 = ((-1.0) * v84)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
         v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v67 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v66 = (v43 * v40[:, None])
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w1)
+            v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v89 = (v67 + v88)
         v90 = v89
         tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1078,43 +1122,31 @@ def chunk_grad_k_1_bwd_kernel(
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -1122,11 +1154,16 @@ def chunk_grad_k_1_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -1136,7 +1173,7 @@ def chunk_grad_k_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -1147,46 +1184,53 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -1481,43 +1525,31 @@ def chunk_grad_v_0_bwd_kernel(
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -1525,11 +1557,16 @@ def chunk_grad_v_0_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -1539,7 +1576,7 @@ def chunk_grad_v_0_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -1550,46 +1587,53 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -1599,10 +1643,179 @@ def chunk_grad_v_0_bwd_kernel(
         v103 = tl.sum((v102), axis=1)
         v104 = (v103 / (D))
         v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v107 = (v105 + v106)
-        v108 = ((-1.0) * v107)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v108.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v106 = ((-1.0) * v105)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v43 = v33
+            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = (v41 - v46)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            _c0 = (0.5 * v47)
+            v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = v31
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v49 - v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        v58 = (v55 - v57[:, None])
+        v59 = (v58 * v58)
+        v60 = tl.sum((v59), axis=1)
+        v61 = (v60 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v73 = tl.sum((v72), axis=1)
+        v74 = (v73 / (D))
+        v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        v76 = (v71 + v75)
+        v77 = ((-1.0) * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (v76 + v79[:, None])
+        v81 = ((-1.0) * v80)
+        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v85 + v88)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 = (v70 + v92)
+            v94 = v93
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
+        v97 = (v87 + v96)
+        v98 = tl.sum((v97), axis=1)
+        v99 = (v98 / (D))
+        v100 = ((-1.0) * v99)
+        v101 = (v97 + v100[:, None])
+        v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v103 = ((-1.0) * v102)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1645,11 +1858,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             _c0 = (0.5 * v8)
             v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v49 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v40 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -1674,103 +1887,186 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v50 = v31
-        v41 = k
-        v67 = tl.zeros((C,), DTYPE)
-        v69 = tl.zeros((C, D), DTYPE)
+        v41 = v31
+        v38 = k
+        v48 = tl.zeros((C,), DTYPE)
+        v50 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 = ((-1.0) * d_new_w2)
-            v65 = tl.dot(v50.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v66 = (v49 * v65)
-            v67 += tl.sum((v66), axis=1)
+            v45 = ((-1.0) * d_new_w2)
+            v46 = tl.dot(v41.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v40 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v47 = (v40 * v46)
+            v48 += tl.sum((v47), axis=1)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v42 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
+            v39 = v33
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v69 += tl.dot(v42.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v70 = (v41 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v93 = (v67 + v71)
-        v94 = (v37 * v93)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v43 = tl.dot(q.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v44 = (v43 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = tl.zeros((C, C), DTYPE)
-        v48 = tl.zeros((C, D), DTYPE)
+            v49 = ((-1.0) * d_new_w1)
+            v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v38 * v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v48 + v52)
+        v54 = (v37 * v53)
+        v55 = v54
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v10 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v42 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v46 = (v40 - v45)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
-            _c0 = (0.5 * v46)
-            v47 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v51 += tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            _c0 = (0.5 * v8)
+            v9 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v48 += tl.dot(v47.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v52 = (v51 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v53 = tl.dot(v52.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = (v48 - v53)
-        v55 = tl.sum((v54), axis=1)
-        v56 = (v55 / (D))
-        v57 = (v54 - v56[:, None])
-        v58 = (v57 * v57)
-        v59 = tl.sum((v58), axis=1)
-        v60 = (v59 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
-        v73 = ((-0.5) * v57 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v60[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v60[:, None])))))
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (2.0 * v57 * v75[:, None])
-        v77 = (v72 + v76)
-        v78 = ((-1.0) * v77)
-        v79 = tl.sum((v78), axis=1)
-        v80 = (v79 / (D))
-        v81 = (v77 + v80[:, None])
-        v82 = ((-1.0) * v81)
-        v83 = tl.trans(tl.dot(v50.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v85 = (v51 * v83)
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v83)
-        v91 = tl.zeros((C, C), DTYPE)
+        v12 = tl.sum((v10), axis=1)
+        v13 = (v12 / (D))
+        v14 = (v10 - v13[:, None])
+        v15 = (v14 * v14)
+        v16 = tl.sum((v15), axis=1)
+        v17 = (v16 / (D))
+        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        v19 = k
+        v20 = (v18 + v19)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v24 = tl.sum((v23), axis=1)
+        v25 = (v24 / (D))
+        v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        v27 = (v22 + v26)
+        v28 = ((-1.0) * v27)
+        v29 = tl.sum((v28), axis=1)
+        v30 = (v29 / (D))
+        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v38 = k
+        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v35 = gate_eta
+        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v48 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v87 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v88 = (v86 + v87)
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v46 * tl.full((), 1.4142135623730951, DTYPE))
-            v89 = (v88 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v46 * v46))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v90 = ((-1.0) * v89)
-            v42 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v91 += tl.trans(tl.dot(v42.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v92 = (v43 * v91)
-        v95 = (v85 + v92)
-        v96 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v95)
-        v97 = tl.sum((v96), axis=0)
-        v98 = (v94 + v97)
-        v99 = v98
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v99.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v39 = v33
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v43 = (v37 - v42)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+            _c0 = (0.5 * v43)
+            v44 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v46 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+        v47 = v31
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52 = tl.sum((v51), axis=1)
+        v53 = (v52 / (D))
+        v54 = (v51 - v53[:, None])
+        v55 = (v54 * v54)
+        v56 = tl.sum((v55), axis=1)
+        v57 = (v56 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v63 = tl.sum((v62), axis=1)
+        v64 = (v63 / (D))
+        v65 = (2.0 * v54 * v64[:, None])
+        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+        v66 = (v61 + v65)
+        v67 = ((-1.0) * v66)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v70 = (v66 + v69[:, None])
+        v71 = ((-1.0) * v70)
+        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+        v80 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v77 = (v75 + v76)
+            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+            v78 = (v77 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v79 = ((-1.0) * v78)
+            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = (v40 * v80)
+        v74 = (v48 * v72)
+        v82 = (v74 + v81)
+        v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
+        v84 = tl.sum((v83), axis=0)
+        v85 = v84
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1941,38 +2237,26 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -1980,11 +2264,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -1994,7 +2283,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -2005,46 +2294,53 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -2115,38 +2411,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -2154,11 +2438,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -2168,7 +2457,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -2179,46 +2468,53 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -2281,43 +2577,31 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -2325,11 +2609,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -2339,7 +2628,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -2350,46 +2639,53 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -2495,43 +2791,31 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v42 = k
+        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v38 = gate_eta
+        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
@@ -2539,11 +2823,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
             _c0 = (0.5 * v47)
             v48 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v9
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
@@ -2553,7 +2842,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
@@ -2564,46 +2853,53 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v73 = tl.sum((v72), axis=1)
         v74 = (v73 / (D))
         v75 = (2.0 * v58 * v74[:, None])
+        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v76 = (v71 + v75)
         v77 = ((-1.0) * v76)
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (v76 + v79[:, None])
         v81 = ((-1.0) * v80)
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v69 = (v42 * v40[:, None])
         v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v40 = (v37 * v38)
+        v69 = (v42 * v40[:, None])
+        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v96 = tl.zeros((C, D), DTYPE)
+        v67 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v90 = (v89 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v91 = ((-1.0) * v90)
             v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v68 = ((-1.0) * d_new_w1)
+            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v93 = (v70 + v92)
             v94 = v93
             v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v95 = (v94 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (v50 * v40[:, None])
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v65 = ((-1.0) * d_new_w2)
+            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = (v67 + v83)
+        v87 = v86
         v97 = (v87 + v96)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))

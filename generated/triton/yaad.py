@@ -30,34 +30,26 @@ DESCRIPTION = {'spec': 'yaad',
  'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']]},
              'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
              'state_bwd': {'grid': 'sequences',
-                           'scratch': [['h', 'i'],
-                                       ['t', 'h'],
+                           'scratch': [['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
-                                       ['h', 'i'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h'],
-                                       ['t', 'h']]},
+                                       ['o', 'h']]},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h'],
+                                          ['s', 'h']]},
              'grad_q_2_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -80,23 +72,39 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h']]},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_v_1_bwd': {'grid': 'sequences',
+                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h']]},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_1_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'grad_gate_alpha_2_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h']]},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['s', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'h']]},
+                                                 ['t', 'h'],
+                                                 ['s', 'h']]},
              'grad_gate_delta_0_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h']]},
+             'grad_gate_delta_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -126,8 +134,7 @@ DESCRIPTION = {'spec': 'yaad',
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
              'state_fwd_cube': {'grid': 'sequences', 'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']]},
-             'out_fwd_cube': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
+             'out_fwd_cube': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['t', 'h'],
@@ -148,15 +155,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                ['t', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h'],
+                                               ['s', 'h']]},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h']]},
+                                   'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'],
                                                ['t', 'h'],
@@ -179,23 +181,44 @@ DESCRIPTION = {'spec': 'yaad',
                                                ['t', 'h']]},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
+             'grad_v_1_bwd_cube': {'grid': 'sequences',
+                                   'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']]},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h'],
+                                                        ['t', 'h'],
+                                                        ['s', 'h']]},
+             'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'grad_gate_alpha_2_bwd_cube': {'grid': 'sequences',
+                                            'scratch': [['t', 'h'],
+                                                        ['t', 'h'],
                                                         ['s', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h'],
+                                                        ['s', 'h']]},
+             'grad_gate_alpha_3_bwd_cube': {'grid': 'sequences',
+                                            'scratch': [['t', 'h'],
+                                                        ['t', 'h'],
                                                         ['s', 'h'],
-                                                        ['t', 'h']]},
-             'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
+                                                        ['t', 'h'],
+                                                        ['t', 'h'],
+                                                        ['s', 'h']]},
+             'grad_gate_eta_0_bwd_cube': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+             'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['t', 'h'],
                                                       ['t', 'h'],
                                                       ['s', 'h'],
-                                                      ['s', 'h'],
                                                       ['t', 'h'],
-                                                      ['t', 'h']]},
+                                                      ['t', 'h'],
+                                                      ['s', 'h']]},
              'grad_gate_delta_0_bwd_cube': {'grid': 'sequences',
+                                            'scratch': [['t', 'h'],
+                                                        ['t', 'h'],
+                                                        ['s', 'h'],
+                                                        ['t', 'h'],
+                                                        ['t', 'h']]},
+             'grad_gate_delta_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h'],
@@ -228,14 +251,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                      ['s', 'h'],
                                                      ['t', 'h'],
                                                      ['t', 'h']]}},
- 'grad_terms': {'q': 3,
-                'k': 3,
-                'v': 1,
-                'gate_alpha': 1,
-                'gate_eta': 1,
-                'gate_delta': 1,
-                'ln_weight': 4,
-                'ln_bias': 2},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -534,38 +549,17 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v80 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v81 = tl.sum((v80), axis=0)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v52 = (q * v48)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v54 = k
-        v44 = v43
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v94 = (v81[None, :] * d_new_w1)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v94)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v53)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -583,54 +577,69 @@ def chunk_state_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = v35
-        v65 = v50
-        v70 = (v67 * v65)
-        v62 = v48
-        v63 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v52 = (q * v48)
+        v44 = v43
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+        v54 = k
+        v56 = (v54 * v50)
+        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v55 = v37
             v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v53 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
             _c0 = (0.5 * v60)
             v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v64 = (v62 * v63)
-        v68 = tl.zeros((C, C), DTYPE)
+        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v67 = v35
+        v65 = v50
+        v70 = (v67 * v65)
+        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = v48
+        v72 = (v62 * v71)
+        v63 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = (v62 * v63)
         v73 = (v64 - v72)
         v74 = tl.sum((v73), axis=1)
         v75 = (v74 / (D))
@@ -639,11 +648,11 @@ def chunk_state_bwd_kernel(
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v97 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
         v98 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
         v101 = (2.0 * v76 * v100[:, None])
+        v97 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
         v102 = (v97 + v101)
         v103 = ((-1.0) * v102)
         v104 = tl.sum((v103), axis=1)
@@ -660,121 +669,115 @@ def chunk_state_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v51 = (v47 * v49)
         v95 = (v51 * v54)
+        v110 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v65 * v110)
         v82 = v51
-        v91 = (v82 * v67)
+        v132 = tl.zeros((C, D), DTYPE)
         v89 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v113 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v120 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v122 = (v113 + v120)
-            v60 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
             v123 = (v122 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v128 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v128)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
+            v124 = ((-1.0) * v123)
+            v125 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v93 = ((-1.0) * d_new_w1)
             v96 = tl.dot(v95.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v124 = ((-1.0) * v123)
-            v125 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v126 = (v96 + v125)
             v127 = v126
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v127)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = tl.full((), 1.4142135623730951, DTYPE)
-            _c1 = tl.full((), 0.5641895835477563, DTYPE)
-            _c2 = (0.5 * (v10 * v10))
-            _c3 = tl.exp(((-1.0) * _c2))
-            v129 = (v36 * v127 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v129)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v127)
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v130 = (v127 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
+            v132 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v87 = ((-1.0) * d_new_w2)
-            v92 = tl.dot(v91.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v114 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v117 = (v92 + v114)
-            v118 = v117
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v87)
             v89 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v90 = (v82 * v89)
-        v110 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v111 = (v65 * v110)
         v115 = (v90 + v111)
         v116 = v115
-        v132 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v127 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v130 = (v127 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v132 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
         v133 = (v116 + v132)
         v134 = tl.sum((v133), axis=1)
         v135 = (v134 / (D))
         v136 = ((-1.0) * v135)
         v137 = (v133 + v136[:, None])
-        v138 = (2.0 * v29[:, None] * v137)
         v139 = (2.0 * v16 * v137)
         v140 = tl.sum((v139), axis=1)
         v141 = (v140 / (D))
-        v142 = ((-0.5) * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v145 = ((-0.5) * v16 * ln_weight[None, :] * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v148 = (ln_weight[None, :] * v137 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v149 = (v145 + v148)
         v150 = (v149 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v152 = ((-0.5) * v16 * ln_weight[None, :] * v150 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v153 = tl.sum((v152), axis=1)
         v143 = (0.75 * v16 * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v144 = tl.sum((v143), axis=1)
         v146 = ((-0.5) * ln_weight[None, :] * v25 * v137 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v147 = tl.sum((v146), axis=1)
-        v152 = ((-0.5) * v16 * ln_weight[None, :] * v150 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v153 = tl.sum((v152), axis=1)
         v154 = (v144 + v147 + v153)
         v155 = (v154 / (D))
         v156 = (2.0 * v16 * v155[:, None])
+        v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v138 = (2.0 * v29[:, None] * v137)
+        v142 = ((-0.5) * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v157 = (v138 + v142 + v151 + v156)
         v158 = ((-1.0) * v157)
         v159 = tl.sum((v158), axis=1)
         v160 = (v159 / (D))
         v161 = (v157 + v160[:, None])
+        v91 = (v82 * v67)
+        v80 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v81 = tl.sum((v80), axis=0)
         v83 = v81
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v162 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v118 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v114 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v92 = tl.dot(v91.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v117 = (v92 + v114)
+            v118 = v117
             v164 = (v118 + v162)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v165 = (v164 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v129 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v127 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = tl.full((), 1.4142135623730951, DTYPE)
+            _c1 = tl.full((), 0.5641895835477563, DTYPE)
+            _c2 = (0.5 * (v10 * v10))
+            _c3 = tl.exp(((-1.0) * _c2))
+            v129 = (v36 * v127 * ((_c0 * _c1 * _c3) - (_c0 * _c1 * _c2 * _c3)))
             v166 = (v129 + v165)
             v167 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v94 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
-            v128 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v123 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v128 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v94 = (v81[None, :] * d_new_w1)
             v169 = (v94 + v128 + v167)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v163 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v161.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v130 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v131 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v121 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v88 = (v83[:, None] * d_new_w2)
-            v61 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v121 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v130 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v131 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v161.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v168 = (v88 + v121 + v131 + v163)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -851,17 +854,7 @@ def chunk_grad_q_1_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v47 = k
-        v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v49 = (v47 * v44)
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -889,25 +882,31 @@ def chunk_grad_q_1_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
         v45 = (q * v42)
+        v41 = v40
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
+        v47 = k
+        v49 = (v47 * v44)
         v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v55 = v42
-        v56 = tl.zeros((C, D), DTYPE)
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -918,30 +917,34 @@ def chunk_grad_q_1_bwd_kernel(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v48 = v37
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
+            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v53 = (v46 - v52)
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
             _c0 = (0.5 * v53)
             v54 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v57 = (v55 * v56)
-        v61 = tl.zeros((C, C), DTYPE)
+        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v60 = v35
+        v58 = v44
+        v63 = (v60 * v58)
+        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = v42
+        v65 = (v55 * v64)
+        v56 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v55 * v64)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v55 * v56)
         v66 = (v57 - v65)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
@@ -950,11 +953,11 @@ def chunk_grad_q_1_bwd_kernel(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
@@ -969,7 +972,7 @@ def chunk_grad_q_1_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1018,33 +1021,17 @@ def chunk_grad_q_2_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v45 = (q * v42)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v47 = k
-        v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v46)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -1062,53 +1049,68 @@ def chunk_grad_q_2_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v55 = v42
-        v56 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v45 = (q * v42)
+        v41 = v40
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
+        v47 = k
+        v49 = (v47 * v44)
+        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v48 = v37
             v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v53 = (v46 - v52)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
             _c0 = (0.5 * v53)
             v54 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v57 = (v55 * v56)
-        v61 = tl.zeros((C, C), DTYPE)
+        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v60 = v35
+        v58 = v44
+        v63 = (v60 * v58)
+        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = v42
+        v65 = (v55 * v64)
+        v56 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v55 * v64)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v55 * v56)
         v66 = (v57 - v65)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
@@ -1117,11 +1119,11 @@ def chunk_grad_q_2_bwd_kernel(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
@@ -1136,12 +1138,12 @@ def chunk_grad_q_2_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v93 = (v90 + v92)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
             v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1994,11 +1996,209 @@ def chunk_grad_v_0_bwd_kernel(
         v125 = tl.sum((v124), axis=1)
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = ((-1.0) * v130)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v131.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v129 = ((-1.0) * v128)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v51 = (v47 * v49)
+        v80 = v51
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v84 = ((-1.0) * d_new_w2)
+            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v80 * v85)
+        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+        v65 = v50
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v52 = (q * v48)
+        v54 = k
+        v56 = (v54 * v50)
+        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v68 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v55 = v37
+            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v60 = (v53 - v59)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            _c0 = (0.5 * v60)
+            v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v62 = v48
+        v63 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = (v62 * v63)
+        v67 = v35
+        v70 = (v67 * v65)
+        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v62 * v71)
+        v73 = (v64 - v72)
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
+        v76 = (v73 - v75[:, None])
+        v77 = (v76 * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = (2.0 * v76 * v93[:, None])
+        v95 = (v90 + v94)
+        v96 = ((-1.0) * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (v95 + v98[:, None])
+        v100 = ((-1.0) * v99)
+        v101 = (v62 * v100)
+        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v104 = (v65 * v103)
+        v107 = (v86 + v104)
+        v108 = v107
+        v88 = (v51 * v54)
+        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+        v109 = (v62 * v99)
+        v118 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v87 = ((-1.0) * d_new_w1)
+            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v111 = (v106 + v110)
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v113 = ((-1.0) * v112)
+            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v115 = (v89 + v114)
+            v116 = v115
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v119 = (v108 + v118)
+        v120 = tl.sum((v119), axis=1)
+        v121 = (v120 / (D))
+        v122 = ((-1.0) * v121)
+        v123 = (v119 + v122[:, None])
+        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v126 = ((-1.0) * v125)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2033,52 +2233,17 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v83 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = (w2 * d_new_w2)
-            v83 += tl.sum((v82), axis=1)
-        v84 = v83
-        v90 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v89 = (w1 * d_new_w1)
-            v90 += tl.sum((v89), axis=0)
-        v91 = (v84 + v90)
-        v92 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v91[None, :])
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v47 = tl.exp(v43)  # cumulative decay in the chunk
-        v50 = (q * v47)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v52 = k
-        v44 = v43
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v48 = gate_eta
-        v49 = (v48 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v54 = (v52 * v49)
-        v55 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v56 = (v55 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v51 = tl.dot(v50.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v51)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -2096,37 +2261,372 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v43 = tl.exp(v41)  # cumulative decay in the chunk
+        v46 = (q * v43)
+        v42 = v41
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v44 = gate_eta
+        v45 = (v44 * tl.exp(((-1.0) * v42)))  # inverse cumulative decay times eta (factored)
+        v48 = k
+        v50 = (v48 * v45)
+        v51 = tl.dot(v46.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = (v51 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v62 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = (v47 - v53)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            _c0 = (0.5 * v54)
+            v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v63 = (v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v61 = v35
+        v59 = v45
+        v64 = (v61 * v59)
+        v65 = tl.dot(v63.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = v43
+        v66 = (v56 * v65)
+        v57 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
+        v67 = (v58 - v66)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v70 = (v67 - v69[:, None])
+        v71 = (v70 * v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v85 = ((-0.5) * v70 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v73[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
+        v86 = tl.sum((v85), axis=1)
+        v87 = (v86 / (D))
+        v88 = (2.0 * v70 * v87[:, None])
+        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
+        v89 = (v84 + v88)
+        v90 = ((-1.0) * v89)
+        v91 = tl.sum((v90), axis=1)
+        v92 = (v91 / (D))
+        v93 = (v89 + v92[:, None])
+        v94 = ((-1.0) * v93)
+        v95 = (v65 * v94)
+        v102 = (v93 * v57)
+        v103 = (v95 + v102)
+        v104 = v103
+        v96 = (v56 * v94)
+        v97 = tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v96).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v97)
+        v100 = (v56 * v93)
+        v108 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v99 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v101 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v105 = (v99 + v101)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
+            v106 = (v105 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+            v107 = ((-1.0) * v106)
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v108 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
+        v109 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v108)
+        v110 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v111 = (q * v110)
+        v112 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v106 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v113 = (q * v112)
+        v78 = tl.zeros((D,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v77 = (w2 * d_new_w2)
+            v78 += tl.sum((v77), axis=1)
+        v79 = v78
+        v81 = tl.zeros((D,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v80 = (w1 * d_new_w1)
+            v81 += tl.sum((v80), axis=0)
+        v82 = (v79 + v81)
+        v83 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v82[None, :])
+        v114 = (v83 + v104 + v111 + v113)
+        v115 = (v114 * tl.exp(v41))
+        v116 = tl.cumsum(v115, axis=0, reverse=True)
+        v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v35
+        v56 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v11
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v55 = ((-1.0) * d_new_w2)
+            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v51 * v56)
+        v58 = v57
+        v48 = k
+        v60 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = ((-1.0) * d_new_w1)
+            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v48 * v60)
+        v62 = (v58 + v61)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v47 = gate_eta
+        v63 = (v47 * v62)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v64 = (v41[:, None] * v63 * tl.exp((v46[None, :] - v44)))
+        v65 = tl.sum((v64), axis=0)
+        v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
+        v67 = tl.cumsum(v66, axis=0, reverse=True)
+        v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v47 = tl.exp(v43)  # cumulative decay in the chunk
+        v50 = (q * v47)
+        v44 = v43
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v48 = gate_eta
+        v49 = (v48 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+        v52 = k
+        v54 = (v52 * v49)
+        v55 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = (v55 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v66 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v53 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
             v57 = tl.dot(v56.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v51 = tl.dot(v50.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v58 = (v51 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
             _c0 = (0.5 * v58)
             v59 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v64 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
             v66 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v67 = (v66 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
@@ -2135,15 +2635,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v68 = (v65 * v63)
         v69 = tl.dot(v67.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v60 = v47
+        v70 = (v60 * v69)
         v61 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v62 = (v60 * v61)
-        v70 = (v60 * v69)
         v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -2152,96 +2652,74 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v76 = tl.sum((v75), axis=1)
         v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v96 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (2.0 * v74 * v98[:, None])
-        v100 = (v95 + v99)
-        v101 = ((-1.0) * v100)
-        v102 = tl.sum((v101), axis=1)
-        v103 = (v102 / (D))
-        v104 = (v100 + v103[:, None])
-        v105 = ((-1.0) * v104)
-        v106 = (v69 * v105)
-        v116 = (v104 * v61)
-        v117 = (v106 + v116)
-        v118 = v117
-        v107 = (v60 * v105)
-        v108 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v111 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v108)
-        v114 = (v60 * v104)
-        v122 = tl.zeros((C, C), DTYPE)
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v99 = (v60 * v98)
+        v100 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v100)
+        v106 = (v60 * v97)
+        v111 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v119 = (v112 + v115)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v104 + v107)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v120 = (v119 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
-            v121 = ((-1.0) * v120)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v122 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v123 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v122)
-        v124 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v127 = (q * v124)
-        v128 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v120 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v128 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (q * v128)
-        v134 = (v92 + v118 + v127 + v129)
-        v135 = (v134 * tl.exp(v43))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v85 = tl.zeros((C, D), DTYPE)
+            v109 = (v108 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v110 = ((-1.0) * v109)
+            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v111 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v111)
+        v113 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v114 = (v52 * v113)
+        v101 = tl.dot(tl.trans(v67).to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = (v65 * v101)
+        v105 = v102
+        v117 = (v105 + v114)
+        v118 = ((-1.0) * v48 * v117 * tl.exp(((-1.0) * v44)))
+        v82 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v81 = ((-1.0) * d_new_w2)
-            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v65 * v85)
-        v87 = v86
-        v93 = tl.zeros((C, D), DTYPE)
+            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v82 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = (v65 * v82)
+        v84 = v83
+        v86 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v88 = ((-1.0) * d_new_w1)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v93 += tl.dot(v53.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v94 = (v52 * v93)
-        v130 = (v87 + v94)
-        v131 = (v48 * v130)
-        v136 = (v41[:, None] * v131 * tl.exp((v46[None, :] - v44)))
-        v137 = tl.sum((v136), axis=0)
-        v139 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v137[None, :])
-        v109 = tl.dot(tl.trans(v67).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v110 = (v65 * v109)
-        v113 = v110
-        v125 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v126 = (v52 * v125)
-        v132 = (v113 + v126)
-        v133 = ((-1.0) * v48 * v132 * tl.exp(((-1.0) * v44)))
-        v138 = ((-1.0) * v41[:, None] * v131 * tl.exp((v46[None, :] - v44)))
-        v140 = (v133 + v138)
-        v141 = v140
-        v142 = (v135 + v139 + v141)
-        v143 = tl.cumsum(v142, axis=0, reverse=True)
-        v144 = (v143 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v85 = ((-1.0) * d_new_w1)
+            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 += tl.dot(v53.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = (v52 * v86)
+        v115 = (v84 + v87)
+        v116 = (v48 * v115)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v119 = ((-1.0) * v41[:, None] * v116 * tl.exp((v46[None, :] - v44)))
+        v120 = (v118 + v119)
+        v121 = v120
+        v122 = tl.cumsum(v121, axis=0, reverse=True)
+        v123 = (v122 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2276,6 +2754,72 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v35
+        v56 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v11
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v55 = ((-1.0) * d_new_w2)
+            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v51 * v56)
+        v58 = v57
+        v48 = k
+        v60 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = ((-1.0) * d_new_w1)
+            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v48 * v60)
+        v62 = (v58 + v61)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -2284,6 +2828,43 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v46 = tl.sum((v45), axis=0)
         v44 = v43
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        v63 = (v47 * v62)
+        v64 = v63
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2312,32 +2893,31 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v35
-        v83 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v65 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v65)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v65.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v66 * v83)
-        v85 = v84
-        v53 = k
-        v87 = tl.zeros((C, D), DTYPE)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v45 = (q * v42)
+        v41 = v40
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
+        v47 = k
+        v49 = (v47 * v44)
+        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2346,103 +2926,84 @@ def chunk_grad_gate_eta_0_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v86 = ((-1.0) * d_new_w1)
-            v87 += tl.dot(v54.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v88 = (v53 * v87)
-        v116 = (v85 + v88)
-        v117 = (v47 * v116)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v51 = (q * v48)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v55 = (v53 * v50)
-        v56 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v67 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
+            v48 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
+            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v58 = tl.dot(v57.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v59 = (v52 - v58)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            _c0 = (0.5 * v59)
-            v60 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v67 += tl.dot(v60.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v53 = (v46 - v52)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
+            _c0 = (0.5 * v53)
+            v54 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v68 = (v67 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v61 = v48
-        v62 = tl.zeros((C, D), DTYPE)
+        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v60 = v35
+        v58 = v44
+        v63 = (v60 * v58)
+        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = v42
+        v65 = (v55 * v64)
+        v56 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v62 += tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v63 = (v61 * v62)
-        v64 = v50
-        v69 = (v66 * v64)
-        v70 = tl.dot(v68.to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v71 = (v61 * v70)
-        v72 = (v63 - v71)
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (v72 - v74[:, None])
-        v76 = (v75 * v75)
-        v77 = tl.sum((v76), axis=1)
-        v78 = (v77 / (D))
+            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v55 * v56)
+        v66 = (v57 - v65)
+        v67 = tl.sum((v66), axis=1)
+        v68 = (v67 / (D))
+        v69 = (v66 - v68[:, None])
+        v70 = (v69 * v69)
+        v71 = tl.sum((v70), axis=1)
+        v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v89 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v78[:, None])))))
-        v90 = ((-0.5) * v75 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v78[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v78[:, None])))))
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = (2.0 * v75 * v92[:, None])
-        v94 = (v89 + v93)
-        v95 = ((-1.0) * v94)
-        v96 = tl.sum((v95), axis=1)
-        v97 = (v96 / (D))
-        v98 = (v94 + v97[:, None])
-        v99 = ((-1.0) * v98)
-        v100 = (v61 * v99)
-        v102 = tl.dot(tl.trans(v68).to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v103 = (v66 * v102)
-        v106 = v103
-        v101 = tl.trans(tl.dot(v69.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v104 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v101)
-        v107 = (v61 * v98)
-        v112 = tl.zeros((C, C), DTYPE)
+        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v81 = (v76 + v80)
+        v82 = ((-1.0) * v81)
+        v83 = tl.sum((v82), axis=1)
+        v84 = (v83 / (D))
+        v85 = (v81 + v84[:, None])
+        v86 = ((-1.0) * v85)
+        v87 = (v55 * v86)
+        v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v91 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
+        v94 = (v55 * v85)
+        v99 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v105 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = (v105 + v108)
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v59 * tl.full((), 1.4142135623730951, DTYPE))
-            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v59 * v59))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v111 = ((-1.0) * v110)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v113 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v112)
-        v114 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v53 * v114)
-        v118 = (v106 + v115)
-        v119 = (v118 * tl.exp(((-1.0) * v44)))
-        v120 = (v117 + v119)
-        v121 = v120
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v121.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v96 = (v92 + v95)
+            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
+            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v98 = ((-1.0) * v97)
+            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v99 += tl.trans(tl.dot(v48.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v100 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v99)
+        v101 = tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = (v47 * v101)
+        v89 = tl.dot(tl.trans(v62).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v90 = (v60 * v89)
+        v93 = v90
+        v103 = (v93 + v102)
+        v104 = (v103 * tl.exp(((-1.0) * v41)))
+        v105 = v104
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2643,11 +3204,209 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v125 = tl.sum((v124), axis=1)
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v131 = v130
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v129 = v128
+        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_delta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_delta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v51 = (v47 * v49)
+        v80 = v51
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v84 = ((-1.0) * d_new_w2)
+            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v80 * v85)
+        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
+        v65 = v50
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v52 = (q * v48)
+        v54 = k
+        v56 = (v54 * v50)
+        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v68 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v55 = v37
+            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v60 = (v53 - v59)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            _c0 = (0.5 * v60)
+            v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
+        v62 = v48
+        v63 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = (v62 * v63)
+        v67 = v35
+        v70 = (v67 * v65)
+        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v62 * v71)
+        v73 = (v64 - v72)
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
+        v76 = (v73 - v75[:, None])
+        v77 = (v76 * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = (2.0 * v76 * v93[:, None])
+        v95 = (v90 + v94)
+        v96 = ((-1.0) * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (v95 + v98[:, None])
+        v100 = ((-1.0) * v99)
+        v101 = (v62 * v100)
+        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v104 = (v65 * v103)
+        v107 = (v86 + v104)
+        v108 = v107
+        v88 = (v51 * v54)
+        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
+        v109 = (v62 * v99)
+        v118 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v87 = ((-1.0) * d_new_w1)
+            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v111 = (v106 + v110)
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
+            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v113 = ((-1.0) * v112)
+            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v115 = (v89 + v114)
+            v116 = v115
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v119 = (v108 + v118)
+        v120 = tl.sum((v119), axis=1)
+        v121 = (v120 / (D))
+        v122 = ((-1.0) * v121)
+        v123 = (v119 + v122[:, None])
+        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v126 = v125
+        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3790,15 +4549,13 @@ def chunk_out_fwd_kernel_cube(
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v56 = v43
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v46 = (q * v43)
         v41 = v40
         v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v44 = gate_eta
         v45 = (v42 * v44[None, :, :])
+        v59 = v45
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v50 = (v45 * q[:, None, :])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = k
@@ -3809,13 +4566,11 @@ def chunk_out_fwd_kernel_cube(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v47)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -3833,48 +4588,52 @@ def chunk_out_fwd_kernel_cube(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v57 = tl.zeros((C, D), DTYPE)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v46 = (q * v43)
+        v62 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v49 = v37
             v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v54 = (v47 - v53)
             _c0 = (0.5 * v54)
             v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v58 = (v56 * v57)
-        v59 = v45
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v60 = v11
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
         v63 = (v59 * v62[:, :, None])
         v61 = v35
         v64 = (v63 * v61[None, :, :])
         v65 = tl.sum((v64), axis=1)
+        v56 = v43
+        v57 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
         v66 = (v58 - v65)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
@@ -4251,9 +5010,13 @@ def chunk_grad_q_1_bwd_kernel_cube(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v44 = gate_eta
         v45 = (v42 * v44[None, :, :])
+        v59 = v45
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v50 = (v45 * q[:, None, :])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = k
-        v97 = (v45 * v48[None, :, :])
+        v51 = (v50 * v48[None, :, :])
+        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4281,27 +5044,19 @@ def chunk_grad_q_1_bwd_kernel_cube(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v46 = (q * v43)
-        v50 = (v45 * q[:, None, :])
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v59 = v45
-        v61 = v35
-        v87 = (v59 * v61[None, :, :])
-        v56 = v43
-        v57 = tl.zeros((C, D), DTYPE)
+        v62 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4312,30 +5067,32 @@ def chunk_grad_q_1_bwd_kernel_cube(
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v49 = v37
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v54 = (v47 - v53)
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
             _c0 = (0.5 * v54)
             v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v58 = (v56 * v57)
-        v62 = tl.zeros((C, C), DTYPE)
+        v63 = (v59 * v62[:, :, None])
+        v61 = v35
+        v64 = (v63 * v61[None, :, :])
+        v65 = tl.sum((v64), axis=1)
+        v56 = v43
+        v57 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v63 = (v59 * v62[:, :, None])
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
         v66 = (v58 - v65)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
@@ -4344,25 +5101,27 @@ def chunk_grad_q_1_bwd_kernel_cube(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])
         v86 = ((-1.0) * v85)
+        v87 = (v59 * v61[None, :, :])
         v88 = (v87 * v86[:, None, :])
         v89 = tl.sum((v88), axis=2)
         v91 = (v56 * v85)
+        v97 = (v45 * v48[None, :, :])
         v96 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -4413,14 +5172,13 @@ def chunk_grad_q_2_bwd_kernel_cube(
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v46 = (q * v43)
         v41 = v40
         v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v44 = gate_eta
         v45 = (v42 * v44[None, :, :])
+        v59 = v45
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v50 = (v45 * q[:, None, :])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = k
@@ -4431,13 +5189,11 @@ def chunk_grad_q_2_bwd_kernel_cube(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v47)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -4455,53 +5211,54 @@ def chunk_grad_q_2_bwd_kernel_cube(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v59 = v45
-        v61 = v35
-        v87 = (v59 * v61[None, :, :])
-        v56 = v43
-        v57 = tl.zeros((C, D), DTYPE)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v46 = (q * v43)
+        v62 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v49 = v37
             v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
             _c0 = (0.5 * v54)
             v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v58 = (v56 * v57)
-        v62 = tl.zeros((C, C), DTYPE)
+        v63 = (v59 * v62[:, :, None])
+        v61 = v35
+        v64 = (v63 * v61[None, :, :])
+        v65 = tl.sum((v64), axis=1)
+        v56 = v43
+        v57 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v63 = (v59 * v62[:, :, None])
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
         v66 = (v58 - v65)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
@@ -4510,17 +5267,18 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])
         v86 = ((-1.0) * v85)
+        v87 = (v59 * v61[None, :, :])
         v88 = (v87 * v86[:, None, :])
         v89 = tl.sum((v88), axis=2)
         v91 = (v56 * v85)
@@ -4528,12 +5286,12 @@ def chunk_grad_q_2_bwd_kernel_cube(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v93 = (v90 + v92)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
             v94 = (v93 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -5385,11 +6143,209 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v125 = tl.sum((v124), axis=1)
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = ((-1.0) * v130)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v131.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v129 = ((-1.0) * v128)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_v_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v50 = gate_eta
+        v52 = (v48 * v50)
+        v80 = v52
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v84 = ((-1.0) * d_new_w2)
+            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v80 * v85)
+        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+        v51 = (v45 * v50[None, :, :])
+        v66 = v51
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v53 = (q * v49)
+        v57 = (v51 * q[:, None, :])
+        v55 = k
+        v58 = (v57 * v55[None, :, :])
+        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v69 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v56 = v37
+            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v54 - v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            _c0 = (0.5 * v61)
+            v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v70 = (v66 * v69[:, :, None])
+        v63 = v49
+        v64 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v63 * v64)
+        v68 = v35
+        v71 = (v70 * v68[None, :, :])
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v65 - v72)
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
+        v76 = (v73 - v75[:, None])
+        v77 = (v76 * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = (2.0 * v76 * v93[:, None])
+        v95 = (v90 + v94)
+        v96 = ((-1.0) * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (v95 + v98[:, None])
+        v100 = ((-1.0) * v99)
+        v104 = (v70 * v100[:, None, :])
+        v105 = tl.sum((v104), axis=0)
+        v107 = (v86 + v105)
+        v108 = v107
+        v88 = (v52 * v55)
+        v101 = (v66 * v68[None, :, :])
+        v102 = (v101 * v100[:, None, :])
+        v103 = tl.sum((v102), axis=2)
+        v109 = (v63 * v99)
+        v118 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v87 = ((-1.0) * d_new_w1)
+            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v111 = (v106 + v110)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v113 = ((-1.0) * v112)
+            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v115 = (v89 + v114)
+            v116 = v115
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v119 = (v108 + v118)
+        v120 = tl.sum((v119), axis=1)
+        v121 = (v120 / (D))
+        v122 = ((-1.0) * v121)
+        v123 = (v119 + v122[:, None])
+        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v126 = ((-1.0) * v125)
+        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -5425,53 +6381,30 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v83 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = (w2 * d_new_w2)
-            v83 += tl.sum((v82), axis=1)
-        v84 = v83
-        v90 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v89 = (w1 * d_new_w1)
-            v90 += tl.sum((v89), axis=0)
-        v91 = (v84 + v90)
-        v92 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v91[None, :])
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v61 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v44 = v43
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v42 = v41
+        v43 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v41[:, None, :] - v42[None, :, :]))))  # pairwise decay D[t,s]
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v45 * v49[None, :, :])
-        v55 = (v50 * q[:, None, :])
+        v45 = gate_eta
+        v46 = (v43 * v45[None, :, :])
+        v60 = v46
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (v46 * q[:, None, :])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v53 = k
-        v56 = (v55 * v53[None, :, :])
-        v57 = tl.sum((v56), axis=2)  # decayed scores x_t·x_s
+        v49 = k
+        v52 = (v51 * v49[None, :, :])
+        v53 = tl.sum((v52), axis=2)  # decayed scores x_t·x_s
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v52)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             _c0 = (0.5 * v10)
             v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -5489,52 +6422,534 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v62 = tl.zeros((C, D), DTYPE)
+        v44 = tl.exp(v41)  # cumulative decay in the chunk
+        v47 = (q * v44)
+        v63 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
-            v58 = tl.dot(v57.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = (v52 - v58)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            _c0 = (0.5 * v59)
-            v60 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = v37
+            v54 = tl.dot(v53.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v55 = (v48 - v54)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            _c0 = (0.5 * v55)
+            v56 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v61 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+            v63 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v63 = (v61 * v62)
+        v64 = (v60 * v63[:, :, None])
+        v62 = v35
+        v65 = (v64 * v62[None, :, :])
+        v66 = tl.sum((v65), axis=1)
+        v57 = v44
+        v58 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v58 += tl.dot(v56.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = (v57 * v58)
+        v67 = (v59 - v66)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v70 = (v67 - v69[:, None])
+        v71 = (v70 * v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v85 = ((-0.5) * v70 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v73[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
+        v86 = tl.sum((v85), axis=1)
+        v87 = (v86 / (D))
+        v88 = (2.0 * v70 * v87[:, None])
+        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
+        v89 = (v84 + v88)
+        v90 = ((-1.0) * v89)
+        v91 = tl.sum((v90), axis=1)
+        v92 = (v91 / (D))
+        v93 = (v89 + v92[:, None])
+        v94 = ((-1.0) * v93)
+        v95 = (v60 * v62[None, :, :])
+        v96 = (v95 * v94[:, None, :])
+        v97 = tl.sum((v96), axis=2)
+        v99 = (v57 * v93)
+        v105 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v98 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v100 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v103 = (v98 + v100)
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
+            v104 = (v103 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v105 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 = (q * v105)
+        v101 = (v93 * v58)
+        v102 = v101
+        v78 = tl.zeros((D,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v77 = (w2 * d_new_w2)
+            v78 += tl.sum((v77), axis=1)
+        v79 = v78
+        v81 = tl.zeros((D,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v80 = (w1 * d_new_w1)
+            v81 += tl.sum((v80), axis=0)
+        v82 = (v79 + v81)
+        v83 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v82[None, :])
+        v107 = (v83 + v102 + v106)
+        v108 = (v107 * tl.exp(v41))
+        v109 = tl.cumsum(v108, axis=0, reverse=True)
+        v110 = (v109 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v35
+        v56 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v11
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v55 = ((-1.0) * d_new_w2)
+            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v51 * v56)
+        v58 = v57
+        v48 = k
+        v60 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = ((-1.0) * d_new_w1)
+            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v48 * v60)
+        v62 = (v58 + v61)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v47 = gate_eta
+        v63 = (v47 * v62)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v44 = v43
+        v64 = (v41[:, None] * v63 * tl.exp((v46[None, :] - v44)))
+        v65 = tl.sum((v64), axis=0)
+        v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
+        v67 = tl.cumsum(v66, axis=0, reverse=True)
+        v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v44 = gate_eta
+        v45 = (v42 * v44[None, :, :])
+        v59 = v45
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v50 = (v45 * q[:, None, :])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = k
+        v51 = (v50 * v48[None, :, :])
+        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v46 = (q * v43)
+        v62 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = (v47 - v53)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            _c0 = (0.5 * v54)
+            v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v63 = (v59 * v62[:, :, None])
+        v61 = v35
+        v64 = (v63 * v61[None, :, :])
+        v65 = tl.sum((v64), axis=1)
+        v56 = v43
+        v57 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
+        v66 = (v58 - v65)
+        v67 = tl.sum((v66), axis=1)
+        v68 = (v67 / (D))
+        v69 = (v66 - v68[:, None])
+        v70 = (v69 * v69)
+        v71 = tl.sum((v70), axis=1)
+        v72 = (v71 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v81 = (v76 + v80)
+        v82 = ((-1.0) * v81)
+        v83 = tl.sum((v82), axis=1)
+        v84 = (v83 / (D))
+        v85 = (v81 + v84[:, None])
+        v86 = ((-1.0) * v85)
+        v87 = (v59 * v61[None, :, :])
+        v88 = (v87 * v86[:, None, :])
+        v89 = tl.sum((v88), axis=2)
+        v94 = (v56 * v85)
+        v100 = (q[:, None, :] * v48[None, :, :])
+        v99 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v96 = (v92 + v95)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
+            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v98 = ((-1.0) * v97)
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v99 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v101 = (v100 * v99[:, :, None])
+        v90 = (v62[:, :, None] * v61[None, :, :])
+        v91 = (v90 * v86[:, None, :])
+        v93 = v91
+        v102 = (v93 + v101)
+        v103 = (v44[None, :, :] * v102)
+        v104 = (v103 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))
+        v105 = tl.sum((v104), axis=1)
+        v106 = tl.cumsum(v105, axis=0, reverse=True)
+        v107 = (v106 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v107.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v50 = (v45 * v49[None, :, :])
         v64 = v50
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v55 = (v50 * q[:, None, :])
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v53 = k
+        v56 = (v55 * v53[None, :, :])
+        v57 = tl.sum((v56), axis=2)  # decayed scores x_t·x_s
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v51 = (q * v48)
         v67 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v54 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+            v58 = tl.dot(v57.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59 = (v52 - v58)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            _c0 = (0.5 * v59)
+            v60 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v65 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v65)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v65)
             v67 += tl.dot(v60.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v68 = (v64 * v67[:, :, None])
         v66 = v35
         v69 = (v68 * v66[None, :, :])
         v70 = tl.sum((v69), axis=1)
+        v61 = v48
+        v62 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v62 += tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 = (v61 * v62)
         v71 = (v63 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -5543,95 +6958,75 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v76 = tl.sum((v75), axis=1)
         v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v96 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (2.0 * v74 * v98[:, None])
-        v100 = (v95 + v99)
-        v101 = ((-1.0) * v100)
-        v102 = tl.sum((v101), axis=1)
-        v103 = (v102 / (D))
-        v104 = (v100 + v103[:, None])
-        v115 = (v104 * v62)
-        v116 = v115
-        v106 = (v64 * v66[None, :, :])
-        v105 = ((-1.0) * v104)
-        v107 = (v106 * v105[:, None, :])
-        v108 = tl.sum((v107), axis=2)
-        v113 = (v61 * v104)
-        v123 = tl.zeros((C, D), DTYPE)
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v99 = (v64 * v66[None, :, :])
+        v100 = (v99 * v98[:, None, :])
+        v101 = tl.sum((v100), axis=2)
+        v106 = (v61 * v97)
+        v112 = (q[:, None, :] * v53[None, :, :])
+        v111 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v111 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v104 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v114 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v117 = (v111 + v114)
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v104 + v107)
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v59 * tl.full((), 1.4142135623730951, DTYPE))
-            v118 = (v117 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v59 * v59))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v123 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v124 = (q * v123)
-        v129 = (v92 + v116 + v124)
-        v130 = (v129 * tl.exp(v43))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v85 = tl.zeros((C, D), DTYPE)
+            v109 = (v108 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v59 * v59))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v110 = ((-1.0) * v109)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v111 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v113 = (v112 * v111[:, :, None])
+        v102 = (v67[:, :, None] * v66[None, :, :])
+        v103 = (v102 * v98[:, None, :])
+        v105 = v103
+        v116 = (v105 + v113)
+        v117 = (v49[None, :, :] * v116)
+        v119 = ((-1.0) * v117 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
+        v120 = tl.sum((v119), axis=0)
+        v82 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v81 = ((-1.0) * d_new_w2)
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 += tl.dot(v65.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v66 * v85)
-        v87 = v86
-        v93 = tl.zeros((C, D), DTYPE)
+            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v82 += tl.dot(v65.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = (v66 * v82)
+        v84 = v83
+        v86 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v88 = ((-1.0) * d_new_w1)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v93 += tl.dot(v54.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v94 = (v53 * v93)
-        v125 = (v87 + v94)
-        v126 = (v49 * v125)
-        v131 = (v41[:, None] * v126 * tl.exp((v47[None, :] - v44)))
-        v132 = tl.sum((v131), axis=0)
-        v134 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v132[None, :])
-        v109 = (v67[:, :, None] * v66[None, :, :])
-        v110 = (v109 * v105[:, None, :])
-        v112 = v110
-        v121 = (q[:, None, :] * v53[None, :, :])
-        v120 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v118 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v119 = ((-1.0) * v118)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v120 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v122 = (v121 * v120[:, :, None])
-        v127 = (v112 + v122)
-        v128 = (v49[None, :, :] * v127)
-        v135 = (v128 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
-        v136 = tl.sum((v135), axis=1)
-        v133 = ((-1.0) * v41[:, None] * v126 * tl.exp((v47[None, :] - v44)))
-        v137 = ((-1.0) * v128 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
-        v138 = tl.sum((v137), axis=0)
-        v139 = (v133 + v138)
-        v140 = v139
-        v141 = (v130 + v134 + v136 + v140)
-        v142 = tl.cumsum(v141, axis=0, reverse=True)
-        v143 = (v142 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v85 = ((-1.0) * d_new_w1)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 += tl.dot(v54.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = (v53 * v86)
+        v114 = (v84 + v87)
+        v115 = (v49 * v114)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v47 = tl.sum((v46), axis=0)
+        v118 = ((-1.0) * v41[:, None] * v115 * tl.exp((v47[None, :] - v44)))
+        v121 = (v118 + v120)
+        v122 = v121
+        v123 = tl.cumsum(v122, axis=0, reverse=True)
+        v124 = (v123 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -5666,15 +7061,132 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v35
+        v56 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v50 = v11
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v55 = ((-1.0) * d_new_w2)
+            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = (v51 * v56)
+        v58 = v57
+        v48 = k
+        v60 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v49 = v37
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v59 = ((-1.0) * d_new_w1)
+            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v48 * v60)
+        v62 = (v58 + v61)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
         v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        v63 = (v47 * v62)
+        v64 = v63
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v44 = gate_eta
+        v45 = (v42 * v44[None, :, :])
+        v59 = v45
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v50 = (v45 * q[:, None, :])
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v48 = k
+        v51 = (v50 * v48[None, :, :])
+        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
         v12 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -5702,32 +7214,19 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v67 = v35
-        v83 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v67 * v83)
-        v85 = v84
-        v54 = k
-        v87 = tl.zeros((C, D), DTYPE)
+        v43 = tl.exp(v40)  # cumulative decay in the chunk
+        v46 = (q * v43)
+        v62 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5736,103 +7235,82 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v86 = ((-1.0) * d_new_w1)
-            v87 += tl.dot(v55.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v88 = (v54 * v87)
-        v115 = (v85 + v88)
-        v116 = (v48 * v115)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v49)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v51 = (v45 * v50[None, :, :])
-        v56 = (v51 * q[:, None, :])
-        v57 = (v56 * v54[None, :, :])
-        v58 = tl.sum((v57), axis=2)  # decayed scores x_t·x_s
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
+            v49 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            _c0 = (0.5 * v60)
-            v61 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = (v47 - v53)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            _c0 = (0.5 * v54)
+            v55 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v103 = (v68[:, :, None] * v67[None, :, :])
-        v62 = v49
-        v63 = tl.zeros((C, D), DTYPE)
+        v63 = (v59 * v62[:, :, None])
+        v61 = v35
+        v64 = (v63 * v61[None, :, :])
+        v65 = tl.sum((v64), axis=1)
+        v56 = v43
+        v57 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v65 = v51
-        v69 = (v65 * v68[:, :, None])
-        v70 = (v69 * v67[None, :, :])
+            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v56 * v57)
+        v66 = (v58 - v65)
+        v67 = tl.sum((v66), axis=1)
+        v68 = (v67 / (D))
+        v69 = (v66 - v68[:, None])
+        v70 = (v69 * v69)
         v71 = tl.sum((v70), axis=1)
-        v72 = (v64 - v71)
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (v72 - v74[:, None])
-        v76 = (v75 * v75)
-        v77 = tl.sum((v76), axis=1)
-        v78 = (v77 / (D))
+        v72 = (v71 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v89 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v78[:, None])))))
-        v90 = ((-0.5) * v75 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v78[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v78[:, None])))))
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = (2.0 * v75 * v92[:, None])
-        v94 = (v89 + v93)
-        v95 = ((-1.0) * v94)
-        v96 = tl.sum((v95), axis=1)
-        v97 = (v96 / (D))
-        v98 = (v94 + v97[:, None])
-        v99 = ((-1.0) * v98)
-        v104 = (v103 * v99[:, None, :])
-        v106 = v104
-        v113 = (q[:, None, :] * v54[None, :, :])
-        v100 = (v65 * v67[None, :, :])
-        v101 = (v100 * v99[:, None, :])
-        v102 = tl.sum((v101), axis=2)
-        v107 = (v62 * v98)
-        v112 = tl.zeros((C, C), DTYPE)
+        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        v80 = (2.0 * v69 * v79[:, None])
+        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
+        v81 = (v76 + v80)
+        v82 = ((-1.0) * v81)
+        v83 = tl.sum((v82), axis=1)
+        v84 = (v83 / (D))
+        v85 = (v81 + v84[:, None])
+        v86 = ((-1.0) * v85)
+        v87 = (v59 * v61[None, :, :])
+        v88 = (v87 * v86[:, None, :])
+        v89 = tl.sum((v88), axis=2)
+        v94 = (v56 * v85)
+        v100 = (q[:, None, :] * v48[None, :, :])
+        v99 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v105 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = (v105 + v108)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            _c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v111 = ((-1.0) * v110)
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 += tl.trans(tl.dot(v55.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v114 = (v113 * v112[:, :, None])
-        v117 = (v106 + v114)
-        v118 = (v45 * v117)
-        v119 = tl.sum((v118), axis=0)
-        v120 = (v116 + v119)
-        v121 = v120
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v121.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v96 = (v92 + v95)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
+            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v98 = ((-1.0) * v97)
+            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v99 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v101 = (v100 * v99[:, :, None])
+        v90 = (v62[:, :, None] * v61[None, :, :])
+        v91 = (v90 * v86[:, None, :])
+        v93 = v91
+        v102 = (v93 + v101)
+        v103 = (v42 * v102)
+        v104 = tl.sum((v103), axis=0)
+        v105 = v104
+        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -6033,11 +7511,209 @@ def chunk_grad_gate_delta_0_bwd_kernel_cube(
         v125 = tl.sum((v124), axis=1)
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v131 = v130
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v129 = v128
+        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_delta_1_bwd_kernel_cube(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_delta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, D)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            _c0 = (0.5 * v10)
+            v11 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v47 = tl.sum((v46), axis=0)
+        v44 = v43
+        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v50 = gate_eta
+        v52 = (v48 * v50)
+        v80 = v52
+        v85 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v67 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v84 = ((-1.0) * d_new_w2)
+            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v86 = (v80 * v85)
+        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
+        v51 = (v45 * v50[None, :, :])
+        v66 = v51
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v53 = (q * v49)
+        v57 = (v51 * q[:, None, :])
+        v55 = k
+        v58 = (v57 * v55[None, :, :])
+        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v69 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v56 = v37
+            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 = (v54 - v60)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            _c0 = (0.5 * v61)
+            v62 = (_c0 * (1.0 + tl.math.erf((_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v70 = (v66 * v69[:, :, None])
+        v63 = v49
+        v64 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 = (v63 * v64)
+        v68 = v35
+        v71 = (v70 * v68[None, :, :])
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v65 - v72)
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
+        v76 = (v73 - v75[:, None])
+        v77 = (v76 * v76)
+        v78 = tl.sum((v77), axis=1)
+        v79 = (v78 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = (2.0 * v76 * v93[:, None])
+        v95 = (v90 + v94)
+        v96 = ((-1.0) * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (v95 + v98[:, None])
+        v100 = ((-1.0) * v99)
+        v104 = (v70 * v100[:, None, :])
+        v105 = tl.sum((v104), axis=0)
+        v107 = (v86 + v105)
+        v108 = v107
+        v88 = (v52 * v55)
+        v101 = (v66 * v68[None, :, :])
+        v102 = (v101 * v100[:, None, :])
+        v103 = tl.sum((v102), axis=2)
+        v109 = (v63 * v99)
+        v118 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v87 = ((-1.0) * d_new_w1)
+            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v111 = (v106 + v110)
+            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v113 = ((-1.0) * v112)
+            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v115 = (v89 + v114)
+            v116 = v115
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            _c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v119 = (v108 + v118)
+        v120 = tl.sum((v119), axis=1)
+        v121 = (v120 / (D))
+        v122 = ((-1.0) * v121)
+        v123 = (v119 + v122[:, None])
+        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v126 = v125
+        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])

@@ -15,6 +15,7 @@ of gates are fp32 (fp64 for fp64 inputs); `out` and the gradients of q, k, v com
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import ModuleType
 
@@ -188,10 +189,11 @@ class TritonChunkwise(torch.autograd.Function):
         grads = []
         for (name, _, tok), x in zip(launch.desc["inputs"], rest):
             total = None
-            for j in range(launch.desc["grad_terms"][name]):  # one kernel per summand of the gradient
+            jobs = itertools.takewhile(kernels.__contains__, (f"grad_{name}_{j}_bwd" for j in itertools.count()))
+            for job in jobs:  # one kernel per summand of the gradient, numbered from 0
                 term = torch.full_like(x, float("nan")) if tok else \
                     torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
-                launch.run(kernels, f"grad_{name}_{j}_bwd", *starts, *carries, *rest, d_out, term)
+                launch.run(kernels, job, *starts, *carries, *rest, d_out, term)
                 total = term if total is None else total + term
             grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
