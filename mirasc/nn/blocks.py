@@ -1,6 +1,6 @@
 """Llama-style building blocks around the Miras token mixer.
 
-RMSNorm, SwiGLU MLP, rotary embedding (computed on the fly, no buffers), causal softmax attention with an
+RMSNorm, SwiGLU MLP, causal softmax attention (RoPE from `primitives`, re-exported here) with an
 optional sliding window and a KV cache, the pre-norm block (RMSNorm -> mixer -> +x -> RMSNorm -> SwiGLU -> +x),
 and `build_mixer`, which picks a Miras layer or attention for block i of a pure, hybrid (Samba-style: Miras
 and sliding-window attention alternating) or Transformer++ stack.
@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layer import MirasLayer
+from .primitives import RotaryEmbedding, apply_rotary, new_token_mask, positions_from_cu_seqlens
 
 __all__ = [
     "AttentionCache",
@@ -67,54 +70,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class RotaryEmbedding(nn.Module):
-    """RoPE (rotate-half form) over the last axis of [B, T, H, D] tensors; positions [B, T] or [T].
-
-    Frequencies are computed on the fly (no buffers), so the module has no state to save or initialise.
-    """
-
-    def __init__(self, dim: int, base: float = 10000.0):
-        super().__init__()
-        if dim % 2:
-            raise ValueError(f"rotary embedding needs an even head dimension, got {dim}")
-        self.dim, self.base = dim, float(base)
-
-    def cos_sin(self, positions: torch.Tensor, dtype=torch.float32):
-        inv = self.base ** (-torch.arange(0, self.dim, 2, device=positions.device, dtype=torch.float32) / self.dim)
-        ang = positions.float()[..., None] * inv  # [..., T, D/2]
-        ang = torch.cat([ang, ang], dim=-1)
-        return ang.cos().to(dtype), ang.sin().to(dtype)
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos_sin(positions)
-        return apply_rotary(x, cos, sin)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D]; cos, sin [B, T, D] or [T, D]."""
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rot = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rot * sin).to(x.dtype)
-
-
-def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position within its segment, segment id), both [total], for packed sequences."""
-    cu = cu_seqlens.to(torch.long)
-    idx = torch.arange(total, device=cu.device)
-    seg = torch.searchsorted(cu[1:], idx, right=True)
-    return idx - cu[seg], seg
-
-
-def new_token_mask(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
-    """The [B, T] boolean mask of the T new tokens (the last T columns of a 2-D attention mask)."""
-    if attention_mask is None:
-        return torch.ones(B, T, dtype=torch.bool, device=device)
-    if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
-        raise ValueError(f"attention_mask: expected [B, >= T] = [{B}, >= {T}], got {list(attention_mask.shape)}")
-    return attention_mask[:, -T:].to(device=device).bool()
 
 
 @dataclass
@@ -252,7 +207,5 @@ def build_mixer(layer_idx: int, hidden_size: int, num_heads: int, *, spec=None, 
         raise ValueError("mixer='miras' needs a spec")
     if hybrid and layer_idx % 2 == 1:
         return CausalAttention(hidden_size, num_heads, head_dim, window=window, rope_base=rope_base)
-    from .layer import MirasLayer
-
     return MirasLayer(spec, hidden_size, num_heads, head_dim=head_dim, conv_size=conv_size, gate_rank=gate_rank,
                       use_rope=use_rope, chunk_size=chunk_size, backend=backend, rope_base=rope_base)

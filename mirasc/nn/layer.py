@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import RotaryEmbedding, apply_rotary, new_token_mask
+from .primitives import RotaryEmbedding, apply_rotary, new_token_mask
 
 __all__ = ["GATE_INIT", "GateProjection", "MirasLayer", "MirasLayerCache", "gate_activation", "gate_init_value"]
 
