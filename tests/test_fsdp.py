@@ -20,6 +20,7 @@ import torch
 
 from mirasc.cli import main as cli_main
 from mirasc.train import TrainError, evaluate_checkpoint, train
+from mirasc.train import distributed as dist_mod
 from mirasc.train import loop as loop_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +92,12 @@ def test_fsdp_blocks_and_optimizer_layout():
     from mirasc.train.modeling import build_model
 
     model = build_model(make_config(dict(spec="transformer", hidden_size=32, num_heads=2, num_layers=3)), 64)
-    blocks = loop_mod._fsdp_blocks(model)
+    blocks = dist_mod.fsdp_blocks(model)
     assert len(blocks) == 3 and all(type(b).__name__ == "MirasBlock" for b in blocks)
     # names -> ids numbers parameters group after group, like Optimizer.state_dict()
     named = {"state": {"b": {"step": 1}, "c": {"step": 2}},
              "param_groups": [{"lr": 1.0, "params": ["a", "b"]}, {"lr": 2.0, "params": ["c"]}]}
-    assert loop_mod._osd_names_to_ids(named) == {
+    assert dist_mod.osd_names_to_ids(named) == {
         "state": {1: {"step": 1}, 2: {"step": 2}},
         "param_groups": [{"lr": 1.0, "params": [0, 1]}, {"lr": 2.0, "params": [2]}]}
 

@@ -6,7 +6,8 @@ import torch
 
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import TrainConfig, TrainError, make_config
-from .loop import _device, make_task, model_vocab
+from .distributed import pick_device
+from .loop import make_task, model_vocab
 from .modeling import build_model
 
 
@@ -34,7 +35,7 @@ def evaluate_checkpoint(checkpoint, task: str | None = None, num_examples: int |
     lm loss/perplexity (+ bits_per_byte for byte-level text)."""
     ck_cfg = load_checkpoint(find_checkpoint(checkpoint))["config"]
     base = make_config(ck_cfg, resume=False)
-    dev = _device(base.replace(device=device), 0)
+    dev = pick_device(base.replace(device=device), 0)
     model, cfg, ck = load_model(checkpoint, str(dev))
     name = task or cfg.task
     over = {}
