@@ -1,4 +1,12 @@
-"""The `mirasc` command line: check, explain, compile, and (mirasc.train.cli) train and eval.
+"""The `mirasc` command line. Subcommands:
+
+    check    parse and check specs (located errors, exit 1 on any)
+    explain  the derived inner gradient, update rule and chunk form (--latex, --dump-ir)
+    compile  write, or verify with --check, the generated torch and Triton modules of each spec
+    aot      compile each spec's Triton kernels for a GPU without one (mirasc.aot) and report registers, spills,
+             shared memory and tensor-core instructions
+    train    train a model (from mirasc.train.cli, registered when mirasc.train imports)
+    eval     evaluate a checkpoint (from mirasc.train.cli, likewise)
 
 A SPEC argument is a prebuilt name (`moneta`, `yaad`, ...), a path, or spec text, resolved as `mirasc.load` does
 (mirasc.sources). Bad specs print located errors and exit 1; no Python traceback reaches the user for a bad spec.
@@ -187,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Subcommands contributed by other parts of the package (train, eval, bench), when present."""
+    """Subcommands contributed by other parts of the package (train and eval, from mirasc.train.cli), when
+    present."""
     found = []
     try:
         from .train.cli import register as train_register
