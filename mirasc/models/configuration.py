@@ -22,8 +22,9 @@ class MirasConfig(PretrainedConfig):
 
     spec: a prebuilt name (`moneta`, ...), a .miras path or spec text (stored as text); None only for
     mixer="attention".
-    torch_compile: run the torch backend's chunk programs through torch.compile (MemoryOp.compile_chunks: about
-    3x faster on CPU after a one-off compile of tens of seconds per chunk shape); the Triton path ignores it.
+    torch_compile: run the torch backend's chunk programs through torch.compile (MemoryOp.compile_chunks: Moneta
+    on a 2-core CPU 3.5x faster forward+backward, 2.5x forward, bench/README.md; after a one-off compile of tens of
+    seconds per chunk shape); the Triton path ignores it.
     spec_options: the spec's `option` choices ({name: value}; None for its defaults), e.g. moneta's
     {"normalisation": "none"}.
     mixer: "miras" (every block a MirasLayer; with hybrid=True, Samba-style alternation of Miras and
