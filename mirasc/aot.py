@@ -10,6 +10,7 @@ launched. Each kernel compiles in a fresh process with a time limit, so one that
 
 from __future__ import annotations
 
+import ast
 import multiprocessing as mp
 import os
 import re
@@ -64,6 +65,13 @@ def _cuobjdump(cubin: bytes) -> tuple[str, str]:
         usage = subprocess.run([str(tool), "-res-usage", str(f)], capture_output=True, text=True).stdout
         sass = subprocess.run([str(tool), "-sass", str(f)], capture_output=True, text=True).stdout
     return usage, sass
+
+
+def generated_description(text: str) -> dict:
+    """The DESCRIPTION literal of a generated Triton module's source (read, not executed)."""
+    start = text.index("DESCRIPTION = ") + len("DESCRIPTION = ")
+    end = text.index("\n\n", start)
+    return ast.literal_eval(text[start:end])
 
 
 def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, num_warps: int, queue) -> None:
@@ -121,7 +129,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype."""
-    from .backends.triton import hidden_block, num_warps
+    from .backends.triton import hidden_block, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
 
@@ -140,13 +148,17 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         path = Path(d) / f"{checked.name}_triton.py"
         path.write_text(text, encoding="utf-8")
         names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
+        jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in names:
             warps = num_warps(chunk_size, head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps)
+            blocked = jobs[kernel.removeprefix("chunk_").removesuffix("_kernel")]["value_blocks"]
+            kernel_consts = {**consts, "BV": value_block(head_dim) if blocked else head_dim}
             queue = ctx.Queue()
-            proc = ctx.Process(target=_compile_one, args=(str(path), kernel, consts, dtype, arch, warps, queue))
+            proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch, warps,
+                                                          queue))
             proc.start()
             proc.join(timeout)
             if proc.is_alive():

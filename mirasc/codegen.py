@@ -164,15 +164,15 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
                          "until the sub-chunk scheme replaces it)"
             job = k.name.removeprefix("chunk_").removesuffix(f"_kernel{suffix}")
             jobs[job + suffix] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
-                                  "scratch": [list(axes) for axes in k.scratch]}
+                                  "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks}
             found.append(k)
     description = {
         "spec": spec.name,
         "states": {n: list(io.axes[n]) for n in io.states},
         "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
-        # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence) and the axes of
-        # each value they keep in scratch memory, per program
+        # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence), the axes of
+        # each value they keep in scratch memory, per program, and whether they run by blocks of BV value columns
         "kernels": jobs,
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
         "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",

@@ -24,7 +24,9 @@ from .ir import Value
 from .triton_printer import TritonPrinter
 
 SIZE = {"t": "C", "s": "C", "u": "C", "o": "D", "i": "D", "h": "HID", "g": "HID"}  # an axis's extent in memory
-SHAPE = {**SIZE, "h": "BH", "g": "BH"}  # its extent in a register tile: the hidden axes go by blocks of BH
+# its extent in a register tile: the hidden axes go by blocks of BH, the value axis by blocks of BV (BV = D in a
+# kernel that sums over it)
+SHAPE = {**SIZE, "h": "BH", "g": "BH", "o": "BV"}
 OFFS = {a: f"offs_{a}" for a in ir.AXIS_ORDER}
 HIDDEN = ("h", "g")
 _TILE_OPS = (ir.Input, ir.Elementwise, ir.Einsum, ir.Mask, ir.LogSumExp, ir.Cumsum, ir.Rename, ir.Broadcast,

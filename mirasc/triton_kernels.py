@@ -38,7 +38,10 @@ from .ir import Graph, Value
 # Values worth making once per chunk and storing, rather than recomputing in every kernel that reads them: state-
 # free and expensive (the triangular inverse is C substitution steps over (C, C) tiles).
 STORED_OPS = (ir.TriInverse,)
-OFFSETS = [f"offs_{a} = tl.arange(0, {SHAPE[a]})" for a in ir.AXIS_ORDER]
+VALUE_AXIS = "o"
+# a value-blocked kernel's program (grid axis 2) holds the value axis's block program_id(2) (one block of D otherwise)
+OFFSETS = [f"offs_{a} = " + ("tl.program_id(2) * BV + " if a == VALUE_AXIS else "") + f"tl.arange(0, {SHAPE[a]})"
+           for a in ir.AXIS_ORDER]
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -303,6 +306,7 @@ class Kernel:
     loop: list[str]
     epilogue: list[str]
     scratch: list[tuple[str, ...]] = field(default_factory=list)
+    value_blocks: bool = False  # launched over blocks of BV value columns (grid axis 2), see value_local
 
 
 def _fill(n: str) -> float:
@@ -331,6 +335,22 @@ def _stored_as_inputs(graph: Graph) -> Graph:
             mapped[v.id] = new._add(v.op, tuple(mapped[a.id] for a in v.args), v.axes, v.batched, v.hint)
     new.outputs = {k: mapped[v.id] for k, v in graph.outputs.items()}
     return ir.prune(new)
+
+
+def value_local(graph: Graph) -> bool:
+    """Whether each value column of the program depends on that column only: no value sums over, scans along or
+    relabels the value axis. Such a kernel runs as independent programs over blocks of BV value columns, as
+    flash-linear-attention splits chunk_fwd_h by BV: the delta rule's passes qualify (their predictions sum over the
+    key axis), a LayerNorm over the value axis (TTT) does not. A value without the value axis is then the same in
+    every block (each block recomputes it, and may store it: the same bits)."""
+    for v in graph.values:
+        if isinstance(v.op, ir.Rename) and any(VALUE_AXIS in pair for pair in v.op.mapping):
+            return False
+        if isinstance(v.op, (ir.Cumsum, ir.LogSumExp)) and v.op.axis == VALUE_AXIS:
+            return False
+        if VALUE_AXIS not in v.axes and any(VALUE_AXIS in a.axes for a in v.args):
+            return False
+    return True
 
 
 def stored_values(graph: Graph) -> list[Value]:
@@ -468,7 +488,8 @@ def _state_forward(a: _Assembler, suffix: str) -> Kernel:
                 [f"{s} = {name(part.outputs['new_' + s])}" for s in states])
         return Kernel(f"chunk_state_fwd_kernel{suffix}", doc, "up", args,
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
-                      [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch)
+                      [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
+                      value_blocks=not b.scratch and value_local(part))
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -498,7 +519,7 @@ def _outputs(a: _Assembler, suffix: str) -> Kernel:
     return Kernel(f"chunk_out_fwd_kernel{suffix}", "one chunk's outputs, from its stored start state", mode,
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
-                  [], b.scratch)
+                  [], b.scratch, value_blocks=not a.hidden and not b.scratch and value_local(part))
 
 
 def _state_backward(a: _Assembler, suffix: str) -> Kernel:
@@ -516,7 +537,8 @@ def _state_backward(a: _Assembler, suffix: str) -> Kernel:
                 [f"carry_{s} = {name(part.outputs['d_' + s])}" for s in states])
         return Kernel(f"chunk_state_bwd_kernel{suffix}", doc, "down", args,
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
-                      loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch)
+                      loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
+                      value_blocks=not b.scratch and value_local(part))
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -559,5 +581,5 @@ def _gradients(a: _Assembler, suffix: str) -> list[Kernel]:
     return out
 
 
-__all__ = ["OFFSETS", "Body", "Kernel", "KernelIO", "body", "describe", "gradient_terms", "kernels", "load",
-           "schedule", "store", "stored_values"]
+__all__ = ["OFFSETS", "VALUE_AXIS", "Body", "Kernel", "KernelIO", "body", "describe", "gradient_terms", "kernels",
+           "load", "schedule", "store", "stored_values", "value_local"]

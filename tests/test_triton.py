@@ -196,6 +196,24 @@ def test_triton_hidden_blocks_match_one_block(ops, name, monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name", ["gated_deltanet", "mamba2", "ttt_linear"])
+def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
+    """The value axis in four blocks of D/4 columns (one program each) in the kernels that allow it gives what the
+    torch backend gives, in fp64; ttt_linear's LayerNorm sums over the value axis, so its kernels keep one block."""
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops(name)
+    kinds = {job: info["value_blocks"] for job, info in tri.triton_module.DESCRIPTION["kernels"].items()}
+    assert kinds["state_fwd"] == kinds["state_bwd"] == kinds["out_fwd"] == (name != "ttt_linear"), kinds
+    assert not any(blocked for job, blocked in kinds.items() if job.startswith("grad_")), kinds
+    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=6)
+    monkeypatch.setattr(backend, "INTERPRETER_VALUE_BLOCK", D // 4)
+    blocks = _run(tri, _to(ins), 16)
+    blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
+    err = _errors(blocks, _run(ref, ins, 16))
+    assert max(err.values()) < 1e-10, err
+
+
 def test_dot_precision_is_checked(ops):
     tri, _ = ops("mamba2")
     assert tri.dot_precision == "tf32" and tri.with_dot_precision("ieee").dot_precision == "ieee"

@@ -20,15 +20,15 @@ DESCRIPTION = {'spec': 'linear_attention',
  'states': {'w1': ['o', 'i']},
  'inputs': [['q', ['t', 'i'], True], ['k', ['t', 'i'], True], ['v', ['t', 'o'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
-             'out_fwd': {'grid': 'chunks', 'scratch': []},
-             'state_bwd': {'grid': 'sequences', 'scratch': []},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
  'stored': [],
  'fallback': None}
 
@@ -37,7 +37,7 @@ DESCRIPTION = {'spec': 'linear_attention',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -55,7 +55,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -86,7 +86,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -104,7 +104,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -134,7 +134,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -152,7 +152,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -175,7 +175,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -193,7 +193,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -221,7 +221,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -239,7 +239,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -257,7 +257,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -275,7 +275,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -303,7 +303,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -321,7 +321,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -349,7 +349,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -367,7 +367,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -395,7 +395,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -413,7 +413,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)

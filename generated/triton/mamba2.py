@@ -23,19 +23,19 @@ DESCRIPTION = {'spec': 'mamba2',
             ['v', ['t', 'o'], True],
             ['gate_alpha', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
-             'out_fwd': {'grid': 'chunks', 'scratch': []},
-             'state_bwd': {'grid': 'sequences', 'scratch': []},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': []}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
  'stored': [],
  'fallback': None}
 
@@ -44,7 +44,7 @@ DESCRIPTION = {'spec': 'mamba2',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -62,7 +62,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -104,7 +104,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -122,7 +122,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -158,7 +158,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -176,7 +176,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -207,7 +207,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -225,7 +225,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -257,7 +257,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -275,7 +275,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -298,7 +298,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -316,7 +316,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -351,7 +351,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -369,7 +369,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -401,7 +401,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -419,7 +419,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -454,7 +454,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -472,7 +472,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -504,7 +504,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -522,7 +522,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -554,7 +554,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -572,7 +572,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -613,7 +613,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -631,7 +631,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -669,7 +669,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -687,7 +687,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)

@@ -35,7 +35,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['o'],
                                        ['o', 'h'],
-                                       ['t', 'h']]},
+                                       ['t', 'h']],
+                           'value_blocks': False},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['h'],
                                      ['h'],
@@ -45,7 +46,8 @@ DESCRIPTION = {'spec': 'memora',
                                      ['o', 'h'],
                                      ['o'],
                                      ['o', 'h'],
-                                     ['t', 'h']]},
+                                     ['t', 'h']],
+                         'value_blocks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h'],
                                        ['h'],
@@ -72,8 +74,9 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['h', 'i'],
                                        ['h'],
-                                       ['h']]},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+                                       ['h']],
+                           'value_blocks': False},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -87,7 +90,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -99,7 +103,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -113,7 +118,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -126,7 +132,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -144,7 +151,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_k_3_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -170,7 +178,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o'],
                                           ['o', 'h'],
                                           ['h', 'i'],
-                                          ['h']]},
+                                          ['h']],
+                              'value_blocks': False},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -183,7 +192,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -204,7 +214,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
-                                          ['o']]},
+                                          ['o']],
+                              'value_blocks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -218,7 +229,8 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'h']]},
+                                                   ['t', 'h']],
+                                       'value_blocks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -241,7 +253,8 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['o', 'h'],
                                                    ['o', 'h'],
-                                                   ['o']]},
+                                                   ['o']],
+                                       'value_blocks': False},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -254,7 +267,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']]},
+                                                 ['s', 'h']],
+                                     'value_blocks': False},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -276,7 +290,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['o', 'h'],
                                                  ['o', 'h'],
-                                                 ['o']]},
+                                                 ['o']],
+                                     'value_blocks': False},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -287,7 +302,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o'],
                                                   ['o', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -300,7 +316,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -313,7 +330,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -326,7 +344,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_4_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -347,7 +366,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']]},
+                                                  ['o']],
+                                      'value_blocks': False},
              'grad_ln_weight_5_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -368,7 +388,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']]},
+                                                  ['o']],
+                                      'value_blocks': False},
              'grad_ln_weight_6_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -389,8 +410,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']]},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
+                                                  ['o']],
+                                      'value_blocks': False},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['h', 'i'],
                                                 ['h'],
@@ -403,7 +425,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['o', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
-                                                ['t', 'h']]},
+                                                ['t', 'h']],
+                                    'value_blocks': False},
              'grad_ln_bias_2_bwd': {'grid': 'sequences',
                                     'scratch': [['h'],
                                                 ['h'],
@@ -424,7 +447,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'h'],
                                                 ['o', 'h'],
                                                 ['o', 'h'],
-                                                ['o']]},
+                                                ['o']],
+                                    'value_blocks': False},
              'state_fwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h'],
@@ -434,7 +458,8 @@ DESCRIPTION = {'spec': 'memora',
                                             ['o', 'h'],
                                             ['o'],
                                             ['o', 'h'],
-                                            ['t', 'h']]},
+                                            ['t', 'h']],
+                                'value_blocks': False},
              'out_fwd_cube': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -444,7 +469,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['o'],
                                           ['o', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h'],
@@ -475,8 +501,9 @@ DESCRIPTION = {'spec': 'memora',
                                             ['o'],
                                             ['o', 'h'],
                                             ['h'],
-                                            ['h']]},
-             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': []},
+                                            ['h']],
+                                'value_blocks': False},
+             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_q_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -490,7 +517,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['s', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -502,7 +530,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['s', 'h']]},
+                                               ['s', 'h']],
+                                   'value_blocks': False},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -516,7 +545,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['s', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_k_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -529,7 +559,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_k_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -547,7 +578,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_k_3_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -575,7 +607,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['o'],
                                                ['o', 'h'],
-                                               ['h']]},
+                                               ['h']],
+                                   'value_blocks': False},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -588,7 +621,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_v_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -612,7 +646,8 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['o', 'h'],
                                                ['o', 'h'],
-                                               ['o']]},
+                                               ['o']],
+                                   'value_blocks': False},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h'],
                                                         ['h'],
@@ -626,7 +661,8 @@ DESCRIPTION = {'spec': 'memora',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h'],
-                                                        ['t', 'h']]},
+                                                        ['t', 'h']],
+                                            'value_blocks': False},
              'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['h', 'i'],
@@ -652,7 +688,8 @@ DESCRIPTION = {'spec': 'memora',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['o', 'h'],
-                                                        ['o']]},
+                                                        ['o']],
+                                            'value_blocks': False},
              'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h'],
                                                       ['h'],
@@ -665,7 +702,8 @@ DESCRIPTION = {'spec': 'memora',
                                                       ['s', 'h'],
                                                       ['t', 'h'],
                                                       ['t', 'h'],
-                                                      ['s', 'h']]},
+                                                      ['s', 'h']],
+                                          'value_blocks': False},
              'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h'],
                                                       ['h'],
@@ -689,7 +727,8 @@ DESCRIPTION = {'spec': 'memora',
                                                       ['t', 'h'],
                                                       ['t', 'h'],
                                                       ['o', 'h'],
-                                                      ['o']]},
+                                                      ['o']],
+                                          'value_blocks': False},
              'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -700,7 +739,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o'],
                                                        ['o', 'h'],
                                                        ['t', 'h'],
-                                                       ['t', 'h']]},
+                                                       ['t', 'h']],
+                                           'value_blocks': False},
              'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -713,7 +753,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
-                                                       ['t', 'h']]},
+                                                       ['t', 'h']],
+                                           'value_blocks': False},
              'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -726,7 +767,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
-                                                       ['t', 'h']]},
+                                                       ['t', 'h']],
+                                           'value_blocks': False},
              'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -739,7 +781,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
-                                                       ['t', 'h']]},
+                                                       ['t', 'h']],
+                                           'value_blocks': False},
              'grad_ln_weight_4_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -763,7 +806,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o', 'h'],
-                                                       ['o']]},
+                                                       ['o']],
+                                           'value_blocks': False},
              'grad_ln_weight_5_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -787,7 +831,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o', 'h'],
-                                                       ['o']]},
+                                                       ['o']],
+                                           'value_blocks': False},
              'grad_ln_weight_6_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -811,8 +856,9 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o', 'h'],
-                                                       ['o']]},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': []},
+                                                       ['o']],
+                                           'value_blocks': False},
+             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_ln_bias_1_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h', 'i'],
                                                      ['h'],
@@ -825,7 +871,8 @@ DESCRIPTION = {'spec': 'memora',
                                                      ['o', 'h'],
                                                      ['s', 'h'],
                                                      ['t', 'h'],
-                                                     ['t', 'h']]},
+                                                     ['t', 'h']],
+                                         'value_blocks': False},
              'grad_ln_bias_2_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h'],
                                                      ['h'],
@@ -849,7 +896,8 @@ DESCRIPTION = {'spec': 'memora',
                                                      ['o', 'h'],
                                                      ['o', 'h'],
                                                      ['o', 'h'],
-                                                     ['o']]}},
+                                                     ['o']],
+                                         'value_blocks': False}},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -858,7 +906,7 @@ DESCRIPTION = {'spec': 'memora',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -876,7 +924,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -907,7 +955,7 @@ def chunk_state_fwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -960,8 +1008,8 @@ def chunk_state_fwd_kernel(
         v105 = (v100 * v101)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -990,7 +1038,7 @@ def chunk_state_fwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1056,7 +1104,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -1074,7 +1122,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1087,7 +1135,7 @@ def chunk_out_fwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1133,8 +1181,8 @@ def chunk_out_fwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1167,7 +1215,7 @@ def chunk_out_fwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1239,7 +1287,7 @@ def chunk_out_fwd_kernel(
         v114 = tl.dot(v112.to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = v92
         v115 = (v105 * v114)
-        v106 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1264,7 +1312,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1282,7 +1330,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1301,7 +1349,7 @@ def chunk_state_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1347,8 +1395,8 @@ def chunk_state_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1384,7 +1432,7 @@ def chunk_state_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1459,7 +1507,7 @@ def chunk_state_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1499,8 +1547,8 @@ def chunk_state_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1565,7 +1613,7 @@ def chunk_state_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1585,8 +1633,8 @@ def chunk_state_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v227 = tl.zeros((D,), DTYPE)
-        v245 = tl.zeros((D,), DTYPE)
+        v227 = tl.zeros((BV,), DTYPE)
+        v245 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1721,7 +1769,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1739,7 +1787,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1758,7 +1806,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1776,7 +1824,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1805,7 +1853,7 @@ def chunk_grad_q_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1848,8 +1896,8 @@ def chunk_grad_q_1_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1877,7 +1925,7 @@ def chunk_grad_q_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1918,7 +1966,7 @@ def chunk_grad_q_1_bwd_kernel(
         v108 = v94
         v113 = (v110 * v108)
         v105 = v92
-        v106 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2001,7 +2049,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -2019,7 +2067,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2032,7 +2080,7 @@ def chunk_grad_q_2_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2078,8 +2126,8 @@ def chunk_grad_q_2_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2112,7 +2160,7 @@ def chunk_grad_q_2_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2186,7 +2234,7 @@ def chunk_grad_q_2_bwd_kernel(
         v114 = tl.dot(v112.to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = v92
         v115 = (v105 * v114)
-        v106 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2239,7 +2287,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2257,7 +2305,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2287,7 +2335,7 @@ def chunk_grad_k_0_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2330,8 +2378,8 @@ def chunk_grad_k_0_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2359,7 +2407,7 @@ def chunk_grad_k_0_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2420,7 +2468,7 @@ def chunk_grad_k_0_bwd_kernel(
         v115 = v100
         v120 = (v117 * v115)
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2500,7 +2548,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -2518,7 +2566,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2537,7 +2585,7 @@ def chunk_grad_k_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2580,8 +2628,8 @@ def chunk_grad_k_1_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2612,7 +2660,7 @@ def chunk_grad_k_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2640,7 +2688,7 @@ def chunk_grad_k_1_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2698,7 +2746,7 @@ def chunk_grad_k_1_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2738,7 +2786,7 @@ def chunk_grad_k_1_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2780,7 +2828,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -2798,7 +2846,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2817,7 +2865,7 @@ def chunk_grad_k_2_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2860,8 +2908,8 @@ def chunk_grad_k_2_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2889,7 +2937,7 @@ def chunk_grad_k_2_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2946,7 +2994,7 @@ def chunk_grad_k_2_bwd_kernel(
         v115 = v100
         v120 = (v117 * v115)
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3010,7 +3058,7 @@ def chunk_grad_k_2_bwd_kernel(
         v164 = (v112 * v151)
         v130 = v101
         v137 = (v130 * v117)
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3051,7 +3099,7 @@ def chunk_grad_k_2_bwd_kernel(
         v156 = (v115 * v155)
         v160 = (v136 + v156)
         v161 = v160
-        v174 = tl.zeros((C, D), DTYPE)
+        v174 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3111,7 +3159,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -3129,7 +3177,7 @@ def chunk_grad_k_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3142,7 +3190,7 @@ def chunk_grad_k_3_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3188,8 +3236,8 @@ def chunk_grad_k_3_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3226,7 +3274,7 @@ def chunk_grad_k_3_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3301,7 +3349,7 @@ def chunk_grad_k_3_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3341,8 +3389,8 @@ def chunk_grad_k_3_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3407,7 +3455,7 @@ def chunk_grad_k_3_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3427,8 +3475,8 @@ def chunk_grad_k_3_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v242 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v242 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3554,7 +3602,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3572,7 +3620,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3591,7 +3639,7 @@ def chunk_grad_v_0_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3634,8 +3682,8 @@ def chunk_grad_v_0_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3666,7 +3714,7 @@ def chunk_grad_v_0_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3694,7 +3742,7 @@ def chunk_grad_v_0_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3752,7 +3800,7 @@ def chunk_grad_v_0_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3792,7 +3840,7 @@ def chunk_grad_v_0_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3834,7 +3882,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -3852,7 +3900,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3865,7 +3913,7 @@ def chunk_grad_v_1_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3911,8 +3959,8 @@ def chunk_grad_v_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3947,7 +3995,7 @@ def chunk_grad_v_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4022,7 +4070,7 @@ def chunk_grad_v_1_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4062,8 +4110,8 @@ def chunk_grad_v_1_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4128,7 +4176,7 @@ def chunk_grad_v_1_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4148,8 +4196,8 @@ def chunk_grad_v_1_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4223,7 +4271,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -4241,7 +4289,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4254,7 +4302,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4300,8 +4348,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4334,7 +4382,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4409,7 +4457,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v119 = tl.dot(v117.to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v110 = v97
         v120 = (v110 * v119)
-        v111 = tl.zeros((C, D), DTYPE)
+        v111 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4472,7 +4520,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
             v170 = tl.load(scratch_ptr + pid * (HID + HID + HID * D + C * HID + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID + HID + HID * D + C * HID + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v178 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v170).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v179 = (q * v178)
-        v133 = tl.zeros((D,), DTYPE)
+        v133 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4500,7 +4548,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v163 = v160
         v182 = (v163 + v176)
         v183 = ((-1.0) * v98 * v182 * tl.exp(((-1.0) * v94)))
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4541,7 +4589,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -4559,7 +4607,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4572,7 +4620,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4618,8 +4666,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4656,7 +4704,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4731,7 +4779,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4771,8 +4819,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4839,7 +4887,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v131 = tl.sum((v130), axis=0)
         v133 = v131
         v232 = tl.zeros((D,), DTYPE)
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4893,7 +4941,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v224 = tl.zeros((D,), DTYPE)
+        v224 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4914,7 +4962,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -4932,7 +4980,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4945,7 +4993,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4991,8 +5039,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5025,7 +5073,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5100,7 +5148,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v120 = tl.dot(v118.to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v111 = v98
         v121 = (v111 * v120)
-        v112 = tl.zeros((C, D), DTYPE)
+        v112 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5154,7 +5202,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v156 = v153
         v168 = (v156 + v165)
         v169 = (v168 * tl.exp(((-1.0) * v94)))
-        v133 = tl.zeros((C, D), DTYPE)
+        v133 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5189,7 +5237,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -5207,7 +5255,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5220,7 +5268,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5266,8 +5314,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5303,7 +5351,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5378,7 +5426,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5418,8 +5466,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5486,7 +5534,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v131 = tl.sum((v130), axis=0)
         v133 = v131
         v232 = tl.zeros((D,), DTYPE)
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5540,7 +5588,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v224 = tl.zeros((D,), DTYPE)
+        v224 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5561,7 +5609,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -5579,7 +5627,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5605,7 +5653,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5656,8 +5704,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v101 = (v100 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5686,7 +5734,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5719,7 +5767,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v106 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5769,7 +5817,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -5787,7 +5835,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5806,7 +5854,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5849,8 +5897,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5881,7 +5929,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5913,7 +5961,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5967,7 +6015,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6007,7 +6055,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6047,7 +6095,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -6065,7 +6113,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6084,7 +6132,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6127,8 +6175,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6159,7 +6207,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6191,7 +6239,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6245,7 +6293,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6285,7 +6333,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6322,7 +6370,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -6340,7 +6388,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6359,7 +6407,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6402,8 +6450,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6434,7 +6482,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6462,7 +6510,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6520,7 +6568,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6560,7 +6608,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6603,7 +6651,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -6621,7 +6669,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6634,7 +6682,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6680,8 +6728,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6716,7 +6764,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6791,7 +6839,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6831,8 +6879,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6897,7 +6945,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6917,8 +6965,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6988,7 +7036,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_weight_5_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight`."""
@@ -7006,7 +7054,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7019,7 +7067,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7065,8 +7113,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7101,7 +7149,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7176,7 +7224,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7216,8 +7264,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7282,7 +7330,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7302,8 +7350,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7370,7 +7418,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
 def chunk_grad_ln_weight_6_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight`."""
@@ -7388,7 +7436,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7401,7 +7449,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7447,8 +7495,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7483,7 +7531,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7558,7 +7606,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7598,8 +7646,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7664,7 +7712,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7684,8 +7732,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7758,7 +7806,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -7776,7 +7824,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7795,7 +7843,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -7813,7 +7861,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7832,7 +7880,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7875,8 +7923,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7907,7 +7955,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7935,7 +7983,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v99 = v62
         v101 = (v97 * v99)
         v130 = v101
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7993,7 +8041,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.debug_barrier()
         v119 = (v118 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
         v112 = v98
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8033,7 +8081,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v152 = tl.trans(tl.dot(v120.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v152)
         v159 = (v112 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8075,7 +8123,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -8093,7 +8141,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8106,7 +8154,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8152,8 +8200,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8188,7 +8236,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8263,7 +8311,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v121 = tl.dot(v119.to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = v98
         v122 = (v112 * v121)
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8303,8 +8351,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v160 = tl.dot(tl.trans(v119).to(DOT_DTYPE), v158.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v161 = (v115 * v160)
         v132 = v101
-        v182 = tl.zeros((C, D), DTYPE)
-        v139 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8369,7 +8417,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v130 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v131 = tl.sum((v130), axis=0)
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8389,8 +8437,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v117)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8462,7 +8510,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
 def chunk_state_fwd_kernel_cube(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk) (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8480,7 +8528,7 @@ def chunk_state_fwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8511,7 +8559,7 @@ def chunk_state_fwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8564,8 +8612,8 @@ def chunk_state_fwd_kernel_cube(
         v105 = (v100 * v101)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8594,7 +8642,7 @@ def chunk_state_fwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8660,7 +8708,7 @@ def chunk_state_fwd_kernel_cube(
 def chunk_out_fwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8678,7 +8726,7 @@ def chunk_out_fwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8707,7 +8755,7 @@ def chunk_out_fwd_kernel_cube(
         v102 = tl.sum((v101), axis=2)  # decayed scores x_t·x_s
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8751,8 +8799,8 @@ def chunk_out_fwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8785,7 +8833,7 @@ def chunk_out_fwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8843,7 +8891,7 @@ def chunk_out_fwd_kernel_cube(
         v114 = (v113 * v111[None, :, :])
         v115 = tl.sum((v114), axis=1)
         v106 = v93
-        v107 = tl.zeros((C, D), DTYPE)
+        v107 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8868,7 +8916,7 @@ def chunk_out_fwd_kernel_cube(
 def chunk_state_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8886,7 +8934,7 @@ def chunk_state_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8911,7 +8959,7 @@ def chunk_state_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8971,8 +9019,8 @@ def chunk_state_bwd_kernel_cube(
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9007,7 +9055,7 @@ def chunk_state_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9044,7 +9092,7 @@ def chunk_state_bwd_kernel_cube(
         v118 = v85
         v158 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9108,7 +9156,7 @@ def chunk_state_bwd_kernel_cube(
         v145 = (v102 * v105)
         v132 = v102
         v141 = (v132 * v118)
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9153,7 +9201,7 @@ def chunk_state_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9194,7 +9242,7 @@ def chunk_state_bwd_kernel_cube(
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
         v133 = v131
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9249,8 +9297,8 @@ def chunk_state_bwd_kernel_cube(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v227 = tl.zeros((D,), DTYPE)
-        v245 = tl.zeros((D,), DTYPE)
+        v227 = tl.zeros((BV,), DTYPE)
+        v245 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9339,7 +9387,7 @@ def chunk_state_bwd_kernel_cube(
 def chunk_grad_q_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9357,7 +9405,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9376,7 +9424,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
 def chunk_grad_q_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9394,7 +9442,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9423,7 +9471,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9466,8 +9514,8 @@ def chunk_grad_q_1_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9495,7 +9543,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9538,7 +9586,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
         v111 = v85
         v137 = (v109 * v111[None, :, :])
         v106 = v93
-        v107 = tl.zeros((C, D), DTYPE)
+        v107 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9619,7 +9667,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
 def chunk_grad_q_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9637,7 +9685,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9666,7 +9714,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v102 = tl.sum((v101), axis=2)  # decayed scores x_t·x_s
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9710,8 +9758,8 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9744,7 +9792,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9804,7 +9852,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v114 = (v113 * v111[None, :, :])
         v115 = tl.sum((v114), axis=1)
         v106 = v93
-        v107 = tl.zeros((C, D), DTYPE)
+        v107 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9857,7 +9905,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
 def chunk_grad_k_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9875,7 +9923,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9905,7 +9953,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9948,8 +9996,8 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9977,7 +10025,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10039,7 +10087,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v118 = v85
         v147 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10117,7 +10165,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
 def chunk_grad_k_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -10135,7 +10183,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -10154,7 +10202,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10197,8 +10245,8 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10229,7 +10277,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10257,7 +10305,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10316,7 +10364,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10355,7 +10403,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10397,7 +10445,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
 def chunk_grad_k_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -10415,7 +10463,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -10434,7 +10482,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10477,8 +10525,8 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10506,7 +10554,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10564,7 +10612,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v118 = v85
         v153 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10627,7 +10675,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v164 = (v113 * v151)
         v130 = v102
         v137 = (v130 * v118)
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10668,7 +10716,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v157 = tl.sum((v156), axis=0)
         v160 = (v136 + v157)
         v161 = v160
-        v174 = tl.zeros((C, D), DTYPE)
+        v174 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10728,7 +10776,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
 def chunk_grad_k_3_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -10746,7 +10794,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -10759,7 +10807,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10822,8 +10870,8 @@ def chunk_grad_k_3_bwd_kernel_cube(
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10861,7 +10909,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10898,7 +10946,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
         v118 = v85
         v158 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10962,7 +11010,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
         v145 = (v102 * v105)
         v132 = v102
         v141 = (v132 * v118)
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11007,7 +11055,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11049,7 +11097,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
         v210 = (v206 + v209[:, None])
         v133 = v131
         v238 = tl.zeros((D,), DTYPE)
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11093,8 +11141,8 @@ def chunk_grad_k_3_bwd_kernel_cube(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v225 = tl.zeros((D,), DTYPE)
-        v242 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v242 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11181,7 +11229,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
 def chunk_grad_v_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11199,7 +11247,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11218,7 +11266,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11261,8 +11309,8 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11293,7 +11341,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11321,7 +11369,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11380,7 +11428,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11419,7 +11467,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11461,7 +11509,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
 def chunk_grad_v_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11479,7 +11527,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11492,7 +11540,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11556,8 +11604,8 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v105 = k
         v108 = (v107 * v105[None, :, :])
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11593,7 +11641,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
             tl.store(scratch_ptr + pid * (HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + D) + HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11627,7 +11675,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11693,7 +11741,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v159 = (v158 * v157[:, None, :])
         v160 = tl.sum((v159), axis=2)
         v132 = v102
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11733,7 +11781,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11768,7 +11816,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v208 = tl.sum((v207), axis=1)
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11785,8 +11833,8 @@ def chunk_grad_v_1_bwd_kernel_cube(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v118)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11860,7 +11908,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
 def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11878,7 +11926,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11907,7 +11955,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v107 = tl.sum((v106), axis=2)  # decayed scores x_t·x_s
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11951,8 +11999,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11985,7 +12033,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12046,7 +12094,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v119 = (v118 * v116[None, :, :])
         v120 = tl.sum((v119), axis=1)
         v111 = v98
-        v112 = tl.zeros((C, D), DTYPE)
+        v112 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12096,7 +12144,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v174 = (q * v173)
         v165 = (v154 * v112)
         v166 = v165
-        v133 = tl.zeros((D,), DTYPE)
+        v133 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12136,7 +12184,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v186 = tl.sum((v185), axis=1)
         v187 = ((-1.0) * v178 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v93[:, None, :] - v94[None, :, :]))))
         v188 = tl.sum((v187), axis=0)
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12177,7 +12225,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
 def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12195,7 +12243,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12214,7 +12262,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12275,8 +12323,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12311,7 +12359,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12348,7 +12396,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v118 = v85
         v158 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12412,7 +12460,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v145 = (v102 * v105)
         v132 = v102
         v141 = (v132 * v118)
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12457,7 +12505,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12499,7 +12547,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v210 = (v206 + v209[:, None])
         v133 = v131
         v232 = tl.zeros((D,), DTYPE)
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12541,7 +12589,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v224 = tl.zeros((D,), DTYPE)
+        v224 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12562,7 +12610,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
 def chunk_grad_gate_eta_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12580,7 +12628,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12609,7 +12657,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v108 = tl.sum((v107), axis=2)  # decayed scores x_t·x_s
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12653,8 +12701,8 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12687,7 +12735,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12748,7 +12796,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v120 = (v119 * v117[None, :, :])
         v121 = tl.sum((v120), axis=1)
         v112 = v99
-        v113 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12802,7 +12850,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v167 = (v156 + v164)
         v168 = (v95 * v167)
         v169 = tl.sum((v168), axis=0)
-        v133 = tl.zeros((C, D), DTYPE)
+        v133 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12837,7 +12885,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
 def chunk_grad_gate_eta_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12855,7 +12903,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12868,7 +12916,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12931,8 +12979,8 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12969,7 +13017,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13006,7 +13054,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v118 = v85
         v158 = (v116 * v118[None, :, :])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13070,7 +13118,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v145 = (v102 * v105)
         v132 = v102
         v141 = (v132 * v118)
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13115,7 +13163,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13157,7 +13205,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v210 = (v206 + v209[:, None])
         v133 = v131
         v232 = tl.zeros((D,), DTYPE)
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13199,7 +13247,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
             v219 = ((-1.0) * v217 * tl.exp((v58 - v59[:, None])))
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
-        v224 = tl.zeros((D,), DTYPE)
+        v224 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13220,7 +13268,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
 def chunk_grad_ln_weight_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13238,7 +13286,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13264,7 +13312,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13316,8 +13364,8 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         v102 = tl.sum((v101), axis=2)  # decayed scores x_t·x_s
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13346,7 +13394,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13379,7 +13427,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v107 = tl.zeros((C, D), DTYPE)
+        v107 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13428,7 +13476,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
 def chunk_grad_ln_weight_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13446,7 +13494,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13465,7 +13513,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13508,8 +13556,8 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13540,7 +13588,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13572,7 +13620,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13627,7 +13675,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13666,7 +13714,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13706,7 +13754,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
 def chunk_grad_ln_weight_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13724,7 +13772,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13743,7 +13791,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13786,8 +13834,8 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13818,7 +13866,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13850,7 +13898,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13905,7 +13953,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13944,7 +13992,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13981,7 +14029,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
 def chunk_grad_ln_weight_3_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13999,7 +14047,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -14018,7 +14066,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14061,8 +14109,8 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14093,7 +14141,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14121,7 +14169,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14180,7 +14228,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14219,7 +14267,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14262,7 +14310,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
 def chunk_grad_ln_weight_4_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -14280,7 +14328,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -14293,7 +14341,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14357,8 +14405,8 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v105 = k
         v108 = (v107 * v105[None, :, :])
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14394,7 +14442,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
             tl.store(scratch_ptr + pid * (HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + D) + HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14428,7 +14476,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14494,7 +14542,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v159 = (v158 * v157[:, None, :])
         v160 = tl.sum((v159), axis=2)
         v132 = v102
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14534,7 +14582,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14569,7 +14617,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v208 = tl.sum((v207), axis=1)
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14586,8 +14634,8 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v118)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14657,7 +14705,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
 def chunk_grad_ln_weight_5_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -14675,7 +14723,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -14688,7 +14736,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14752,8 +14800,8 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v105 = k
         v108 = (v107 * v105[None, :, :])
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14789,7 +14837,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
             tl.store(scratch_ptr + pid * (HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + D) + HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14823,7 +14871,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14889,7 +14937,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v159 = (v158 * v157[:, None, :])
         v160 = tl.sum((v159), axis=2)
         v132 = v102
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14929,7 +14977,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14964,7 +15012,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v208 = tl.sum((v207), axis=1)
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14981,8 +15029,8 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v118)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15049,7 +15097,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
 def chunk_grad_ln_weight_6_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15067,7 +15115,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15080,7 +15128,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15144,8 +15192,8 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v105 = k
         v108 = (v107 * v105[None, :, :])
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15181,7 +15229,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
             tl.store(scratch_ptr + pid * (HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + D) + HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15215,7 +15263,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15281,7 +15329,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v159 = (v158 * v157[:, None, :])
         v160 = tl.sum((v159), axis=2)
         v132 = v102
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15321,7 +15369,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15356,7 +15404,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v208 = tl.sum((v207), axis=1)
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15373,8 +15421,8 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v118)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15447,7 +15495,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
 def chunk_grad_ln_bias_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15465,7 +15513,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15484,7 +15532,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
 def chunk_grad_ln_bias_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15502,7 +15550,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15521,7 +15569,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v13 = tl.sum((v12), axis=0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15564,8 +15612,8 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v34 = v11
         v35 = v13
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15596,7 +15644,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15624,7 +15672,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v100 = v62
         v102 = (v98 * v100)
         v130 = v102
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15683,7 +15731,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         tl.debug_barrier()
         v120 = (v116 * v119[:, :, None])
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15722,7 +15770,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v152 = (v151 * v150[:, None, :])
         v153 = tl.sum((v152), axis=2)
         v159 = (v113 * v149)
-        v168 = tl.zeros((C, D), DTYPE)
+        v168 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15764,7 +15812,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
 def chunk_grad_ln_bias_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15782,7 +15830,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15795,7 +15843,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
-        v22 = tl.zeros((D,), DTYPE)
+        v22 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15859,8 +15907,8 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v105 = k
         v108 = (v107 * v105[None, :, :])
         v109 = tl.sum((v108), axis=2)  # decayed scores x_t·x_s
-        v59_max = tl.full((D,), float('-inf'), DTYPE)
-        v59_sum = tl.zeros((D,), DTYPE)
+        v59_max = tl.full((BV,), float('-inf'), DTYPE)
+        v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15896,7 +15944,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
             tl.store(scratch_ptr + pid * (HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + D) + HID + HID + D * HID + D + D * HID + HID * D + HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        v65 = tl.zeros((C, D), DTYPE)
+        v65 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15930,7 +15978,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v113 = v99
-        v114 = tl.zeros((C, D), DTYPE)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15996,7 +16044,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v159 = (v158 * v157[:, None, :])
         v160 = tl.sum((v159), axis=2)
         v132 = v102
-        v139 = tl.zeros((C, D), DTYPE)
+        v139 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -16036,7 +16084,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v162 = tl.sum((v161), axis=0)
         v165 = (v140 + v162)
         v166 = v165
-        v182 = tl.zeros((C, D), DTYPE)
+        v182 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -16071,7 +16119,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v208 = tl.sum((v207), axis=1)
         v209 = (v208 / (D))
         v210 = (v206 + v209[:, None])
-        v220 = tl.zeros((D,), DTYPE)
+        v220 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -16088,8 +16136,8 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
             v220 += tl.sum((v219), axis=1)
         tl.debug_barrier()
         v141 = (v132 * v118)
-        v225 = tl.zeros((D,), DTYPE)
-        v237 = tl.zeros((D,), DTYPE)
+        v225 = tl.zeros((BV,), DTYPE)
+        v237 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

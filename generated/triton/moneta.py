@@ -26,7 +26,9 @@ DESCRIPTION = {'spec': 'moneta',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']]},
+ 'kernels': {'state_fwd': {'grid': 'sequences',
+                           'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
+                           'value_blocks': False},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['h', 'i'],
                                      ['t', 'h'],
@@ -38,7 +40,8 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['s', 'h'],
                                      ['h', 'i'],
                                      ['t', 'h'],
-                                     ['t', 'h']]},
+                                     ['t', 'h']],
+                         'value_blocks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -66,7 +69,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['h', 'i'],
-                                       ['o', 'h']]},
+                                       ['o', 'h']],
+                           'value_blocks': False},
              'grad_q_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -76,8 +80,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['h', 'i'],
                                           ['h'],
                                           ['o', 'h'],
-                                          ['o', 'h']]},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
+                                          ['o', 'h']],
+                              'value_blocks': False},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -88,7 +93,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_q_3_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -98,7 +104,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_q_4_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -107,7 +114,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -122,7 +130,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -140,7 +149,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']]},
+                                          ['o', 'h']],
+                              'value_blocks': False},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -161,7 +171,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['o', 'h']]},
+                                          ['o', 'h']],
+                              'value_blocks': False},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -179,7 +190,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']]},
+                                          ['o', 'h']],
+                              'value_blocks': False},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -197,7 +209,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']]},
+                                          ['o', 'h']],
+                              'value_blocks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -215,7 +228,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']]},
+                                                   ['t', 'h']],
+                                       'value_blocks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -228,7 +242,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['h'],
                                                    ['o', 'h'],
                                                    ['o', 'h'],
-                                                   ['h', 'i']]},
+                                                   ['h', 'i']],
+                                       'value_blocks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -245,7 +260,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']]},
+                                                   ['t', 'h']],
+                                       'value_blocks': False},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -258,7 +274,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['h'],
                                                  ['o', 'h'],
                                                  ['o', 'h'],
-                                                 ['h', 'i']]},
+                                                 ['h', 'i']],
+                                     'value_blocks': False},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -268,7 +285,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']]},
+                                                 ['s', 'h']],
+                                     'value_blocks': False},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['o', 'h'],
                                                   ['t', 'h'],
@@ -276,7 +294,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['h', 'i']]},
+                                                  ['h', 'i']],
+                                      'value_blocks': False},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -284,7 +303,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']]},
+                                                  ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -302,7 +322,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']]},
+                                                  ['o', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -320,7 +341,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']]},
+                                                  ['o', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_4_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -338,9 +360,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']]},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': []},
+                                                  ['o', 'h']],
+                                      'value_blocks': False},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_ln_bias_2_bwd': {'grid': 'sequences',
                                     'scratch': [['h', 'i'],
                                                 ['t', 'h'],
@@ -358,8 +381,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['o', 'h']]},
-             'state_fwd_cube': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']]},
+                                                ['o', 'h']],
+                                    'value_blocks': False},
+             'state_fwd_cube': {'grid': 'sequences',
+                                'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
+                                'value_blocks': False},
              'out_fwd_cube': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -371,7 +397,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
-                                          ['h', 'i']]},
+                                          ['h', 'i']],
+                              'value_blocks': False},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h', 'i'],
@@ -407,7 +434,8 @@ DESCRIPTION = {'spec': 'moneta',
                                             ['o', 'h'],
                                             ['o', 'h'],
                                             ['o', 'h'],
-                                            ['o', 'h']]},
+                                            ['o', 'h']],
+                                'value_blocks': False},
              'grad_q_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -417,8 +445,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['h', 'i'],
                                                ['h'],
                                                ['o', 'h'],
-                                               ['o', 'h']]},
-             'grad_q_1_bwd_cube': {'grid': 'chunks', 'scratch': []},
+                                               ['o', 'h']],
+                                   'value_blocks': False},
+             'grad_q_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -427,7 +456,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['s', 'h']]},
+                                               ['s', 'h']],
+                                   'value_blocks': False},
              'grad_q_3_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -437,7 +467,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['s', 'h']]},
+                                               ['s', 'h']],
+                                   'value_blocks': False},
              'grad_q_4_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -446,7 +477,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['s', 'h']]},
+                                               ['s', 'h']],
+                                   'value_blocks': False},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -460,7 +492,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['o', 'h'],
                                                ['h', 'i'],
                                                ['t', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_k_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -478,7 +511,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['h', 'i']]},
+                                               ['h', 'i']],
+                                   'value_blocks': False},
              'grad_k_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -499,7 +533,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['o', 'h'],
-                                               ['t', 'h']]},
+                                               ['t', 'h']],
+                                   'value_blocks': False},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -517,7 +552,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['h', 'i']]},
+                                               ['h', 'i']],
+                                   'value_blocks': False},
              'grad_v_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -535,7 +571,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h'],
-                                               ['h', 'i']]},
+                                               ['h', 'i']],
+                                   'value_blocks': False},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -552,7 +589,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['h'],
                                                         ['h'],
                                                         ['o', 'h'],
-                                                        ['h', 'i']]},
+                                                        ['h', 'i']],
+                                            'value_blocks': False},
              'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
@@ -565,7 +603,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['h'],
                                                         ['o', 'h'],
                                                         ['o', 'h'],
-                                                        ['h', 'i']]},
+                                                        ['h', 'i']],
+                                            'value_blocks': False},
              'grad_gate_alpha_2_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -575,7 +614,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h'],
-                                                        ['s', 'h']]},
+                                                        ['s', 'h']],
+                                            'value_blocks': False},
              'grad_gate_alpha_3_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -592,7 +632,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['h'],
                                                         ['h'],
                                                         ['o', 'h'],
-                                                        ['h', 'i']]},
+                                                        ['h', 'i']],
+                                            'value_blocks': False},
              'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['t', 'h'],
                                                       ['t', 'h'],
@@ -605,7 +646,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                       ['h'],
                                                       ['o', 'h'],
                                                       ['o', 'h'],
-                                                      ['h', 'i']]},
+                                                      ['h', 'i']],
+                                          'value_blocks': False},
              'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h', 'i'],
                                                       ['t', 'h'],
@@ -615,7 +657,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                       ['t', 'h'],
                                                       ['t', 'h'],
                                                       ['t', 'h'],
-                                                      ['s', 'h']]},
+                                                      ['s', 'h']],
+                                          'value_blocks': False},
              'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['o', 'h'],
                                                        ['t', 'h'],
@@ -623,14 +666,16 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o', 'h'],
-                                                       ['h', 'i']]},
+                                                       ['h', 'i']],
+                                           'value_blocks': False},
              'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['o', 'h'],
                                                        ['t', 'h'],
-                                                       ['t', 'h']]},
+                                                       ['t', 'h']],
+                                           'value_blocks': False},
              'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -648,7 +693,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h'],
-                                                       ['h', 'i']]},
+                                                       ['h', 'i']],
+                                           'value_blocks': False},
              'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -666,7 +712,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h'],
-                                                       ['h', 'i']]},
+                                                       ['h', 'i']],
+                                           'value_blocks': False},
              'grad_ln_weight_4_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -684,9 +731,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h'],
-                                                       ['h', 'i']]},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_bias_1_bwd_cube': {'grid': 'chunks', 'scratch': []},
+                                                       ['h', 'i']],
+                                           'value_blocks': False},
+             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_bias_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_ln_bias_2_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h', 'i'],
                                                      ['t', 'h'],
@@ -704,7 +752,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                      ['t', 'h'],
                                                      ['t', 'h'],
                                                      ['t', 'h'],
-                                                     ['h', 'i']]}},
+                                                     ['h', 'i']],
+                                         'value_blocks': False}},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -713,7 +762,7 @@ DESCRIPTION = {'spec': 'moneta',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -731,7 +780,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -774,7 +823,7 @@ def chunk_state_fwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -857,7 +906,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -875,7 +924,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -913,7 +962,7 @@ def chunk_out_fwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1009,7 +1058,7 @@ def chunk_out_fwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v132 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v133 = tl.sum((v132), axis=0)
-        v138 = tl.zeros((D,), DTYPE)
+        v138 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1075,7 +1124,7 @@ def chunk_out_fwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1094,7 +1143,7 @@ def chunk_out_fwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1119,7 +1168,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1137,7 +1186,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1181,7 +1230,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1278,7 +1327,7 @@ def chunk_state_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1388,7 +1437,7 @@ def chunk_state_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1407,7 +1456,7 @@ def chunk_state_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1438,7 +1487,7 @@ def chunk_state_bwd_kernel(
         v203 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v202).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v206 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v203)
         v213 = (v86 * v198)
-        v230 = tl.zeros((C, D), DTYPE)
+        v230 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1479,7 +1528,7 @@ def chunk_state_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v179 = tl.zeros((C, D), DTYPE)
+        v179 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1636,7 +1685,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1654,7 +1703,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1711,7 +1760,7 @@ def chunk_grad_q_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1794,7 +1843,7 @@ def chunk_grad_q_0_bwd_kernel(
         tl.debug_barrier()
         v84 = (v83 / (D * HID))
         v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1845,7 +1894,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1863,7 +1912,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1883,7 +1932,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1901,7 +1950,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1956,7 +2005,7 @@ def chunk_grad_q_2_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2013,8 +2062,8 @@ def chunk_grad_q_2_bwd_kernel(
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v78 = v60
         v79 = ((-1.0) + v78)
-        v92 = tl.zeros((C, D), DTYPE)
-        v80 = tl.zeros((C, D), DTYPE)
+        v92 = tl.zeros((C, BV), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2107,7 +2156,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -2125,7 +2174,7 @@ def chunk_grad_q_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2163,7 +2212,7 @@ def chunk_grad_q_3_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2258,7 +2307,7 @@ def chunk_grad_q_3_bwd_kernel(
         v78 = v60
         v89 = (v78 * v88)
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2277,7 +2326,7 @@ def chunk_grad_q_3_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v91 = (v90 * v29)
-        v92 = tl.zeros((C, D), DTYPE)
+        v92 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2337,7 +2386,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_q_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q`."""
@@ -2355,7 +2404,7 @@ def chunk_grad_q_4_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2393,7 +2442,7 @@ def chunk_grad_q_4_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2487,7 +2536,7 @@ def chunk_grad_q_4_bwd_kernel(
         v78 = v60
         v89 = (v78 * v88)
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2506,7 +2555,7 @@ def chunk_grad_q_4_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v91 = (v90 * v29)
-        v92 = tl.zeros((C, D), DTYPE)
+        v92 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2563,7 +2612,7 @@ def chunk_grad_q_4_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2581,7 +2630,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2619,7 +2668,7 @@ def chunk_grad_k_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2715,7 +2764,7 @@ def chunk_grad_k_0_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2828,7 +2877,7 @@ def chunk_grad_k_0_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2847,7 +2896,7 @@ def chunk_grad_k_0_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2908,7 +2957,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -2926,7 +2975,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2964,7 +3013,7 @@ def chunk_grad_k_1_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3060,7 +3109,7 @@ def chunk_grad_k_1_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3169,7 +3218,7 @@ def chunk_grad_k_1_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3188,7 +3237,7 @@ def chunk_grad_k_1_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3219,7 +3268,7 @@ def chunk_grad_k_1_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3256,7 +3305,7 @@ def chunk_grad_k_1_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3295,7 +3344,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -3313,7 +3362,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3351,7 +3400,7 @@ def chunk_grad_k_2_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3448,7 +3497,7 @@ def chunk_grad_k_2_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3557,7 +3606,7 @@ def chunk_grad_k_2_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3576,7 +3625,7 @@ def chunk_grad_k_2_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3607,7 +3656,7 @@ def chunk_grad_k_2_bwd_kernel(
         v198 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v198)
         v208 = (v86 * v195)
-        v219 = tl.zeros((C, D), DTYPE)
+        v219 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3645,7 +3694,7 @@ def chunk_grad_k_2_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3728,7 +3777,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3746,7 +3795,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3784,7 +3833,7 @@ def chunk_grad_v_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3880,7 +3929,7 @@ def chunk_grad_v_0_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3989,7 +4038,7 @@ def chunk_grad_v_0_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4008,7 +4057,7 @@ def chunk_grad_v_0_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4039,7 +4088,7 @@ def chunk_grad_v_0_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4076,7 +4125,7 @@ def chunk_grad_v_0_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4113,7 +4162,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -4131,7 +4180,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4169,7 +4218,7 @@ def chunk_grad_v_1_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4265,7 +4314,7 @@ def chunk_grad_v_1_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4374,7 +4423,7 @@ def chunk_grad_v_1_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4393,7 +4442,7 @@ def chunk_grad_v_1_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4424,7 +4473,7 @@ def chunk_grad_v_1_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4461,7 +4510,7 @@ def chunk_grad_v_1_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4495,7 +4544,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -4513,7 +4562,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4551,7 +4600,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4647,7 +4696,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4698,7 +4747,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((D,), DTYPE)
+        v178 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4791,7 +4840,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4810,7 +4859,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4887,7 +4936,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -4905,7 +4954,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4951,7 +5000,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5035,7 +5084,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5088,7 +5137,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         _c0 = (tl.sqrt(v84))
         v124 = ((-0.5) * v123 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v125 = (v124 / (D * HID))
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5150,7 +5199,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -5168,7 +5217,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5206,7 +5255,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5302,7 +5351,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5353,7 +5402,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5449,7 +5498,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5468,7 +5517,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5536,7 +5585,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -5554,7 +5603,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5599,7 +5648,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5684,7 +5733,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5737,7 +5786,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         _c0 = (tl.sqrt(v84))
         v124 = ((-0.5) * v123 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v125 = (v124 / (D * HID))
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5795,7 +5844,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -5813,7 +5862,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5851,7 +5900,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5946,7 +5995,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v78 = v60
         v89 = (v78 * v88)
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5965,7 +6014,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v91 = (v90 * v29)
-        v92 = tl.zeros((C, D), DTYPE)
+        v92 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6031,7 +6080,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -6049,7 +6098,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6106,7 +6155,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6183,7 +6232,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6213,7 +6262,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -6231,7 +6280,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6285,7 +6334,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6342,8 +6391,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v78 = v60
         v79 = ((-1.0) + v78)
-        v92 = tl.zeros((C, D), DTYPE)
-        v80 = tl.zeros((C, D), DTYPE)
+        v92 = tl.zeros((C, BV), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6403,7 +6452,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -6421,7 +6470,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6459,7 +6508,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6555,7 +6604,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6664,7 +6713,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6683,7 +6732,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6714,7 +6763,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -6751,7 +6800,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6785,7 +6834,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -6803,7 +6852,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -6841,7 +6890,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -6937,7 +6986,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7046,7 +7095,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7065,7 +7114,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7096,7 +7145,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -7133,7 +7182,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7164,7 +7213,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -7182,7 +7231,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7220,7 +7269,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7316,7 +7365,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7425,7 +7474,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7444,7 +7493,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7475,7 +7524,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -7512,7 +7561,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7552,7 +7601,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -7570,7 +7619,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7590,7 +7639,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -7608,7 +7657,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7628,7 +7677,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -7646,7 +7695,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -7684,7 +7733,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7780,7 +7829,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v129 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v130 = tl.sum((v129), axis=0)
-        v135 = tl.zeros((D,), DTYPE)
+        v135 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7889,7 +7938,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v85 = v66
         v96 = (v85 * v95)
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7908,7 +7957,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v98 = (v97 * v29)
-        v99 = tl.zeros((C, D), DTYPE)
+        v99 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -7939,7 +7988,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v197 = tl.trans(tl.dot(v94.to(DOT_DTYPE), tl.trans(v196).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v200 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v197)
         v204 = (v86 * v194)
-        v214 = tl.zeros((C, D), DTYPE)
+        v214 = tl.zeros((C, BV), DTYPE)
         v166 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -7976,7 +8025,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         _c0 = (tl.sqrt(v126))
         v167 = ((-0.5) * v166 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v168 = (v167 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8015,7 +8064,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
 def chunk_state_fwd_kernel_cube(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk) (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8033,7 +8082,7 @@ def chunk_state_fwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8076,7 +8125,7 @@ def chunk_state_fwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8159,7 +8208,7 @@ def chunk_state_fwd_kernel_cube(
 def chunk_out_fwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8177,7 +8226,7 @@ def chunk_out_fwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8229,7 +8278,7 @@ def chunk_out_fwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8308,7 +8357,7 @@ def chunk_out_fwd_kernel_cube(
         v95 = tl.sum((v94), axis=1)
         v85 = v67
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8327,7 +8376,7 @@ def chunk_out_fwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v97 = (v96 * v29)
-        v98 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8390,7 +8439,7 @@ def chunk_out_fwd_kernel_cube(
         v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         v131 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v132 = tl.sum((v131), axis=0)
-        v137 = tl.zeros((D,), DTYPE)
+        v137 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8420,7 +8469,7 @@ def chunk_out_fwd_kernel_cube(
 def chunk_state_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8438,7 +8487,7 @@ def chunk_state_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -8498,7 +8547,7 @@ def chunk_state_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8583,7 +8632,7 @@ def chunk_state_bwd_kernel_cube(
         tl.debug_barrier()
         v125 = (v124 / (D * HID))
         v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8664,8 +8713,8 @@ def chunk_state_bwd_kernel_cube(
         v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8799,7 +8848,7 @@ def chunk_state_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v178 = tl.zeros((C, D), DTYPE)
+        v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8824,7 +8873,7 @@ def chunk_state_bwd_kernel_cube(
         v205 = tl.sum((v204), axis=0)
         v208 = (v179 + v205)
         v209 = v208
-        v229 = tl.zeros((C, D), DTYPE)
+        v229 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -8958,7 +9007,7 @@ def chunk_state_bwd_kernel_cube(
 def chunk_grad_q_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -8976,7 +9025,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9033,7 +9082,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9116,7 +9165,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
         tl.debug_barrier()
         v84 = (v83 / (D * HID))
         v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9167,7 +9216,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
 def chunk_grad_q_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9185,7 +9234,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9205,7 +9254,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
 def chunk_grad_q_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9223,7 +9272,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9275,7 +9324,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9354,7 +9403,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9373,7 +9422,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9428,7 +9477,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
 def chunk_grad_q_3_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9446,7 +9495,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9498,7 +9547,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9578,7 +9627,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9597,7 +9646,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9657,7 +9706,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
 def chunk_grad_q_4_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9675,7 +9724,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9727,7 +9776,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9806,7 +9855,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9825,7 +9874,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -9882,7 +9931,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
 def chunk_grad_k_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -9900,7 +9949,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -9946,7 +9995,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10036,7 +10085,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
         tl.debug_barrier()
         v125 = (v124 / (D * HID))
         v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10120,8 +10169,8 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v78 = tl.sum((v77), axis=2)  # decayed scores x_t·x_s
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10219,7 +10268,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
 def chunk_grad_k_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -10237,7 +10286,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -10275,7 +10324,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10368,7 +10417,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10421,7 +10470,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10487,8 +10536,8 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10551,7 +10600,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10603,7 +10652,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
 def chunk_grad_k_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -10621,7 +10670,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -10656,7 +10705,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10758,7 +10807,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         tl.debug_barrier()
         v125 = (v124 / (D * HID))
         v126 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v125)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10839,8 +10888,8 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v72 = (q * v71)
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10950,7 +10999,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -10974,7 +11023,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
         v200 = tl.sum((v199), axis=0)
         v203 = (v178 + v200)
         v204 = v203
-        v218 = tl.zeros((C, D), DTYPE)
+        v218 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11037,7 +11086,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
 def chunk_grad_v_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11055,7 +11104,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11093,7 +11142,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11186,7 +11235,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11239,7 +11288,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11305,8 +11354,8 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11369,7 +11418,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11419,7 +11468,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
 def chunk_grad_v_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11437,7 +11486,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11475,7 +11524,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11568,7 +11617,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11621,7 +11670,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11687,8 +11736,8 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11751,7 +11800,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11798,7 +11847,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
 def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -11816,7 +11865,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -11868,7 +11917,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11948,7 +11997,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v95 = tl.sum((v94), axis=1)
         v85 = v67
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -11967,7 +12016,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v97 = (v96 * v29)
-        v98 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12065,7 +12114,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12115,7 +12164,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((D,), DTYPE)
+        v177 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12174,7 +12223,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
 def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12192,7 +12241,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12238,7 +12287,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12322,7 +12371,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12375,7 +12424,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         _c0 = (tl.sqrt(v84))
         v124 = ((-0.5) * v123 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v125 = (v124 / (D * HID))
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12437,7 +12486,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
 def chunk_grad_gate_alpha_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12455,7 +12504,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12507,7 +12556,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12587,7 +12636,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12606,7 +12655,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12674,7 +12723,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
 def chunk_grad_gate_alpha_3_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -12692,7 +12741,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -12744,7 +12793,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12824,7 +12873,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v95 = tl.sum((v94), axis=1)
         v85 = v67
         v86 = ((-1.0) + v85)
-        v87 = tl.zeros((C, D), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12843,7 +12892,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v97 = (v96 * v29)
-        v98 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12948,7 +12997,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v121 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v120)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -12998,7 +13047,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13060,7 +13109,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
 def chunk_grad_gate_eta_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13078,7 +13127,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13123,7 +13172,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13208,7 +13257,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13261,7 +13310,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         _c0 = (tl.sqrt(v84))
         v124 = ((-0.5) * v123 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v125 = (v124 / (D * HID))
-        v135 = tl.zeros((C, D), DTYPE)
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13319,7 +13368,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
 def chunk_grad_gate_eta_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13337,7 +13386,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13389,7 +13438,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13469,7 +13518,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13488,7 +13537,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13554,7 +13603,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
 def chunk_grad_ln_weight_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13572,7 +13621,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13629,7 +13678,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v24 = tl.zeros((C, D), DTYPE)
+        v24 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13706,7 +13755,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v88 = tl.sum((v87), axis=0)
-        v93 = tl.zeros((D,), DTYPE)
+        v93 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13736,7 +13785,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
 def chunk_grad_ln_weight_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13754,7 +13803,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13806,7 +13855,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13883,7 +13932,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v88 = tl.sum((v87), axis=1)
         v78 = v61
         v79 = ((-1.0) + v78)
-        v80 = tl.zeros((C, D), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13902,7 +13951,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v90 = (v89 * v29)
-        v91 = tl.zeros((C, D), DTYPE)
+        v91 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -13927,7 +13976,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
 def chunk_grad_ln_weight_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -13945,7 +13994,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -13983,7 +14032,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14076,7 +14125,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14129,7 +14178,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14195,8 +14244,8 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14259,7 +14308,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14306,7 +14355,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
 def chunk_grad_ln_weight_3_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -14324,7 +14373,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -14362,7 +14411,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14455,7 +14504,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14508,7 +14557,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14574,8 +14623,8 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14638,7 +14687,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14682,7 +14731,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
 def chunk_grad_ln_weight_4_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -14700,7 +14749,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -14738,7 +14787,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14831,7 +14880,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14884,7 +14933,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -14950,8 +14999,8 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15014,7 +15063,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15067,7 +15116,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
 def chunk_grad_ln_bias_0_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15085,7 +15134,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15105,7 +15154,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
 def chunk_grad_ln_bias_1_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15123,7 +15172,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15143,7 +15192,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
 def chunk_grad_ln_bias_2_bwd_kernel_cube(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
@@ -15161,7 +15210,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -15199,7 +15248,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        v32 = tl.zeros((C, D), DTYPE)
+        v32 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15292,7 +15341,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v128 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
-        v134 = tl.zeros((D,), DTYPE)
+        v134 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15345,7 +15394,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         _c0 = (tl.sqrt(v125))
         v166 = ((-0.5) * v165 / (_c0 * ((tl.full((), 1e-06, DTYPE) + _c0) * (tl.full((), 1e-06, DTYPE) + _c0))))
         v167 = (v166 / (D * HID))
-        v177 = tl.zeros((C, D), DTYPE)
+        v177 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15411,8 +15460,8 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v85 = v67
         v86 = ((-1.0) + v85)
-        v98 = tl.zeros((C, D), DTYPE)
-        v87 = tl.zeros((C, D), DTYPE)
+        v98 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -15475,7 +15524,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v196 = (v195 * v194[:, None, :])
         v197 = tl.sum((v196), axis=2)
         v203 = (v86 * v193)
-        v213 = tl.zeros((C, D), DTYPE)
+        v213 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

@@ -27,8 +27,10 @@ DESCRIPTION = {'spec': 'titans',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
-             'out_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']]},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']], 'value_blocks': False},
+             'out_fwd': {'grid': 'sequences',
+                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                         'value_blocks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -45,28 +47,34 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h']]},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
+                                       ['t', 'h']],
+                           'value_blocks': False},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_q_2_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'value_blocks': False},
              'grad_q_3_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'value_blocks': False},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']]},
+                                          ['s', 'h']],
+                              'value_blocks': False},
              'grad_k_1_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'value_blocks': False},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -78,18 +86,24 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']]},
+                                          ['t', 'h']],
+                              'value_blocks': False},
              'grad_v_0_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'value_blocks': False},
              'grad_v_1_bwd': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]},
+                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'value_blocks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']]},
-             'grad_gate_alpha_1_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']]},
+                                                   ['s', 'h']],
+                                       'value_blocks': False},
+             'grad_gate_alpha_1_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'], ['t', 'h']],
+                                       'value_blocks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -97,66 +111,69 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'h']]},
+                                                   ['t', 'h']],
+                                       'value_blocks': False},
              'grad_gate_alpha_3_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']]},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['s', 'h']]},
+                                                   ['t', 'h']],
+                                       'value_blocks': False},
+             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'], ['s', 'h']],
+                                     'value_blocks': False},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']]},
+                                                 ['s', 'h']],
+                                     'value_blocks': False},
              'grad_gate_theta_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']]},
-             'grad_gate_theta_1_bwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['s', 'h']]},
+                                                   ['s', 'h']],
+                                       'value_blocks': False},
+             'grad_gate_theta_1_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'], ['s', 'h']],
+                                       'value_blocks': False},
              'grad_gate_theta_2_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']]},
+                                                   ['s', 'h']],
+                                       'value_blocks': False},
              'grad_gate_theta_3_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']]},
+                                                   ['s', 'h']],
+                                       'value_blocks': False},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']]},
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
-                                      'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['s', 'h']]},
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
-                                      'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['s', 'h']]},
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'value_blocks': False},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
-                                      'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['s', 'h']]},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'value_blocks': False},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']]}},
+                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                    'value_blocks': False}},
  'stored': [],
  'fallback': None}
 
@@ -165,7 +182,7 @@ DESCRIPTION = {'spec': 'titans',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -183,7 +200,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -202,7 +219,7 @@ def chunk_state_fwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -318,7 +335,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -336,7 +353,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -347,7 +364,7 @@ def chunk_out_fwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -405,8 +422,8 @@ def chunk_out_fwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, D), DTYPE)
-        v72 = tl.zeros((C, D), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        v72 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -461,7 +478,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -479,7 +496,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -524,7 +541,7 @@ def chunk_state_bwd_kernel(
         v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v78 = (v77 * v62)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -567,8 +584,8 @@ def chunk_state_bwd_kernel(
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v88 = v35
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -646,8 +663,8 @@ def chunk_state_bwd_kernel(
         v114 = (v88 * v69[:, None])
         v121 = (v88 * v68[:, None])
         v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v113 = tl.zeros((C, D), DTYPE)
-        v120 = tl.zeros((C, D), DTYPE)
+        v113 = tl.zeros((C, BV), DTYPE)
+        v120 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -701,7 +718,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v148 = (v113 + v120 + v144)
         v149 = v148
-        v169 = tl.zeros((C, D), DTYPE)
+        v169 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -799,7 +816,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -817,7 +834,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -836,7 +853,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -854,7 +871,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -865,7 +882,7 @@ def chunk_grad_q_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -923,8 +940,8 @@ def chunk_grad_q_1_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, D), DTYPE)
-        v72 = tl.zeros((C, D), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        v72 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1015,7 +1032,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1033,7 +1050,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1044,7 +1061,7 @@ def chunk_grad_q_2_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1102,8 +1119,8 @@ def chunk_grad_q_2_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, D), DTYPE)
-        v72 = tl.zeros((C, D), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        v72 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1191,7 +1208,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -1209,7 +1226,7 @@ def chunk_grad_q_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1220,7 +1237,7 @@ def chunk_grad_q_3_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1278,8 +1295,8 @@ def chunk_grad_q_3_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, D), DTYPE)
-        v72 = tl.zeros((C, D), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        v72 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1367,7 +1384,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -1385,7 +1402,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1396,7 +1413,7 @@ def chunk_grad_k_0_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1454,8 +1471,8 @@ def chunk_grad_k_0_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1573,7 +1590,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -1591,7 +1608,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1602,7 +1619,7 @@ def chunk_grad_k_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1660,8 +1677,8 @@ def chunk_grad_k_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1739,9 +1756,9 @@ def chunk_grad_k_1_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1798,7 +1815,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -1816,7 +1833,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1827,7 +1844,7 @@ def chunk_grad_k_2_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1899,8 +1916,8 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
         v88 = v35
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1975,8 +1992,8 @@ def chunk_grad_k_2_bwd_kernel(
         v107 = (v88 * v69[:, None])
         v112 = (v88 * v68[:, None])
         v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
-        v111 = tl.zeros((C, D), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
+        v111 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2023,7 +2040,7 @@ def chunk_grad_k_2_bwd_kernel(
         tl.debug_barrier()
         v136 = (v106 + v111 + v132)
         v137 = v136
-        v152 = tl.zeros((C, D), DTYPE)
+        v152 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2083,7 +2100,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -2101,7 +2118,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2112,7 +2129,7 @@ def chunk_grad_v_0_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2170,8 +2187,8 @@ def chunk_grad_v_0_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2249,9 +2266,9 @@ def chunk_grad_v_0_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2306,7 +2323,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -2324,7 +2341,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2335,7 +2352,7 @@ def chunk_grad_v_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2393,8 +2410,8 @@ def chunk_grad_v_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2472,9 +2489,9 @@ def chunk_grad_v_1_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2526,7 +2543,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -2544,7 +2561,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2555,7 +2572,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2613,8 +2630,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, D), DTYPE)
-        v73 = tl.zeros((C, D), DTYPE)
+        v71 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2679,7 +2696,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v112 = (v107 * v57[:, None])
         v114 = (v107 * v44[:, None])
         v123 = tl.zeros((C,), DTYPE)
-        v116 = tl.zeros((C, D), DTYPE)
+        v116 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2727,7 +2744,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -2745,7 +2762,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2756,7 +2773,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2845,7 +2862,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -2863,7 +2880,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -2874,7 +2891,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2932,8 +2949,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, D), DTYPE)
-        v73 = tl.zeros((C, D), DTYPE)
+        v71 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2999,7 +3016,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v113 = (v107 * v57[:, None])
         v118 = (v107 * v44[:, None])
         v127 = tl.zeros((C,), DTYPE)
-        v115 = tl.zeros((C, D), DTYPE)
+        v115 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3065,7 +3082,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -3083,7 +3100,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3108,7 +3125,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v49 = gate_eta
         v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3201,8 +3218,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v69 * v58)
-        v75 = tl.zeros((C, D), DTYPE)
-        v77 = tl.zeros((C, D), DTYPE)
+        v75 = tl.zeros((C, BV), DTYPE)
+        v77 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3253,7 +3270,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v117 = tl.sum((v116), axis=1)
         v118 = (v117 / (D))
         v119 = (v115 + v118[:, None])
-        v127 = tl.zeros((C, D), DTYPE)
+        v127 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3316,7 +3333,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -3334,7 +3351,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3353,7 +3370,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v44 = v43
         v47 = (v41 * tl.exp((v46 - v44)))  # decay from token s to the chunk's end
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3422,7 +3439,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -3440,7 +3457,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3451,7 +3468,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3509,8 +3526,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v66 = (q * v62[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v64 = (q * v49[:, None])
-        v77 = tl.zeros((C, D), DTYPE)
-        v79 = tl.zeros((C, D), DTYPE)
+        v77 = tl.zeros((C, BV), DTYPE)
+        v79 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3632,7 +3649,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
@@ -3650,7 +3667,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3661,7 +3678,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3719,8 +3736,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, D), DTYPE)
-        v73 = tl.zeros((C, D), DTYPE)
+        v71 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3785,7 +3802,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v118 = (v113 * v57[:, None])
         v123 = (v113 * v44[:, None])
         v129 = tl.zeros((C,), DTYPE)
-        v120 = tl.zeros((C, D), DTYPE)
+        v120 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3852,7 +3869,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
 def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_theta`."""
@@ -3870,7 +3887,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3890,7 +3907,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = gate_eta
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3963,7 +3980,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
 def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_theta`."""
@@ -3981,7 +3998,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -3992,7 +4009,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4050,8 +4067,8 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v66 = (q * v62[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v64 = (q * v49[:, None])
-        v77 = tl.zeros((C, D), DTYPE)
-        v79 = tl.zeros((C, D), DTYPE)
+        v77 = tl.zeros((C, BV), DTYPE)
+        v79 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4175,7 +4192,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
 def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_theta`."""
@@ -4193,7 +4210,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4204,7 +4221,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4262,8 +4279,8 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v68 = (q * v64[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v66 = (q * v49[:, None])
-        v79 = tl.zeros((C, D), DTYPE)
-        v81 = tl.zeros((C, D), DTYPE)
+        v79 = tl.zeros((C, BV), DTYPE)
+        v81 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4411,7 +4428,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -4429,7 +4446,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4464,7 +4481,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
         v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v65 = (v64 * v53)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4503,8 +4520,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v70 = tl.zeros((C, D), DTYPE)
-        v72 = tl.zeros((C, D), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        v72 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4555,7 +4572,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -4573,7 +4590,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4584,7 +4601,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4642,8 +4659,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4721,9 +4738,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4778,7 +4795,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -4796,7 +4813,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -4807,7 +4824,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4865,8 +4882,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4944,9 +4961,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4998,7 +5015,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -5016,7 +5033,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5027,7 +5044,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5085,8 +5102,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5164,9 +5181,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5224,7 +5241,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -5242,7 +5259,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5261,7 +5278,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -5279,7 +5296,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -5290,7 +5307,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, D), DTYPE)
+        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5348,8 +5365,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, D), DTYPE)
-        v85 = tl.zeros((C, D), DTYPE)
+        v83 = tl.zeros((C, BV), DTYPE)
+        v85 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5427,9 +5444,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v69 = (v57 * v50)
         v111 = (v75 * v69[:, None])
         v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        v106 = tl.zeros((C, D), DTYPE)
+        v144 = tl.zeros((C, BV), DTYPE)
+        v109 = tl.zeros((C, BV), DTYPE)
+        v106 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

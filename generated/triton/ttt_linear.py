@@ -25,25 +25,25 @@ DESCRIPTION = {'spec': 'ttt_linear',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': []},
-             'out_fwd': {'grid': 'chunks', 'scratch': []},
-             'state_bwd': {'grid': 'sequences', 'scratch': []},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_q_2_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': []},
-             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': []}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': False},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': False},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_q_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
  'stored': [],
  'fallback': None}
 
@@ -52,7 +52,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -70,7 +70,7 @@ def chunk_state_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -122,7 +122,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -140,7 +140,7 @@ def chunk_out_fwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -200,7 +200,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -218,7 +218,7 @@ def chunk_state_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -329,7 +329,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -347,7 +347,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -366,7 +366,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -384,7 +384,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -456,7 +456,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -474,7 +474,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -543,7 +543,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -561,7 +561,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -641,7 +641,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -659,7 +659,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -748,7 +748,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -766,7 +766,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -872,7 +872,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -890,7 +890,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -977,7 +977,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -995,7 +995,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1079,7 +1079,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -1097,7 +1097,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1148,7 +1148,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -1166,7 +1166,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1240,7 +1240,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -1258,7 +1258,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1318,7 +1318,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -1336,7 +1336,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1423,7 +1423,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -1441,7 +1441,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1525,7 +1525,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -1543,7 +1543,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1633,7 +1633,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -1651,7 +1651,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -1670,7 +1670,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -1688,7 +1688,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, D)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)

@@ -36,6 +36,16 @@ HIDDEN_BLOCK = 32
 INTERPRETER_HIDDEN_BLOCK: int | None = None  # tests set a small block to walk several blocks on the CPU
 
 
+def value_block(head_dim: int) -> int:
+    """BV, the value columns one program of a value-blocked kernel holds (DESCRIPTION's "value_blocks"). 32 from
+    ahead-of-time compiles of gated_deltanet (C = 64, bf16, sm_90a, 8 warps), stack bytes of the state pass / the
+    backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32: 0 / 32."""
+    return min(head_dim, 32)
+
+
+INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
+
+
 def num_warps(chunk_size: int, head_dim: int, hidden: int) -> int:
     """Warps per program: 8 once a chunk's (C, D) tiles reach 64 x 64 (each then takes 16 registers a thread
     instead of 32), else 4. Chosen from ahead-of-time compiles (mirasc aot): fewer warps spill at C = D = 64."""
@@ -72,6 +82,7 @@ class _Launch:
         # the hidden-axis block (on the interpreter the whole axis, one block, unless INTERPRETER_HIDDEN_BLOCK says:
         # the interpreter runs every block's operations one by one)
         self.BH = hidden_block(self.HID) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
+        self.BV = value_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
         for what, size in (("chunk_size", self.C), ("head dim D", self.D), ("hidden size", self.HID)):
             _power_of_two(what, size)
         if q.is_cuda and min(self.C, self.D) < 16:
@@ -125,14 +136,15 @@ class _Launch:
         if info["scratch"]:
             per_program = sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
             scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
-        grid = self.per_chunk() if info["grid"] == "chunks" else self.sequential()
-        fn[grid](*args, *scratch, *self.scalars, **self.consts)
+        bv = self.BV if info["value_blocks"] else self.D
+        grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
+        fn[grid](*args, *scratch, *self.scalars, **self.consts, BV=bv)
 
     def size(self, axis: str) -> int:
         return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
 
-    def sequential(self) -> tuple[int]:
-        return (self.programs,)
+    def sequential(self) -> tuple[int, int]:
+        return (self.programs, 1)
 
     def per_chunk(self) -> tuple[int, int]:
         return (self.programs, self.max_chunks)
