@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mirasc.sample import random_inputs
 
 
 def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    """rms(a - b) / rms(b), fla's habit (0 when both are 0)."""
+    """rms(a - b) / rms(b), fla's habit (0 when both are 0). A NaN anywhere (an element a NaN-poisoned output
+    never got) is an infinite error: a NaN would compare false both ways and vanish from max() over errors."""
     a, b = a.detach().double(), b.detach().double()
     den = b.pow(2).mean().sqrt()
     num = (a - b).pow(2).mean().sqrt()
-    if den == 0:
-        return float(num)
-    return float(num / den)
+    err = float(num) if den == 0 else float(num / den)
+    return math.inf if math.isnan(err) else err
 
 
 def make_inputs(op, B: int, T: int, H: int, D: int, dtype=torch.float64, seed: int = 0, scale_params=0.1):
