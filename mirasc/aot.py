@@ -155,7 +155,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps)
             blocked = jobs[kernel.removeprefix("chunk_").removesuffix("_kernel")]["value_blocks"]
-            kernel_consts = {**consts, "BV": value_block(head_dim) if blocked else head_dim}
+            kernel_consts = {**consts, "BV": value_block(head_dim) if blocked != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch, warps,
                                                           queue))

@@ -172,7 +172,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
         # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence), the axes of
-        # each value they keep in scratch memory, per program, and whether they run by blocks of BV value columns
+        # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
+        # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block)
         "kernels": jobs,
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
         "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",

@@ -306,7 +306,9 @@ class Kernel:
     loop: list[str]
     epilogue: list[str]
     scratch: list[tuple[str, ...]] = field(default_factory=list)
-    value_blocks: bool = False  # launched over blocks of BV value columns (grid axis 2), see value_local
+    # "columns": launched over blocks of BV value columns (grid axis 2), see value_kinds; "partial": likewise, each
+    # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
+    value_blocks: str = "none"
 
 
 def _fill(n: str) -> float:
@@ -337,20 +339,58 @@ def _stored_as_inputs(graph: Graph) -> Graph:
     return ir.prune(new)
 
 
-def value_local(graph: Graph) -> bool:
-    """Whether each value column of the program depends on that column only: no value sums over, scans along or
-    relabels the value axis. Such a kernel runs as independent programs over blocks of BV value columns, as
-    flash-linear-attention splits chunk_fwd_h by BV: the delta rule's passes qualify (their predictions sum over the
-    key axis), a LayerNorm over the value axis (TTT) does not. A value without the value axis is then the same in
-    every block (each block recomputes it, and may store it: the same bits)."""
+def value_kinds(graph: Graph) -> dict[int, str] | None:
+    """How each value of the program behaves when one program holds only a block of the value axis's columns:
+    "whole" (the same in every block: it does not depend on the value axis), "columns" (this block's columns),
+    "partial" (this block's share of a sum over the value axis, linear in it up to an output, so the blocks'
+    outputs add up to the whole). None when some value is none of these (it scans along, relabels or takes a
+    nonlinear function of a sum over the value axis). Such a program runs as independent programs over blocks of
+    BV value columns, as flash-linear-attention splits chunk_fwd_h by BV."""
+    kinds: dict[int, str] = {}
     for v in graph.values:
+        args = [kinds[a.id] for a in v.args]
         if isinstance(v.op, ir.Rename) and any(VALUE_AXIS in pair for pair in v.op.mapping):
-            return False
+            return None
         if isinstance(v.op, (ir.Cumsum, ir.LogSumExp)) and v.op.axis == VALUE_AXIS:
-            return False
-        if VALUE_AXIS not in v.axes and any(VALUE_AXIS in a.axes for a in v.args):
-            return False
-    return True
+            return None
+        if VALUE_AXIS in v.axes:
+            if "partial" in args:  # a sum over the value axis spread back over it needs every block
+                return None
+            kinds[v.id] = "columns"
+        elif any(VALUE_AXIS in a.axes for a in v.args):  # a contraction over the value axis
+            if not isinstance(v.op, ir.Einsum) or "partial" in args:
+                return None
+            kinds[v.id] = "partial"
+        elif "partial" in args:
+            if not _linear_in(v, [x for x, k in zip(v.args, args) if k == "partial"]):
+                return None
+            kinds[v.id] = "partial"
+        else:
+            kinds[v.id] = "whole"
+    return kinds
+
+
+def _linear_in(v: Value, partial: list[Value]) -> bool:
+    """Whether v is linear and homogeneous in its partial arguments together (so the blocks' shares add up)."""
+    if isinstance(v.op, (ir.Rename, ir.Broadcast, ir.Cumsum)):
+        return True
+    if isinstance(v.op, ir.Einsum):
+        return len(partial) == 1
+    if not isinstance(v.op, ir.Elementwise):
+        return False
+    syms = ir.arg_symbols(len(v.args))
+    ps = [x for x, a in zip(syms, v.args) if any(a is p for p in partial)]
+    expr = v.op.expr
+    return expr.subs({x: 0 for x in ps}) == 0 and all(sp.diff(expr, x, y) == 0 for x in ps for y in ps)
+
+
+def value_local(graph: Graph) -> bool:
+    """Whether every value column of the program depends on that column only (no sum over the value axis at
+    all): the delta rule's passes qualify (their predictions sum over the key axis), a LayerNorm over the value
+    axis (TTT) does not. A value without the value axis is then the same in every block (each block recomputes
+    it, and may store it: the same bits)."""
+    kinds = value_kinds(graph)
+    return kinds is not None and "partial" not in kinds.values()
 
 
 def stored_values(graph: Graph) -> list[Value]:
@@ -489,7 +529,7 @@ def _state_forward(a: _Assembler, suffix: str) -> Kernel:
         return Kernel(f"chunk_state_fwd_kernel{suffix}", doc, "up", args,
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
-                      value_blocks=not b.scratch and value_local(part))
+                      value_blocks="columns" if not b.scratch and value_local(part) else "none")
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -519,7 +559,8 @@ def _outputs(a: _Assembler, suffix: str) -> Kernel:
     return Kernel(f"chunk_out_fwd_kernel{suffix}", "one chunk's outputs, from its stored start state", mode,
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
-                  [], b.scratch, value_blocks=not a.hidden and not b.scratch and value_local(part))
+                  [], b.scratch, value_blocks="columns" if not a.hidden and not b.scratch and value_local(part)
+                  else "none")
 
 
 def _state_backward(a: _Assembler, suffix: str) -> Kernel:
@@ -538,7 +579,7 @@ def _state_backward(a: _Assembler, suffix: str) -> Kernel:
         return Kernel(f"chunk_state_bwd_kernel{suffix}", doc, "down", args,
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-                      value_blocks=not b.scratch and value_local(part))
+                      value_blocks="columns" if not b.scratch and value_local(part) else "none")
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -571,15 +612,21 @@ def _gradients(a: _Assembler, suffix: str) -> list[Kernel]:
             part = _only(term, ["term"])
             b = a.body(part, loads, sources)
             g = name(part.outputs["term"])
-            grad = (store(f"grad_{n}_ptr", axes[n], "", g, token=True) if token[n] else
-                    store(f"grad_{n}_ptr", axes[n], a.at, g, mask="nv > 0"))
+            # a value block's share of a sum over the value axis goes to its own copy of the gradient (the
+            # launcher adds the copies); grad_block_stride is 0 for a kernel that does not run by value blocks
+            ptr = "grad_block_ptr"
+            grad = (store(ptr, axes[n], "", g, token=True) if token[n] else store(ptr, axes[n], a.at, g, mask="nv > 0"))
             args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
-                    [f"{k}_ptr" for k in a.kept] + ["d_out_ptr", f"grad_{n}_ptr"])
+                    [f"{k}_ptr" for k in a.kept] + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
+            kinds = None if a.hidden or b.scratch else value_kinds(part)
+            blocks = "none" if kinds is None else kinds[part.outputs["term"].id]
+            blocks = "none" if blocks == "whole" else blocks
+            prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
             out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel{suffix}", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "up" if b.scratch else "chunk", args + (["scratch_ptr"] if b.scratch else []),
-                              a.static_loads, b.lines + [grad], [], b.scratch))
+                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks))
     return out
 
 
 __all__ = ["OFFSETS", "VALUE_AXIS", "Body", "Kernel", "KernelIO", "body", "describe", "gradient_terms", "kernels",
-           "load", "schedule", "store", "stored_values", "value_local"]
+           "load", "schedule", "store", "stored_values", "value_kinds", "value_local"]

@@ -23,21 +23,21 @@ DESCRIPTION = {'spec': 'deltanet',
             ['v', ['t', 'o'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'}},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
 
@@ -215,7 +215,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -239,6 +239,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -261,11 +262,11 @@ def chunk_grad_q_0_bwd_kernel(
     v19 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])) * v18)
     v10 = k
     v20 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -289,6 +290,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -297,11 +299,11 @@ def chunk_grad_q_1_bwd_kernel(
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v8 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(d_out).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v8.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v8.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -325,6 +327,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -365,11 +368,11 @@ def chunk_grad_k_0_bwd_kernel(
     v37 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v36)
     v38 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v37)
     v39 = tl.trans(tl.dot(tl.trans(v14).to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -393,6 +396,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -416,11 +420,11 @@ def chunk_grad_k_1_bwd_kernel(
     v19 = ((-1.0) * d_new_w1)
     v21 = tl.dot(v20.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v22 = v21
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -444,6 +448,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -467,11 +472,11 @@ def chunk_grad_k_2_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v20 = v19
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -495,6 +500,7 @@ def chunk_grad_k_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -536,11 +542,11 @@ def chunk_grad_k_3_bwd_kernel(
     v38 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v37)
     v39 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v40 = v39
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_4_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -564,6 +570,7 @@ def chunk_grad_k_4_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -592,11 +599,11 @@ def chunk_grad_k_4_bwd_kernel(
     v26 = v25
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -620,6 +627,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -640,11 +648,11 @@ def chunk_grad_v_0_bwd_kernel(
     v19 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v20 = v19
     v21 = ((-1.0) * v20)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v21.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -668,6 +676,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -688,11 +697,11 @@ def chunk_grad_v_1_bwd_kernel(
     v17 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v16.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v18 = v17
     v19 = ((-1.0) * v18)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -716,6 +725,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -739,11 +749,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v22 = (v8 * v21)
     v23 = v22
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v23.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v23.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -767,6 +777,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -791,11 +802,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v19 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v18)
     v20 = tl.sum((v19), axis=0)
     v21 = v20
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v21.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -819,6 +830,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -862,4 +874,4 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v40 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v39)
     v41 = tl.sum((v40), axis=0)
     v42 = v41
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))

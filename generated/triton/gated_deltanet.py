@@ -24,30 +24,30 @@ DESCRIPTION = {'spec': 'gated_deltanet',
             ['gate_alpha', ['t'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_5_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_6_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_7_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_8_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_5_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_6_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_7_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_8_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'}},
  'stored': [['stored_0', ['t', 's']]],
  'fallback': None}
 
@@ -257,7 +257,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -281,6 +281,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -309,11 +310,11 @@ def chunk_grad_q_0_bwd_kernel(
     v26 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])) * v25)
     v17 = k
     v27 = tl.trans(tl.dot(tl.trans(v17).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -337,6 +338,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -350,11 +352,11 @@ def chunk_grad_q_1_bwd_kernel(
     v8 = tl.exp(v7)  # cumulative decay in the chunk
     v12 = (d_out * v8[:, None])
     v13 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v12).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -378,6 +380,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -427,11 +430,11 @@ def chunk_grad_k_0_bwd_kernel(
     v47 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v46)
     v48 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v47)
     v49 = tl.trans(tl.dot(tl.trans(v24).to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v49.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -455,6 +458,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -487,11 +491,11 @@ def chunk_grad_k_1_bwd_kernel(
     v28 = ((-1.0) * d_new_w1)
     v30 = tl.dot(v29.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v31 = v30
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v31.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v31.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -515,6 +519,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -544,11 +549,11 @@ def chunk_grad_k_2_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v27 = v26
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -572,6 +577,7 @@ def chunk_grad_k_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -622,11 +628,11 @@ def chunk_grad_k_3_bwd_kernel(
     v48 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v47)
     v49 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v50 = v49
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v50.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v50.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_4_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -650,6 +656,7 @@ def chunk_grad_k_4_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -687,11 +694,11 @@ def chunk_grad_k_4_bwd_kernel(
     v36 = (v35 * v17[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v37 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v37.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -715,6 +722,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -742,11 +750,11 @@ def chunk_grad_v_0_bwd_kernel(
     v26 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v27 = v26
     v28 = ((-1.0) * v27)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v28.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v28.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -770,6 +778,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -794,11 +803,11 @@ def chunk_grad_v_1_bwd_kernel(
     v22 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v23 = v22
     v24 = ((-1.0) * v23)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v24.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v24.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -822,6 +831,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -838,11 +848,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v15 = (v14 * tl.exp(v8))
     v16 = tl.cumsum(v15, axis=0, reverse=True)
     v17 = (v16 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v17.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -866,6 +876,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -883,11 +894,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v14 = (v13 * tl.exp(v7))
     v15 = tl.cumsum(v14, axis=0, reverse=True)
     v16 = (v15 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v16.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v16.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -911,6 +922,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -951,11 +963,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v38 = (v37 * tl.exp(v11))
     v39 = tl.cumsum(v38, axis=0, reverse=True)
     v40 = (v39 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v40.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -979,6 +991,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1016,11 +1029,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v34 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v33)
     v35 = tl.cumsum(v34, axis=0, reverse=True)
     v36 = (v35 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v36.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v36.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_4_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1044,6 +1057,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1078,11 +1092,11 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v28 = tl.sum((v27), axis=1)
     v29 = tl.cumsum(v28, axis=0, reverse=True)
     v30 = (v29 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v30.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v30.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_5_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1106,6 +1120,7 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1160,11 +1175,11 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
     v52 = tl.sum((v51), axis=1)
     v53 = tl.cumsum(v52, axis=0, reverse=True)
     v54 = (v53 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v54.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v54.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_6_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1188,6 +1203,7 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1224,11 +1240,11 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
     v33 = v32
     v34 = tl.cumsum(v33, axis=0, reverse=True)
     v35 = (v34 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v35.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v35.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_7_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1252,6 +1268,7 @@ def chunk_grad_gate_alpha_7_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1287,11 +1304,11 @@ def chunk_grad_gate_alpha_7_bwd_kernel(
     v29 = v28
     v30 = tl.cumsum(v29, axis=0, reverse=True)
     v31 = (v30 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_8_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1315,6 +1332,7 @@ def chunk_grad_gate_alpha_8_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1370,11 +1388,11 @@ def chunk_grad_gate_alpha_8_bwd_kernel(
     v53 = v52
     v54 = tl.cumsum(v53, axis=0, reverse=True)
     v55 = (v54 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1398,6 +1416,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1430,11 +1449,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v30 = tl.sum((v29), axis=1)
     v31 = (v15 * v30)
     v32 = v31
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v32.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v32.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1458,6 +1477,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1488,11 +1508,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v26 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v25)
     v27 = tl.sum((v26), axis=0)
     v28 = v27
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v28.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v28.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1516,6 +1536,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1568,4 +1589,4 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v50 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v49)
     v51 = tl.sum((v50), axis=0)
     v52 = v51
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v52.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))

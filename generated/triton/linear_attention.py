@@ -20,15 +20,15 @@ DESCRIPTION = {'spec': 'linear_attention',
  'states': {'w1': ['o', 'i']},
  'inputs': [['q', ['t', 'i'], True], ['k', ['t', 'i'], True], ['v', ['t', 'o'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'}},
  'stored': [],
  'fallback': None}
 
@@ -173,7 +173,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -197,6 +197,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -215,11 +216,11 @@ def chunk_grad_q_0_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = k
     v17 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -243,6 +244,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -251,11 +253,11 @@ def chunk_grad_q_1_bwd_kernel(
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v6 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(d_out).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v6.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v6.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -279,6 +281,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -297,11 +300,11 @@ def chunk_grad_k_0_bwd_kernel(
     v16 = ((-1.0) * d_new_w1)
     v18 = tl.dot(v17.to(DOT_DTYPE), v16.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v19 = v18
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v19.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -325,6 +328,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -343,11 +347,11 @@ def chunk_grad_k_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v16 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v17 = v16
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -371,6 +375,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -389,11 +394,11 @@ def chunk_grad_v_0_bwd_kernel(
     v17 = tl.dot(v16.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v18 = v17
     v19 = ((-1.0) * v18)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -417,6 +422,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -435,4 +441,4 @@ def chunk_grad_v_1_bwd_kernel(
     v15 = tl.dot(tl.trans(v11).to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v16 = v15
     v17 = ((-1.0) * v16)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v17.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])

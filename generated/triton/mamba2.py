@@ -23,19 +23,19 @@ DESCRIPTION = {'spec': 'mamba2',
             ['v', ['t', 'o'], True],
             ['gate_alpha', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': True},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': True},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'}},
  'stored': [],
  'fallback': None}
 
@@ -205,7 +205,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -229,6 +229,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -251,11 +252,11 @@ def chunk_grad_q_0_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v15 = k
     v22 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -279,6 +280,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -292,11 +294,11 @@ def chunk_grad_q_1_bwd_kernel(
     v7 = tl.exp(v6)  # cumulative decay in the chunk
     v10 = (d_out * v7[:, None])
     v11 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -320,6 +322,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -345,11 +348,11 @@ def chunk_grad_k_0_bwd_kernel(
     v23 = ((-1.0) * d_new_w1)
     v25 = tl.dot(v24.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v26 = v25
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v26.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v26.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -373,6 +376,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -395,11 +399,11 @@ def chunk_grad_k_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v22 = v21
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -423,6 +427,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -448,11 +453,11 @@ def chunk_grad_v_0_bwd_kernel(
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v25 = v24
     v26 = ((-1.0) * v25)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v26.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v26.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -476,6 +481,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -498,11 +504,11 @@ def chunk_grad_v_1_bwd_kernel(
     v20 = tl.dot(tl.trans(v16).to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v21 = v20
     v22 = ((-1.0) * v21)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v22.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -526,6 +532,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -548,11 +555,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v17 = (v16 * tl.exp(v7))
     v18 = tl.cumsum(v17, axis=0, reverse=True)
     v19 = (v18 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v19.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -576,6 +583,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -607,11 +615,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v29 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v28)
     v30 = tl.cumsum(v29, axis=0, reverse=True)
     v31 = (v30 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -635,6 +643,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -663,11 +672,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v23 = tl.sum((v22), axis=1)
     v24 = tl.cumsum(v23, axis=0, reverse=True)
     v25 = (v24 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v25.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v25.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -691,6 +700,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -731,4 +741,4 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v36 = v35
     v37 = tl.cumsum(v36, axis=0, reverse=True)
     v38 = (v37 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v38.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v38.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))

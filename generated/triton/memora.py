@@ -36,7 +36,7 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o'],
                                        ['o', 'h'],
                                        ['t', 'h']],
-                           'value_blocks': False},
+                           'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['h'],
                                      ['h'],
@@ -47,7 +47,7 @@ DESCRIPTION = {'spec': 'memora',
                                      ['o'],
                                      ['o', 'h'],
                                      ['t', 'h']],
-                         'value_blocks': False},
+                         'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h'],
                                        ['h'],
@@ -75,8 +75,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['h', 'i'],
                                        ['h'],
                                        ['h']],
-                           'value_blocks': False},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                           'value_blocks': 'none'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -91,7 +91,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -104,7 +104,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -119,7 +119,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -133,7 +133,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -152,7 +152,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_3_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -179,7 +179,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['h', 'i'],
                                           ['h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -193,7 +193,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -215,7 +215,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['o', 'h'],
                                           ['o']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -230,7 +230,7 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -254,7 +254,7 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['o', 'h'],
                                                    ['o', 'h'],
                                                    ['o']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -268,7 +268,7 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -291,7 +291,7 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['o', 'h'],
                                                  ['o', 'h'],
                                                  ['o']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -303,7 +303,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -317,7 +317,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -331,7 +331,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -345,7 +345,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_4_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -367,7 +367,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_5_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -389,7 +389,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_6_bwd': {'grid': 'sequences',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -411,8 +411,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o']],
-                                      'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                      'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['h', 'i'],
                                                 ['h'],
@@ -426,7 +426,7 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h']],
-                                    'value_blocks': False},
+                                    'value_blocks': 'none'},
              'grad_ln_bias_2_bwd': {'grid': 'sequences',
                                     'scratch': [['h'],
                                                 ['h'],
@@ -448,7 +448,7 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['o', 'h'],
                                                 ['o', 'h'],
                                                 ['o']],
-                                    'value_blocks': False},
+                                    'value_blocks': 'none'},
              'state_fwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h'],
@@ -459,7 +459,7 @@ DESCRIPTION = {'spec': 'memora',
                                             ['o'],
                                             ['o', 'h'],
                                             ['t', 'h']],
-                                'value_blocks': False},
+                                'value_blocks': 'none'},
              'out_fwd_cube': {'grid': 'sequences',
                               'scratch': [['h'],
                                           ['h'],
@@ -470,7 +470,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o'],
                                           ['o', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h'],
@@ -502,8 +502,8 @@ DESCRIPTION = {'spec': 'memora',
                                             ['o', 'h'],
                                             ['h'],
                                             ['h']],
-                                'value_blocks': False},
-             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                'value_blocks': 'none'},
+             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -518,7 +518,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['t', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -531,7 +531,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -546,7 +546,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['t', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -560,7 +560,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['s', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -579,7 +579,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_3_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -608,7 +608,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o'],
                                                ['o', 'h'],
                                                ['h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['h'],
@@ -622,7 +622,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['s', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h'],
                                                ['h'],
@@ -647,7 +647,7 @@ DESCRIPTION = {'spec': 'memora',
                                                ['o', 'h'],
                                                ['o', 'h'],
                                                ['o']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h'],
                                                         ['h'],
@@ -662,7 +662,7 @@ DESCRIPTION = {'spec': 'memora',
                                                         ['t', 'h'],
                                                         ['s', 'h'],
                                                         ['t', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['h', 'i'],
@@ -689,7 +689,7 @@ DESCRIPTION = {'spec': 'memora',
                                                         ['t', 'h'],
                                                         ['o', 'h'],
                                                         ['o']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h'],
                                                       ['h'],
@@ -703,7 +703,7 @@ DESCRIPTION = {'spec': 'memora',
                                                       ['t', 'h'],
                                                       ['t', 'h'],
                                                       ['s', 'h']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h'],
                                                       ['h'],
@@ -728,7 +728,7 @@ DESCRIPTION = {'spec': 'memora',
                                                       ['t', 'h'],
                                                       ['o', 'h'],
                                                       ['o']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -740,7 +740,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -754,7 +754,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -768,7 +768,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['h'],
@@ -782,7 +782,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_4_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -807,7 +807,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_5_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -832,7 +832,7 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_6_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h'],
                                                        ['h'],
@@ -857,8 +857,8 @@ DESCRIPTION = {'spec': 'memora',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['o']],
-                                           'value_blocks': False},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                           'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h', 'i'],
                                                      ['h'],
@@ -872,7 +872,7 @@ DESCRIPTION = {'spec': 'memora',
                                                      ['s', 'h'],
                                                      ['t', 'h'],
                                                      ['t', 'h']],
-                                         'value_blocks': False},
+                                         'value_blocks': 'none'},
              'grad_ln_bias_2_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h'],
                                                      ['h'],
@@ -897,7 +897,7 @@ DESCRIPTION = {'spec': 'memora',
                                                      ['o', 'h'],
                                                      ['o', 'h'],
                                                      ['o']],
-                                         'value_blocks': False}},
+                                         'value_blocks': 'none'}},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -1767,7 +1767,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1793,6 +1793,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1800,11 +1801,11 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v12.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v12.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1830,6 +1831,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2042,12 +2044,12 @@ def chunk_grad_q_1_bwd_kernel(
         v147 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v146)
         v148 = tl.trans(tl.dot(tl.trans(v99).to(DOT_DTYPE), tl.trans(v147).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v149 = (v92 * v148)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2073,6 +2075,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2280,12 +2283,12 @@ def chunk_grad_q_2_bwd_kernel(
             v54 = tl.load(scratch_ptr + pid * (HID + HID + HID * D + C * HID + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID) + HID + HID + offs_h[:, None] * D + offs_i[None, :])
             v145 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v146 = (v92 * v145)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v146.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v146.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2311,6 +2314,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2541,12 +2545,12 @@ def chunk_grad_k_0_bwd_kernel(
         v159 = (v100 * v158)
         v160 = (v135 + v159)
         v161 = v160
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v161.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v161.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2572,6 +2576,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2821,12 +2826,12 @@ def chunk_grad_k_1_bwd_kernel(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = v179
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v180.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v180.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2852,6 +2857,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3152,12 +3158,12 @@ def chunk_grad_k_2_bwd_kernel(
             v206 = (v172 + v205)
             v54 = tl.load(scratch_ptr + pid * (HID * D + HID + HID + HID * D + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
             v207 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v207.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v207.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3183,6 +3189,7 @@ def chunk_grad_k_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3595,12 +3602,12 @@ def chunk_grad_k_3_bwd_kernel(
             v238 += tl.sum((v237), axis=0)
         v279 = (v238 + v260 + v278)
         v280 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v279[None, :])
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v280.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v280.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3626,6 +3633,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3875,12 +3883,12 @@ def chunk_grad_v_0_bwd_kernel(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = ((-1.0) * v179)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v180.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v180.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3906,6 +3914,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4264,12 +4273,12 @@ def chunk_grad_v_1_bwd_kernel(
         v248 = (v246 + v247)
         v249 = ((-1.0) * v248)
         v250 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v249[None, :])
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v250.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v250.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4295,6 +4304,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4582,12 +4592,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v193 = tl.cumsum(v192, axis=0, reverse=True)
         v194 = (v193 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
         v195 = (v194 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v195.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v195.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4613,6 +4623,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4955,12 +4966,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v233 = v224
         v234 = (v232 + v233)
         v235 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v234[None, :])
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4986,6 +4997,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5230,12 +5242,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v170 = (v167 + v169)
         v171 = v170
         v172 = (v171 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v172.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v172.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5261,6 +5273,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5602,12 +5615,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v233 = v224
         v234 = (v232 + v233)
         v235 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v234[None, :])
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5633,6 +5646,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5810,12 +5824,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v126 = (v119 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v122[:, None])))))
         v127 = tl.sum((v126), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5841,6 +5855,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6088,12 +6103,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v176 = (v175 / (D))
         v177 = ((-0.5) * v68 * v75 * v176[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v178 = tl.sum((v177), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v178.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v178.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6119,6 +6134,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6363,12 +6379,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v173 = (v169 + v172[:, None])
         v174 = (v75 * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v175 = tl.sum((v174), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v175.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v175.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6394,6 +6410,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6644,12 +6661,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v179 = (v177 + v178)
         v180 = (v68 * v179 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v181 = tl.sum((v180), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v181.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v181.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_4_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6675,6 +6692,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7029,12 +7047,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v244 = tl.sum((v243), axis=0)
         v245 = (v244 / (D))
         v246 = ((-0.5) * v26 * v33 * v245 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v246.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v246.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_5_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7060,6 +7078,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7411,12 +7430,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v241 = ((-1.0) * v240)
         v242 = (v238 + v241)
         v243 = (v33 * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v243.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v243.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_6_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7442,6 +7461,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7799,12 +7819,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v247 = (ln_weight * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v248 = (v246 + v247)
         v249 = (v26 * v248 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v249.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v249.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7830,6 +7850,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -7837,11 +7858,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v12.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v12.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7867,6 +7888,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8116,12 +8138,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = tl.sum((v179), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v180.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v180.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -8147,6 +8169,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8503,7 +8526,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v246 = ((-0.5) * v26 * ln_weight * v245 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v247 = (ln_weight * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v248 = (v246 + v247)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v248.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v248.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -9385,7 +9408,7 @@ def chunk_state_bwd_kernel_cube(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9411,6 +9434,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -9418,11 +9442,11 @@ def chunk_grad_q_0_bwd_kernel_cube(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v12.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v12.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9448,6 +9472,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9660,12 +9685,12 @@ def chunk_grad_q_1_bwd_kernel_cube(
             v146 += tl.trans(tl.dot(v99.to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v148 = (v147 * v146[:, :, None])
         v149 = tl.sum((v148), axis=1)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9691,6 +9716,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9898,12 +9924,12 @@ def chunk_grad_q_2_bwd_kernel_cube(
             v54 = tl.load(scratch_ptr + pid * (HID + HID + HID * D + C * HID + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID) + HID + HID + offs_h[:, None] * D + offs_i[None, :])
             v145 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v146 = (v93 * v145)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v146.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v146.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9929,6 +9955,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -10158,12 +10185,12 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v158 = tl.sum((v157), axis=0)
         v159 = (v135 + v158)
         v160 = v159
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v160.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v160.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -10189,6 +10216,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -10438,12 +10466,12 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = v179
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v180.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v180.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -10469,6 +10497,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -10769,12 +10798,12 @@ def chunk_grad_k_2_bwd_kernel_cube(
             v206 = (v172 + v205)
             v54 = tl.load(scratch_ptr + pid * (HID * D + HID + HID + HID * D + C * HID + D * HID + D + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
             v207 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v207.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v207.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -10800,6 +10829,7 @@ def chunk_grad_k_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11222,12 +11252,12 @@ def chunk_grad_k_3_bwd_kernel_cube(
             v278 += tl.sum((v277), axis=0)
         v279 = (v238 + v260 + v278)
         v280 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v279[None, :])
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v280.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v280.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11253,6 +11283,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11502,12 +11533,12 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = ((-1.0) * v179)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v180.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v180.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11533,6 +11564,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11901,12 +11933,12 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v248 = (v246 + v247)
         v249 = ((-1.0) * v248)
         v250 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v249[None, :])
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v250.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v250.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11932,6 +11964,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12218,12 +12251,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v192 = tl.cumsum(v191, axis=0, reverse=True)
         v193 = (v192 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
         v194 = (v193 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v194.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v194.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12249,6 +12282,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12603,12 +12637,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v233 = v224
         v234 = (v232 + v233)
         v235 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v234[None, :])
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12634,6 +12668,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12878,12 +12913,12 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v170 = (v166 + v169)
         v171 = v170
         v172 = (v171 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v172.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v172.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12909,6 +12944,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13261,12 +13297,12 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v233 = v224
         v234 = (v232 + v233)
         v235 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v234[None, :])
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v235.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13292,6 +13328,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13469,12 +13506,12 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v126 = (v119 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v122[:, None])))))
         v127 = tl.sum((v126), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13500,6 +13537,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13747,12 +13785,12 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v176 = (v175 / (D))
         v177 = ((-0.5) * v68 * v75 * v176[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v178 = tl.sum((v177), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v178.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v178.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13778,6 +13816,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -14022,12 +14061,12 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v173 = (v169 + v172[:, None])
         v174 = (v75 * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v175 = tl.sum((v174), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v175.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v175.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14053,6 +14092,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -14303,12 +14343,12 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v179 = (v177 + v178)
         v180 = (v68 * v179 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v181 = tl.sum((v180), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v181.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v181.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_4_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14334,6 +14374,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -14698,12 +14739,12 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v244 = tl.sum((v243), axis=0)
         v245 = (v244 / (D))
         v246 = ((-0.5) * v26 * v33 * v245 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v246.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v246.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_5_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14729,6 +14770,7 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -15090,12 +15132,12 @@ def chunk_grad_ln_weight_5_bwd_kernel_cube(
         v241 = ((-1.0) * v240)
         v242 = (v238 + v241)
         v243 = (v33 * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v243.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v243.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_6_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15121,6 +15163,7 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -15488,12 +15531,12 @@ def chunk_grad_ln_weight_6_bwd_kernel_cube(
         v247 = (ln_weight * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v248 = (v246 + v247)
         v249 = (v26 * v248 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v249.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v249.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15519,6 +15562,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -15526,11 +15570,11 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v12.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v12.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15556,6 +15600,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -15805,12 +15850,12 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v178 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v179 = (v177 + v178)
         v180 = tl.sum((v179), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v180.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v180.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15836,6 +15881,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -16202,5 +16248,5 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         v246 = ((-0.5) * v26 * ln_weight * v245 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v247 = (ln_weight * v242 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v248 = (v246 + v247)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v248.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v248.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

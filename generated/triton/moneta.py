@@ -28,7 +28,7 @@ DESCRIPTION = {'spec': 'moneta',
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
-                           'value_blocks': False},
+                           'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['h', 'i'],
                                      ['t', 'h'],
@@ -41,7 +41,7 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['h', 'i'],
                                      ['t', 'h'],
                                      ['t', 'h']],
-                         'value_blocks': False},
+                         'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -70,7 +70,7 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['o', 'h'],
                                        ['h', 'i'],
                                        ['o', 'h']],
-                           'value_blocks': False},
+                           'value_blocks': 'none'},
              'grad_q_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -81,8 +81,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['h'],
                                           ['o', 'h'],
                                           ['o', 'h']],
-                              'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                              'value_blocks': 'none'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -94,7 +94,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_3_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -105,7 +105,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_4_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -115,7 +115,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -131,7 +131,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -150,7 +150,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -172,7 +172,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -191,7 +191,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -210,7 +210,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -229,7 +229,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -243,7 +243,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['o', 'h'],
                                                    ['o', 'h'],
                                                    ['h', 'i']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -261,7 +261,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -275,7 +275,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['o', 'h'],
                                                  ['o', 'h'],
                                                  ['h', 'i']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -286,7 +286,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['o', 'h'],
                                                   ['t', 'h'],
@@ -295,7 +295,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['h', 'i']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -304,7 +304,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -323,7 +323,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -342,7 +342,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_4_bwd': {'grid': 'sequences',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -361,9 +361,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h']],
-                                      'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                      'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_2_bwd': {'grid': 'sequences',
                                     'scratch': [['h', 'i'],
                                                 ['t', 'h'],
@@ -382,10 +382,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['o', 'h']],
-                                    'value_blocks': False},
+                                    'value_blocks': 'none'},
              'state_fwd_cube': {'grid': 'sequences',
                                 'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
-                                'value_blocks': False},
+                                'value_blocks': 'none'},
              'out_fwd_cube': {'grid': 'sequences',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -398,7 +398,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['o', 'h'],
                                           ['o', 'h'],
                                           ['h', 'i']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['h', 'i'],
@@ -435,7 +435,7 @@ DESCRIPTION = {'spec': 'moneta',
                                             ['o', 'h'],
                                             ['o', 'h'],
                                             ['o', 'h']],
-                                'value_blocks': False},
+                                'value_blocks': 'none'},
              'grad_q_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -446,8 +446,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['h'],
                                                ['o', 'h'],
                                                ['o', 'h']],
-                                   'value_blocks': False},
-             'grad_q_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                   'value_blocks': 'none'},
+             'grad_q_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -457,7 +457,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_q_3_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -468,7 +468,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_q_4_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -478,7 +478,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -493,7 +493,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['h', 'i'],
                                                ['t', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -512,7 +512,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['h', 'i']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -534,7 +534,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['o', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -553,7 +553,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['h', 'i']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['h', 'i'],
                                                ['t', 'h'],
@@ -572,7 +572,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['h', 'i']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -590,7 +590,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['h'],
                                                         ['o', 'h'],
                                                         ['h', 'i']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
@@ -604,7 +604,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['o', 'h'],
                                                         ['o', 'h'],
                                                         ['h', 'i']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -615,7 +615,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_3_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['h', 'i'],
                                                         ['t', 'h'],
@@ -633,7 +633,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                         ['h'],
                                                         ['o', 'h'],
                                                         ['h', 'i']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['t', 'h'],
                                                       ['t', 'h'],
@@ -647,7 +647,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                       ['o', 'h'],
                                                       ['o', 'h'],
                                                       ['h', 'i']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['h', 'i'],
                                                       ['t', 'h'],
@@ -658,7 +658,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                       ['t', 'h'],
                                                       ['t', 'h'],
                                                       ['s', 'h']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['o', 'h'],
                                                        ['t', 'h'],
@@ -667,7 +667,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['o', 'h'],
                                                        ['o', 'h'],
                                                        ['h', 'i']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -675,7 +675,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['o', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -694,7 +694,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['h', 'i']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -713,7 +713,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['h', 'i']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_4_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['h', 'i'],
                                                        ['t', 'h'],
@@ -732,9 +732,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                        ['t', 'h'],
                                                        ['t', 'h'],
                                                        ['h', 'i']],
-                                           'value_blocks': False},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_bias_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                           'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_bias_1_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_2_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['h', 'i'],
                                                      ['t', 'h'],
@@ -753,7 +753,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                      ['t', 'h'],
                                                      ['t', 'h'],
                                                      ['h', 'i']],
-                                         'value_blocks': False}},
+                                         'value_blocks': 'none'}},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -1683,7 +1683,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1709,6 +1709,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1887,12 +1888,12 @@ def chunk_grad_q_0_bwd_kernel(
             v121 += tl.sum((v120), axis=0)
         v122 = (v106 + v121)
         v123 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v122[None, :])
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1918,6 +1919,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1926,11 +1928,11 @@ def chunk_grad_q_1_bwd_kernel(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v14 = v13
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1956,6 +1958,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2149,12 +2152,12 @@ def chunk_grad_q_2_bwd_kernel(
             v125 = (v124 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v15 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
             v126 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2180,6 +2183,7 @@ def chunk_grad_q_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2379,12 +2383,12 @@ def chunk_grad_q_3_bwd_kernel(
         v129 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v128)
         v130 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v131 = (v60 * v130)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_4_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2410,6 +2414,7 @@ def chunk_grad_q_4_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2605,12 +2610,12 @@ def chunk_grad_q_4_bwd_kernel(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v127 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v128 = (v63 * v127)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v128.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v128.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2636,6 +2641,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2950,12 +2956,12 @@ def chunk_grad_k_0_bwd_kernel(
         v199 = (v68 * v198)
         v200 = (v172 + v199)
         v201 = v200
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v201.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v201.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2981,6 +2987,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3337,12 +3344,12 @@ def chunk_grad_k_1_bwd_kernel(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v227 = v226
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v227.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v227.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3368,6 +3375,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3770,12 +3778,12 @@ def chunk_grad_k_2_bwd_kernel(
             v252 = (v217 + v251)
             v15 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
             v253 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v252).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v253.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v253.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3801,6 +3809,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4155,12 +4164,12 @@ def chunk_grad_v_0_bwd_kernel(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v224 = (v223 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v225 = ((-1.0) * v224)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v225.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v225.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4186,6 +4195,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4537,12 +4547,12 @@ def chunk_grad_v_1_bwd_kernel(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v221 = (v220 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v222 = ((-1.0) * v221)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v222.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v222.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4568,6 +4578,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4929,12 +4940,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v219 = (v218 * tl.exp(v61))
         v220 = tl.cumsum(v219, axis=0, reverse=True)
         v221 = (v220 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v221.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v221.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4960,6 +4971,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5192,12 +5204,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v146 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v145[None, :])
         v147 = tl.cumsum(v146, axis=0, reverse=True)
         v148 = (v147 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5223,6 +5235,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5578,12 +5591,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v221 = v220
         v222 = tl.cumsum(v221, axis=0, reverse=True)
         v223 = (v222 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v223.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v223.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5609,6 +5622,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5837,12 +5851,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v142 = (v137 + v141)
         v143 = (v57 * v142)
         v144 = v143
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5868,6 +5882,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6073,12 +6088,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v135 = (v124 + v134)
         v136 = (v135 * tl.exp(((-1.0) * v59)))
         v137 = v136
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v137.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6104,6 +6119,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6255,12 +6271,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
         v105 = tl.sum((v104), axis=0)
         v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6286,6 +6302,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6445,12 +6462,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v105 = (v96 * v104 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99[:, None])))))
         v106 = tl.sum((v105), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6476,6 +6493,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6827,12 +6845,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v222 = (v221 / (D))
         v223 = ((-0.5) * v35 * v43 * v222[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v224 = tl.sum((v223), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v224.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v224.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6858,6 +6876,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7206,12 +7225,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v219 = (v215 + v218[:, None])
         v220 = (v43 * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v221 = tl.sum((v220), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v221.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v221.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_4_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7237,6 +7256,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7594,12 +7614,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v227 = (v35 * v226 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v228 = tl.sum((v227), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v228.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v228.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7625,6 +7645,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -7633,11 +7654,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v14 = tl.sum((v13), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7663,6 +7684,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -7671,11 +7693,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v14 = tl.sum((v13), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7701,6 +7723,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8057,7 +8080,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v226 = (v225 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v227 = tl.sum((v226), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -9005,7 +9028,7 @@ def chunk_state_bwd_kernel_cube(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9031,6 +9054,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9209,12 +9233,12 @@ def chunk_grad_q_0_bwd_kernel_cube(
             v121 += tl.sum((v120), axis=0)
         v122 = (v106 + v121)
         v123 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v122[None, :])
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9240,6 +9264,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -9248,11 +9273,11 @@ def chunk_grad_q_1_bwd_kernel_cube(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v14 = v13
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v14.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9278,6 +9303,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9470,12 +9496,12 @@ def chunk_grad_q_2_bwd_kernel_cube(
             v124 = (v123 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v15 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
             v125 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9501,6 +9527,7 @@ def chunk_grad_q_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9699,12 +9726,12 @@ def chunk_grad_q_3_bwd_kernel_cube(
             v127 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v129 = (v128 * v127[:, :, None])
         v130 = tl.sum((v129), axis=1)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v130.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v130.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_4_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9730,6 +9757,7 @@ def chunk_grad_q_4_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -9924,12 +9952,12 @@ def chunk_grad_q_4_bwd_kernel_cube(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v126 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v127 = (v64 * v126)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -9955,6 +9983,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -10261,12 +10290,12 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v197 = tl.sum((v196), axis=0)
         v198 = (v171 + v197)
         v199 = v198
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v199.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v199.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -10292,6 +10321,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -10645,12 +10675,12 @@ def chunk_grad_k_1_bwd_kernel_cube(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v226 = v225
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v226.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v226.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -10676,6 +10706,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11079,12 +11110,12 @@ def chunk_grad_k_2_bwd_kernel_cube(
             v251 = (v216 + v250)
             v15 = tl.load(scratch_ptr + pid * (HID * D + C * HID + D * HID + C * HID + C * HID + C * HID + HID * D + HID + C * HID + D * HID + D * HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
             v252 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v251).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v252.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v252.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11110,6 +11141,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11461,12 +11493,12 @@ def chunk_grad_v_0_bwd_kernel_cube(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v223 = (v222 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v224 = ((-1.0) * v223)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v224.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v224.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11492,6 +11524,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -11840,12 +11873,12 @@ def chunk_grad_v_1_bwd_kernel_cube(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v220 = (v219 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v221 = ((-1.0) * v220)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v221.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v221.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -11871,6 +11904,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12216,12 +12250,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v211 = (v210 * tl.exp(v61))
         v212 = tl.cumsum(v211, axis=0, reverse=True)
         v213 = (v212 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v213.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v213.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12247,6 +12281,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12479,12 +12514,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v146 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v145[None, :])
         v147 = tl.cumsum(v146, axis=0, reverse=True)
         v148 = (v147 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12510,6 +12545,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -12716,12 +12752,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
         v136 = tl.sum((v135), axis=1)
         v137 = tl.cumsum(v136, axis=0, reverse=True)
         v138 = (v137 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v138.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v138.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -12747,6 +12783,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13102,12 +13139,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v221 = v220
         v222 = tl.cumsum(v221, axis=0, reverse=True)
         v223 = (v222 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v223.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v223.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13133,6 +13170,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13361,12 +13399,12 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v142 = (v137 + v141)
         v143 = (v57 * v142)
         v144 = v143
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13392,6 +13430,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13596,12 +13635,12 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v134 = (v60 * v133)
         v135 = tl.sum((v134), axis=0)
         v136 = v135
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v136.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v136.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13627,6 +13666,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13778,12 +13818,12 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
         v105 = tl.sum((v104), axis=0)
         v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -13809,6 +13849,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -13969,12 +14010,12 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v103 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v104 = (v95 * v103 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v105 = tl.sum((v104), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v105.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v105.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14000,6 +14041,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -14348,12 +14390,12 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v221 = (v220 / (D))
         v222 = ((-0.5) * v35 * v43 * v221[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v223 = tl.sum((v222), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v223.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v223.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14379,6 +14421,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -14724,12 +14767,12 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v218 = (v214 + v217[:, None])
         v219 = (v43 * v218 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v220 = tl.sum((v219), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v220.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v220.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_4_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -14755,6 +14798,7 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -15109,12 +15153,12 @@ def chunk_grad_ln_weight_4_bwd_kernel_cube(
         v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v226 = (v35 * v225 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v227 = tl.sum((v226), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v227.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15140,6 +15184,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -15148,11 +15193,11 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v14 = tl.sum((v13), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15178,6 +15223,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -15186,11 +15232,11 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
     v14 = tl.sum((v13), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v14.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -15216,6 +15262,7 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -15569,5 +15616,5 @@ def chunk_grad_ln_bias_2_bwd_kernel_cube(
         _c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + _c0)))
         v225 = (v224 * ((3.0 * _c1) + (3.0 * _c0 / (_c1))))
         v226 = tl.sum((v225), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v226.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v226.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

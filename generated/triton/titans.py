@@ -27,10 +27,10 @@ DESCRIPTION = {'spec': 'titans',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']], 'value_blocks': False},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']], 'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
-                         'value_blocks': False},
+                         'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -48,8 +48,8 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h']],
-                           'value_blocks': False},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                           'value_blocks': 'none'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -57,13 +57,13 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_3_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -71,10 +71,10 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -87,23 +87,23 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'], ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -112,7 +112,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_3_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -120,10 +120,10 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'], ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -131,17 +131,17 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_theta_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_theta_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'], ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_theta_2_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -149,7 +149,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_theta_3_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -157,23 +157,23 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                      'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                    'value_blocks': False}},
+                                    'value_blocks': 'none'}},
  'stored': [],
  'fallback': None}
 
@@ -814,7 +814,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -840,6 +840,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -847,11 +848,11 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -877,6 +878,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1025,12 +1027,12 @@ def chunk_grad_q_1_bwd_kernel(
             v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v113 = (v53 * v112)
         v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1056,6 +1058,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1201,12 +1204,12 @@ def chunk_grad_q_2_bwd_kernel(
             v111 = (v110 * v56[:, None])
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v112 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1232,6 +1235,7 @@ def chunk_grad_q_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1377,12 +1381,12 @@ def chunk_grad_q_3_bwd_kernel(
             v111 = (v110 * v43[:, None])
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1408,6 +1412,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1583,12 +1588,12 @@ def chunk_grad_k_0_bwd_kernel(
             v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v134 = (v106 + v109 + v133)
         v135 = v134
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1614,6 +1619,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1808,12 +1814,12 @@ def chunk_grad_k_1_bwd_kernel(
         v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v155 = (v153 + v154)
         v156 = v155
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1839,6 +1845,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2093,12 +2100,12 @@ def chunk_grad_k_2_bwd_kernel(
             v184 = (v150 + v183)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2124,6 +2131,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2316,12 +2324,12 @@ def chunk_grad_v_0_bwd_kernel(
         v152 = (v151 / (D))
         v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v154 = ((-1.0) * v153)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2347,6 +2355,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2536,12 +2545,12 @@ def chunk_grad_v_1_bwd_kernel(
         v149 = (v145 + v148[:, None])
         v150 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v151 = ((-1.0) * v150)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2567,6 +2576,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2737,12 +2747,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v125 = (v124 * tl.exp(v41))
         v126 = tl.cumsum(v125, axis=0, reverse=True)
         v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2768,6 +2778,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2855,12 +2866,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v77 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v76)
         v78 = tl.cumsum(v77, axis=0, reverse=True)
         v79 = (v78 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2886,6 +2897,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3075,12 +3087,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v135 = tl.sum((v134), axis=1)
         v136 = tl.cumsum(v135, axis=0, reverse=True)
         v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3106,6 +3118,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3326,12 +3339,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v154 = v153
         v155 = tl.cumsum(v154, axis=0, reverse=True)
         v156 = (v155 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3357,6 +3370,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3432,12 +3446,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v65 = (v60 + v64)
         v66 = (v47 * v65)
         v67 = v66
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3463,6 +3477,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3642,12 +3657,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
         v137 = tl.sum((v136), axis=0)
         v138 = v137
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_theta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3673,6 +3688,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3862,12 +3878,12 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v135 = (v134 * tl.exp(v47))
         v136 = tl.cumsum(v135, axis=0, reverse=True)
         v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_theta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3893,6 +3909,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3973,12 +3990,12 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v69 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v68)
         v70 = tl.cumsum(v69, axis=0, reverse=True)
         v71 = (v70 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_theta_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4004,6 +4021,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4185,12 +4203,12 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v138 = tl.sum((v137), axis=1)
         v139 = tl.cumsum(v138, axis=0, reverse=True)
         v140 = (v139 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_theta_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4216,6 +4234,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4421,12 +4440,12 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v153 = v152
         v154 = tl.cumsum(v153, axis=0, reverse=True)
         v155 = (v154 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_gate_theta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4452,6 +4471,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4565,12 +4585,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
         v92 = tl.sum((v91), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4596,6 +4616,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4788,12 +4809,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v152 = (v151 / (D))
         v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v154 = tl.sum((v153), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4819,6 +4840,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5008,12 +5030,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v149 = (v145 + v148[:, None])
         v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v151 = tl.sum((v150), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5039,6 +5061,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5234,12 +5257,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v155 = (v153 + v154)
         v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v157 = tl.sum((v156), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5265,6 +5288,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -5272,11 +5296,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v17.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v17.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5302,6 +5326,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5496,5 +5521,5 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v155 = (v153 + v154)
         v156 = tl.sum((v155), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

@@ -25,25 +25,25 @@ DESCRIPTION = {'spec': 'ttt_linear',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': False},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': False},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_q_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
-             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False}},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'none'},
+             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'none'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_q_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_weight_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_weight_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_weight_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'}},
  'stored': [],
  'fallback': None}
 
@@ -327,7 +327,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -353,6 +353,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -360,11 +361,11 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v9 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v9.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v9.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -390,6 +391,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -450,11 +452,11 @@ def chunk_grad_q_1_bwd_kernel(
     v58 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v59 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])) * v58)
     v60 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v60.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v60.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -480,6 +482,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -537,11 +540,11 @@ def chunk_grad_q_2_bwd_kernel(
     v55 = (v54 / (D))
     v56 = (v52 + v55[:, None])
     v57 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v57.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v57.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -567,6 +570,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -635,11 +639,11 @@ def chunk_grad_k_0_bwd_kernel(
     v53 = tl.dot(v52.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v68 = (v53 + v67)
     v69 = v68
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v69.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v69.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -665,6 +669,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -742,11 +747,11 @@ def chunk_grad_k_1_bwd_kernel(
     v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v77 = (v75 + v76)
     v78 = v77
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -772,6 +777,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -866,11 +872,11 @@ def chunk_grad_k_2_bwd_kernel(
     v93 = (v92 / (D))
     v94 = (v90 + v93[:, None])
     v95 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -896,6 +902,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -971,11 +978,11 @@ def chunk_grad_v_0_bwd_kernel(
     v74 = (v73 / (D))
     v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v76 = ((-1.0) * v75)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v76.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1001,6 +1008,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1073,11 +1081,11 @@ def chunk_grad_v_1_bwd_kernel(
     v71 = (v67 + v70[:, None])
     v72 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v73 = ((-1.0) * v72)
-    tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1103,6 +1111,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1142,11 +1151,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v40 = tl.sum((v39), axis=1)
     v41 = (v32 * v40)
     v42 = v41
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1172,6 +1181,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1234,11 +1244,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v59)
     v61 = tl.sum((v60), axis=0)
     v62 = v61
-    tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v62.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v62.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1264,6 +1274,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1312,11 +1323,11 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = (v41 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
     v48 = tl.sum((v47), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v48.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v48.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1342,6 +1353,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1417,11 +1429,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v74 = (v73 / (D))
     v75 = ((-0.5) * v11 * v18 * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v76 = tl.sum((v75), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1447,6 +1459,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1519,11 +1532,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v71 = (v67 + v70[:, None])
     v72 = (v18 * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v73 = tl.sum((v72), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1549,6 +1562,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1627,11 +1641,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v77 = (v75 + v76)
     v78 = (v11 * v77 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v79 = tl.sum((v78), axis=0)
-    tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v79.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v79.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1657,6 +1671,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1664,11 +1679,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v9 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v9.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v9.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1694,6 +1709,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -1771,4 +1787,4 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v77 = (v75 + v76)
     v78 = tl.sum((v77), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v78.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v78.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -25,10 +25,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
             ['ln_weight', ['o'], False],
             ['ln_bias', ['o'], False]],
  'hidden': 4,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']], 'value_blocks': False},
+ 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [['t', 'h'], ['t', 'h']], 'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
-                         'value_blocks': False},
+                         'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -42,8 +42,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h']],
-                           'value_blocks': False},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                           'value_blocks': 'none'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -51,10 +51,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -62,10 +62,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -77,16 +77,16 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'], ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -94,23 +94,23 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                      'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                      'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                    'value_blocks': False}},
+                                    'value_blocks': 'none'}},
  'stored': [],
  'fallback': None}
 
@@ -589,7 +589,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -615,6 +615,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -622,11 +623,11 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -652,6 +653,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -769,12 +771,12 @@ def chunk_grad_q_1_bwd_kernel(
             v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
         v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -800,6 +802,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -913,12 +916,12 @@ def chunk_grad_q_2_bwd_kernel(
             v77 = (v76 * (0.5 + (0.5 * tl.math.erf(_c0)) + (_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -944,6 +947,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1074,12 +1078,12 @@ def chunk_grad_k_0_bwd_kernel(
             v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v89 = (v67 + v88)
         v90 = v89
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1105,6 +1109,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1250,12 +1255,12 @@ def chunk_grad_k_1_bwd_kernel(
         v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v107 = (v105 + v106)
         v108 = v107
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1281,6 +1286,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1477,12 +1483,12 @@ def chunk_grad_k_2_bwd_kernel(
             v134 = (v100 + v133)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1508,6 +1514,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1651,12 +1658,12 @@ def chunk_grad_v_0_bwd_kernel(
         v104 = (v103 / (D))
         v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v106 = ((-1.0) * v105)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1682,6 +1689,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1822,12 +1830,12 @@ def chunk_grad_v_1_bwd_kernel(
         v101 = (v97 + v100[:, None])
         v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v103 = ((-1.0) * v102)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1853,6 +1861,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1921,12 +1930,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v53 = (v48 + v52)
         v54 = (v37 * v53)
         v55 = v54
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1952,6 +1961,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2073,12 +2083,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
         v84 = tl.sum((v83), axis=0)
         v85 = v84
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv))
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2104,6 +2114,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2184,12 +2195,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
         v62 = tl.sum((v61), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2215,6 +2226,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2358,12 +2370,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = (v103 / (D))
         v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v106 = tl.sum((v105), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2389,6 +2401,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2529,12 +2542,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v101 = (v97 + v100[:, None])
         v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v103 = tl.sum((v102), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2560,6 +2573,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2706,12 +2720,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v107 = (v105 + v106)
         v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v109 = tl.sum((v108), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2737,6 +2751,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -2744,11 +2759,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2774,6 +2789,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2919,5 +2935,5 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v107 = (v105 + v106)
         v108 = tl.sum((v107), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

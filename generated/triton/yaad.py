@@ -29,10 +29,10 @@ DESCRIPTION = {'spec': 'yaad',
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
-                           'value_blocks': False},
+                           'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
-                         'value_blocks': False},
+                         'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -44,8 +44,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h']],
-                           'value_blocks': False},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                           'value_blocks': 'none'},
+             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -53,10 +53,10 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_q_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -64,10 +64,10 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_k_2_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -79,13 +79,13 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_0_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_v_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -94,10 +94,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'], ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -105,10 +105,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'], ['t', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -116,43 +116,43 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
-                                     'value_blocks': False},
+                                     'value_blocks': 'none'},
              'grad_gate_delta_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_gate_delta_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h']],
-                                       'value_blocks': False},
+                                       'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_2_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
+                                      'value_blocks': 'none'},
              'grad_ln_weight_3_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                      'value_blocks': False},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                      'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                    'value_blocks': False},
+                                    'value_blocks': 'none'},
              'state_fwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
-                                'value_blocks': False},
+                                'value_blocks': 'none'},
              'out_fwd_cube': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
-                              'value_blocks': False},
+                              'value_blocks': 'none'},
              'state_bwd_cube': {'grid': 'sequences',
                                 'scratch': [['h', 'i'],
                                             ['t', 'h'],
@@ -167,8 +167,8 @@ DESCRIPTION = {'spec': 'yaad',
                                             ['t', 'h'],
                                             ['t', 'h'],
                                             ['t', 'h']],
-                                'value_blocks': False},
-             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                'value_blocks': 'none'},
+             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_q_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'],
                                                ['t', 'h'],
@@ -176,10 +176,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_q_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'],
                                                ['t', 'h'],
@@ -187,10 +187,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                ['t', 'h'],
                                                ['s', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_k_2_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'],
                                                ['t', 'h'],
@@ -202,23 +202,23 @@ DESCRIPTION = {'spec': 'yaad',
                                                ['t', 'h'],
                                                ['t', 'h'],
                                                ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_0_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_v_1_bwd_cube': {'grid': 'sequences',
                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': False},
+                                   'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'], ['t', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
@@ -226,7 +226,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_alpha_3_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
@@ -234,10 +234,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                         ['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['t', 'h'], ['t', 'h']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
                                           'scratch': [['t', 'h'],
                                                       ['t', 'h'],
@@ -245,53 +245,53 @@ DESCRIPTION = {'spec': 'yaad',
                                                       ['t', 'h'],
                                                       ['t', 'h'],
                                                       ['s', 'h']],
-                                          'value_blocks': False},
+                                          'value_blocks': 'none'},
              'grad_gate_delta_0_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_gate_delta_1_bwd_cube': {'grid': 'sequences',
                                             'scratch': [['t', 'h'],
                                                         ['t', 'h'],
                                                         ['s', 'h'],
                                                         ['t', 'h'],
                                                         ['t', 'h']],
-                                            'value_blocks': False},
+                                            'value_blocks': 'none'},
              'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['t', 'h'],
                                                        ['t', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['t', 'h'],
                                                        ['t', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
+                                           'value_blocks': 'none'},
              'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
                                            'scratch': [['t', 'h'],
                                                        ['t', 'h'],
                                                        ['s', 'h'],
                                                        ['t', 'h'],
                                                        ['t', 'h']],
-                                           'value_blocks': False},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': False},
+                                           'value_blocks': 'none'},
+             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd_cube': {'grid': 'sequences',
                                          'scratch': [['t', 'h'],
                                                      ['t', 'h'],
                                                      ['s', 'h'],
                                                      ['t', 'h'],
                                                      ['t', 'h']],
-                                         'value_blocks': False}},
+                                         'value_blocks': 'none'}},
  'stored': [],
  'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
 
@@ -828,7 +828,7 @@ def chunk_state_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -854,6 +854,7 @@ def chunk_grad_q_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -861,11 +862,11 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -891,6 +892,7 @@ def chunk_grad_q_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1027,12 +1029,12 @@ def chunk_grad_q_1_bwd_kernel(
         v97 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v96)
         v98 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v99 = (v42 * v98)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1058,6 +1060,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1190,12 +1193,12 @@ def chunk_grad_q_2_bwd_kernel(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v95 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v96 = (v42 * v95)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1221,6 +1224,7 @@ def chunk_grad_k_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1375,12 +1379,12 @@ def chunk_grad_k_0_bwd_kernel(
         v109 = (v50 * v108)
         v110 = (v85 + v109)
         v111 = v110
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v111.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v111.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1406,6 +1410,7 @@ def chunk_grad_k_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1580,12 +1585,12 @@ def chunk_grad_k_1_bwd_kernel(
         v129 = (v127 + v128)
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = v130
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1611,6 +1616,7 @@ def chunk_grad_k_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -1836,12 +1842,12 @@ def chunk_grad_k_2_bwd_kernel(
             v157 = (v122 + v156)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v158 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1867,6 +1873,7 @@ def chunk_grad_v_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2039,12 +2046,12 @@ def chunk_grad_v_0_bwd_kernel(
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v129 = ((-1.0) * v128)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2070,6 +2077,7 @@ def chunk_grad_v_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2239,12 +2247,12 @@ def chunk_grad_v_1_bwd_kernel(
         v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v126 = ((-1.0) * v125)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2270,6 +2278,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2443,12 +2452,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v115 = (v114 * tl.exp(v41))
         v116 = tl.cumsum(v115, axis=0, reverse=True)
         v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2474,6 +2483,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2559,12 +2569,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
         v67 = tl.cumsum(v66, axis=0, reverse=True)
         v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2590,6 +2600,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2760,12 +2771,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v121 = v120
         v122 = tl.cumsum(v121, axis=0, reverse=True)
         v123 = (v122 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2791,6 +2802,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -2871,12 +2883,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v63 = (v47 * v62)
         v64 = v63
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2902,6 +2914,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3044,12 +3057,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v103 = (v93 + v102)
         v104 = (v103 * tl.exp(((-1.0) * v41)))
         v105 = v104
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_delta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3075,6 +3088,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3247,12 +3261,12 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
         v129 = v128
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_delta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3278,6 +3292,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3447,12 +3462,12 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
         v126 = v125
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3478,6 +3493,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3580,12 +3596,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = tl.sum((v76), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3611,6 +3627,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3782,12 +3799,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = tl.sum((v127), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3813,6 +3830,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -3981,12 +3999,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v123 = (v119 + v122[:, None])
         v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = tl.sum((v124), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4012,6 +4030,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4187,12 +4206,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v132 = tl.sum((v131), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4218,6 +4237,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -4225,11 +4245,11 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4255,6 +4275,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -4429,7 +4450,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v129 = (v127 + v128)
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = tl.sum((v130), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -4976,7 +4997,7 @@ def chunk_state_bwd_kernel_cube(
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5002,6 +5023,7 @@ def chunk_grad_q_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -5009,11 +5031,11 @@ def chunk_grad_q_0_bwd_kernel_cube(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = d_out
-    tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5039,6 +5061,7 @@ def chunk_grad_q_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5175,12 +5198,12 @@ def chunk_grad_q_1_bwd_kernel_cube(
             v96 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v98 = (v97 * v96[:, :, None])
         v99 = tl.sum((v98), axis=1)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_q_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5206,6 +5229,7 @@ def chunk_grad_q_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5338,12 +5362,12 @@ def chunk_grad_q_2_bwd_kernel_cube(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v95 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v96 = (v43 * v95)
-        tl.store(grad_q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_q_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5369,6 +5393,7 @@ def chunk_grad_k_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5522,12 +5547,12 @@ def chunk_grad_k_0_bwd_kernel_cube(
         v108 = tl.sum((v107), axis=0)
         v109 = (v85 + v108)
         v110 = v109
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5553,6 +5578,7 @@ def chunk_grad_k_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5727,12 +5753,12 @@ def chunk_grad_k_1_bwd_kernel_cube(
         v129 = (v127 + v128)
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = v130
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_k_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5758,6 +5784,7 @@ def chunk_grad_k_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -5983,12 +6010,12 @@ def chunk_grad_k_2_bwd_kernel_cube(
             v157 = (v122 + v156)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v158 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_k_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6014,6 +6041,7 @@ def chunk_grad_v_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6186,12 +6214,12 @@ def chunk_grad_v_0_bwd_kernel_cube(
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v129 = ((-1.0) * v128)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_v_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6217,6 +6245,7 @@ def chunk_grad_v_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6386,12 +6415,12 @@ def chunk_grad_v_1_bwd_kernel_cube(
         v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v126 = ((-1.0) * v125)
-        tl.store(grad_v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_v_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6417,6 +6446,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6574,12 +6604,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel_cube(
         v108 = (v107 * tl.exp(v41))
         v109 = tl.cumsum(v108, axis=0, reverse=True)
         v110 = (v109 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6605,6 +6635,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6690,12 +6721,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel_cube(
         v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
         v67 = tl.cumsum(v66, axis=0, reverse=True)
         v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6721,6 +6752,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -6865,12 +6897,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel_cube(
         v105 = tl.sum((v104), axis=1)
         v106 = tl.cumsum(v105, axis=0, reverse=True)
         v107 = (v106 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v107.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v107.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_alpha_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6896,6 +6928,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7067,12 +7100,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v122 = v121
         v123 = tl.cumsum(v122, axis=0, reverse=True)
         v124 = (v123 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_gate_alpha_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7098,6 +7131,7 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7178,12 +7212,12 @@ def chunk_grad_gate_eta_0_bwd_kernel_cube(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v63 = (v47 * v62)
         v64 = v63
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_eta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7209,6 +7243,7 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7351,12 +7386,12 @@ def chunk_grad_gate_eta_1_bwd_kernel_cube(
         v103 = (v42 * v102)
         v104 = tl.sum((v103), axis=0)
         v105 = v104
-        tl.store(grad_gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_gate_eta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_delta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7382,6 +7417,7 @@ def chunk_grad_gate_delta_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7554,12 +7590,12 @@ def chunk_grad_gate_delta_0_bwd_kernel_cube(
         v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
         v129 = v128
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_delta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7585,6 +7621,7 @@ def chunk_grad_gate_delta_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7754,12 +7791,12 @@ def chunk_grad_gate_delta_1_bwd_kernel_cube(
         v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
         v126 = v125
-        tl.store(grad_gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_gate_delta_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7785,6 +7822,7 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -7887,12 +7925,12 @@ def chunk_grad_ln_weight_0_bwd_kernel_cube(
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
         v77 = tl.sum((v76), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7918,6 +7956,7 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8089,12 +8128,12 @@ def chunk_grad_ln_weight_1_bwd_kernel_cube(
         v126 = (v125 / (D))
         v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v128 = tl.sum((v127), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -8120,6 +8159,7 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8288,12 +8328,12 @@ def chunk_grad_ln_weight_2_bwd_kernel_cube(
         v123 = (v119 + v122[:, None])
         v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v125 = tl.sum((v124), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_weight_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -8319,6 +8359,7 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8494,12 +8535,12 @@ def chunk_grad_ln_weight_3_bwd_kernel_cube(
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v132 = tl.sum((v131), axis=0)
-        tl.store(grad_ln_weight_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_ln_weight_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -8525,6 +8566,7 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
     # writes nothing
     c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
@@ -8532,11 +8574,11 @@ def chunk_grad_ln_bias_0_bwd_kernel_cube(
     nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = tl.sum((d_out), axis=0)
-    tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T"])
 def chunk_grad_ln_bias_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -8562,6 +8604,7 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -8736,5 +8779,5 @@ def chunk_grad_ln_bias_1_bwd_kernel_cube(
         v129 = (v127 + v128)
         v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v131 = tl.sum((v130), axis=0)
-        tl.store(grad_ln_bias_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_ln_bias_ptr.dtype.element_ty), mask=nv > 0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

@@ -136,7 +136,7 @@ class _Launch:
         if info["scratch"]:
             per_program = sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
             scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
-        bv = self.BV if info["value_blocks"] else self.D
+        bv = self.BV if info["value_blocks"] != "none" else self.D
         grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
         fn[grid](*args, *scratch, *self.scalars, **self.consts, BV=bv)
 
@@ -203,9 +203,14 @@ class TritonChunkwise(torch.autograd.Function):
             total = None
             jobs = itertools.takewhile(kernels.__contains__, (f"grad_{name}_{j}_bwd" for j in itertools.count()))
             for job in jobs:  # one kernel per summand of the gradient, numbered from 0
-                term = torch.full_like(x, float("nan")) if tok else \
-                    torch.zeros((launch.n_chunks, *x.shape[1:]), device=x.device, dtype=launch.dtype)
-                launch.run(kernels, job, *starts, *carries, *rest, d_out, term)
+                # a kernel run by value blocks that each add a share of a sum over the value axis: a copy per block
+                copies = launch.D // launch.BV if kernels[job][1]["value_blocks"] == "partial" else 1
+                shape = (copies, *x.shape) if tok else (copies, launch.n_chunks, *x.shape[1:])
+                wide = x.dtype if copies == 1 else launch.dtype  # the shares are added in fp32 (fp64)
+                term = torch.full(shape, float("nan"), device=x.device, dtype=wide) if tok else \
+                    torch.zeros(shape, device=x.device, dtype=launch.dtype)
+                launch.run(kernels, job, *starts, *carries, *rest, d_out, term, term[0].numel() if copies > 1 else 0)
+                term = term.sum(0).to(x.dtype) if tok else term.sum(0)
                 total = term if total is None else total + term
             grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
