@@ -67,6 +67,11 @@ def _cuobjdump(cubin: bytes) -> tuple[str, str]:
     return usage, sass
 
 
+def job_of(kernel: str) -> str:
+    """The DESCRIPTION["kernels"] key of a generated kernel: chunk_<job>_kernel<suffix> -> <job><suffix>."""
+    return kernel.removeprefix("chunk_").replace("_kernel", "", 1)
+
+
 def generated_description(text: str) -> dict:
     """The DESCRIPTION literal of a generated Triton module's source (read, not executed)."""
     start = text.index("DESCRIPTION = ") + len("DESCRIPTION = ")
@@ -154,7 +159,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             warps = num_warps(chunk_size, head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps)
-            blocked = jobs[kernel.removeprefix("chunk_").removesuffix("_kernel")]["value_blocks"]
+            blocked = jobs[job_of(kernel)]["value_blocks"]
             kernel_consts = {**consts, "BV": value_block(head_dim) if blocked != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch, warps,
