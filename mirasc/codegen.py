@@ -26,7 +26,7 @@ from .lower import (
     state_names,
 )
 from .resources import resource_dir
-from .triton_kernels import OFFSETS, KernelIO, kernels, stored_values
+from .triton_kernels import KernelIO, kernels, stored_values
 
 TEMPLATES = resource_dir("templates")
 
@@ -186,6 +186,5 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         command=_safe_comment(command or f"mirasc compile {Path(spec.file).name}"),
         spec_hash=spec_hash(spec.source, options, "triton"),
         description=pprint.pformat(description, width=110, sort_dicts=False),
-        offsets=OFFSETS,
         kernels=found,
     )
