@@ -41,7 +41,7 @@ FLA = {
         ("fla.ops.common.chunk_delta_h", "chunk_gated_delta_rule_fwd_kernel_h_blockdim64", {"USE_G": True}),
         ("fla.ops.common.chunk_o", "chunk_fwd_kernel_o", {"USE_G": True}),
         ("fla.ops.common.chunk_delta_h", "chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64", {"USE_G": True}),
-        ("fla.ops.common.chunk_o", "chunk_bwd_kernel_dqkwg", {"USE_G": True}),
+        ("fla.ops.common.chunk_o", "chunk_bwd_kernel_dqkwg", {"USE_G": True, "USE_DW": True}),
         ("fla.ops.common.chunk_o", "chunk_bwd_kernel_dv_local", {"USE_G": True}),
         ("fla.ops.gated_delta_rule.wy_fast", "prepare_wy_repr_bwd_kernel", {"USE_G": True})],
     "chunk_gla": [("fla.ops.gla.chunk", "chunk_gla_fwd_A_kernel_intra_sub_inter", {}),
@@ -62,7 +62,8 @@ SCALARS = {"T": "i32", "NT": "i32", "B": "i32", "scale": "fp32"}
 
 def _fla_constexprs(D: int, C: int, heads: int = 16) -> dict:
     block = min(64, D)
-    return {"H": heads, "HV": heads, "K": D, "V": D, "BT": C, "BK": block, "BV": block, "BC": 16, "BS": 16,
+    return {"H": heads, "HV": heads, "HQ": heads, "B": 8, "USE_GRAPH": False,
+            "K": D, "V": D, "BT": C, "BK": block, "BV": block, "BC": 16, "BS": 16,
             "NC": C // 16, "USE_G": False, "USE_GK": False, "USE_GV": False, "USE_G_GAMMA": False,
             "USE_INITIAL_STATE": True, "STORE_FINAL_STATE": True, "USE_FINAL_STATE_GRADIENT": True,
             "SAVE_NEW_VALUE": True, "STATE_V_FIRST": False, "IS_VARLEN": False, "USE_EXP2": False,
@@ -84,10 +85,13 @@ def _compile_fla(module: str, kernel: str, consts: dict, dtype: str, arch: int, 
 
         fn = getattr(importlib.import_module(module), kernel)
         values, warps, stages = dict(consts), 4, None
-        while not isinstance(fn, JITFunction):  # autotune / heuristics wrappers: take the first config
+        while not isinstance(fn, JITFunction):  # autotune / heuristics wrappers: one config of 4 warps
             if getattr(fn, "configs", None):
-                values = {**fn.configs[0].kwargs, **values}
-                warps, stages = fn.configs[0].num_warps, fn.configs[0].num_stages
+                # the first config may have 1 or 2 warps (capped near 32 registers a thread: spills that
+                # fla's autotuner would never choose on a GPU); 4 warps is the common choice on an H100
+                config = next((c for c in fn.configs if c.num_warps == 4), fn.configs[0])
+                values = {**values, **config.kwargs}  # the tuned block sizes win
+                warps, stages = config.num_warps, config.num_stages
             fn = fn.fn
         signature, constexprs = {}, {}
         for j, arg in enumerate(fn.arg_names):
@@ -119,7 +123,7 @@ def _compile_fla(module: str, kernel: str, consts: dict, dtype: str, arch: int, 
                    "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln)),
                    "dots": _count_dots(fn)})
     except Exception as e:  # noqa: BLE001 - reported as a row
-        queue.put({"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        queue.put({"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
 
 
 def _count_dots(fn) -> int:

@@ -1,6 +1,6 @@
 """Multi-query associative recall (MQAR), Zoology's recipe, generated on the fly.
 
-Per example (Arora et al. 2023, `zoology/data/multiquery_ar.py`, restated in ../shared/docs/eval-tasks.md §1.2):
+Per example (Arora et al. 2023, `zoology/data/multiquery_ar.py`):
 keys come from 1 .. V/2-1 and values from V/2 .. V-1 (disjoint halves; token 0 is the blank filler), `kv` distinct
 keys and values paired in order, the key-value block `k1 v1 k2 v2 ...` first, then the query region where key j
 sits at offset C + 2 g_j with the gaps g_j drawn without replacement from the power law p(i) ∝ a i^(a-1). The
