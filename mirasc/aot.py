@@ -128,9 +128,10 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 
 
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
-               timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None
-               ) -> list[KernelReport]:
-    """Compile every kernel of the spec's Triton module for the target and report one row per kernel.
+               timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
+               only: list[str] | None = None) -> list[KernelReport]:
+    """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
+    row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype."""
@@ -155,7 +156,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
-        for kernel in names:
+        for kernel in [n for n in names if only is None or n in only]:
             warps = num_warps(chunk_size, head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps)

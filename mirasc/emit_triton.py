@@ -157,7 +157,9 @@ _MASKS = {
 
 def _elementwise(v: Value) -> list[str]:
     syms = ir.arg_symbols(len(v.args))
-    temps, (expr,) = sp.cse([v.op.expr], symbols=sp.numbered_symbols("_c"))
+    # temporaries named after their value: a name shared by two values would be one variable to Triton, and a
+    # loop that assigns it a tile of another shape is refused on a GPU (the interpreter does not check)
+    temps, (expr,) = sp.cse([v.op.expr], symbols=sp.numbered_symbols(f"{name(v)}_c"))
     env = {s: align(a, v.axes) for s, a in zip(syms, v.args)}
     lines = []
     for t, val in temps:

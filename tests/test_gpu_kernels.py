@@ -106,3 +106,17 @@ def test_aot_finds_every_kernel_in_the_description():
     assert any(n.endswith("_cube") for n in names), names
     assert sorted(job_of(n) for n in names) == sorted(jobs)
 
+
+def test_mlp_memory_kernels_compile_for_an_h100():
+    """Kernels with loops over the hidden blocks compile for a GPU, which checks what the interpreter does not: a
+    variable a loop assigns keeps its type (two values' temporaries once shared a name, and Moneta's backward
+    kernels did not compile)."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    rows = aot_report("moneta", chunk_size=16, head_dim=16, timeout=240,
+                      only=["chunk_state_bwd_kernel", "chunk_grad_v_0_bwd_kernel"])
+    assert len(rows) == 2
+    for r in rows:
+        assert r.ok and r.mma > 0, (r.kernel, r.error)
+
