@@ -181,11 +181,7 @@ def _distribute(g: Graph, v: Value) -> list[Value] | None:
     sum, a contraction, an elementwise expression homogeneous and linear in it): [op(..., a, ...), op(..., b, ...),
     ...], made in g. None when v is not of that form."""
     for j, arg in enumerate(v.args):
-        linear = isinstance(v.op, (ir.Rename, ir.Broadcast, ir.Cumsum, ir.Einsum))
-        if isinstance(v.op, ir.Elementwise):
-            x = ir.arg_symbols(len(v.args))[j]
-            linear = sp.diff(v.op.expr, x, 2) == 0 and v.op.expr.subs(x, 0) == 0
-        if not linear:
+        if not _linear_in(v, [arg]):
             continue
         parts = _summands(arg) or _distribute(g, arg)  # a sum, or a linear op of one, ...
         if parts:

@@ -210,7 +210,7 @@ class TritonChunkwise(torch.autograd.Function):
                 term = torch.full(shape, float("nan"), device=x.device, dtype=wide) if tok else \
                     torch.zeros(shape, device=x.device, dtype=launch.dtype)
                 launch.run(kernels, job, *starts, *carries, *rest, d_out, term, term[0].numel() if copies > 1 else 0)
-                term = term.sum(0).to(x.dtype) if tok else term.sum(0)
+                term = term[0] if copies == 1 else term.sum(0).to(x.dtype if tok else launch.dtype)
                 total = term if total is None else total + term
             grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]
