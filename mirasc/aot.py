@@ -129,12 +129,14 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
                timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
-               only: list[str] | None = None) -> list[KernelReport]:
+               only: list[str] | None = None, warps: int | None = None,
+               block_value: int | None = None) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
     row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
-    temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype."""
+    temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
+    the launcher's warps and blocks for the target unless `warps`, `block_hidden` or `block_value` say otherwise."""
     from .backends.triton import hidden_block, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
@@ -157,14 +159,15 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:
-            warps = num_warps(chunk_size, head_dim, hidden)
+            warps_here = warps or num_warps(chunk_size, head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
-                               dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps)
+                               dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here)
             blocked = jobs[job_of(kernel)]["value_blocks"]
-            kernel_consts = {**consts, "BV": value_block(head_dim) if blocked != "none" else head_dim}
+            bv = block_value or value_block(head_dim)
+            kernel_consts = {**consts, "BV": bv if blocked != "none" else head_dim}
             queue = ctx.Queue()
-            proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch, warps,
-                                                          queue))
+            proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,
+                                                          warps_here, queue))
             proc.start()
             proc.join(timeout)
             if proc.is_alive():

@@ -93,6 +93,18 @@ def test_aot_compiles_for_an_h100():
         assert r["stack"] == 0 and r["dots"] > 0 and r["mma"] > 0, r
 
 
+def test_aot_takes_the_kernels_warps_and_blocks_it_is_given():
+    """--only and --num-warps (with --block-value, how per-target configs are explored) reach the compiler: one
+    row, compiled with the warps asked for."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    command = [sys.executable, "-m", "mirasc", "aot", "gated_deltanet", "--head-dim", "32", "--chunk-size", "16",
+               "--only", "chunk_state_fwd_kernel", "--num-warps", "2", "--block-value", "16", "--json"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert row["kernel"] == "chunk_state_fwd_kernel" and row["num_warps"] == 2 and row["ok"], row
+
+
 def test_aot_finds_every_kernel_in_the_description():
     """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a module with fallback kernels
     (a channel-decay spec's `_cube` ones) has its entry there."""
