@@ -607,18 +607,18 @@ def section_inputs(args, tmp: Path) -> dict:
         op = mirasc.compile(str(path), backend="torch")
         gen = torch.Generator().manual_seed(0)
         q, k, v, gates, params = random_inputs(op, 1, 6, 2, 4, torch.float64, generator=gen)
-        meta = {g["name"]: g for g in op.meta["gates"]}
+        meta = {g.name: g for g in op.meta.gates}
         cases = []
         for name, g in meta.items():
             for label, value in (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf),
-                                 ("below range", g["low"] - 1 if math.isfinite(g["low"]) else None),
-                                 ("above range", g["high"] + 1 if math.isfinite(g["high"]) else None)):
+                                 ("below range", g.low - 1 if math.isfinite(g.low) else None),
+                                 ("above range", g.high + 1 if math.isfinite(g.high) else None)):
                 if value is None:
                     continue
                 bad = {**gates, name: gates[name].clone()}
                 bad[name].view(-1)[0] = value
                 cases.append((f"gate {name} {label}", (q, k, v, bad), name))
-        empty = {n: (x[:, :0] if meta[n]["data_dependent"] else x) for n, x in gates.items()}
+        empty = {n: (x[:, :0] if meta[n].data_dependent else x) for n, x in gates.items()}
         cases.append(("T = 0", (q[:, :0], k[:, :0], v[:, :0], empty), "T = 0"))
         for label, args_, needle in cases:
             try:
@@ -630,7 +630,7 @@ def section_inputs(args, tmp: Path) -> dict:
             except Exception as e:
                 op_rows.append({"spec": path.stem, "case": label, "ok": False, "message": f"{type(e).__name__}: {e}"})
         o, _ = op(q[:, :1], k[:, :1], v[:, :1],
-                  gates={n: (x[:, :1] if meta[n]["data_dependent"] else x) for n, x in gates.items()}, params=params)
+                  gates={n: (x[:, :1] if meta[n].data_dependent else x) for n, x in gates.items()}, params=params)
         op_rows.append({"spec": path.stem, "case": "T = 1", "ok": bool(torch.isfinite(o).all()), "message": ""})
     n_op = sum(r["ok"] for r in op_rows)
     print(f"inputs: {len(op_rows)} bad or edge inputs through the ops of {len(SPECS)} specs: {n_op} handled "

@@ -40,12 +40,15 @@ def spec_and_options(model: str) -> tuple[str, dict]:
 
 
 def _gate_init(pairs: list[str]) -> dict[str, float]:
+    """--gate-init ROLE=VALUE pairs (roles as mirasc.nn.layer.GATE_INIT names them: decay, lr, momentum, bias)."""
+    from mirasc.nn.layer import GATE_INIT
+
     out = {}
     for p in pairs:
-        name, sep, value = p.partition("=")
-        if not sep:
-            raise SystemExit(f"--gate-init: expected NAME=VALUE, got {p!r}")
-        out[name.strip()] = float(value)
+        role, sep, value = p.partition("=")
+        if not sep or role.strip() not in GATE_INIT:
+            raise SystemExit(f"--gate-init: expected ROLE=VALUE with ROLE one of {sorted(GATE_INIT)}, got {p!r}")
+        out[role.strip()] = float(value)
     return out
 
 
@@ -146,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve-points", type=int, default=16, help="train-accuracy points logged per run")
     p.add_argument("--qkv-init-std", type=float, default=None,
                    help="init the layer's q/k/v projections normal(0, STD) instead of nn.Linear's default")
-    p.add_argument("--gate-init", nargs="+", default=[], metavar="NAME=VALUE",
-                   help="initial gate values for every spec (replacing mirasc.nn.layer.GATE_INIT and "
-                        "GATE_INIT_FOR_MAP), e.g. eta=1.0")
+    p.add_argument("--gate-init", nargs="+", default=[], metavar="ROLE=VALUE",
+                   help="initial gate values by role for every spec (replacing mirasc.nn.layer.GATE_INIT and "
+                        "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per run (1: on a shared CPU two OpenMP threads wait on each other)")
     p.add_argument("--out", default="bench/results/tasks")

@@ -11,17 +11,19 @@ __version__ = "0.1.0"
 
 @functools.cache
 def compiler_fingerprint() -> str:
-    """A hash of the compiler's own sources (the package's top-level modules and `.miras` files, the templates,
-    the grammar), so a cached module never outlives the code that generated it, even between releases. Read
-    through importlib.resources, so it covers the installed package data too (a wheel keeps the templates and
-    the grammar inside the package, a checkout beside it)."""
+    """A hash of the compiler's own sources (the package's top-level modules and `.miras` files, the checker's
+    subpackage, the templates, the grammar), so a cached module never outlives the code that generated it, even
+    between releases. Read through importlib.resources, so it covers the installed package data too (a wheel
+    keeps the templates and the grammar inside the package, a checkout beside it)."""
     from importlib import resources
 
     from .resources import resource_dir
 
     h = hashlib.sha256()
-    top = sorted((f for f in resources.files("mirasc").iterdir() if f.is_file()), key=lambda f: f.name)
-    for root in (top, sorted(resource_dir("templates").iterdir()), sorted(resource_dir("grammar").iterdir())):
+    package = resources.files("mirasc")
+    top = sorted((f for f in package.iterdir() if f.is_file()), key=lambda f: f.name)
+    checker = sorted((f for f in package.joinpath("check").iterdir() if f.is_file()), key=lambda f: f.name)
+    for root in (top, checker, sorted(resource_dir("templates").iterdir()), sorted(resource_dir("grammar").iterdir())):
         for f in root:
             if f.name.endswith((".py", ".j2", ".lark", ".miras")):
                 h.update(f.name.encode())

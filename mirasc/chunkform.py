@@ -59,8 +59,7 @@ def _nonlinear_part(spec: S.Spec) -> str | None:
         return "the memory's LayerNorm makes its prediction nonlinear in the weights"
     rmap = spec.retention.map
     if rmap is not None:
-        name = {S.LqMap: "lq", S.KLMap: "kl", S.SoftThresholdMap: "softthreshold", S.SigmoidMap: "sigmoid"}
-        return f"the boundary map `{name.get(type(rmap), type(rmap).__name__)}` is nonlinear in the state"
+        return f"the boundary map `{rmap.keyword}` is nonlinear in the state"
     if spec.algorithm.kind != "gd":
         return f"the `{spec.algorithm.kind}` algorithm (exact chunking is derived for plain gd)"
     return None

@@ -17,11 +17,13 @@ from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate, split_saved
 from .lower import (
     DECAY_SPREAD_LIMIT,
+    chunk_inputs,
     factorable,
     input_names,
     is_mirror,
     is_projection,
     lower,
+    outer_params,
     output_names,
     state_names,
 )
@@ -37,23 +39,29 @@ def _safe_comment(line: str) -> str:
 
 
 def metadata(spec: S.Spec) -> dict:
+    """The METADATA literal of a generated module (mirasc.opmeta.OpMeta reads it back as records)."""
     m = spec.memory
-    rmap = spec.retention.map
     return {
         "name": spec.name,
         "memory": {"kind": m.kind, "depth": m.depth, "expansion": m.expansion, "activation": m.activation,
                    "residual": m.residual, "norm": m.norm},
-        "map": None if rmap is None else type(rmap).__name__,
-        "map_kind": "mirror" if is_mirror(rmap) else "projection" if is_projection(rmap) else
-                    "lag" if isinstance(rmap, S.KLMap) else None,
+        "map": _map_metadata(spec.retention.map),
         "algorithm": spec.algorithm.kind,
         "chunk_form": chunk_form(spec).kind,
         "gates": [{"name": g.name, "kind": g.kind, "data_dependent": g.data_dependent,
                    "low": g.low, "high": g.high, "low_open": g.low_open, "high_open": g.high_open,
-                   "activation": g.activation} for g in spec.gates],
-        "params": ["ln_weight", "ln_bias"] if m.norm == "layernorm" else [],
+                   "activation": g.activation, "roles": list(g.roles)} for g in spec.gates],
+        "params": [{"name": name, "default": default} for name, default in outer_params(spec)],
         "chunk_size": spec.chunk_size,
     }
+
+
+def _map_metadata(rmap: S.BoundaryMap | None) -> dict | None:
+    if rmap is None:
+        return None
+    kind = "mirror" if is_mirror(rmap) else "projection" if is_projection(rmap) else "lag"
+    start = {S.KLMap: "softmax_rows", S.SigmoidMap: "logits"}.get(type(rmap), "scaled")
+    return {"name": rmap.keyword, "kind": kind, "initial_state": start}
 
 
 def _template(name: str):
@@ -71,8 +79,9 @@ def _render(name: str, **context) -> str:
 
 
 def token_inputs(spec: S.Spec, names: list[str]) -> list[bool]:
-    """Which chunk-program inputs are sliced along the token axis (q, k, v, data-dependent gates)."""
-    return [n in ("q", "k", "v") or (n.startswith("gate_") and spec.gate(n[5:]).data_dependent) for n in names]
+    """Which of the named chunk-program inputs are sliced along the token axis (q, k, v, data-dependent gates)."""
+    per_token = {c.name: c.per_token for c in chunk_inputs(spec)}
+    return [per_token[n] for n in names]
 
 
 def loss_source(d: Derivation) -> str:
@@ -137,10 +146,11 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
 
 # --------------------------------------------------------------------------------------------------- Triton
 def _kernel_io(spec: S.Spec, fwd) -> KernelIO:
-    states = state_names(spec)
-    rest = [n for n in input_names(spec) if n not in states]
-    return KernelIO(states, rest, dict(zip(rest, token_inputs(spec, rest))),
-                    {n: fwd.inputs[n].axes for n in states + rest})
+    inputs = chunk_inputs(spec)
+    states = [c.name for c in inputs if c.role == "state"]
+    rest = [c for c in inputs if c.role != "state"]
+    return KernelIO(states, [c.name for c in rest], {c.name: c.per_token for c in rest},
+                    {n: fwd.inputs[n].axes for n in states + [c.name for c in rest]}, {c.name: c.pad for c in rest})
 
 
 def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:

@@ -13,6 +13,7 @@ end state, and the boundary map for the chunk's last token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import sympy as sp
 
@@ -121,9 +122,8 @@ class ChunkLowering:
         for gate in self.spec.gates:
             axes = (("t",) if gate.data_dependent else ()) + (("i",) if gate.kind == "channel" else ())
             self.gates[gate.name] = g.input(f"gate_{gate.name}", axes)
-        self.ln = None
-        if self.mem.norm == "layernorm":
-            self.ln = (self.g.input("ln_weight", ("o",)), self.g.input("ln_bias", ("o",)))
+        params = [self.g.input(name, ("o",)) for name, _ in outer_params(self.spec)]
+        self.ln = tuple(params) if params else None  # (weight, bias) of the memory's LayerNorm
 
     def operand(self, o: S.Operand | None) -> Value | None:
         if o is None:
@@ -531,12 +531,33 @@ def lower(derivation: Derivation, factored: bool = False) -> Graph:
     return prune(ChunkLowering(derivation, factored).build())
 
 
-def input_names(spec: S.Spec) -> list[str]:
+def outer_params(spec: S.Spec) -> list[tuple[str, float]]:
+    """The memory's outer parameters (axis o) with the value each entry takes when the caller passes none: a
+    LayerNorm's weight and bias."""
+    return [("ln_weight", 1.0), ("ln_bias", 0.0)] if spec.memory.norm == "layernorm" else []
+
+
+@dataclass(frozen=True)
+class ChunkInput:
+    """An input of the chunk program: what it is, whether it runs along the sequence (sliced per chunk), and the
+    value a padded token takes (past a sequence's end: gates 1, which keeps every decay and step finite; else 0)."""
+
+    name: str
+    role: Literal["state", "query", "key", "value", "gate", "param"]
+    per_token: bool
+    pad: float = 0.0
+
+
+def chunk_inputs(spec: S.Spec) -> list[ChunkInput]:
     """The chunk program's inputs, in the order the runtime passes them."""
-    names = state_names(spec) + ["q", "k", "v"] + [f"gate_{g.name}" for g in spec.gates]
-    if spec.memory.norm == "layernorm":
-        names += ["ln_weight", "ln_bias"]
-    return names
+    return ([ChunkInput(n, "state", False) for n in state_names(spec)]
+            + [ChunkInput("q", "query", True), ChunkInput("k", "key", True), ChunkInput("v", "value", True)]
+            + [ChunkInput(f"gate_{g.name}", "gate", g.data_dependent, 1.0) for g in spec.gates]
+            + [ChunkInput(name, "param", False) for name, _ in outer_params(spec)])
+
+
+def input_names(spec: S.Spec) -> list[str]:
+    return [c.name for c in chunk_inputs(spec)]
 
 
 def output_names(spec: S.Spec) -> list[str]:

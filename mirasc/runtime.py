@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from .cachekey import cache_key
+from .opmeta import GateInfo, OpMeta
 
 _LOCK = threading.Lock()
 _VARIANT_IDS = itertools.count(1)
@@ -275,8 +276,8 @@ class MemoryOp:
         self.module = module
         self.triton_module = triton_module
         self.backend = backend
-        self.meta: dict[str, Any] = module.METADATA
-        self.name = self.meta["name"]
+        self.meta = OpMeta.from_dict(module.METADATA)
+        self.name = self.meta.name
         self.source, self.file, self.options = text, file, options
         self.State = namedtuple(f"{self.name.title().replace('_', '')}State", module.STATE_FIELDS)
         self._spec = None
@@ -345,20 +346,20 @@ class MemoryOp:
     # ------------------------------------------------------------------ shapes
     def gate_shapes(self, B: int, T: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
         out = {}
-        for g in self.meta["gates"]:
-            lead = (B, T, H) if g["data_dependent"] else (H,)
-            out[g["name"]] = lead + ((D,) if g["kind"] == "channel" else ())
+        for g in self.meta.gates:
+            lead = (B, T, H) if g.data_dependent else (H,)
+            out[g.name] = lead + ((D,) if g.kind == "channel" else ())
         return out
 
     def param_shapes(self, H: int, D: int) -> dict[str, tuple[int, ...]]:
-        return {p: (H, D) for p in self.meta["params"]}
+        return {p.name: (H, D) for p in self.meta.params}
 
     def state_shapes(self, B: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
-        mem = self.meta["memory"]
-        depth, hid = mem["depth"], mem["expansion"] * D
+        mem = self.meta.memory
+        depth, hid = mem.depth, mem.expansion * D
         dims = [D] + [hid] * (depth - 1) + [D]
         shapes = {f"w{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)}
-        if self.meta["algorithm"] == "momentum":
+        if self.meta.algorithm == "momentum":
             shapes.update({f"s{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
         return shapes
 
@@ -373,18 +374,19 @@ class MemoryOp:
         Momentum buffers start at zero.
         """
         shapes = self.state_shapes(batch, heads, head_dim)
-        mem, kind, rmap = self.meta["memory"], self.meta["map_kind"], self.meta["map"]
+        rmap = self.meta.map
         gen = torch.Generator().manual_seed(0)
-        zero = mem["kind"] == "linear" and kind in (None, "projection")
+        zero = self.meta.memory.kind == "linear" and (rmap is None or rmap.kind == "projection")
         out = []
         for name, shape in shapes.items():
             if name.startswith("s") or zero:
                 out.append(torch.zeros(shape, dtype=dtype, device=device))
                 continue
             base = torch.randn(shape[2:], generator=gen, dtype=torch.float64)
-            if rmap == "KLMap":
+            start = "scaled" if rmap is None else rmap.initial_state
+            if start == "softmax_rows":
                 base = torch.softmax(base, dim=-1)
-            elif rmap != "SigmoidMap":
+            elif start == "scaled":
                 base = base / shape[3] ** 0.5
             out.append(base.to(dtype=dtype, device=device).expand(shape).clone())
         return self.State(*out)
@@ -421,19 +423,19 @@ class MemoryOp:
             raise ValueError(f"gates: missing {missing}; this op takes {({k: list(s) for k, s in want.items()})}")
         if extra:
             raise ValueError(f"gates: unexpected {extra}; this op takes {sorted(want) or 'no gates'}")
-        for g in self.meta["gates"]:
-            x = gates[g["name"]]
-            name = f"gates[{g['name']!r}]"
-            if not isinstance(x, torch.Tensor) or tuple(x.shape) != want[g["name"]]:
-                raise _expected(name, want[g["name"]], getattr(x, "shape", ()))
+        for g in self.meta.gates:
+            x = gates[g.name]
+            name = f"gates[{g.name!r}]"
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != want[g.name]:
+                raise _expected(name, want[g.name], getattr(x, "shape", ()))
             if x.device != q.device:
                 raise ValueError(f"{name}: device {x.device} differs from q's {q.device}")
             if values_checked(x, check):
                 _check_range(name, x, g)
         params = dict(params or {})
-        extra = sorted(set(params) - set(self.meta["params"]))
+        extra = sorted(set(params) - set(self.meta.param_names))
         if extra:
-            raise ValueError(f"params: unexpected {extra}; this op takes {self.meta['params'] or 'no params'}")
+            raise ValueError(f"params: unexpected {extra}; this op takes {self.meta.param_names or 'no params'}")
         for p, x in params.items():
             if tuple(x.shape) not in ((H, D), (D,)):
                 raise _expected(f"params[{p!r}]", (H, D), x.shape)
@@ -460,18 +462,17 @@ class MemoryOp:
         flat = [s.to(dt).reshape(-1, *s.shape[2:]) for s in initial_state]
         tok = [x.to(x.dtype if keep_dtype else dt).permute(0, 2, 1, 3).reshape(B * H, T, D) for x in (q, k, v)]
         gate_rows = []
-        for g in self.meta["gates"]:
-            x = gates[g["name"]].to(dt)
-            if g["data_dependent"]:
+        for g in self.meta.gates:
+            x = gates[g.name].to(dt)
+            if g.data_dependent:
                 x = x.transpose(1, 2)  # [B, H, T(, D)]
             else:
                 x = x.unsqueeze(0).expand(B, *x.shape)
             gate_rows.append(x.reshape(B * H, *x.shape[2:]))
         param_rows = []
-        for p in self.meta["params"]:
-            default = torch.ones if p == "ln_weight" else torch.zeros
-            x = params.get(p)
-            x = default(H, D, dtype=dt, device=q.device) if x is None else x.to(dt).expand(H, D)
+        for p in self.meta.params:
+            x = params.get(p.name)
+            x = torch.full((H, D), p.default, dtype=dt, device=q.device) if x is None else x.to(dt).expand(H, D)
             param_rows.append(x.unsqueeze(0).expand(B, H, D).reshape(B * H, D))
         return flat, tok, gate_rows, param_rows
 
@@ -483,7 +484,7 @@ class MemoryOp:
             return self._varlen(q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens,
                                 check)
         gates, params = self._check(q, k, v, gates, params, initial_state, check)
-        chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
+        chunk = self.meta.chunk_size if chunk_size is None else int(chunk_size)
         if chunk < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
         B, T, H, D = q.shape
@@ -519,7 +520,7 @@ class MemoryOp:
             return self._varlen_triton(q, k, v, gates, initial_state, output_final_state, chunk_size, params,
                                        bounds, check)
         gates = dict(gates or {})
-        data_dependent = {g["name"] for g in self.meta["gates"] if g["data_dependent"]}
+        data_dependent = {g.name for g in self.meta.gates if g.data_dependent}
         outs, finals = [], []
         for j, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
             seg_gates = {n: (x[:, lo:hi] if n in data_dependent else x) for n, x in gates.items()}
@@ -544,7 +545,7 @@ class MemoryOp:
                     raise ValueError(f"initial_state.{name}: with {n_seq} sequences, expected shape {list(shape)}, "
                                      f"got {list(x.shape)}")
         gates, params = self._check(q, k, v, gates, params, None, check)
-        chunk = self.meta["chunk_size"] if chunk_size is None else int(chunk_size)
+        chunk = self.meta.chunk_size if chunk_size is None else int(chunk_size)
         if chunk < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
         _, T, H, D = q.shape
@@ -578,7 +579,7 @@ class MemoryOp:
         mirasc.chunkform) that is the exact recurrence at every C, and chunk_size is ignored."""
         from .oracle import recurrent
 
-        if self.meta.get("chunk_form") == "exact":
+        if self.meta.chunk_form == "exact":
             chunk_size = None
         gates, params = self._check(q, k, v, gates, params, initial_state)
         B, T, H, D = q.shape
@@ -592,9 +593,9 @@ class MemoryOp:
     def step(self, q_t, k_t, v_t, gates_t=None, state=None, params=None, check: bool | None = None):
         """One decoding step: q_t, k_t, v_t [B, H, D]; data-dependent gates [B, H(, D)]. Exact (chunk size 1)."""
         gates = {}
-        for g in self.meta["gates"]:
-            x = (gates_t or {}).get(g["name"])
-            gates[g["name"]] = x.unsqueeze(1) if (x is not None and g["data_dependent"]) else x
+        for g in self.meta.gates:
+            x = (gates_t or {}).get(g.name)
+            gates[g.name] = x.unsqueeze(1) if (x is not None and g.data_dependent) else x
         gates = {n: x for n, x in gates.items() if x is not None}
         o, new_state = self(q_t.unsqueeze(1), k_t.unsqueeze(1), v_t.unsqueeze(1), gates=gates,
                             initial_state=state, output_final_state=True, chunk_size=1, params=params, check=check)
@@ -610,15 +611,14 @@ def values_checked(x: torch.Tensor, check: bool | None = None) -> bool:
     return x.device.type == "cpu" or os.environ.get(CHECK_ENV, "") not in ("", "0")
 
 
-def _check_range(name: str, x: torch.Tensor, g: dict) -> None:
+def _check_range(name: str, x: torch.Tensor, g: GateInfo) -> None:
     if x.numel() == 0:
         return
     lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both
     lo, hi = lo_t.item(), hi_t.item()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name}: contains non-finite values (min {lo:g}, max {hi:g})")
-    low_ok = lo > g["low"] if g["low_open"] else lo >= g["low"]
-    high_ok = hi < g["high"] if g["high_open"] else hi <= g["high"]
+    low_ok = lo > g.low if g.low_open else lo >= g.low
+    high_ok = hi < g.high if g.high_open else hi <= g.high
     if not (low_ok and high_ok):
-        interval = ("(" if g["low_open"] else "[") + f"{g['low']:g}, {g['high']:g}" + (")" if g["high_open"] else "]")
-        raise ValueError(f"{name}: values must lie in {interval}, got min {lo:g}, max {hi:g}")
+        raise ValueError(f"{name}: values must lie in {g.interval()}, got min {lo:g}, max {hi:g}")

@@ -28,8 +28,7 @@ def random_inputs(op, B: int, T: int, H: int, D: int, dtype: torch.dtype = torch
     for name, shape in op.gate_shapes(B, T, H, D).items():
         lo, hi = ranges.get(name, (0.1, 0.9))
         gates[name] = (lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)).to(dtype)
-    params = {name: (1.0 if name == "ln_weight" else 0.0) + param_scale * randn(*shape)
-              for name, shape in op.param_shapes(H, D).items()}
+    params = {p.name: p.default + param_scale * randn(H, D) for p in op.meta.params}
 
     def to(x):
         return x.to(device=device)

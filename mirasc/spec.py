@@ -8,7 +8,7 @@ stages can still point at the line that caused a problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,9 @@ class Gate:
     high_open: bool
     activation: str | None
     data_dependent: bool
+    # what the gate is to the memory, in the order the spec uses it: the argument it fills (`decay`, `lr`,
+    # `momentum`, `gamma`) or `bias` (read by the attentional bias); a layer initialises a gate by its role
+    roles: tuple[str, ...] = ()
     span: Span = NO_SPAN
 
     def contains(self, low: float, high: float) -> bool:
@@ -175,6 +178,8 @@ class LqMap:
     The norms run entry-wise over each weight matrix; docs/semantics.md ("Boundary maps") has the details.
     """
 
+    keyword: ClassVar[str] = "lq"  # its name in a spec
+
     q: float
     eps: float = 1e-6
     form: Literal["literal", "pnorm"] = "literal"
@@ -185,6 +190,8 @@ class LqMap:
 class KLMap:
     """Memora's KL / softmax retention (Eq. 27) with the lag token: an exact step at each chunk's first token."""
 
+    keyword: ClassVar[str] = "kl"  # its name in a spec
+
     eps: float = 1e-6
     span: Span = NO_SPAN
 
@@ -194,6 +201,8 @@ class SoftThresholdMap:
     """Elastic-net soft thresholding S_gamma. form='retaining' (Eq. 22) projects the state at chunk ends;
     form='ftrl' (Eq. 23) is a mirror map on an accumulator. gamma is a constant or a static gate."""
 
+    keyword: ClassVar[str] = "softthreshold"  # its name in a spec
+
     gamma: Operand
     form: Literal["retaining", "ftrl"] = "retaining"
     span: Span = NO_SPAN
@@ -202,6 +211,8 @@ class SoftThresholdMap:
 @dataclass(frozen=True)
 class SigmoidMap:
     """The sigmoid Bregman map (Section 5.2, Variant 5): W = sigmoid(U), a mirror map on logits U."""
+
+    keyword: ClassVar[str] = "sigmoid"  # its name in a spec
 
     span: Span = NO_SPAN
 

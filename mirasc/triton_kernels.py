@@ -229,6 +229,7 @@ class KernelIO:
     rest: list[str]  # inputs after the state
     token: dict[str, bool]  # which of `rest` run along the sequence
     axes: dict[str, tuple[str, ...]]  # every input's axes
+    pad: dict[str, float]  # what a token past the sequence's end reads for each of `rest` (mirasc.lower.ChunkInput)
 
 
 @dataclass
@@ -252,10 +253,6 @@ class Kernel:
     @property
     def offsets(self) -> list[str]:
         return offsets(self.value_blocks != "none")
-
-
-def _fill(n: str) -> float:
-    return 1.0 if n.startswith("gate_") else 0.0  # padded tokens: gates 1, q, k, v 0 (every value stays finite)
 
 
 def _only(graph: Graph, names: list[str]) -> Graph:
@@ -295,7 +292,7 @@ class _Assembler:
         states, rest, token, axes = io.states, io.rest, io.token, io.axes
         self.hidden = any(set(axes[s]) & {"h", "g"} for s in states)  # the state lives in memory, by blocks
         self.at = "(first_chunk + c)"
-        self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, _fill(n)) for n in rest if token[n]}
+        self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, io.pad[n]) for n in rest if token[n]}
         self.static_loads = [f"{n} = {load(f'{n}_ptr', axes[n], 'row')}" for n in rest if not token[n]]
         self.made = stored_values(self.fwd)
         self.kept = [f"stored_{j}" for j in range(len(self.made))]

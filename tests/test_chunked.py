@@ -178,7 +178,7 @@ def test_step_equals_exact_recurrence(ops, stem):
     T = 9
     q, k, v, gates, params, state = make_inputs(op, B, T, H, D, seed=7)
     o_ref, s_ref = op.recurrent(q, k, v, gates=gates, params=params, initial_state=state, chunk_size=None)
-    dd = {g["name"]: g["data_dependent"] for g in op.meta["gates"]}
+    dd = {g.name: g.data_dependent for g in op.meta.gates}
     s = op.State(*state)
     outs = []
     for t in range(T):
@@ -220,7 +220,7 @@ def test_initial_state_none_is_init_state(ops, variant):
                                                                      "mamba2", "retnet")])
 def test_mlp_init_state_not_zero(ops, stem):
     op = ops((stem, ()))
-    assert op.meta["memory"]["kind"] == "mlp"
+    assert op.meta.memory.kind == "mlp"
     init = op.init_state(1, 2, 4)
     for name, x in zip(init._fields, init):
         if name.startswith("w"):
@@ -243,7 +243,7 @@ def test_continuation_equals_concatenation(ops, variant):
     op = ops(variant)
     C, T1, T2 = 16, 32, 21
     ins = make_inputs(op, B, T1 + T2, H, D, seed=13)
-    dd = {g["name"]: g["data_dependent"] for g in op.meta["gates"]}
+    dd = {g.name: g.data_dependent for g in op.meta.gates}
 
     def two_calls(q, k, v, g, p, s):
         g1 = {n: (x[:, :T1] if dd[n] else x) for n, x in g.items()}

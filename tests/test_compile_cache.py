@@ -120,8 +120,8 @@ def test_options_change_the_hash(tmp_path, monkeypatch):
     assert a is not b
     assert a.module is not b.module
     assert a.module.__file__ != b.module.__file__
-    assert [g["kind"] for g in a.meta["gates"] if g["name"] == "delta"] == ["channel"]
-    assert [g["kind"] for g in b.meta["gates"] if g["name"] == "delta"] == ["scalar"]
+    assert [g.kind for g in a.meta.gates if g.name == "delta"] == ["channel"]
+    assert [g.kind for g in b.meta.gates if g.name == "delta"] == ["scalar"]
 
 
 def test_cold_cache_writes_module(tmp_path, monkeypatch):
@@ -141,6 +141,28 @@ def test_cache_key_follows_the_compiler_sources(monkeypatch):
     monkeypatch.setattr(cachekey, "compiler_fingerprint", lambda: "another compiler")
     assert cachekey.cache_key(text, None, "torch") != before
     assert cachekey.spec_hash(text, None, "torch") == cachekey.spec_hash(text, None, "torch")
+
+
+def test_fingerprint_covers_the_checker(tmp_path):
+    """The checker (mirasc/check/, a subpackage) decides what a spec compiles to: an edit there changes the
+    fingerprint, as an edit to a top-level module does."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("mirasc", "templates", "grammar", "models"):
+        shutil.copytree(repo / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")  # a checkout: its data beside the package
+
+    def fingerprint() -> str:
+        code = "from mirasc.cachekey import compiler_fingerprint; print(compiler_fingerprint())"
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    before = fingerprint()
+    with open(tmp_path / "mirasc" / "check" / "components.py", "a", encoding="utf-8") as f:
+        f.write("\n# an edit\n")
+    assert fingerprint() != before
 
 
 
@@ -272,7 +294,7 @@ def test_spec_forms_on_a_cold_cache(tmp_path, monkeypatch, form):
     op = mirasc.compile(arg, backend="torch")
     assert list(cache.glob("mirasc_torch_*.py")), "nothing compiled into the cold cache"
     assert op.options == opts
-    delta = [g["kind"] for g in op.meta["gates"] if g["name"] == "delta"]
+    delta = [g.kind for g in op.meta.gates if g.name == "delta"]
     assert delta == (["scalar"] if opts else ["channel"])
     assert op.spec.options == mirasc.load("yaad", opts).options
     _runs(op)

@@ -83,7 +83,7 @@ def exact_results(affine_ops):
 @pytest.mark.parametrize("name", list(AFFINE))
 def test_chunked_equals_exact_recurrence(affine_ops, exact_results, name, chunk, init):
     op = affine_ops(name)
-    assert op.meta["chunk_form"] == "exact"
+    assert op.meta.chunk_form == "exact"
     ins, want = exact_results(name, init)
     got = outputs_and_grads(chunked_fn(op, chunk), *ins)
     assert_results_close(got, want, TOL, f"{name} C={chunk} {init} initial state")

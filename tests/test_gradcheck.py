@@ -28,7 +28,7 @@ def _inputs(op, seed=0):
     for name, x in gates.items():
         lo, hi = SAFE.get(name, (0.3, 0.7))
         gates[name] = lo + (hi - lo) * torch.rand(x.shape, generator=gen, dtype=torch.float64)
-    if op.meta["map"] == "KLMap":
+    if op.meta.map is not None and op.meta.map.name == "kl":
         # the KL state is row-stochastic; the default one has entries near 1e-3, where log's third derivative
         # (2 / W^3) makes central differences with eps = 1e-6 off by ~1e-6 relative: use flatter rows
         state = [torch.softmax(0.3 * torch.randn(s.shape, generator=gen, dtype=torch.float64), dim=-1)

@@ -159,8 +159,8 @@ def test_hybrid_and_transformerpp_build_and_run(kw):
 
 def test_spec_options_reach_the_memory_and_survive_save_load(tmp_path):
     model = make(spec="models/moneta.miras", spec_options={"normalisation": "none"}, chunk_size=16)
-    assert model.model.layers[0].mixer.op.meta["map"] is None  # q = 2: no lq normalisation
-    assert make(spec="models/moneta.miras", chunk_size=16).model.layers[0].mixer.op.meta["map"] == "LqMap"
+    assert model.model.layers[0].mixer.op.meta.map is None  # q = 2: no lq normalisation
+    assert make(spec="models/moneta.miras", chunk_size=16).model.layers[0].mixer.op.meta.map.name == "lq"
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert again.config.spec_options == {"normalisation": "none"}

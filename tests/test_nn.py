@@ -34,15 +34,15 @@ def test_shapes_and_gate_init(name):
     x = torch.randn(2, 9, HID)
     y, cache = m(x)
     assert y.shape == x.shape and cache is None and torch.isfinite(y).all()
-    for g in m.op.meta["gates"]:
-        val = m.gates(x)[g["name"]]
+    for g in m.op.meta.gates:
+        val = m.gates(x)[g.name]
         want = gate_init_value(g)
         # near the target on average, with a small data-dependent spread (its width follows the activation's slope
         # there: softplus at 0.5 has slope 0.39, so eta spreads over about ±0.2)
         scale = max(1.0, abs(want))
-        assert abs(val.mean().item() - want) < 0.05 * scale, (g["name"], val.mean())
-        assert (val - want).abs().max() < 0.3 * scale, (g["name"], val.min(), val.max())
-    gates = {g["name"]: g for g in m.op.meta["gates"]}
+        assert abs(val.mean().item() - want) < 0.05 * scale, (g.name, val.mean())
+        assert (val - want).abs().max() < 0.3 * scale, (g.name, val.min(), val.max())
+    gates = {g.name: g for g in m.op.meta.gates}
     if "alpha" in gates:
         assert abs(m.gates(x)["alpha"].mean().item() - 0.99) < 0.005
 
@@ -53,12 +53,15 @@ def test_gate_activations_respect_ranges():
              ("theta", 0.0, 1.0, False, True, "sigmoid"), ("delta", 0.0, float("inf"), True, True, "softplus"),
              ("eta", 0.0, float("inf"), False, True, "sigmoid"), ("x", -1.0, 1.0, False, False, "tanh")]
     from mirasc.nn.layer import clamp_to_range
+    from mirasc.opmeta import GateInfo
 
     for name, lo, hi, lo_open, hi_open, act in cases:
-        g = dict(name=name, low=lo, high=hi, low_open=lo_open, high_open=hi_open, activation=act, kind="scalar")
+        g = GateInfo(name=name, low=lo, high=hi, low_open=lo_open, high_open=hi_open, activation=act, kind="scalar",
+                     data_dependent=True)
         v = clamp_to_range(gate_activation(g)(z), g)
         assert (v > lo if lo_open else v >= lo).all() and (v < hi if hi_open else v <= hi).all(), (g, v)
-    g = dict(name="alpha", low=0.0, high=1.0, low_open=True, high_open=False, activation="exp", kind="scalar")
+    g = GateInfo(name="alpha", low=0.0, high=1.0, low_open=True, high_open=False, activation="exp", kind="scalar",
+                 data_dependent=True)
     assert torch.allclose(gate_activation(g)(torch.tensor([0.0])), torch.exp(-torch.log(torch.tensor([2.0]))))
 
 
@@ -191,7 +194,7 @@ def test_gradients_reach_every_parameter(name):
     y.pow(2).mean().backward()
     names = [n for n, _ in block.named_parameters()]
     assert any("initial_state" in n for n in names)
-    if m.op.meta["params"]:
+    if m.op.meta.params:
         assert any("memory_params" in n for n in names)
     for n, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
@@ -244,10 +247,33 @@ def test_qkv_init_std_restores_a_normal_init(monkeypatch):
 
 
 def test_kl_map_gets_its_own_eta_init():
-    """Memora's KL map steps in log space: its eta starts at GATE_INIT_FOR_MAP's 2, the others at GATE_INIT's 0.5."""
+    """Memora's KL map steps in log space: its learning rate starts at GATE_INIT_FOR_MAP's 2, the others at
+    GATE_INIT's 0.5."""
     from mirasc.nn.layer import GATE_INIT, GATE_INIT_FOR_MAP
 
     x = torch.randn(2, 5, HID)
-    assert abs(layer("memora").gates(x)["eta"].mean().item() - GATE_INIT_FOR_MAP["KLMap"]["eta"]) < 0.1
-    assert abs(layer("yaad").gates(x)["eta"].mean().item() - GATE_INIT["eta"]) < 0.05
-    assert GATE_INIT_FOR_MAP["KLMap"]["eta"] != GATE_INIT["eta"]
+    assert abs(layer("memora").gates(x)["eta"].mean().item() - GATE_INIT_FOR_MAP["kl"]["lr"]) < 0.1
+    assert abs(layer("yaad").gates(x)["eta"].mean().item() - GATE_INIT["lr"]) < 0.05
+    assert GATE_INIT_FOR_MAP["kl"]["lr"] != GATE_INIT["lr"]
+
+
+def test_gates_start_by_their_role_not_their_name():
+    """A spec that names its gates freely gets the same initial values as the prebuilt names: the layer reads each
+    gate's role (what the spec uses it as) from the op's typed metadata."""
+    text = """
+        memory linear
+        gate keep : scalar, range (0, 1], activation sigmoid
+        gate step : scalar, range [0, inf), activation sigmoid
+        gate cut  : scalar, range (0, inf), activation softplus
+        bias huber(cut)
+        retention decay(keep)
+        algorithm gd(lr = step)
+    """
+    from mirasc.nn.layer import GATE_INIT
+
+    m = MirasLayer(text, hidden_size=HID, num_heads=2)
+    assert [(g.name, g.roles) for g in m.op.meta.gates] == [("keep", ("decay",)), ("step", ("lr",)),
+                                                              ("cut", ("bias",))]
+    got = {n: x.mean().item() for n, x in m.gates(torch.randn(2, 5, HID)).items()}
+    for name, role in (("keep", "decay"), ("step", "lr"), ("cut", "bias")):
+        assert abs(got[name] - GATE_INIT[role]) < 0.05, (name, got)

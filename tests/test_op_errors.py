@@ -214,8 +214,8 @@ def test_op_path_reads_no_value_off_a_device(name, monkeypatch):
     o, state = op(q, k, v, gates=gates, output_final_state=True)
     o.sum().backward()
     assert q.grad.shape == q.shape and all(g.grad.shape == g.shape for g in gates.values())
-    step_gates = {g["name"]: (gates[g["name"]][:, 0] if g["data_dependent"] else gates[g["name"]])
-                  for g in op.meta["gates"]}
+    step_gates = {g.name: (gates[g.name][:, 0] if g.data_dependent else gates[g.name])
+                  for g in op.meta.gates}
     o_t, _ = op.step(q[:, 0], k[:, 0], v[:, 0], step_gates, state)
     assert o_t.shape == (1, 2, 4) and o_t.device.type == "meta"
 
@@ -271,7 +271,7 @@ def test_one_and_two_token_sequences(moneta, T):
     q, k, v, gates, params, state = make_inputs(moneta, 1, T, H, D)
     o, final = moneta(q, k, v, gates=gates, params=params, initial_state=state, output_final_state=True)
     o_ref, final_ref = moneta.recurrent(q, k, v, gates=gates, params=params, initial_state=state,
-                                        chunk_size=moneta.meta["chunk_size"])
+                                        chunk_size=moneta.meta.chunk_size)
     assert o.shape == (1, T, H, D) and torch.isfinite(o).all()
     assert torch.allclose(o, o_ref, rtol=1e-9, atol=1e-12)
     for a, b in zip(final, final_ref):

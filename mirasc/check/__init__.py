@@ -10,7 +10,7 @@ checked once, then every Miras choice is read into its typed record (`components
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mirasc import ast as A
@@ -124,9 +124,10 @@ def _check_program(ctx: Context, program: A.Program) -> Spec:
     C.check_gradient_at(ctx, algorithm, retention, bias, surrogates)
 
     for st in found.gates:
-        if st.name.value not in ctx.used_gates:
+        if st.name.value not in ctx.gate_roles:
             ctx.err(st.name.span, f"gate `{st.name.value}` is declared but never used")
 
+    gate_names = [st.name.value for st in found.gates]
     model = singles.get("model")
     if model is not None:
         name = model.name.value  # type: ignore[union-attr]
@@ -137,7 +138,7 @@ def _check_program(ctx: Context, program: A.Program) -> Spec:
         file=ctx.file,
         source=ctx.text,
         memory=ctx.memory,
-        gates=tuple(ctx.gates[st.name.value] for st in found.gates),
+        gates=tuple(replace(ctx.gates[n], roles=tuple(ctx.gate_roles[n])) for n in gate_names),
         bias=bias,
         retention=retention,
         algorithm=algorithm,

@@ -150,7 +150,7 @@ def read_operand(ctx: Context, a: A.Arg, role: str, lo: float, hi: float, weight
                     "channel-wise gates act on the D-sized axis of each weight matrix; "
                     f"depth {ctx.memory.depth} has an h×h middle matrix (use a scalar gate or depth ≤ 2)",
                 )
-            ctx.used_gates.add(n)
+            ctx.use_gate(n, role)
             return GateRef(n, e.span)
         if n in ctx.params:
             x = ctx.params[n]

@@ -129,9 +129,14 @@ class Context:
         self.params: dict[str, float] = {}
         self.lets: dict[str, A.LetStmt] = {}
         self.defs: dict[str, A.DefStmt] = {}
-        self.used_gates: set[str] = set()
+        self.gate_roles: dict[str, list[str]] = {}  # the gates used so far, with what each is used as
         self.memory: Memory | None = None
         self.gradient_at_span: Span | None = None
+
+    def use_gate(self, name: str, role: str) -> None:
+        roles = self.gate_roles.setdefault(name, [])
+        if role not in roles:
+            roles.append(role)
 
     def err(self, span: Span, message: str) -> NoReturn:
         if span.file == STDLIB_FILE:

@@ -202,7 +202,8 @@ class Elaborator:
         expr, _shape = self.conv(st.expr, {}, (), None)
         if not _depends_on_prediction(expr):
             self.ctx.err(st.expr.span, "the attentional bias does not depend on the memory's prediction (y or r)")
-        self.ctx.used_gates |= _gates_in(expr)
+        for name in sorted(_gates_in(expr)):
+            self.ctx.use_gate(name, "bias")
         return Bias(expr=expr, text=st.text, span=st.expr.span)
 
 

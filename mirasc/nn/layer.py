@@ -17,7 +17,8 @@ to move that LayerNorm output towards v. With the q, k, v projections at a langu
 So q, k and v always get PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (std 1/sqrt(3·fan_in), as titans-pytorch's
 projections), whatever the model's `initializer_range` (that still sets the embeddings, the output gate and
 projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) init for ablations. Gates start at
-GATE_INIT (α 0.99, η 0.5, δ 1, θ 0.5; η 2 for the KL map, GATE_INIT_FOR_MAP) with a small data-dependent spread
+GATE_INIT by role (decay 0.99, learning rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning
+rate 2 for the KL map, GATE_INIT_FOR_MAP) with a small data-dependent spread
 (GateProjection); the initial memory is `op.init_state` (learned from there), the memory's LayerNorm the identity.
 
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
@@ -45,29 +46,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..opmeta import GateInfo
 from .primitives import RotaryEmbedding, apply_rotary, new_token_mask
 
 __all__ = ["GATE_INIT", "GateProjection", "MirasLayer", "MirasLayerCache", "gate_activation", "gate_init_value"]
 
-# Initial value of a gate, by conventional name (natural units). Any other gate starts at the midpoint of its
-# range; a half-open range [lo, inf) starts at lo + 1, an unbounded one at 0 (see gate_init_value).
+# Initial value of a gate, by its role (what the spec uses it as: mirasc.opmeta.GateInfo.roles), in natural units.
+# A gate with no role here, or whose range excludes the value, starts at the midpoint of its range; a half-open
+# range [lo, inf) at lo + 1, an unbounded one at 0 (see gate_init_value).
 GATE_INIT = {
-    "alpha": 0.99,  # retention / decay: keep almost everything
-    "eta": 0.5,  # inner learning rate (the midpoint of a sigmoid step): 0.1 left DeltaNet, TTT-Linear and Moneta slow
-    "delta": 1.0,  # Huber threshold
-    "theta": 0.5,  # momentum
+    "decay": 0.99,  # retention: keep almost everything
+    "lr": 0.5,  # inner learning rate (the midpoint of a sigmoid step): 0.1 left DeltaNet, TTT-Linear and Moneta slow
+    "momentum": 0.5,
+    "bias": 1.0,  # read by the attentional bias: a threshold such as Huber's δ
 }
-# By boundary map (op.meta["map"]), values that replace GATE_INIT's. The KL map (Memora) steps in log space,
+# By boundary map (op.meta.map.name), values that replace GATE_INIT's. The KL map (Memora) steps in log space,
 # W = softmax(α log W − η G), on rows of softmax weights of about 1/n each: η = 0.5 barely moved them (measured in
 # bench/README.md, "Initialisation").
 GATE_INIT_FOR_MAP = {
-    "KLMap": {"eta": 2.0},
+    "kl": {"lr": 2.0},
 }
 GATE_MARGIN = 1e-6  # how far inside an open bound a gate is clamped
 
 
-def _default_activation(g: dict) -> str:
-    lo, hi = g["low"], g["high"]
+def _default_activation(g: GateInfo) -> str:
+    lo, hi = g.low, g.high
     if math.isfinite(lo) and math.isfinite(hi):
         return "sigmoid"
     if math.isfinite(lo):
@@ -75,16 +78,16 @@ def _default_activation(g: dict) -> str:
     return "identity"
 
 
-def gate_activation(g: dict):
-    """The map R -> the gate's range for a gate of op.meta["gates"] (without the final clamp).
+def gate_activation(g: GateInfo):
+    """The map R -> the gate's range for a gate of op.meta.gates (without the final clamp).
 
     sigmoid / tanh: scaled onto [lo, hi] when both bounds are finite, else used as is.
     softplus: lo + softplus(z) when lo is finite.  exp: hi * exp(-softplus(z)) when hi is finite (so a (0, 1]
     range is exp(-softplus(z)), the Mamba2 / Gated DeltaNet decay), else lo + exp(z).  identity: z.
     A gate with no declared activation gets sigmoid (finite range), softplus ([lo, inf)) or identity.
     """
-    act = g.get("activation") or _default_activation(g)
-    lo, hi = float(g["low"]), float(g["high"])
+    act = g.activation or _default_activation(g)
+    lo, hi = float(g.low), float(g.high)
     both = math.isfinite(lo) and math.isfinite(hi)
     if act == "sigmoid":
         return (lambda z: lo + (hi - lo) * torch.sigmoid(z)) if both else torch.sigmoid
@@ -98,24 +101,25 @@ def gate_activation(g: dict):
         return (lambda z: lo + torch.exp(z)) if math.isfinite(lo) else torch.exp
     if act == "identity":
         return lambda z: z
-    raise ValueError(f"gate {g['name']!r}: unknown activation {act!r}")
+    raise ValueError(f"gate {g.name!r}: unknown activation {act!r}")
 
 
-def clamp_to_range(x: torch.Tensor, g: dict) -> torch.Tensor:
-    lo, hi = float(g["low"]), float(g["high"])
-    lo_c = (lo + GATE_MARGIN * max(1.0, abs(lo))) if g["low_open"] else lo
-    hi_c = (hi - GATE_MARGIN * max(1.0, abs(hi))) if g["high_open"] else hi
+def clamp_to_range(x: torch.Tensor, g: GateInfo) -> torch.Tensor:
+    lo, hi = float(g.low), float(g.high)
+    lo_c = (lo + GATE_MARGIN * max(1.0, abs(lo))) if g.low_open else lo
+    hi_c = (hi - GATE_MARGIN * max(1.0, abs(hi))) if g.high_open else hi
     return x.clamp(min=lo_c if math.isfinite(lo) else None, max=hi_c if math.isfinite(hi) else None)
 
 
-def gate_init_value(g: dict, map_kind: str | None = None) -> float:
-    """The target initial value of a gate: GATE_INIT_FOR_MAP[map_kind] or GATE_INIT by name, else the range
-    midpoint (documented fallback). map_kind is the op's boundary map, op.meta["map"] (e.g. "KLMap")."""
-    lo, hi = float(g["low"]), float(g["high"])
-    if g["name"] in GATE_INIT_FOR_MAP.get(map_kind or "", {}):
-        t = GATE_INIT_FOR_MAP[map_kind][g["name"]]
-    elif g["name"] in GATE_INIT:
-        t = GATE_INIT[g["name"]]
+def gate_init_value(g: GateInfo, map_name: str | None = None) -> float:
+    """The target initial value of a gate: by its first role that GATE_INIT_FOR_MAP[map_name] or GATE_INIT names
+    with a value inside the gate's range, else the range midpoint (documented fallback). map_name is the op's
+    boundary map, op.meta.map.name (e.g. "kl")."""
+    lo, hi = float(g.low), float(g.high)
+    table = {**GATE_INIT, **GATE_INIT_FOR_MAP.get(map_name or "", {})}
+    inside = [table[r] for r in g.roles if r in table and _in_range(table[r], g)]
+    if inside:
+        t = inside[0]
     elif math.isfinite(lo) and math.isfinite(hi):
         t = 0.5 * (lo + hi)
     elif math.isfinite(lo):
@@ -127,7 +131,11 @@ def gate_init_value(g: dict, map_kind: str | None = None) -> float:
     return t
 
 
-def inverse_activation(g: dict, target: float) -> float:
+def _in_range(x: float, g: GateInfo) -> bool:
+    return (x > g.low if g.low_open else x >= g.low) and (x < g.high if g.high_open else x <= g.high)
+
+
+def inverse_activation(g: GateInfo, target: float) -> float:
     """The pre-activation z with activation(z) ≈ target (bisection on the monotone map, in float64)."""
     f = gate_activation(g)
 
@@ -157,12 +165,12 @@ class GateProjection(nn.Module):
     so at initialisation the gate sits near its target with a small data-dependent spread.
     """
 
-    def __init__(self, gate: dict, hidden_size: int, num_heads: int, head_dim: int, rank: int,
-                 map_kind: str | None = None):
+    def __init__(self, gate: GateInfo, hidden_size: int, num_heads: int, head_dim: int, rank: int,
+                 map_name: str | None = None):
         super().__init__()
-        self.gate = dict(gate)
-        self.map_kind = map_kind
-        self.out_shape = (num_heads, head_dim) if gate["kind"] == "channel" else (num_heads,)
+        self.gate = gate
+        self.map_name = map_name
+        self.out_shape = (num_heads, head_dim) if gate.kind == "channel" else (num_heads,)
         out = math.prod(self.out_shape)
         self.down = nn.Parameter(torch.empty(rank, hidden_size))
         self.up = nn.Parameter(torch.empty(out, rank))
@@ -174,7 +182,7 @@ class GateProjection(nn.Module):
         with torch.no_grad():
             self.down.normal_(0.0, self.down.shape[1] ** -0.5)
             self.up.normal_(0.0, 0.1 * self.up.shape[1] ** -0.5)
-            self.bias.fill_(inverse_activation(self.gate, gate_init_value(self.gate, self.map_kind)))
+            self.bias.fill_(inverse_activation(self.gate, gate_init_value(self.gate, self.map_name)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.linear(F.linear(x, self.down), self.up, self.bias).float()
@@ -240,17 +248,18 @@ class MirasLayer(nn.Module):
         self.conv_weight = nn.Parameter(torch.empty(3 * inner, conv_size))
         self.rotary = RotaryEmbedding(D, rope_base) if use_rope else None
 
-        self.gate_meta = list(self.op.meta["gates"])
+        self.gate_meta = list(self.op.meta.gates)
+        self._map_name = None if self.op.meta.map is None else self.op.meta.map.name
         self.gate_proj = nn.ModuleDict()
         self.static_gates = nn.ParameterDict()
         for g in self.gate_meta:
-            if g["data_dependent"]:
-                self.gate_proj[g["name"]] = GateProjection(g, hidden_size, H, D, self.gate_rank,
-                                                           map_kind=self.op.meta.get("map"))
+            if g.data_dependent:
+                self.gate_proj[g.name] = GateProjection(g, hidden_size, H, D, self.gate_rank,
+                                                        map_name=self._map_name)
             else:
-                shape = (H, D) if g["kind"] == "channel" else (H,)
-                self.static_gates[g["name"]] = nn.Parameter(torch.empty(shape))
-        self._gate_acts = {g["name"]: gate_activation(g) for g in self.gate_meta}
+                shape = (H, D) if g.kind == "channel" else (H,)
+                self.static_gates[g.name] = nn.Parameter(torch.empty(shape))
+        self._gate_acts = {g.name: gate_activation(g) for g in self.gate_meta}
 
         # learned initial memory, one parameter per state field, [H, out, in]
         self.state_fields = tuple(self.op.state_shapes(1, H, D))
@@ -281,15 +290,15 @@ class MirasLayer(nn.Module):
             bound = 1.0 / math.sqrt(self.conv_size)
             self.conv_weight.uniform_(-bound, bound)
             for g in self.gate_meta:
-                if not g["data_dependent"]:
-                    self.static_gates[g["name"]].fill_(
-                        inverse_activation(g, gate_init_value(g, self.op.meta.get("map"))))
+                if not g.data_dependent:
+                    self.static_gates[g.name].fill_(
+                        inverse_activation(g, gate_init_value(g, self._map_name)))
             with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
                 s0 = self.op.init_state(1, self.num_heads, self.head_dim, torch.float32, "cpu")
             for p, s in zip(self.initial_state, s0):
                 p.copy_(s[0].to(p.device))
-            for name, p in self.memory_params.items():
-                p.fill_(1.0 if name == "ln_weight" else 0.0)
+            for param in self.op.meta.params:
+                self.memory_params[param.name].fill_(param.default)
             self.o_norm_weight.fill_(1.0)
 
     def __deepcopy__(self, memo):
@@ -313,11 +322,11 @@ class MirasLayer(nn.Module):
         """All gates the op takes, in natural units: data-dependent from x [B, T, hidden], static parameters."""
         out = {}
         for g in self.gate_meta:
-            if g["data_dependent"]:
-                out[g["name"]] = self.gate_proj[g["name"]](x)
+            if g.data_dependent:
+                out[g.name] = self.gate_proj[g.name](x)
             else:
-                z = self.static_gates[g["name"]].float()
-                out[g["name"]] = clamp_to_range(self._gate_acts[g["name"]](z), g)
+                z = self.static_gates[g.name].float()
+                out[g.name] = clamp_to_range(self._gate_acts[g.name](z), g)
         return out
 
     def initial_memory(self, batch: int) -> tuple[torch.Tensor, ...]:
@@ -356,7 +365,7 @@ class MirasLayer(nn.Module):
 
     def chunk(self) -> int:
         """The chunk size the op runs with (the layer's, else the spec's)."""
-        return int(self.chunk_size or self.op.meta["chunk_size"])
+        return int(self.chunk_size or self.op.meta.chunk_size)
 
     def _mix_cached(self, x: torch.Tensor, want_cache: bool):
         """_mix on rows that start at their first token; with want_cache also the decoding cache parts: the

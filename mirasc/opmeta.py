@@ -1,0 +1,96 @@
+"""What a compiled op is, as typed records (`MemoryOp.meta`): read from the METADATA literal of its generated module.
+
+A generated module stores plain data (it is printed, diffed and hashed); the runtime, the layers and the tools read
+these records instead, so that what a gate is for, what a parameter defaults to and how the state starts are
+fields the compiler set, not conventions on names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    """An input gate: its shape kind, whether it comes per token, its declared range and activation, and its roles
+    (what it fills: `decay`, `lr`, `momentum`, `gamma`, or `bias`; mirasc.spec.Gate)."""
+
+    name: str
+    kind: Literal["scalar", "channel"]
+    data_dependent: bool
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+    activation: str | None
+    roles: tuple[str, ...] = ()
+
+    def interval(self) -> str:
+        return ("(" if self.low_open else "[") + f"{self.low:g}, {self.high:g}" + (")" if self.high_open else "]")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """An outer parameter of the memory, [H, D] (or [D]): its value in every entry when the caller passes none."""
+
+    name: str
+    default: float
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    kind: Literal["linear", "mlp"]
+    depth: int
+    expansion: int
+    activation: str
+    residual: bool
+    norm: str
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """The retention's boundary map: its DSL name (`lq`, `kl`, `softthreshold`, `sigmoid`), how the chunk program
+    applies it (`mirror`: a mirror map on an accumulator; `projection`: at chunk ends; `lag`: an exact step at each
+    chunk's first token), and the state it starts from
+    (`scaled`: N(0, 1/fan_in) entries; `logits`: N(0, 1) logits; `softmax_rows`: rows of softmax(N(0, 1)))."""
+
+    name: str
+    kind: Literal["mirror", "projection", "lag"]
+    initial_state: Literal["scaled", "logits", "softmax_rows"]
+
+
+@dataclass(frozen=True)
+class OpMeta:
+    name: str
+    memory: MemoryInfo
+    map: MapInfo | None
+    algorithm: Literal["gd", "momentum"]
+    chunk_form: str
+    gates: tuple[GateInfo, ...]
+    params: tuple[ParamInfo, ...]
+    chunk_size: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpMeta:
+        """The records of a generated module's METADATA."""
+        return cls(
+            name=d["name"],
+            memory=MemoryInfo(**d["memory"]),
+            map=None if d["map"] is None else MapInfo(**d["map"]),
+            algorithm=d["algorithm"],
+            chunk_form=d["chunk_form"],
+            gates=tuple(GateInfo(**{**g, "roles": tuple(g["roles"])}) for g in d["gates"]),
+            params=tuple(ParamInfo(**p) for p in d["params"]),
+            chunk_size=d["chunk_size"],
+        )
+
+    def gate(self, name: str) -> GateInfo:
+        return next(g for g in self.gates if g.name == name)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+
+__all__ = ["GateInfo", "MapInfo", "MemoryInfo", "OpMeta", "ParamInfo"]
