@@ -112,7 +112,7 @@ def generate(spec: S.Spec, options: dict | None = None, command: str | None = No
     variants = [("", False)] + ([("_factored", True)] if factorable(spec) else [])
     sources = []
     for suffix, factored in variants:
-        fwd = lower(d, factored=factored)
+        fwd = lower(d, channel_decay="factored" if factored else "pairwise")
         train, bwd, saved = split_saved(fwd, differentiate(fwd, ins))
         how = " (channel decay factored as e^{Λ_t} e^{-Λ_s})" if factored else ""
         fwd_doc = (f"One chunk, forward{how}: chunk-start state and inputs -> (out, next state, *values the "
@@ -156,38 +156,29 @@ def _kernel_io(spec: S.Spec, fwd) -> KernelIO:
 def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
     """The source of the spec's Triton module (templates/triton_module.py.j2): kernels and their DESCRIPTION.
 
-    A spec with channel decay gets the factored programs (no (C, C, D) tile) as its kernels, and the (C, C, D)
-    programs as `_cube` kernels for calls whose decay across a chunk exceeds DECAY_SPREAD_LIMIT."""
+    A spec with channel decay gets the programs in which the decay between tokens is ir.DecayedProduct: exact for
+    any decay, with no (C, C, D) tile and nothing read back on the host."""
     d = derive(spec)
     ins = input_names(spec)
-    factored = factorable(spec)
-    variants = [("", factored, False)] + ([("_cube", False, True)] if factored else [])
-    found, io, stored, jobs = [], None, [], {}
-    for suffix, use_factored, cube in variants:
-        fwd = lower(d, factored=use_factored)
-        io = io or _kernel_io(spec, fwd)
-        stored = stored or [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
-        bwd = differentiate(fwd, ins)
-        for k in kernels(io, fwd, bwd, suffix, allow_cube=cube):
-            if cube:
-                k.doc += " (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains " \
-                         "until the sub-chunk scheme replaces it)"
-            job = k.name.removeprefix("chunk_").removesuffix(f"_kernel{suffix}")
-            jobs[job + suffix] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
-                                  "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks}
-            found.append(k)
+    fwd = lower(d, channel_decay="products" if factorable(spec) else "pairwise")
+    io = _kernel_io(spec, fwd)
+    stored = [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
+    found, jobs = [], {}
+    for k in kernels(io, fwd, differentiate(fwd, ins)):
+        job = k.name.removeprefix("chunk_").removesuffix("_kernel")
+        jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
+                     "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks}
+        found.append(k)
     description = {
         "spec": spec.name,
         "states": {n: list(io.axes[n]) for n in io.states},
         "inputs": [[n, list(io.axes[n]), io.token[n]] for n in io.rest],
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
-        # kernels by job (and fallback suffix): their grid (one program per chunk or per sequence), the axes of
+        # kernels by job: their grid (one program per chunk or per sequence), the axes of
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block)
         "kernels": jobs,
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
-        "fallback": ({"suffix": "_cube", "decay_input": f"gate_{spec.retention.decay.name}",
-                      "spread_limit": DECAY_SPREAD_LIMIT} if factored else None),
     }
     return _render("triton_module.py.j2",
         version=__version__,

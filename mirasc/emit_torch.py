@@ -150,6 +150,22 @@ def _dim(v: Value, axis: str) -> int:
     return v.axes.index(axis) + (1 if v.batched else 0)
 
 
+def _decayed_product(v: Value) -> list[str]:
+    """ir.DecayedProduct exactly, through the (t, s, c) tile e^{min(a − b, 0)} ⊙ mask (the torch programs may hold
+    it; the Triton kernels never do). The clamp only touches entries the mask zeroes."""
+    x, y, a, b, mask = v.args
+    (chan,) = [ax for ax in a.axes if ax != "t"]
+    triple = ir.canonical({"t", "s", chan})
+    batched = any(z.batched for z in (x, y, a, b))
+    nm = _name(v)
+    exponent = f"{_align(a, triple, batched)} - {_align(b, triple, batched)}"
+    terms = [("n" if z.batched else "") + "".join(z.axes) for z in (x, y)]
+    terms.append(("n" if batched else "") + "".join(triple))
+    out = ("n" if v.batched else "") + "".join(v.axes)
+    return [f"{nm}_pair = torch.exp(torch.clamp({exponent}, max=0.0)) * {_align(mask, triple, batched)}",
+            f"{nm} = torch.einsum('{','.join(terms)}->{out}', {_name(x)}, {_name(y)}, {nm}_pair)"]
+
+
 def _line(v: Value) -> list[str]:
     op, name = v.op, _name(v)
     if isinstance(op, ir.Input):
@@ -199,6 +215,8 @@ def _line(v: Value) -> list[str]:
         return [f"{name} = {_name(a)}.permute({', '.join(map(str, full))})"]
     if isinstance(op, ir.TriInverse):
         return [f"{name} = _tri_inverse({_name(v.args[0])})"]
+    if isinstance(op, ir.DecayedProduct):
+        return _decayed_product(v)
     if isinstance(op, ir.Broadcast):
         a = v.args[0]
         sizes = (["_N"] if v.batched else []) + [f"_size_{x}" for x in v.axes]

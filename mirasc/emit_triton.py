@@ -4,8 +4,8 @@ A kernel program owns one sequence of one head and walks its chunks, so every IR
 by its axes in ir.AXIS_ORDER (no batch axis): token axes have the constexpr length C, channel axes D, hidden axes
 HID. Every contraction is a `tl.dot` of two 2-D tiles (operands cast to DOT_DTYPE: bf16/fp16 as given, fp32 on
 tf32 tensor cores unless DOT_PRECISION is "ieee", fp64 exact; fp32 accumulation, fp64 for fp64) or a product whose
-tile has at most two axes; a value or product with three axes (a (C, C, D) tile) is refused, naming it, unless
-the kernel is the explicit fallback for chunks too strongly decayed for the factored program (`allow_cube`).
+tile has at most two axes; a value or product with three axes (a (C, C, D) tile) is refused, naming it. Channel
+decay between tokens comes as ir.DecayedProduct, made one position of its summed axis at a time.
 
 The sequence length is a runtime argument (one compile serves every length): the chunk loop is a `while` over
 the sequence's tokens. Sequences are rows of [rows, T, ...] inputs, or, with IS_VARLEN, segments
@@ -30,7 +30,7 @@ SHAPE = {**SIZE, "h": "BH", "g": "BH", "o": "BV"}
 OFFS = {a: f"offs_{a}" for a in ir.AXIS_ORDER}
 HIDDEN = ("h", "g")
 _TILE_OPS = (ir.Input, ir.Elementwise, ir.Einsum, ir.Mask, ir.LogSumExp, ir.Cumsum, ir.Rename, ir.Broadcast,
-             ir.TriInverse)
+             ir.TriInverse, ir.DecayedProduct)
 
 
 class CubeTileError(ValueError):
@@ -171,11 +171,40 @@ def _elementwise(v: Value) -> list[str]:
     return lines
 
 
-def line(v: Value, allow_cube: bool = False) -> list[str]:  # noqa: C901 - one case per op
+def _decayed_product(v: Value) -> list[str]:
+    """ir.DecayedProduct: Σ over the axis m the result lacks of x·y·e^{a − b}·mask, one position of m at a time, each
+    step a register tile of the result's shape (a factor holding m gives its slice at that position). The exponent
+    is clamped at 0, which changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D)
+    tile; exact for any decay, with no guard on the host."""
+    x, y, a, b, mask = v.args
+    (chan,) = [ax for ax in a.axes if ax != "t"]
+    (m,) = {"t", "s", chan} - set(v.axes)
+    nm, j = name(v), f"{name(v)}_j"
+    slices: list[str] = []
+
+    def at(z: Value, label: str) -> str:
+        """z aligned to the result: whole if it lacks m, else its slice at position j (a vector, made first)."""
+        if m not in z.axes:
+            return align(z, v.axes)
+        (rest,) = [ax for ax in z.axes if ax != m]
+        k = z.axes.index(m)
+        pos = f"tl.arange(0, {SHAPE[m]}){'[:, None]' if k == 0 else '[None, :]'}"
+        slices.append(f"    {nm}_{label} = tl.sum(tl.where({pos} == {j}, {name(z)}, 0.0), axis={k})")
+        return f"{nm}_{label}{'[:, None]' if v.axes.index(rest) == 0 else '[None, :]'}"
+
+    factors = [at(x, "x"), at(y, "y"), at(mask, "m")]
+    exponent = f"{at(a, 'a')} - {at(b, 'b')}"  # a[t, c] − b[s, c] ≤ 0 wherever the mask holds
+    return ([f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)",
+             f"for {j} in range(0, {SHAPE[m]}):  # the summed axis {m}, one position at a time"] + slices
+            + [f"    {nm} += {' * '.join(factors)} * tl.exp(tl.minimum({exponent}, 0.0))"])
+
+
+def line(v: Value) -> list[str]:  # noqa: C901 - one case per op
     op, nm = v.op, name(v)
-    if not allow_cube and (len(v.axes) > 2 or len(product_tile_axes(v) if isinstance(op, ir.Einsum) else ()) > 2):
+    if len(v.axes) > 2 or len(product_tile_axes(v) if isinstance(op, ir.Einsum) else ()) > 2:
         raise CubeTileError(f"{describe(v)}: a tile with three axes (C·C·D or more per program) has no place in a GPU "
-                            "kernel; the chunk program needs a form without it (e.g. the factored channel decay)")
+                            "kernel; the chunk program needs a form without it (e.g. channel decay as "
+                            "ir.DecayedProduct)")
     if isinstance(op, (ir.Input, ir.Size)) or inlined(v):
         return []
     if isinstance(op, ir.Const):
@@ -186,6 +215,8 @@ def line(v: Value, allow_cube: bool = False) -> list[str]:  # noqa: C901 - one c
         return [f"{nm} = {_einsum_expr(v)}"]
     if isinstance(op, ir.TriInverse):
         return _tri_inverse(v)
+    if isinstance(op, ir.DecayedProduct):
+        return _decayed_product(v)
     if isinstance(op, ir.LogSumExp):
         a = v.args[0]
         k = a.axes.index(op.axis)

@@ -72,7 +72,29 @@ def _rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value | None:
         return _reduce_to(graph, gbar, a.axes)
     if isinstance(op, ir.TriInverse):
         return _tri_inverse_rule(graph, v, gbar)
+    if isinstance(op, ir.DecayedProduct):
+        return _decayed_product_rule(graph, v, j, gbar)
     raise TypeError(f"cannot differentiate {op}")
+
+
+def _decayed_product_rule(graph: Graph, v: Value, j: int, gbar: Value) -> Value | None:
+    """v = Σ x·y·E over the axis it lacks, E = e^{a[t, c] − b[s, c]} mask[t, s]. x, y and v hold the three pairs of
+    (t, s, c), so each factor's adjoint is the same product of the other two: x̄ = Σ v̄·y·E onto x's axes. The
+    log-decays enter as +a[t, c] and −b[s, c]: ā = u ⊙ ū for u the one of x, y, v̄ on (t, c) and ū its adjoint
+    (v itself when u is v̄), b̄ = −(the same on (s, c)). The mask is a constant."""
+    x, y, a, b, mask = v.args
+    gbar = graph.broadcast(gbar, v.axes) if gbar.axes != v.axes else gbar
+    if j in (0, 1):
+        return graph.decayed_product(v.args[j].axes, gbar, v.args[1 - j], a, b, mask)
+    if j == 4:
+        return None
+    side = a if j == 2 else b
+    factors = [x, y, gbar]
+    (u,) = [f for f in factors if set(f.axes) == set(side.axes)]
+    others = [f for f in factors if f is not u]
+    partner = v if u is gbar else graph.decayed_product(side.axes, *others, a, b, mask)
+    sign = 1 if j == 2 else -1
+    return graph.ew(lambda p, q: sign * p * q, u, partner)
 
 
 def _tri_inverse_rule(graph: Graph, v: Value, gbar: Value) -> Value:

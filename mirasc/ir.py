@@ -104,7 +104,21 @@ class TriInverse:
     delta-rule signals (mirasc.chunkform). It depends on no state, so it is computed apart from the state pass."""
 
 
-Op = Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriInverse
+@dataclass(frozen=True)
+class DecayedProduct:
+    """Channel decay between two tokens, applied pair by pair: args (x, y, a, b, mask), with a (t, c) and b (s, c)
+    the cumulative log-decays up to token t and token s in channel c. The value is the sum, over the one axis of
+    (t, s, c) the result lacks, of x · y · e^{a[t, c] − b[s, c]} · mask[t, s], where x and y each hold two of the
+    three axes (scores x[t, c] y[s, c] summed over c; or a (t, s) matrix applied to y[s, c] or x[t, c]).
+
+    The mask is causal or strict, so wherever it is nonzero the decay runs forward (a[t, c] ≤ b[s, c]) and the
+    exponent is at most 0: however strongly a channel decays, nothing overflows. The factored form
+    e^{a[t, c]} e^{−b[s, c]} (two matrix products) overflows once a chunk decays by more than ~88 in log space, and
+    the pairwise tile e^{a[t, c] − b[s, c]} holds C·C·D numbers; this op is neither (see docs/compiler.md)."""
+
+
+Op = (Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriInverse
+      | DecayedProduct)
 
 
 @dataclass(eq=False)
@@ -223,6 +237,20 @@ class Graph:
         if a.axes != ("t", "s"):
             raise ValueError(f"tri_inverse: the matrix must have axes (t, s), got {a.axes}")
         return self._add(TriInverse(), (a,), a.axes, a.batched)
+
+    def decayed_product(self, axes, x: Value, y: Value, a: Value, b: Value, mask: Value) -> Value:
+        """DecayedProduct onto `axes` (two of t, s and the channel axis of a and b)."""
+        (chan,) = [ax for ax in a.axes if ax != "t"]
+        triple = {"t", "s", chan}
+        if set(a.axes) != {"t", chan} or set(b.axes) != {"s", chan} or set(mask.axes) != {"t", "s"}:
+            raise ValueError(f"decayed_product: log-decays (t, c), (s, c) and a (t, s) mask, got {a.axes}, {b.axes}, "
+                             f"{mask.axes}")
+        axes = canonical(axes)
+        pairs = {frozenset(x.axes), frozenset(y.axes), frozenset(axes)}
+        if len(axes) != 2 or not set(axes) <= triple or len(pairs) != 3 or not all(p <= triple for p in pairs):
+            raise ValueError(f"decayed_product: x, y and the result must hold the three pairs of {sorted(triple)}, "
+                             f"got {x.axes}, {y.axes} -> {axes}")
+        return self._add(DecayedProduct(), (x, y, a, b, mask), axes, any(v.batched for v in (x, y, a, b)))
 
     def select(self, x: Value, which: str) -> Value:
         """Row `which` ('first' or 'last') of a token-indexed value, dropping the t axis."""

@@ -86,8 +86,25 @@ class Coefficients:
     momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
     momentum_grad: Value | None = None  # weight of token s's gradient in S_t
     grad_end: Value | None = None  # Gamma[last, s]: weight of token s's gradient in the end state
-    factors: tuple[Value, Value] | None = None  # (a_t, b_s) with Gamma[t, s] = causal a_t b_s (channel decay)
+    split: DecaySplit | None = None  # channel decay kept apart from Gamma (the factored or the products program)
     momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
+
+
+@dataclass
+class DecaySplit:
+    """Channel decay between tokens as Γ[t, s, i] = causal[t, s] e^{log_t[t, i] − log_s[s, i]} weight[s(, i)], kept
+    apart so that no (t, s, i) tile is made: written e^{log_t} · e^{−log_s} (`factored`: matrix products, safe while
+    the decay across a chunk stays below the runtime's guard) or as ir.DecayedProduct (`products`: safe always)."""
+
+    log_t: Value  # (t, i): cumulative log-decay at the token that reads
+    log_s: Value  # (s, i): cumulative log-decay at the token that wrote
+    weight: Value  # (s[, i]): the writer's step size
+
+    def on(self, rename) -> DecaySplit:
+        return DecaySplit(rename(self.log_t), rename(self.log_s), rename(self.weight))
+
+
+CHANNEL_DECAY_FORMS = ("pairwise", "factored", "products")
 
 
 # In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
@@ -98,9 +115,11 @@ ZERO_FLOOR = 1e-30
 
 
 class ChunkLowering:
-    def __init__(self, derivation: Derivation, factored: bool = False):
+    def __init__(self, derivation: Derivation, channel_decay: str = "pairwise"):
+        if channel_decay not in CHANNEL_DECAY_FORMS:
+            raise ValueError(f"channel_decay: expected one of {CHANNEL_DECAY_FORMS}, got {channel_decay!r}")
         self.d = derivation
-        self.factored = factored
+        self.channel_decay = channel_decay
         self.spec = derivation.spec
         self.mem = self.spec.memory
         self.depth = self.mem.depth
@@ -299,14 +318,11 @@ class ChunkLowering:
         a_cum, a_pair, a_end = self.decay_tiles(alpha)
         eta_s = g.rename(eta, t="s")
         if theta is None:
-            factors = None
-            if self.factored and a_cum is not None and "i" in a_cum.axes:
-                # e^{Λ_t - Λ_s} = e^{Λ_t} e^{-Λ_s}: exact, and safe where the runtime's guard holds (the decay
-                # across the chunk stays within DECAY_SPREAD_LIMIT in log space)
-                inverse = g.ew(lambda c, e: sp.exp(-c) * e, g.rename(self.log_cum, t="s"), eta_s)
-                factors = (a_cum, _named(inverse, "inverse cumulative decay times eta (factored)"))
+            split = None
+            if self.channel_decay != "pairwise" and a_cum is not None and "i" in a_cum.axes:
+                split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
             return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
-                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), factors=factors)
+                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
         th_cum, th_pair, th_end = self.decay_tiles(theta)
         a_tu = g.rename(a_pair, s="u")
         grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
@@ -319,14 +335,14 @@ class ChunkLowering:
 
     # ---------------------------------------------------------------- the exact chunk of an affine update
     def prediction_weights(self, alpha: Value | None, coef: Coefficients):
-        """Where token t takes its gradient, as (a_t, Γ', factors): the weights a_t ⊙ W' − Σ_{s<t} Γ'[t, s] G_s.
+        """Where token t takes its gradient, as (a_t, Γ', split): the weights a_t ⊙ W' − Σ_{s<t} Γ'[t, s] G_s.
 
         gradient_at = previous (Eq. 9): W_{t-1}, so a and Γ' stop at token t − 1 (exclusive cumulative decay);
         gradient_at = decayed (the Gated DeltaNet paper): α_t W_{t-1}, the inclusive coefficients of the write.
         Without decay the two coincide. Γ' is masked to s < t by the caller."""
         g = self.g
         if alpha is None or self.spec.algorithm.gradient_at == "decayed":
-            return coef.decay, coef.grad, coef.factors
+            return coef.decay, coef.grad, coef.split
         logs = g.ew(lambda a: sp.log(sp.Max(a, ZERO_FLOOR)), alpha)
         if "t" not in logs.axes:
             logs = g.broadcast(logs, logs.axes + ("t",))
@@ -334,8 +350,8 @@ class ChunkLowering:
         before = _named(g.ew(lambda c, l: c - l, cum, logs), "cumulative log-decay before token t")
         a_prev = g.ew(lambda c: sp.exp(c), before)
         eta_s = g.rename(self.operand(self.spec.algorithm.lr), t="s")
-        if coef.factors is not None:  # the factored program: e^{Λ_{t-1}} e^{-Λ_s}, safe under the runtime's guard
-            return a_prev, None, (a_prev, coef.factors[1])
+        if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
+            return a_prev, None, DecaySplit(before, coef.split.log_s, coef.split.weight)
         strict = g.mask("strict")
         pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
         return a_prev, _named(pair, "decay from token s to token t - 1, times eta_s"), None
@@ -348,15 +364,14 @@ class ChunkLowering:
         ŷ_t = (a_t ⊙ W') k_t: the unit lower-triangular system (I + A) g = g(ŷ), A[t, s] = h_t Γ'[t, s] k_t · k_s
         (the UT transform of flash-linear-attention's chunk_delta_rule; channel decay enters the k·k products)."""
         g = self.g
-        a_pred, gamma, factors = self.prediction_weights(alpha, coef)
+        a_pred, gamma, split = self.prediction_weights(alpha, coef)
         k, P = self.k, self.P[0]
         z = g.einsum(("t", "o"), k, P) if a_pred is None else g.einsum(("t", "o"), k, P, a_pred)
         y = _named(self.output_map(z, k), "prediction of the decayed chunk-start weights")
         rhs = _named(self.loss_grad(y, self.v, self.gates), "inner gradient signal at those weights")
         k_s = g.rename(k, t="s")
-        if factors is not None:
-            a_t, b_s = factors
-            dots = g.einsum(("t", "s"), g.ew(lambda x, a: x * a, k, a_t), g.ew(lambda x, b: x * b, k_s, b_s))
+        if split is not None:
+            dots = self.decayed_scores(k, k_s, split, "strict")
         elif "i" in gamma.axes:
             dots = g.einsum(("t", "s"), k, gamma, k_s)
         else:
@@ -373,22 +388,47 @@ class ChunkLowering:
         return [k], [_named(signals, "exact gradient signals (I + A)⁻¹ g(ŷ)")]
 
     # ---------------------------------------------------------------- reads and end state
+    def decayed_scores(self, x: Value, y_s: Value, split: DecaySplit, mask: str) -> Value:
+        """Σ_i x[t, i] y[s, i] Γ[t, s, i] (t, s) with Γ from `split` (on axis i, as this layer names it), masked."""
+        g = self.g
+        m = g.mask(mask)
+        if self.channel_decay == "products":
+            y_s = g.ew(lambda u, w: u * w, y_s, split.weight)
+            return _named(g.decayed_product(("t", "s"), x, y_s, split.log_t, split.log_s, m), "decayed scores")
+        a_t, b_s = self.factors(split)
+        scores = g.einsum(("t", "s"), g.ew(lambda u, w: u * w, x, a_t), g.ew(lambda u, w: u * w, y_s, b_s))
+        return _named(g.ew(lambda c, k: c * k, scores, m), "decayed scores (factored)")
+
+    def factors(self, split: DecaySplit) -> tuple[Value, Value]:
+        """(e^{log_t}, e^{-log_s} weight): the factored program's two sides of Γ (safe under the runtime's guard)."""
+        g = self.g
+        a_t = g.ew(lambda c: sp.exp(c), split.log_t)
+        return a_t, _named(g.ew(lambda c, w: sp.exp(-c) * w, split.log_s, split.weight),
+                           "inverse cumulative decay times eta (factored)")
+
+    def decayed_apply(self, scores: Value, z_s: Value, split: DecaySplit, out_ax: str) -> Value:
+        """Σ_s scores[t, s] z[s, o] Γ[t, s, o] (t, o) with Γ from `split` (on the layer's output axis o)."""
+        g = self.g
+        causal = g.mask("causal")
+        if self.channel_decay == "products":
+            z_s = g.ew(lambda u, w: u * w, z_s, split.weight)
+            return g.decayed_product(("t", out_ax), scores, z_s, split.log_t, split.log_s, causal)
+        a_t, b_s = self.factors(split)
+        applied = g.einsum(("t", out_ax), g.ew(lambda c, k: c * k, scores, causal), g.ew(lambda u, w: u * w, z_s, b_s))
+        return g.ew(lambda u, w: u * w, a_t, applied)
+
     def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value | None, out_ax: str, in_ax: str,
-                  factors: tuple[Value, Value] | None = None) -> Value:
+                  split: DecaySplit | None = None) -> Value:
         """sum_s gamma[t, s] (z̄_s ⊗ xk_s) x_t, through (t, s) scores: never a per-token weight matrix.
-        With `factors` (a_t, b_s), gamma[t, s] = causal[t, s] a_t b_s, and no (C, C, D) tile is built."""
+        With `split`, the channel decay stays apart from gamma (decayed_scores, decayed_apply): no (C, C, D) tile."""
         g = self.g
         xk_s, zb_s = g.rename(xk, t="s"), g.rename(zbar, t="s")
         keep = [a for a in x.axes if a != in_ax]
-        if factors is not None:
-            a_t, b_s = factors
-            causal = g.mask("causal")
-            if in_ax in a_t.axes:
-                scores = g.einsum(keep + ["s"], g.ew(lambda u, w: u * w, x, a_t), g.ew(lambda u, w: u * w, xk_s, b_s))
-                scores = _named(g.ew(lambda c, m: c * m, scores, causal), "decayed scores x_t·x_s (factored)")
-                return g.einsum(keep + [out_ax], scores, zb_s)
-            scores = _named(g.ew(lambda c, m: c * m, g.einsum(keep + ["s"], x, xk_s), causal), "scores x_t·x_s")
-            return g.ew(lambda u, w: u * w, a_t, g.einsum(keep + [out_ax], scores, g.ew(lambda u, w: u * w, zb_s, b_s)))
+        if split is not None:
+            if in_ax in split.log_t.axes:  # the decay is on the axis the scores sum over
+                return g.einsum(keep + [out_ax], self.decayed_scores(x, xk_s, split, "causal"), zb_s)
+            scores = _named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
+            return self.decayed_apply(scores, zb_s, split, out_ax)
         if in_ax in gamma.axes:
             scores = g.einsum(keep + ["s"], x, gamma, xk_s)
             return g.einsum(keep + [out_ax], _named(scores, "decayed scores x_t·x_s"), zb_s)
@@ -411,8 +451,8 @@ class ChunkLowering:
         if coef.momentum_read is not None:
             mom = g.einsum(keep, x, self.Smom[j], self.on_layer(coef.momentum_read, j))
             inner = mom if inner is None else g.ew(lambda p, m: p + m, inner, mom)
-        factors = None if coef.factors is None else tuple(self.on_layer(f, j) for f in coef.factors)
-        gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax, factors)
+        split = None if coef.split is None else coef.split.on(lambda v: self.on_layer(v, j))
+        gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax, split)
         inner = g.ew(lambda p, m: -m, gterm, gterm) if inner is None else g.ew(lambda p, m: p - m, inner, gterm)
         if kappa[j] is False:
             if self.mirror_slope[j] is not None:
@@ -522,13 +562,14 @@ def factorable(spec: S.Spec) -> bool:
             and spec.gate(d.name).data_dependent and spec.algorithm.kind == "gd")
 
 
-def lower(derivation: Derivation, factored: bool = False) -> Graph:
-    """The forward chunk program of a derived spec. `factored` writes channel-wise decay as e^{Λ_t} e^{-Λ_s}
-    (two (C, D) tiles instead of a (C, C, D) one); the runtime uses it only for chunks whose decay spread is
-    below DECAY_SPREAD_LIMIT."""
+def lower(derivation: Derivation, channel_decay: str = "pairwise") -> Graph:
+    """The forward chunk program of a derived spec. A channel-wise decay between tokens (factorable specs) is
+    `pairwise`, a (C, C, D) tile; `factored`, e^{Λ_t} e^{-Λ_s} through matrix products (the torch module uses it
+    only for chunks whose decay spread is below DECAY_SPREAD_LIMIT); or `products`, ir.DecayedProduct (exact for
+    any decay, no (C, C, D) tile: the Triton kernels)."""
     from .ir import prune
 
-    return prune(ChunkLowering(derivation, factored).build())
+    return prune(ChunkLowering(derivation, channel_decay).build())
 
 
 def outer_params(spec: S.Spec) -> list[tuple[str, float]]:

@@ -137,7 +137,7 @@ def _segments(order: list[Value]) -> list[Value | _Loop]:
     return segments
 
 
-def body(graph: Graph, allow_cube: bool = False, loads: dict[str, str] | None = None,
+def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None) -> Body:
     """The lines computing the graph's outputs.
@@ -172,7 +172,7 @@ def body(graph: Graph, allow_cube: bool = False, loads: dict[str, str] | None = 
                 if seg.op.name in loads:
                     lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
             else:
-                lines += _with_hint(seg, line(seg, allow_cube))
+                lines += _with_hint(seg, line(seg))
             continue
         before, inside, after, fetched = [], [], [], set()
         for v in seg.values:
@@ -188,7 +188,7 @@ def body(graph: Graph, allow_cube: bool = False, loads: dict[str, str] | None = 
                 inside += _with_hint(v, acc)
                 after += post
                 continue
-            inside += _with_hint(v, line(v, allow_cube))
+            inside += _with_hint(v, line(v))
             if v.id in slot:
                 inside.append(f"tl.store({slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})")
             for ptr, index, mask in wide_outputs.get(out_of.get(v.id, ""), []):
@@ -286,8 +286,8 @@ def stored_values(graph: Graph) -> list[Value]:
 class _Assembler:
     """Shared pieces of the four kernels of one chunk program."""
 
-    def __init__(self, io: KernelIO, forward: Graph, backward: Graph, allow_cube: bool):
-        self.io, self.allow_cube = io, allow_cube
+    def __init__(self, io: KernelIO, forward: Graph, backward: Graph):
+        self.io = io
         self.fwd, self.bwd = to_dot_form(forward), to_dot_form(backward)
         states, rest, token, axes = io.states, io.rest, io.token, io.axes
         self.hidden = any(set(axes[s]) & {"h", "g"} for s in states)  # the state lives in memory, by blocks
@@ -305,10 +305,10 @@ class _Assembler:
         return {n: (ptr.format(n), index) for n in names}
 
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None) -> Body:
-        return body(part, self.allow_cube, loads, sources, outputs)
+        return body(part, loads, sources, outputs)
 
 
-def kernels(io: KernelIO, forward: Graph, backward: Graph, suffix: str = "", allow_cube: bool = False) -> list[Kernel]:
+def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     """The kernels of a chunk program, each from the part of the forward or backward program it needs:
 
     state_fwd   sequential over a sequence's chunks: the final state, and every chunk's start state (`starts`);
@@ -322,13 +322,13 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph, suffix: str = "", all
     memory, then one sequence per program. Splitting by job keeps each kernel's live tiles few (registers, no
     spills) and makes most of them parallel over chunks, as flash-linear-attention splits chunk_fwd_h from
     chunk_fwd_o."""
-    a = _Assembler(io, forward, backward, allow_cube)
-    out = [_state_forward(a, suffix), _outputs(a, suffix), _state_backward(a, suffix)]
-    out += _gradients(a, suffix)
+    a = _Assembler(io, forward, backward)
+    out = [_state_forward(a), _outputs(a), _state_backward(a)]
+    out += _gradients(a)
     return out
 
 
-def _state_forward(a: _Assembler, suffix: str) -> Kernel:
+def _state_forward(a: _Assembler) -> Kernel:
     states, axes = a.io.states, a.io.axes
     part = _only(a.fwd, [f"new_{s}" for s in states])
     part.outputs.update({n: v for n, v in zip(a.kept, stored_values(part))})
@@ -342,7 +342,7 @@ def _state_forward(a: _Assembler, suffix: str) -> Kernel:
         b = a.body(part, a.tokens)
         loop = ([store(f"starts_{s}_ptr", axes[s], a.at, s) for s in states] + b.lines + keep +
                 [f"{s} = {name(part.outputs['new_' + s])}" for s in states])
-        return Kernel(f"chunk_state_fwd_kernel{suffix}", doc, "up", args,
+        return Kernel("chunk_state_fwd_kernel", doc, "up", args,
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
                       value_blocks="columns" if not b.scratch and value_local(part) else "none")
@@ -352,7 +352,7 @@ def _state_forward(a: _Assembler, suffix: str) -> Kernel:
                             (f"final_{s}_ptr", "pid", last)] for s in states}
     b = a.body(part, a.tokens, a.sources(states, "starts_{}_ptr", a.at), outputs)
     prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
-    return Kernel(f"chunk_state_fwd_kernel{suffix}", doc, "up", args + ["scratch_ptr"], prologue,
+    return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
                   b.scratch)
 
@@ -365,21 +365,21 @@ def _copy_blocks(states: list[str], axes: dict, src: str, src_index: str, dst: s
     return lines + ["tl.debug_barrier()"]
 
 
-def _outputs(a: _Assembler, suffix: str) -> Kernel:
+def _outputs(a: _Assembler) -> Kernel:
     part = _only(a.fwd, ["out"])
     part = _stored_as_inputs(part) if a.made else part
     sources = a.sources(a.io.states, "starts_{}_ptr", a.at) if a.hidden else None
     b = a.body(part, {**a.tokens, **a.reads}, sources)
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["out_ptr"]
     mode = "up" if b.scratch else "chunk"
-    return Kernel(f"chunk_out_fwd_kernel{suffix}", "one chunk's outputs, from its stored start state", mode,
+    return Kernel("chunk_out_fwd_kernel", "one chunk's outputs, from its stored start state", mode,
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and not b.scratch and value_local(part)
                   else "none")
 
 
-def _state_backward(a: _Assembler, suffix: str) -> Kernel:
+def _state_backward(a: _Assembler) -> Kernel:
     states, axes = a.io.states, a.io.axes
     bwd = _stored_as_inputs(a.bwd) if a.made else a.bwd
     part = _only(bwd, [f"d_{s}" for s in states])
@@ -392,7 +392,7 @@ def _state_backward(a: _Assembler, suffix: str) -> Kernel:
         b = a.body(part, {**loads, **{f"d_new_{s}": f"carry_{s}" for s in states}})
         loop = ([store(f"carries_{s}_ptr", axes[s], a.at, f"carry_{s}") for s in states] + b.lines +
                 [f"carry_{s} = {name(part.outputs['d_' + s])}" for s in states])
-        return Kernel(f"chunk_state_bwd_kernel{suffix}", doc, "down", args,
+        return Kernel("chunk_state_bwd_kernel", doc, "down", args,
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
                       value_blocks="columns" if not b.scratch and value_local(part) else "none")
@@ -404,12 +404,12 @@ def _state_backward(a: _Assembler, suffix: str) -> Kernel:
     b = a.body(part, loads, sources, outputs)
     last = "(first_chunk + tl.cdiv(seq_len, C) - 1)"
     prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
-    return Kernel(f"chunk_state_bwd_kernel{suffix}", doc, "down", args + ["scratch_ptr"], prologue,
+    return Kernel("chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
                   b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
                   b.scratch)
 
 
-def _gradients(a: _Assembler, suffix: str) -> list[Kernel]:
+def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
     bwd = _stored_as_inputs(a.bwd) if a.made else a.bwd
     loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
@@ -438,7 +438,7 @@ def _gradients(a: _Assembler, suffix: str) -> list[Kernel]:
             blocks = "none" if kinds is None else kinds[part.outputs["term"].id]
             blocks = "none" if blocks == "whole" else blocks
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
-            out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel{suffix}", f"term {j} of the gradient of one chunk's "
+            out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "up" if b.scratch else "chunk", args + (["scratch_ptr"] if b.scratch else []),
                               prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks))
     return out

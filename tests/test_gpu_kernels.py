@@ -27,10 +27,11 @@ from mirasc.triton_printer import TritonPrinter
 
 @pytest.mark.parametrize("stem", PREBUILT)
 def test_every_contraction_is_a_dot_or_a_two_axis_product(stem):
-    """The programs the kernels are made from (factored channel decay where there is one) have no tile with three
-    axes after the dot-form pass, in the forward and in the backward; every matrix-shaped contraction is a dot."""
+    """The programs the kernels are made from (channel decay as ir.DecayedProduct where there is one) have no tile
+    with three axes after the dot-form pass, in the forward and in the backward; every matrix-shaped contraction is
+    a dot."""
     spec = mirasc.load(model_path(stem))
-    fwd = lower(derive(spec), factored=factorable(spec))
+    fwd = lower(derive(spec), channel_decay="products" if factorable(spec) else "pairwise")
     for graph in (fwd, differentiate(fwd, input_names(spec))):
         dot_form = to_dot_form(graph)
         for v in dot_form.values:
@@ -50,9 +51,9 @@ def test_dot_form_moves_elementwise_factors_into_operands():
 
 
 def test_kernels_refuse_a_three_axis_tile():
-    """Channel decay without the factored form needs (C, C, D) decay tiles: the emitter names the value."""
+    """Channel decay as a pairwise tile needs (C, C, D) decay tiles: the emitter names the value."""
     spec = mirasc.load(model_path("moneta"))
-    fwd = lower(derive(spec), factored=False)
+    fwd = lower(derive(spec), channel_decay="pairwise")
     with pytest.raises(CubeTileError, match="pairwise decay"):
         kernels(_kernel_io(spec, fwd), fwd, differentiate(fwd, input_names(spec)))
 
@@ -106,8 +107,8 @@ def test_aot_takes_the_kernels_warps_and_blocks_it_is_given():
 
 
 def test_aot_finds_every_kernel_in_the_description():
-    """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a module with fallback kernels
-    (a channel-decay spec's `_cube` ones) has its entry there."""
+    """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a channel-decay spec's module has
+    its entry there, and no kernel is a fallback for strongly decaying chunks (the decay is exact in every kernel)."""
     from mirasc.aot import generated_description, job_of
     from mirasc.codegen import generate_triton
     from mirasc.loader import load
@@ -115,7 +116,8 @@ def test_aot_finds_every_kernel_in_the_description():
     text = generate_triton(load(Path(__file__).resolve().parents[1] / "bench" / "specs" / "gla.miras"))
     jobs = generated_description(text)["kernels"]
     names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
-    assert any(n.endswith("_cube") for n in names), names
+    assert not any(n.endswith("_cube") for n in names), names
+    assert "DecayedProduct" not in text and "the summed axis" in text  # the decay is made pair by pair
     assert sorted(job_of(n) for n in names) == sorted(jobs)
 
 

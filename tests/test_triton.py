@@ -103,6 +103,35 @@ def test_triton_float64_matches_torch(ops, name):
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name,dtype", [("moneta", torch.float64), ("moneta", torch.float32),
+                                        ("memora", torch.float64)])
+def test_triton_any_channel_decay_is_exact(ops, name, dtype):
+    """Channel decay between tokens is made pair by pair (ir.DecayedProduct), so no decay overflows the kernels and
+    nothing is read back on the host to choose a program: one chunk in which some channels decay by e^{-46} a token
+    (e^{-736} across the chunk, where e^{+Λ} factors overflow even fp64) and others hardly at all. The torch backend
+    takes its (C, C, D) program there; the kernels must agree with it. The decay gate's gradient is compared times the
+    gate (its gradient in log space, what a sigmoid or exp parameterisation passes on up to a factor of at most 1):
+    at α = 1e-20 the chunked forms get ∂/∂α through 1/α times an adjoint that is a difference of O(1) terms, so ∂/∂α
+    itself is rounding noise times 1e20 in every chunked backend (the torch one included), and α·∂/∂α is not."""
+    tri, ref = ops(name)
+    ins = list(make_inputs(ref, 1, 40, 2, D, dtype=torch.float64, seed=5))
+    alpha = ins[3]["alpha"].clone()
+    alpha[:, :16, :, : D // 2] = 1e-20  # chunk 1: half the channels all but forget at every token
+    alpha[:, 16:32] = 1.0 - 1e-3 * alpha[:, 16:32]  # chunk 2: hardly any decay
+    ins[3] = {**ins[3], "alpha": alpha}
+    want = _run(ref, ins, 16)
+    cast = [x.to(dtype) if torch.is_tensor(x) else ({n: t.to(dtype) for n, t in x.items()} if isinstance(x, dict)
+            else [t.to(dtype) for t in x]) for x in ins]
+    got = _run(tri, _to(cast), 16)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    for part in [got[0], *got[1], *got[2].values()]:
+        assert torch.isfinite(part).all()
+    for grads in (got[2], want[2]):
+        grads["gate alpha"] = grads["gate alpha"] * alpha
+    err = _errors(got, want)
+    assert max(err.values()) < (1e-10 if dtype == torch.float64 else 1e-3), err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="bf16 needs a CUDA GPU (the interpreter computes bf16 wrongly)")
 @pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "moneta", "yaad", "memora", "titans"])

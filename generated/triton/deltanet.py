@@ -38,8 +38,7 @@ DESCRIPTION = {'spec': 'deltanet',
              'grad_gate_eta_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
              'grad_gate_eta_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
              'grad_gate_eta_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'}},
- 'stored': [['stored_0', ['t', 's']]],
- 'fallback': None}
+ 'stored': [['stored_0', ['t', 's']]]}
 
 
 @triton.jit(do_not_specialize=["T"])

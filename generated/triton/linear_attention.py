@@ -29,8 +29,7 @@ DESCRIPTION = {'spec': 'linear_attention',
              'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
              'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
              'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'}},
- 'stored': [],
- 'fallback': None}
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])

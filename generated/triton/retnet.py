@@ -36,8 +36,7 @@ DESCRIPTION = {'spec': 'retnet',
              'grad_gate_alpha_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial'}},
- 'stored': [],
- 'fallback': None}
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])

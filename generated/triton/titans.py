@@ -174,8 +174,7 @@ DESCRIPTION = {'spec': 'titans',
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                     'value_blocks': 'none'}},
- 'stored': [],
- 'fallback': None}
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])

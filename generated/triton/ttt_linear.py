@@ -44,8 +44,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_ln_weight_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns'},
              'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'}},
- 'stored': [],
- 'fallback': None}
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])

@@ -111,8 +111,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                     'value_blocks': 'none'}},
- 'stored': [],
- 'fallback': None}
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])

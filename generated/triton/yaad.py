@@ -31,7 +31,7 @@ DESCRIPTION = {'spec': 'yaad',
                            'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none'},
              'out_fwd': {'grid': 'sequences',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
+                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                          'value_blocks': 'none'},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
@@ -62,8 +62,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['s', 'h']],
                               'value_blocks': 'none'},
              'grad_k_1_bwd': {'grid': 'sequences',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
@@ -87,18 +87,27 @@ DESCRIPTION = {'spec': 'yaad',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                               'value_blocks': 'none'},
              'grad_gate_alpha_0_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                       'value_blocks': 'none'},
+             'grad_gate_alpha_1_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h'],
-                                                   ['t', 'h']],
-                                       'value_blocks': 'none'},
-             'grad_gate_alpha_1_bwd': {'grid': 'sequences',
-                                       'scratch': [['t', 'h'], ['t', 'h']],
+                                                   ['s', 'h']],
                                        'value_blocks': 'none'},
              'grad_gate_alpha_2_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h']],
+                                       'value_blocks': 'none'},
+             'grad_gate_alpha_3_bwd': {'grid': 'sequences',
+                                       'scratch': [['t', 'h'], ['t', 'h']],
+                                       'value_blocks': 'none'},
+             'grad_gate_alpha_4_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -107,7 +116,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h']],
                                        'value_blocks': 'none'},
              'grad_gate_eta_0_bwd': {'grid': 'sequences',
-                                     'scratch': [['t', 'h'], ['t', 'h']],
+                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                      'value_blocks': 'none'},
              'grad_gate_eta_1_bwd': {'grid': 'sequences',
                                      'scratch': [['t', 'h'],
@@ -116,6 +125,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h']],
+                                     'value_blocks': 'none'},
+             'grad_gate_eta_2_bwd': {'grid': 'sequences',
+                                     'scratch': [['t', 'h'], ['t', 'h']],
                                      'value_blocks': 'none'},
              'grad_gate_delta_0_bwd': {'grid': 'sequences',
                                        'scratch': [['t', 'h'],
@@ -132,7 +144,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h']],
                                        'value_blocks': 'none'},
              'grad_ln_weight_0_bwd': {'grid': 'sequences',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none'},
              'grad_ln_weight_1_bwd': {'grid': 'sequences',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
@@ -146,154 +158,8 @@ DESCRIPTION = {'spec': 'yaad',
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
              'grad_ln_bias_1_bwd': {'grid': 'sequences',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                    'value_blocks': 'none'},
-             'state_fwd_cube': {'grid': 'sequences',
-                                'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
-                                'value_blocks': 'none'},
-             'out_fwd_cube': {'grid': 'sequences',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
-                              'value_blocks': 'none'},
-             'state_bwd_cube': {'grid': 'sequences',
-                                'scratch': [['h', 'i'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['s', 'h'],
-                                            ['t', 'h'],
-                                            ['h', 'i'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['t', 'h'],
-                                            ['t', 'h']],
-                                'value_blocks': 'none'},
-             'grad_q_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
-             'grad_q_1_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_q_2_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_k_0_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_k_1_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_k_2_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h'],
-                                               ['s', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h'],
-                                               ['t', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_v_0_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_v_1_bwd_cube': {'grid': 'sequences',
-                                   'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
-                                   'value_blocks': 'none'},
-             'grad_gate_alpha_0_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_gate_alpha_1_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'], ['t', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_gate_alpha_2_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_gate_alpha_3_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_gate_eta_0_bwd_cube': {'grid': 'sequences',
-                                          'scratch': [['t', 'h'], ['t', 'h']],
-                                          'value_blocks': 'none'},
-             'grad_gate_eta_1_bwd_cube': {'grid': 'sequences',
-                                          'scratch': [['t', 'h'],
-                                                      ['t', 'h'],
-                                                      ['s', 'h'],
-                                                      ['t', 'h'],
-                                                      ['t', 'h'],
-                                                      ['s', 'h']],
-                                          'value_blocks': 'none'},
-             'grad_gate_delta_0_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_gate_delta_1_bwd_cube': {'grid': 'sequences',
-                                            'scratch': [['t', 'h'],
-                                                        ['t', 'h'],
-                                                        ['s', 'h'],
-                                                        ['t', 'h'],
-                                                        ['t', 'h']],
-                                            'value_blocks': 'none'},
-             'grad_ln_weight_0_bwd_cube': {'grid': 'sequences',
-                                           'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
-                                           'value_blocks': 'none'},
-             'grad_ln_weight_1_bwd_cube': {'grid': 'sequences',
-                                           'scratch': [['t', 'h'],
-                                                       ['t', 'h'],
-                                                       ['s', 'h'],
-                                                       ['t', 'h'],
-                                                       ['t', 'h']],
-                                           'value_blocks': 'none'},
-             'grad_ln_weight_2_bwd_cube': {'grid': 'sequences',
-                                           'scratch': [['t', 'h'],
-                                                       ['t', 'h'],
-                                                       ['s', 'h'],
-                                                       ['t', 'h'],
-                                                       ['t', 'h']],
-                                           'value_blocks': 'none'},
-             'grad_ln_weight_3_bwd_cube': {'grid': 'sequences',
-                                           'scratch': [['t', 'h'],
-                                                       ['t', 'h'],
-                                                       ['s', 'h'],
-                                                       ['t', 'h'],
-                                                       ['t', 'h']],
-                                           'value_blocks': 'none'},
-             'grad_ln_bias_0_bwd_cube': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none'},
-             'grad_ln_bias_1_bwd_cube': {'grid': 'sequences',
-                                         'scratch': [['t', 'h'],
-                                                     ['t', 'h'],
-                                                     ['s', 'h'],
-                                                     ['t', 'h'],
-                                                     ['t', 'h']],
-                                         'value_blocks': 'none'}},
- 'stored': [],
- 'fallback': {'suffix': '_cube', 'decay_input': 'gate_alpha', 'spread_limit': 40.0}}
+                                    'value_blocks': 'none'}},
+ 'stored': []}
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -451,34 +317,17 @@ def chunk_out_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v55 = v42
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v45 = (q * v42)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v47 = k
-        v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v46)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -496,60 +345,87 @@ def chunk_out_fwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v56 = tl.zeros((C, BV), DTYPE)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v53 = (v46 - v52)
-            v54_c0 = (0.5 * v53)
-            v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = v37
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v57 = (v55 * v56)
-        v61 = tl.zeros((C, C), DTYPE)
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v55 * v64)
-        v66 = (v57 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        v73 = (ln_bias[None, :] + (v69 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None]))))))
-        v74 = q
-        v75 = (v73 + v74)  # read: M(q_t; W_t)
-        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v75.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
+        v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
+        v72 = q
+        v73 = (v71 + v72)  # read: M(q_t; W_t)
+        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -628,20 +504,29 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v53 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v55 = (v53 * v49)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
         v44 = v43
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v51 = (q * v48)
+        v67 = v35
+        v65 = v49
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -652,176 +537,187 @@ def chunk_state_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v67 = v35
-        v65 = v50
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = v48
-        v72 = (v62 * v71)
-        v63 = tl.zeros((C, BV), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v60 = v48
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v60 * v61)
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v98 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        v101 = (2.0 * v76 * v100[:, None])
-        v97 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v102 = (v97 + v101)
-        v103 = ((-1.0) * v102)
-        v104 = tl.sum((v103), axis=1)
-        v105 = (v104 / (D))
-        v106 = (v102 + v105[:, None])
-        v107 = ((-1.0) * v106)
-        v108 = (v62 * v107)
-        v109 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v109)
-        v119 = (v62 * v106)
+        v96 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (2.0 * v74 * v98[:, None])
+        v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v100 = (v95 + v99)
+        v101 = ((-1.0) * v100)
+        v102 = tl.sum((v101), axis=1)
+        v103 = (v102 / (D))
+        v104 = (v100 + v103[:, None])
+        v105 = ((-1.0) * v104)
+        v106 = tl.zeros((C, C), DTYPE)
+        for v106_j in range(0, BV):  # the summed axis o, one position at a time
+            v106_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v105, 0.0), axis=1)
+            v106_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v69, 0.0), axis=1)
+            v106_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v63, 0.0), axis=1)
+            v106_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v64, 0.0), axis=1)
+            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))
+        v115 = (v60 * v104)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        v51 = (v47 * v49)
-        v95 = (v51 * v54)
-        v110 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v111 = (v65 * v110)
-        v82 = v51
-        v132 = tl.zeros((C, BV), DTYPE)
-        v89 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v93 = (v50 * v53)
+        v107 = tl.zeros((C, BV), DTYPE)
+        for v107_j in range(0, C):  # the summed axis t, one position at a time
+            v107_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v105, 0.0), axis=0)
+            v107_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v68, 0.0), axis=0)
+            v107_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v107_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v63, 0.0), axis=0)
+            v107 += v107_x[None, :] * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a[None, :] - v64, 0.0))
+        v108 = (v65 * v107)
+        v80 = v50
+        v128 = tl.zeros((C, BV), DTYPE)
+        v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v113 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v109 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v120 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v122 = (v113 + v120)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v123 = (v122 * (0.5 + (0.5 * tl.math.erf(v123_c0)) + (v123_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
-            v124 = ((-1.0) * v123)
-            v125 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v116 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v118 = (v109 + v116)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v119_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
+            v120 = ((-1.0) * v119)
+            v121 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v93 = ((-1.0) * d_new_w1)
-            v96 = tl.dot(v95.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v126 = (v96 + v125)
-            v127 = v126
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v127)
+            v91 = ((-1.0) * d_new_w1)
+            v94 = tl.dot(v93.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v122 = (v94 + v121)
+            v123 = v122
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v130_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v130 = (v127 * (0.5 + (0.5 * tl.math.erf(v130_c0)) + (v130_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-            v132 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v126_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v126 = (v123 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
+            v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w2)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v87)
-            v89 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w2)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
+            v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v90 = (v82 * v89)
-        v115 = (v90 + v111)
-        v116 = v115
-        v133 = (v116 + v132)
-        v134 = tl.sum((v133), axis=1)
-        v135 = (v134 / (D))
-        v136 = ((-1.0) * v135)
-        v137 = (v133 + v136[:, None])
-        v139 = (2.0 * v16 * v137)
+        v88 = (v80 * v87)
+        v111 = (v88 + v108)
+        v112 = v111
+        v129 = (v112 + v128)
+        v130 = tl.sum((v129), axis=1)
+        v131 = (v130 / (D))
+        v132 = ((-1.0) * v131)
+        v133 = (v129 + v132[:, None])
+        v135 = (2.0 * v16 * v133)
+        v136 = tl.sum((v135), axis=1)
+        v137 = (v136 / (D))
+        v141 = ((-0.5) * v16 * ln_weight[None, :] * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v144 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v145 = (v141 + v144)
+        v146 = (v145 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v148 = ((-0.5) * v16 * ln_weight[None, :] * v146 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v149 = tl.sum((v148), axis=1)
+        v139 = (0.75 * v16 * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v140 = tl.sum((v139), axis=1)
-        v141 = (v140 / (D))
-        v145 = ((-0.5) * v16 * ln_weight[None, :] * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v148 = (ln_weight[None, :] * v137 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v149 = (v145 + v148)
-        v150 = (v149 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v152 = ((-0.5) * v16 * ln_weight[None, :] * v150 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v153 = tl.sum((v152), axis=1)
-        v143 = (0.75 * v16 * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v144 = tl.sum((v143), axis=1)
-        v146 = ((-0.5) * ln_weight[None, :] * v25 * v137 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v147 = tl.sum((v146), axis=1)
-        v154 = (v144 + v147 + v153)
-        v155 = (v154 / (D))
-        v156 = (2.0 * v16 * v155[:, None])
-        v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v138 = (2.0 * v29[:, None] * v137)
-        v142 = ((-0.5) * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v157 = (v138 + v142 + v151 + v156)
-        v158 = ((-1.0) * v157)
-        v159 = tl.sum((v158), axis=1)
-        v160 = (v159 / (D))
-        v161 = (v157 + v160[:, None])
-        v91 = (v82 * v67)
-        v80 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v81 = tl.sum((v80), axis=0)
-        v83 = v81
+        v142 = ((-0.5) * ln_weight[None, :] * v25 * v133 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v143 = tl.sum((v142), axis=1)
+        v150 = (v140 + v143 + v149)
+        v151 = (v150 / (D))
+        v152 = (2.0 * v16 * v151[:, None])
+        v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v134 = (2.0 * v29[:, None] * v133)
+        v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v153 = (v134 + v138 + v147 + v152)
+        v154 = ((-1.0) * v153)
+        v155 = tl.sum((v154), axis=1)
+        v156 = (v155 / (D))
+        v157 = (v153 + v156[:, None])
+        v89 = (v80 * v67)
+        v78 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v79 = tl.sum((v78), axis=0)
+        v81 = v79
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v162 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v114 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v92 = tl.dot(v91.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v117 = (v92 + v114)
-            v118 = v117
-            v164 = (v118 + v162)
+            v158 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v110 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v85 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v113 = (v90 + v110)
+            v114 = v113
+            v160 = (v114 + v158)
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v165_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v165 = (v164 * (0.5 + (0.5 * tl.math.erf(v165_c0)) + (v165_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v161_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v161 = (v160 * (0.5 + (0.5 * tl.math.erf(v161_c0)) + (v161_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v127 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v129_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v129_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v129_c2 = (0.5 * (v10 * v10))
-            v129_c3 = tl.exp(((-1.0) * v129_c2))
-            v129 = (v36 * v127 * ((v129_c0 * v129_c1 * v129_c3) - (v129_c0 * v129_c1 * v129_c2 * v129_c3)))
-            v166 = (v129 + v165)
-            v167 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v123 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v128 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v123 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v125_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v125_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v125_c2 = (0.5 * (v10 * v10))
+            v125_c3 = tl.exp(((-1.0) * v125_c2))
+            v125 = (v36 * v123 * ((v125_c0 * v125_c1 * v125_c3) - (v125_c0 * v125_c1 * v125_c2 * v125_c3)))
+            v162 = (v125 + v161)
+            v163 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v162.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v119 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v124 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v94 = (v81[None, :] * d_new_w1)
-            v169 = (v94 + v128 + v167)
-            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+            v92 = (v79[None, :] * d_new_w1)
+            v165 = (v92 + v124 + v163)
+            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v161.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v130 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v131 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v121 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v159 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v157.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v126 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v117 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = (v83[:, None] * d_new_w2)
-            v168 = (v88 + v121 + v131 + v163)
-            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
+            v86 = (v81[:, None] * d_new_w2)
+            v164 = (v86 + v117 + v127 + v159)
+            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
@@ -935,20 +831,29 @@ def chunk_grad_q_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v45 = (q * v42)
         v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v47 = k
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
         v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -958,78 +863,87 @@ def chunk_grad_q_1_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v53 = (v46 - v52)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v54_c0 = (0.5 * v53)
-            v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v59 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = v42
-        v65 = (v55 * v64)
-        v56 = tl.zeros((C, BV), DTYPE)
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v55 * v56)
-        v66 = (v57 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v55 * v86)
-        v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
-        v91 = (v55 * v85)
-        v96 = tl.zeros((C, C), DTYPE)
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = tl.zeros((C, C), DTYPE)
+        for v85_j in range(0, BV):  # the summed axis o, one position at a time
+            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v87 = (v53 * v83)
+        v92 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v93 = (v90 + v92)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v94_c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
-            v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v95 = ((-1.0) * v94)
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v96 += tl.trans(tl.dot(v48.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v97 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v96)
-        v98 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v99 = (v42 * v98)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v86 + v88)
+            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v93 = tl.zeros((C, D), DTYPE)
+        for v93_j in range(0, C):  # the summed axis s, one position at a time
+            v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
+            v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
+            v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+            v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1103,20 +1017,29 @@ def chunk_grad_q_2_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v45 = (q * v42)
         v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v47 = k
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
         v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1126,74 +1049,79 @@ def chunk_grad_q_2_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = v37
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v53 = (v46 - v52)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v54_c0 = (0.5 * v53)
-            v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v59 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = v42
-        v65 = (v55 * v64)
-        v56 = tl.zeros((C, BV), DTYPE)
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v55 * v56)
-        v66 = (v57 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v55 * v86)
-        v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
-        v91 = (v55 * v85)
-        v95 = tl.zeros((C, D), DTYPE)
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = tl.zeros((C, C), DTYPE)
+        for v85_j in range(0, BV):  # the summed axis o, one position at a time
+            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v87 = (v53 * v83)
+        v91 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v90 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v93 = (v90 + v92)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v94_c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
-            v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v86 + v88)
+            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v95 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v96 = (v42 * v95)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v91 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (v42 * v91)
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v92.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1229,17 +1157,6 @@ def chunk_grad_k_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v51 = (v47 * v49)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1268,17 +1185,40 @@ def chunk_grad_k_0_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v84 = tl.zeros((C, D), DTYPE)
+        v53 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v55 = (v53 * v49)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v44 = v43
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v51 = (q * v48)
+        v67 = v35
+        v65 = v49
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1287,99 +1227,104 @@ def chunk_grad_k_0_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v83 = ((-1.0) * d_new_w1)
-            v84 += tl.dot(v55.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v85 = (v51 * v84)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v67 = v35
-        v65 = v50
-        v70 = (v67 * v65)
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
+            v54 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v64 = (v62 * v63)
-        v68 = tl.zeros((C, C), DTYPE)
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v60 = v48
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v87 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v88 = tl.sum((v87), axis=1)
-        v89 = (v88 / (D))
-        v90 = (2.0 * v76 * v89[:, None])
-        v91 = (v86 + v90)
-        v92 = ((-1.0) * v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v91 + v94[:, None])
-        v96 = ((-1.0) * v95)
-        v97 = (v62 * v96)
-        v98 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v99 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v98)
-        v101 = (v62 * v95)
-        v106 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v103 = (v100 + v102)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v104_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v104 = (v103 * (0.5 + (0.5 * tl.math.erf(v104_c0)) + (v104_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v105 = ((-1.0) * v104)
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 += tl.trans(tl.dot(v55.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v107 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v106)
-        v108 = tl.trans(tl.dot(tl.trans(v52).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = (v50 * v108)
-        v110 = (v85 + v109)
-        v111 = v110
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v111.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v60 * v61)
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v85 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v86 = tl.sum((v85), axis=1)
+        v87 = (v86 / (D))
+        v88 = (2.0 * v74 * v87[:, None])
+        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = (v84 + v88)
+        v90 = ((-1.0) * v89)
+        v91 = tl.sum((v90), axis=1)
+        v92 = (v91 / (D))
+        v93 = (v89 + v92[:, None])
+        v94 = ((-1.0) * v93)
+        v95 = tl.zeros((C, C), DTYPE)
+        for v95_j in range(0, BV):  # the summed axis o, one position at a time
+            v95_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v94, 0.0), axis=1)
+            v95_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v69, 0.0), axis=1)
+            v95_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v63, 0.0), axis=1)
+            v95_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v64, 0.0), axis=1)
+            v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
+        v97 = (v60 * v93)
+        v102 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v96 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v99 = (v96 + v98)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v100_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v101 = ((-1.0) * v100)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = tl.zeros((C, D), DTYPE)
+        for v103_j in range(0, C):  # the summed axis t, one position at a time
+            v103_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v102, 0.0), axis=0)
+            v103_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, q, 0.0), axis=0)
+            v103_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v103_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v43, 0.0), axis=0)
+            v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
+        v104 = (v49 * v103)
+        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v46 = tl.sum((v45), axis=0)
+        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        v50 = (v47 * v49)
+        v82 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v81 = ((-1.0) * d_new_w1)
+            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = (v50 * v82)
+        v105 = (v83 + v104)
+        v106 = v105
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1452,9 +1397,9 @@ def chunk_grad_k_1_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1462,19 +1407,24 @@ def chunk_grad_k_1_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1486,106 +1436,120 @@ def chunk_grad_k_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = v130
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v123 + v124)
+        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v127 = v126
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1669,21 +1633,22 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v54 = k
-        v90 = (v51 * v54)
+        v50 = (v47 * v49)
+        v53 = k
+        v88 = (v50 * v53)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v67 = v35
-        v65 = v50
-        v70 = (v67 * v65)
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v51 = (q * v48)
+        v60 = v48
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1691,158 +1656,177 @@ def chunk_grad_k_2_bwd_kernel(
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v89 = ((-1.0) * d_new_w1)
-            v91 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v91)
+            v87 = ((-1.0) * d_new_w1)
+            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v64 = (v62 * v63)
+        v62 = (v60 * v61)
+        v67 = v35
+        v65 = v49
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v92 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v93 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v94 = tl.sum((v93), axis=1)
-        v95 = (v94 / (D))
-        v96 = (2.0 * v76 * v95[:, None])
-        v97 = (v92 + v96)
-        v98 = ((-1.0) * v97)
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        v101 = (v97 + v100[:, None])
-        v102 = ((-1.0) * v101)
-        v103 = (v62 * v102)
-        v104 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v107 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v104)
-        v114 = (v62 * v101)
-        v80 = v51
-        v87 = (v80 * v67)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v91 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v92 = tl.sum((v91), axis=1)
+        v93 = (v92 / (D))
+        v94 = (2.0 * v74 * v93[:, None])
+        v95 = (v90 + v94)
+        v96 = ((-1.0) * v95)
+        v97 = tl.sum((v96), axis=1)
+        v98 = (v97 / (D))
+        v99 = (v95 + v98[:, None])
+        v100 = ((-1.0) * v99)
+        v101 = tl.zeros((C, C), DTYPE)
+        for v101_j in range(0, BV):  # the summed axis o, one position at a time
+            v101_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v100, 0.0), axis=1)
+            v101_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v69, 0.0), axis=1)
+            v101_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v63, 0.0), axis=1)
+            v101_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v64, 0.0), axis=1)
+            v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
+        v110 = (v60 * v99)
+        v78 = v50
+        v85 = (v78 * v67)
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v108 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v104 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v116 = (v108 + v115)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 = ((-1.0) * v117)
-            v119 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v91 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v120 = (v91 + v119)
-            v121 = v120
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
+            v111 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v112 = (v104 + v111)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v113_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 = ((-1.0) * v113)
+            v115 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v89 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v116 = (v89 + v115)
+            v117 = v116
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v122_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v122_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v122_c2 = (0.5 * (v10 * v10))
-            v122_c3 = tl.exp(((-1.0) * v122_c2))
-            v122 = (v36 * v121 * ((v122_c0 * v122_c1 * v122_c3) - (v122_c0 * v122_c1 * v122_c2 * v122_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
+            v118_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v118_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v118_c2 = (0.5 * (v10 * v10))
+            v118_c3 = tl.exp(((-1.0) * v118_c2))
+            v118 = (v36 * v117 * ((v118_c0 * v118_c1 * v118_c3) - (v118_c0 * v118_c1 * v118_c2 * v118_c3)))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v109 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v112 = (v88 + v109)
-            v113 = v112
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v86 = tl.dot(v85.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v105 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v108 = (v86 + v105)
+            v109 = v108
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v105 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v106 = (v65 * v105)
-        v110 = (v86 + v106)
-        v111 = v110
-        v124 = tl.zeros((C, BV), DTYPE)
+        v84 = (v78 * v83)
+        v102 = tl.zeros((C, BV), DTYPE)
+        for v102_j in range(0, C):  # the summed axis t, one position at a time
+            v102_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v100, 0.0), axis=0)
+            v102_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v68, 0.0), axis=0)
+            v102_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v102_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v63, 0.0), axis=0)
+            v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
+        v103 = (v65 * v102)
+        v106 = (v84 + v103)
+        v107 = v106
+        v120 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v121 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v123 = (v121 * (0.5 + (0.5 * tl.math.erf(v123_c0)) + (v123_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v117 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v119_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v124 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v125 = (v111 + v124)
-        v126 = tl.sum((v125), axis=1)
-        v127 = (v126 / (D))
-        v128 = ((-1.0) * v127)
-        v129 = (v125 + v128[:, None])
-        v130 = (2.0 * v29[:, None] * v129)
-        v131 = (2.0 * v16 * v129)
+            v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v121 = (v107 + v120)
+        v122 = tl.sum((v121), axis=1)
+        v123 = (v122 / (D))
+        v124 = ((-1.0) * v123)
+        v125 = (v121 + v124[:, None])
+        v126 = (2.0 * v29[:, None] * v125)
+        v127 = (2.0 * v16 * v125)
+        v128 = tl.sum((v127), axis=1)
+        v129 = (v128 / (D))
+        v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v137 = (v133 + v136)
+        v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v132 = tl.sum((v131), axis=1)
-        v133 = (v132 / (D))
-        v134 = ((-0.5) * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v137 = ((-0.5) * v16 * ln_weight[None, :] * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v140 = (ln_weight[None, :] * v129 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v141 = (v137 + v140)
-        v142 = (v141 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v143 = (ln_weight[None, :] * v142 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v135 = (0.75 * v16 * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v136 = tl.sum((v135), axis=1)
-        v138 = ((-0.5) * ln_weight[None, :] * v25 * v129 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v139 = tl.sum((v138), axis=1)
-        v144 = ((-0.5) * v16 * ln_weight[None, :] * v142 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v145 = tl.sum((v144), axis=1)
-        v146 = (v136 + v139 + v145)
-        v147 = (v146 / (D))
-        v148 = (2.0 * v16 * v147[:, None])
-        v149 = (v130 + v134 + v143 + v148)
-        v150 = ((-1.0) * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = (v149 + v152[:, None])
-        v158 = tl.zeros((C, D), DTYPE)
+        v134 = ((-0.5) * ln_weight[None, :] * v25 * v125 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v135 = tl.sum((v134), axis=1)
+        v140 = ((-0.5) * v16 * ln_weight[None, :] * v138 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v141 = tl.sum((v140), axis=1)
+        v142 = (v132 + v135 + v141)
+        v143 = (v142 / (D))
+        v144 = (2.0 * v16 * v143[:, None])
+        v145 = (v126 + v130 + v139 + v144)
+        v146 = ((-1.0) * v145)
+        v147 = tl.sum((v146), axis=1)
+        v148 = (v147 / (D))
+        v149 = (v145 + v148[:, None])
+        v154 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v154 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v113 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v155 = (v113 + v154)
+            v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v109 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v151 = (v109 + v150)
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v156_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v156 = (v155 * (0.5 + (0.5 * tl.math.erf(v156_c0)) + (v156_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v122 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v157 = (v122 + v156)
+            v152_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v152 = (v151 * (0.5 + (0.5 * tl.math.erf(v152_c0)) + (v152_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v118 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v153 = (v118 + v152)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v158 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v154 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -1915,9 +1899,9 @@ def chunk_grad_v_0_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1925,19 +1909,24 @@ def chunk_grad_v_0_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1949,104 +1938,118 @@ def chunk_grad_v_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v129 = ((-1.0) * v128)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v125 = ((-1.0) * v124)
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2119,9 +2122,9 @@ def chunk_grad_v_1_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2129,19 +2132,24 @@ def chunk_grad_v_1_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2153,101 +2161,115 @@ def chunk_grad_v_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v126 = ((-1.0) * v125)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2290,10 +2312,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -2321,138 +2343,90 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v43 = tl.exp(v41)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v42 = v41
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v44 * tl.exp(((-1.0) * v42)))  # inverse cumulative decay times eta (factored)
-        v48 = k
-        v50 = (v48 * v45)
-        v51 = tl.dot(v46.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v52 = (v51 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v62 = tl.zeros((C, C), DTYPE)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = v37
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v63 = (v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v61 = v35
-        v59 = v45
-        v64 = (v61 * v59)
-        v65 = tl.dot(v63.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v56 = v43
-        v66 = (v56 * v65)
-        v57 = tl.zeros((C, BV), DTYPE)
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v67 = (v58 - v66)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v70 = (v67 - v69[:, None])
-        v71 = (v70 * v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v85 = ((-0.5) * v70 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v73[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
-        v86 = tl.sum((v85), axis=1)
-        v87 = (v86 / (D))
-        v88 = (2.0 * v70 * v87[:, None])
-        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
-        v89 = (v84 + v88)
-        v90 = ((-1.0) * v89)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = (v89 + v92[:, None])
-        v94 = ((-1.0) * v93)
-        v95 = (v65 * v94)
-        v102 = (v93 * v57)
-        v103 = (v95 + v102)
-        v104 = v103
-        v96 = (v56 * v94)
-        v97 = tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v96).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v98 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v97)
-        v100 = (v56 * v93)
-        v108 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v99 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v101 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v105 = (v99 + v101)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v106_c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-            v106 = (v105 * (0.5 + (0.5 * tl.math.erf(v106_c0)) + (v106_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
-            v107 = ((-1.0) * v106)
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v108 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v109 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v108)
-        v110 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v111 = (q * v110)
-        v112 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v106 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v113 = (q * v112)
-        v78 = tl.zeros((BV,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v77 = (w2 * d_new_w2)
-            v78 += tl.sum((v77), axis=1)
-        v79 = v78
-        v81 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v80 = (w1 * d_new_w1)
-            v81 += tl.sum((v80), axis=0)
-        v82 = (v79 + v81)
-        v83 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v82[None, :])
-        v114 = (v83 + v104 + v111 + v113)
-        v115 = (v114 * tl.exp(v41))
-        v116 = tl.cumsum(v115, axis=0, reverse=True)
-        v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = (v84 * v63)
+        v86 = v85
+        v87 = tl.cumsum(v86, axis=0, reverse=True)
+        v88 = (v87 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2463,6 +2437,398 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            v11_c0 = (0.5 * v10)
+            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v47 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = tl.zeros((C, C), DTYPE)
+        for v85_j in range(0, BV):  # the summed axis o, one position at a time
+            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v87 = (v53 * v83)
+        v92 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v86 + v88)
+            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v93 = tl.zeros((C, D), DTYPE)
+        for v93_j in range(0, C):  # the summed axis s, one position at a time
+            v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
+            v93_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
+            v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+            v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+        v94 = (q * v93)
+        v95 = tl.cumsum(v94, axis=0, reverse=True)
+        v96 = (v95 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            v11_c0 = (0.5 * v10)
+            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v47 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v44 = gate_eta
+        v49 = (v47 * v44)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v41 = tl.cumsum(v40, axis=0, reverse=False)
+        v42 = v41
+        v50 = tl.zeros((C, C), DTYPE)
+        for v50_j in range(0, D):  # the summed axis i, one position at a time
+            v50_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, q, 0.0), axis=1)
+            v50_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v49, 0.0), axis=1)
+            v50_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v41, 0.0), axis=1)
+            v50_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v42, 0.0), axis=1)
+            v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
+        v43 = tl.exp(v41)  # cumulative decay in the chunk
+        v45 = (q * v43)
+        v61 = v35
+        v59 = v44
+        v63 = (v61 * v59)
+        v57 = v41
+        v58 = v42
+        v62 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v48 = v37
+            v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = (v46 - v51)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v53_c0 = (0.5 * v52)
+            v53 = (v53_c0 * (1.0 + tl.math.erf((v53_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+            v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v64 = tl.zeros((C, BV), DTYPE)
+        for v64_j in range(0, C):  # the summed axis s, one position at a time
+            v64_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, v62, 0.0), axis=1)
+            v64_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v63, 0.0), axis=0)
+            v64_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v64_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v58, 0.0), axis=0)
+            v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
+        v54 = v43
+        v55 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = (v54 * v55)
+        v65 = (v56 - v64)
+        v66 = tl.sum((v65), axis=1)
+        v67 = (v66 / (D))
+        v68 = (v65 - v67[:, None])
+        v69 = (v68 * v68)
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v70 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v83 = ((-0.5) * v68 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v84 = tl.sum((v83), axis=1)
+        v85 = (v84 / (D))
+        v86 = (2.0 * v68 * v85[:, None])
+        v82 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v87 = (v82 + v86)
+        v88 = ((-1.0) * v87)
+        v89 = tl.sum((v88), axis=1)
+        v90 = (v89 / (D))
+        v91 = (v87 + v90[:, None])
+        v92 = ((-1.0) * v91)
+        v93 = tl.zeros((C, C), DTYPE)
+        for v93_j in range(0, BV):  # the summed axis o, one position at a time
+            v93_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v92, 0.0), axis=1)
+            v93_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v63, 0.0), axis=1)
+            v93_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v57, 0.0), axis=1)
+            v93_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v58, 0.0), axis=1)
+            v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
+        v95 = (v54 * v91)
+        v101 = tl.zeros((C, D), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v94 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v96 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v99 = (v94 + v96)
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v100_c0 = (0.5 * v52 * tl.full((), 1.4142135623730951, DTYPE))
+            v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v52 * v52))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = (q * v101)
+        v97 = (v91 * v55)
+        v98 = v97
+        v76 = tl.zeros((BV,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v75 = (w2 * d_new_w2)
+            v76 += tl.sum((v75), axis=1)
+        v77 = v76
+        v79 = tl.zeros((D,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v78 = (w1 * d_new_w1)
+            v79 += tl.sum((v78), axis=0)
+        v80 = (v77 + v79)
+        v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
+        v103 = (v81 + v98 + v102)
+        v104 = (v103 * tl.exp(v41))
+        v105 = tl.cumsum(v104, axis=0, reverse=True)
+        v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2573,13 +2939,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_2_bwd_kernel(
+def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2643,20 +3009,29 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v51 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v48 = gate_eta
+        v53 = (v51 * v48)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v47 = tl.exp(v43)  # cumulative decay in the chunk
-        v50 = (q * v47)
         v44 = v43
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v48 = gate_eta
-        v49 = (v48 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v52 = k
-        v54 = (v52 * v49)
-        v55 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v56 = (v55 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v54 = tl.zeros((C, C), DTYPE)
+        for v54_j in range(0, D):  # the summed axis i, one position at a time
+            v54_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, q, 0.0), axis=1)
+            v54_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v53, 0.0), axis=1)
+            v54_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v43, 0.0), axis=1)
+            v54_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v44, 0.0), axis=1)
+            v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
+        v47 = tl.exp(v43)  # cumulative decay in the chunk
+        v49 = (q * v47)
+        v65 = v35
+        v63 = v48
+        v67 = (v65 * v63)
+        v61 = v43
+        v62 = v44
         v66 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2666,112 +3041,126 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v53 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
-            v57 = tl.dot(v56.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
+            v55 = tl.dot(v54.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v51 = tl.dot(v50.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v51 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v56 = (v50 - v55)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+            v57_c0 = (0.5 * v56)
+            v57 = (v57_c0 * (1.0 + tl.math.erf((v57_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
             v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v64 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
-            v66 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v67 = (v66 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v65 = v35
-        v63 = v49
-        v68 = (v65 * v63)
-        v69 = tl.dot(v67.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = v47
-        v70 = (v60 * v69)
-        v61 = tl.zeros((C, BV), DTYPE)
+        v68 = tl.zeros((C, BV), DTYPE)
+        for v68_j in range(0, C):  # the summed axis s, one position at a time
+            v68_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, v66, 0.0), axis=1)
+            v68_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v67, 0.0), axis=0)
+            v68_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v68_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v62, 0.0), axis=0)
+            v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
+        v58 = v47
+        v59 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v57 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v60 * v61)
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
+            v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 = (v58 * v59)
+        v69 = (v60 - v68)
+        v70 = tl.sum((v69), axis=1)
+        v71 = (v70 / (D))
+        v72 = (v69 - v71[:, None])
+        v73 = (v72 * v72)
+        v74 = tl.sum((v73), axis=1)
+        v75 = (v74 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v99 = (v60 * v98)
-        v100 = tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v100)
-        v106 = (v60 * v97)
-        v111 = tl.zeros((C, C), DTYPE)
+        v87 = ((-0.5) * v72 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v75[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
+        v88 = tl.sum((v87), axis=1)
+        v89 = (v88 / (D))
+        v90 = (2.0 * v72 * v89[:, None])
+        v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
+        v91 = (v86 + v90)
+        v92 = ((-1.0) * v91)
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v93 / (D))
+        v95 = (v91 + v94[:, None])
+        v96 = ((-1.0) * v95)
+        v97 = tl.zeros((C, C), DTYPE)
+        for v97_j in range(0, BV):  # the summed axis o, one position at a time
+            v97_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v96, 0.0), axis=1)
+            v97_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v67, 0.0), axis=1)
+            v97_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v61, 0.0), axis=1)
+            v97_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v62, 0.0), axis=1)
+            v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
+        v102 = (v58 * v95)
+        v107 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v100 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v104 + v107)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v109_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v109 = (v108 * (0.5 + (0.5 * tl.math.erf(v109_c0)) + (v109_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v110 = ((-1.0) * v109)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v111 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v111)
-        v113 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v114 = (v52 * v113)
-        v101 = tl.dot(tl.trans(v67).to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v102 = (v65 * v101)
-        v105 = v102
-        v117 = (v105 + v114)
-        v118 = ((-1.0) * v48 * v117 * tl.exp(((-1.0) * v44)))
-        v82 = tl.zeros((C, BV), DTYPE)
+            v103 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v104 = (v100 + v103)
+            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v105_c0 = (0.5 * v56 * tl.full((), 1.4142135623730951, DTYPE))
+            v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v56 * v56))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v106 = ((-1.0) * v105)
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = tl.zeros((C, D), DTYPE)
+        for v108_j in range(0, C):  # the summed axis t, one position at a time
+            v108_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, q, 0.0), axis=0)
+            v108_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v107, 0.0), axis=0)
+            v108_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v108_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v43, 0.0), axis=0)
+            v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
+        v109 = ((-1.0) * v53 * v108)
+        v98 = tl.zeros((C, BV), DTYPE)
+        for v98_j in range(0, C):  # the summed axis t, one position at a time
+            v98_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v66, 0.0), axis=0)
+            v98_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v96, 0.0), axis=0)
+            v98_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v98_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v61, 0.0), axis=0)
+            v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
+        v99 = ((-1.0) * v67 * v98)
+        v101 = v99
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v81 = ((-1.0) * d_new_w2)
+            v79 = ((-1.0) * d_new_w2)
             v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v82 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = (v65 * v82)
-        v84 = v83
-        v86 = tl.zeros((C, D), DTYPE)
+            v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = (v65 * v80)
+        v82 = v81
+        v84 = tl.zeros((C, D), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 += tl.dot(v53.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v87 = (v52 * v86)
-        v115 = (v84 + v87)
-        v116 = (v48 * v115)
+            v83 = ((-1.0) * d_new_w1)
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 = (v51 * v84)
+        v110 = (v82 + v85)
+        v111 = (v48 * v110)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
-        v119 = ((-1.0) * v41[:, None] * v116 * tl.exp((v46[None, :] - v44)))
-        v120 = (v118 + v119)
-        v121 = v120
-        v122 = tl.cumsum(v121, axis=0, reverse=True)
-        v123 = (v122 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
+        v113 = (v101 + v109 + v112)
+        v114 = v113
+        v115 = tl.cumsum(v114, axis=0, reverse=True)
+        v116 = (v115 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -2782,6 +3171,357 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            v11_c0 = (0.5 * v10)
+            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v47 = v37
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = tl.zeros((C, BV), DTYPE)
+        for v85_j in range(0, C):  # the summed axis t, one position at a time
+            v85_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v84, 0.0), axis=0)
+            v85_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v61, 0.0), axis=0)
+            v85_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v85_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v56, 0.0), axis=0)
+            v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
+        v86 = (v60 * v85)
+        v87 = v86
+        v88 = v87
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
+    c = 0
+    while c * C < seq_len:
+        tok = c * C
+        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            v11_c0 = (0.5 * v10)
+            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v14 = tl.sum((v12), axis=1)
+        v15 = (v14 / (D))
+        v16 = (v12 - v15[:, None])
+        v17 = (v16 * v16)
+        v18 = tl.sum((v17), axis=1)
+        v19 = (v18 / (D))
+        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        v21 = k
+        v22 = (v20 + v21)  # memory output M(x)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v23 = (v22 - v)
+        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v24 = gate_delta
+        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v28 = tl.sum((v27), axis=1)
+        v29 = (v28 / (D))
+        v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v31 = (v26 + v30)
+        v32 = ((-1.0) * v31)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v47 = v37
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
+        v78 = (2.0 * v67 * v77[:, None])
+        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v79 = (v74 + v78)
+        v80 = ((-1.0) * v79)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = (v79 + v82[:, None])
+        v84 = ((-1.0) * v83)
+        v85 = tl.zeros((C, C), DTYPE)
+        for v85_j in range(0, BV):  # the summed axis o, one position at a time
+            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v87 = (v53 * v83)
+        v92 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v89 = (v86 + v88)
+            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v91 = ((-1.0) * v90)
+            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v93 = tl.zeros((C, D), DTYPE)
+        for v93_j in range(0, C):  # the summed axis t, one position at a time
+            v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
+            v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, q, 0.0), axis=0)
+            v93_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v93_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v40, 0.0), axis=0)
+            v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
+        v94 = (v46 * v93)
+        v95 = v94
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        c += 1
+
+@triton.jit(do_not_specialize=["T"])
+def chunk_grad_gate_eta_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -2887,180 +3627,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_eta`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v45 = (q * v42)
-        v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v47 = k
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v53 = (v46 - v52)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v54_c0 = (0.5 * v53)
-            v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = v42
-        v65 = (v55 * v64)
-        v56 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v55 * v56)
-        v66 = (v57 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v55 * v86)
-        v88 = tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v91 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v88)
-        v94 = (v55 * v85)
-        v99 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v96 = (v92 + v95)
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v97_c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
-            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(v97_c0)) + (v97_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v98 = ((-1.0) * v97)
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v99 += tl.trans(tl.dot(v48.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v100 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v99)
-        v101 = tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v102 = (v47 * v101)
-        v89 = tl.dot(tl.trans(v62).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v90 = (v60 * v89)
-        v93 = v90
-        v103 = (v93 + v102)
-        v104 = (v103 * tl.exp(((-1.0) * v41)))
-        v105 = v104
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
 def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H,
@@ -3130,9 +3696,9 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3140,19 +3706,24 @@ def chunk_grad_gate_delta_0_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -3164,104 +3735,118 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v129 = v128
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v125 = v124
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3334,9 +3919,9 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3344,19 +3929,24 @@ def chunk_grad_gate_delta_1_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -3368,101 +3958,115 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v126 = v125
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+        v122 = v121
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3498,34 +4102,17 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v55 = v42
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v45 = (q * v42)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v47 = k
-        v41 = v40
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v44 = (v43 * tl.exp(((-1.0) * v41)))  # inverse cumulative decay times eta (factored)
-        v49 = (v47 * v44)
-        v50 = tl.dot(v45.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v46)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -3543,60 +4130,87 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v56 = tl.zeros((C, BV), DTYPE)
+        v46 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v43 = gate_eta
+        v48 = (v46 * v43)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v41 = v40
+        v49 = tl.zeros((C, C), DTYPE)
+        for v49_j in range(0, D):  # the summed axis i, one position at a time
+            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v42 = tl.exp(v40)  # cumulative decay in the chunk
+        v44 = (q * v42)
+        v60 = v35
+        v58 = v43
+        v62 = (v60 * v58)
+        v56 = v40
+        v57 = v41
+        v61 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            v52 = tl.dot(v51.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v53 = (v46 - v52)
-            v54_c0 = (0.5 * v53)
-            v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v56 += tl.dot(v54.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v47 = v37
+            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v51 = (v45 - v50)
+            v52_c0 = (0.5 * v51)
+            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = v11
+            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        v57 = (v55 * v56)
-        v61 = tl.zeros((C, C), DTYPE)
+        v63 = tl.zeros((C, BV), DTYPE)
+        for v63_j in range(0, C):  # the summed axis s, one position at a time
+            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+        v53 = v42
+        v54 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v61 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v61 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v60 = v35
-        v58 = v44
-        v63 = (v60 * v58)
-        v64 = tl.dot(v62.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v55 * v64)
-        v66 = (v57 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
+            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = (v53 * v54)
+        v64 = (v55 - v63)
+        v65 = tl.sum((v64), axis=1)
+        v66 = (v65 / (D))
+        v67 = (v64 - v66[:, None])
+        v68 = (v67 * v67)
+        v69 = tl.sum((v68), axis=1)
+        v70 = (v69 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v77 = tl.sum((v76), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+        v74 = (v67 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+        v75 = tl.sum((v74), axis=0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v75.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3670,9 +4284,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3680,19 +4294,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -3703,103 +4322,117 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = tl.sum((v127), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * v25 * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = tl.sum((v123), axis=0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v124.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -3873,9 +4506,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3883,19 +4516,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -3906,100 +4544,114 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = tl.sum((v124), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (v25 * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v121 = tl.sum((v120), axis=0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v121.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -4072,9 +4724,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4082,19 +4734,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4106,107 +4763,121 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v68 = tl.zeros((C, C), DTYPE)
+        v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
+        v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
+        v72 = tl.sum((v71), axis=1)
+        v73 = (v72 / (D))
+        v74 = (v71 - v73[:, None])
+        v75 = (v74 * v74)
+        v76 = tl.sum((v75), axis=1)
+        v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        v90 = tl.sum((v89), axis=1)
+        v91 = (v90 / (D))
+        v92 = (2.0 * v74 * v91[:, None])
+        v93 = (v88 + v92)
+        v94 = ((-1.0) * v93)
+        v95 = tl.sum((v94), axis=1)
+        v96 = (v95 / (D))
+        v97 = (v93 + v96[:, None])
+        v98 = ((-1.0) * v97)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v85 = ((-1.0) * d_new_w1)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v132 = tl.sum((v131), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v123 + v124)
+        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v128 = tl.sum((v127), axis=0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1
 
 @triton.jit(do_not_specialize=["T"])
@@ -4317,9 +4988,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        v51 = (v47 * v49)
-        v80 = v51
-        v85 = tl.zeros((C, BV), DTYPE)
+        v50 = (v47 * v49)
+        v78 = v50
+        v83 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4327,19 +4998,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
             v66 = v11
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 = ((-1.0) * d_new_w2)
+            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v80 * v85)
-        v50 = (v49 * tl.exp(((-1.0) * v44)))  # inverse cumulative decay times eta (factored)
-        v65 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v84 = (v78 * v83)
+        v65 = v49
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v52 = (q * v48)
-        v54 = k
-        v56 = (v54 * v50)
-        v57 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # decayed scores x_t·x_s (factored)
+        v60 = v48
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
+        v53 = k
+        v55 = (v53 * v49)
+        v56 = tl.zeros((C, C), DTYPE)
+        for v56_j in range(0, D):  # the summed axis i, one position at a time
+            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4351,2680 +5027,46 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        v61 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v58 = (v52 - v57)
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v62 = (v60 * v61)
+        v67 = v35
+        v69 = (v67 * v65)
+        v63 = v43
+        v64 = v44
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            v59 = tl.dot(v58.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v60 = (v53 - v59)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v61_c0 = (0.5 * v60)
-            v61 = (v61_c0 * (1.0 + tl.math.erf((v61_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v61.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v69 = (v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))  # scores x_t·x_s
-        v62 = v48
-        v63 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 += tl.dot(v61.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = (v62 * v63)
-        v67 = v35
-        v70 = (v67 * v65)
-        v71 = tl.dot(v69.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = (v62 * v71)
-        v73 = (v64 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = (v62 * v100)
-        v103 = tl.dot(tl.trans(v69).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v65 * v103)
-        v107 = (v86 + v104)
-        v108 = v107
-        v88 = (v51 * v54)
-        v102 = tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v105 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v102)
-        v109 = (v62 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v60 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v60 * v60))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v58).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = tl.sum((v130), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_state_fwd_kernel_cube(
-    w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """The final state and every chunk's start state (and the values stored per chunk) (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    for hb in range(0, HID, BH):
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        tl.store(starts_w1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_w1_ptr.dtype.element_ty))
-        tl.store(starts_w2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_w2_ptr.dtype.element_ty))
-    tl.debug_barrier()
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v57 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v58 = tl.sum((v57), axis=0)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = k
-        v55 = (v50 * v51)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = (v58[None, :] * w1)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v59)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v64 = v58
-        v61 = v50
-        v54 = v35
-        v62 = (v61 * v54)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v52 = v37
-            v56 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v59 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
-            v60 = (v59 - v56)  # layer 1 end state
-            tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
-            tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
-            v65 = (v64[:, None] * w2)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v53 = v11
-            v63 = tl.dot(tl.trans(v62).to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = (v65 - v63)  # layer 2 end state
-            tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v66.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
-            tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v66.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
-        tl.debug_barrier()
-        tl.debug_barrier()  # the next chunk reads the state this one wrote
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_out_fwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """One chunk's outputs, from its stored start state (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v59 = v45
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v56 = v43
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        v73 = (ln_bias[None, :] + (v69 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None]))))))
-        v74 = q
-        v75 = (v73 + v74)  # read: M(q_t; W_t)
-        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v75.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_state_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """The initial state's adjoint and the adjoint entering every chunk's end (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    for hb in range(0, HID, BH):
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        tl.store(carries_w1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_w1_ptr.dtype.element_ty))
-        tl.store(carries_w2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_w2_ptr.dtype.element_ty))
-    tl.debug_barrier()
-    c = tl.cdiv(seq_len, C) - 1
-    while c >= 0:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v80 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v81 = tl.sum((v80), axis=0)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v53 = (q * v49)
-        v44 = v43
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v51 = (v45 * v50[None, :, :])
-        v57 = (v51 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v94 = (v81[None, :] * d_new_w1)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v94)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v51
-        v68 = v35
-        v108 = (v66 * v68[None, :, :])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v65 = (v63 * v64)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = (v66 * v69[:, :, None])
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v97 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v98 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        v101 = (2.0 * v76 * v100[:, None])
-        v102 = (v97 + v101)
-        v103 = ((-1.0) * v102)
-        v104 = tl.sum((v103), axis=1)
-        v105 = (v104 / (D))
-        v106 = (v102 + v105[:, None])
-        v107 = ((-1.0) * v106)
-        v109 = (v108 * v107[:, None, :])
-        v110 = tl.sum((v109), axis=2)
-        v119 = (v63 * v106)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        v52 = (v48 * v50)
-        v95 = (v52 * v55)
-        v82 = v52
-        v91 = (v82 * v68)
-        v89 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v67 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v113 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v120 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v122 = (v113 + v120)
-            v61 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v123 = (v122 * (0.5 + (0.5 * tl.math.erf(v123_c0)) + (v123_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v128 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), v123.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v128)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v93 = ((-1.0) * d_new_w1)
-            v96 = tl.dot(v95.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v124 = ((-1.0) * v123)
-            v125 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v126 = (v96 + v125)
-            v127 = v126
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v127)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v129_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v129_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v129_c2 = (0.5 * (v10 * v10))
-            v129_c3 = tl.exp(((-1.0) * v129_c2))
-            v129 = (v36 * v127 * ((v129_c0 * v129_c1 * v129_c3) - (v129_c0 * v129_c1 * v129_c2 * v129_c3)))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v129)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w2)
-            v92 = tl.dot(v91.to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), v110.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v117 = (v92 + v114)
-            v118 = v117
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
-            v89 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v90 = (v82 * v89)
-        v111 = (v70 * v107[:, None, :])
-        v112 = tl.sum((v111), axis=0)
-        v115 = (v90 + v112)
-        v116 = v115
-        v132 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v127 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v130_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v130 = (v127 * (0.5 + (0.5 * tl.math.erf(v130_c0)) + (v130_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v132 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v133 = (v116 + v132)
-        v134 = tl.sum((v133), axis=1)
-        v135 = (v134 / (D))
-        v136 = ((-1.0) * v135)
-        v137 = (v133 + v136[:, None])
-        v138 = (2.0 * v29[:, None] * v137)
-        v139 = (2.0 * v16 * v137)
-        v140 = tl.sum((v139), axis=1)
-        v141 = (v140 / (D))
-        v142 = ((-0.5) * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v145 = ((-0.5) * v16 * ln_weight[None, :] * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v148 = (ln_weight[None, :] * v137 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v149 = (v145 + v148)
-        v150 = (v149 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v143 = (0.75 * v16 * ln_weight[None, :] * v25 * v141[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v144 = tl.sum((v143), axis=1)
-        v146 = ((-0.5) * ln_weight[None, :] * v25 * v137 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v147 = tl.sum((v146), axis=1)
-        v152 = ((-0.5) * v16 * ln_weight[None, :] * v150 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v153 = tl.sum((v152), axis=1)
-        v154 = (v144 + v147 + v153)
-        v155 = (v154 / (D))
-        v156 = (2.0 * v16 * v155[:, None])
-        v157 = (v138 + v142 + v151 + v156)
-        v158 = ((-1.0) * v157)
-        v159 = tl.sum((v158), axis=1)
-        v160 = (v159 / (D))
-        v161 = (v157 + v160[:, None])
-        v83 = v81
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v162 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v118 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v164 = (v118 + v162)
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v165_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v165 = (v164 * (0.5 + (0.5 * tl.math.erf(v165_c0)) + (v165_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v129 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v166 = (v129 + v165)
-            v167 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v166.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v94 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
-            v128 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
-            v169 = (v94 + v128 + v167)
-            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v169.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = (v83[:, None] * d_new_w2)
-            v62 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v121 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v130 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v131 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v161.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v168 = (v88 + v121 + v131 + v163)
-            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v168.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
-        tl.debug_barrier()
-        tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
-        c += -1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = d_out
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v59 = v45
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v56 = v43
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v59 * v61[None, :, :])
-        v88 = (v87 * v86[:, None, :])
-        v89 = tl.sum((v88), axis=2)
-        v91 = (v56 * v85)
-        v97 = (v45 * v48[None, :, :])
-        v96 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v93 = (v90 + v92)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v94_c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-            v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v95 = ((-1.0) * v94)
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v96 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v98 = (v97 * v96[:, :, None])
-        v99 = tl.sum((v98), axis=1)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v99.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_q_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `q` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v59 = v45
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v56 = v43
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v59 * v61[None, :, :])
-        v88 = (v87 * v86[:, None, :])
-        v89 = tl.sum((v88), axis=2)
-        v91 = (v56 * v85)
-        v95 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v90 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v93 = (v90 + v92)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v94_c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-            v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v95 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v96 = (v43 * v95)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v84 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v56)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v83 = ((-1.0) * d_new_w1)
-            v84 += tl.dot(v56.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v85 = (v52 * v84)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v57 = (v51 * q[:, None, :])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v66 = v51
-        v68 = v35
-        v97 = (v66 * v68[None, :, :])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v65 = (v63 * v64)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = (v66 * v69[:, :, None])
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v87 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v88 = tl.sum((v87), axis=1)
-        v89 = (v88 / (D))
-        v90 = (2.0 * v76 * v89[:, None])
-        v91 = (v86 + v90)
-        v92 = ((-1.0) * v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v91 + v94[:, None])
-        v96 = ((-1.0) * v95)
-        v98 = (v97 * v96[:, None, :])
-        v99 = tl.sum((v98), axis=2)
-        v101 = (v63 * v95)
-        v106 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v103 = (v100 + v102)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v104_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v104 = (v103 * (0.5 + (0.5 * tl.math.erf(v104_c0)) + (v104_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v105 = ((-1.0) * v104)
-            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 += tl.trans(tl.dot(v56.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v107 = (v57 * v106[:, :, None])
-        v108 = tl.sum((v107), axis=0)
-        v109 = (v85 + v108)
-        v110 = v109
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = v130
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v131.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_k_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `k` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v55 = k
-        v90 = (v52 * v55)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v57 = (v51 * q[:, None, :])
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v66 = v51
-        v68 = v35
-        v103 = (v66 * v68[None, :, :])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v89 = ((-1.0) * d_new_w1)
-            v91 = tl.dot(v90.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v91)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v65 = (v63 * v64)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = (v66 * v69[:, :, None])
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v92 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v93 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v94 = tl.sum((v93), axis=1)
-        v95 = (v94 / (D))
-        v96 = (2.0 * v76 * v95[:, None])
-        v97 = (v92 + v96)
-        v98 = ((-1.0) * v97)
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        v101 = (v97 + v100[:, None])
-        v102 = ((-1.0) * v101)
-        v104 = (v103 * v102[:, None, :])
-        v105 = tl.sum((v104), axis=2)
-        v114 = (v63 * v101)
-        v80 = v52
-        v87 = (v80 * v68)
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v108 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v116 = (v108 + v115)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 = ((-1.0) * v117)
-            v119 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v91 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v120 = (v91 + v119)
-            v121 = v120
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v122_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v122_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v122_c2 = (0.5 * (v10 * v10))
-            v122_c3 = tl.exp(((-1.0) * v122_c2))
-            v122 = (v36 * v121 * ((v122_c0 * v122_c1 * v122_c3) - (v122_c0 * v122_c1 * v122_c2 * v122_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v88 = tl.dot(v87.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v109 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v112 = (v88 + v109)
-            v113 = v112
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v106 = (v70 * v102[:, None, :])
-        v107 = tl.sum((v106), axis=0)
-        v110 = (v86 + v107)
-        v111 = v110
-        v124 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v121 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v123 = (v121 * (0.5 + (0.5 * tl.math.erf(v123_c0)) + (v123_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v124 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v125 = (v111 + v124)
-        v126 = tl.sum((v125), axis=1)
-        v127 = (v126 / (D))
-        v128 = ((-1.0) * v127)
-        v129 = (v125 + v128[:, None])
-        v130 = (2.0 * v29[:, None] * v129)
-        v131 = (2.0 * v16 * v129)
-        v132 = tl.sum((v131), axis=1)
-        v133 = (v132 / (D))
-        v134 = ((-0.5) * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v137 = ((-0.5) * v16 * ln_weight[None, :] * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v140 = (ln_weight[None, :] * v129 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v141 = (v137 + v140)
-        v142 = (v141 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v143 = (ln_weight[None, :] * v142 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v135 = (0.75 * v16 * ln_weight[None, :] * v25 * v133[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v136 = tl.sum((v135), axis=1)
-        v138 = ((-0.5) * ln_weight[None, :] * v25 * v129 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v139 = tl.sum((v138), axis=1)
-        v144 = ((-0.5) * v16 * ln_weight[None, :] * v142 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v145 = tl.sum((v144), axis=1)
-        v146 = (v136 + v139 + v145)
-        v147 = (v146 / (D))
-        v148 = (2.0 * v16 * v147[:, None])
-        v149 = (v130 + v134 + v143 + v148)
-        v150 = ((-1.0) * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = (v149 + v152[:, None])
-        v158 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v154 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v113 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v155 = (v113 + v154)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v156_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v156 = (v155 * (0.5 + (0.5 * tl.math.erf(v156_c0)) + (v156_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v122 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v157 = (v122 + v156)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v158 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v158.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v129 = ((-1.0) * v128)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_v_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `v` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v126 = ((-1.0) * v125)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v42 = v41
-        v43 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v41[:, None, :] - v42[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v45 = gate_eta
-        v46 = (v43 * v45[None, :, :])
-        v60 = v46
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (v46 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = k
-        v52 = (v51 * v49[None, :, :])
-        v53 = tl.sum((v52), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v44 = tl.exp(v41)  # cumulative decay in the chunk
-        v47 = (q * v44)
-        v63 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v50 = v37
-            v54 = tl.dot(v53.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v55 = (v48 - v54)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v56_c0 = (0.5 * v55)
-            v56 = (v56_c0 * (1.0 + tl.math.erf((v56_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v61 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
-            v63 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v64 = (v60 * v63[:, :, None])
-        v62 = v35
-        v65 = (v64 * v62[None, :, :])
-        v66 = tl.sum((v65), axis=1)
-        v57 = v44
-        v58 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v58 += tl.dot(v56.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v59 = (v57 * v58)
-        v67 = (v59 - v66)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v70 = (v67 - v69[:, None])
-        v71 = (v70 * v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v85 = ((-0.5) * v70 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v73[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
-        v86 = tl.sum((v85), axis=1)
-        v87 = (v86 / (D))
-        v88 = (2.0 * v70 * v87[:, None])
-        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v73[:, None])))))
-        v89 = (v84 + v88)
-        v90 = ((-1.0) * v89)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = (v89 + v92[:, None])
-        v94 = ((-1.0) * v93)
-        v95 = (v60 * v62[None, :, :])
-        v96 = (v95 * v94[:, None, :])
-        v97 = tl.sum((v96), axis=2)
-        v99 = (v57 * v93)
-        v105 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v98 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v100 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v103 = (v98 + v100)
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v104_c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
-            v104 = (v103 * (0.5 + (0.5 * tl.math.erf(v104_c0)) + (v104_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v105 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v106 = (q * v105)
-        v101 = (v93 * v58)
-        v102 = v101
-        v78 = tl.zeros((BV,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v77 = (w2 * d_new_w2)
-            v78 += tl.sum((v77), axis=1)
-        v79 = v78
-        v81 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v80 = (w1 * d_new_w1)
-            v81 += tl.sum((v80), axis=0)
-        v82 = (v79 + v81)
-        v83 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v82[None, :])
-        v107 = (v83 + v102 + v106)
-        v108 = (v107 * tl.exp(v41))
-        v109 = tl.cumsum(v108, axis=0, reverse=True)
-        v110 = (v109 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v110.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v56 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v11
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v55 = ((-1.0) * d_new_w2)
-            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v51 * v56)
-        v58 = v57
-        v48 = k
-        v60 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = ((-1.0) * d_new_w1)
-            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v48 * v60)
-        v62 = (v58 + v61)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v47 = gate_eta
-        v63 = (v47 * v62)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v64 = (v41[:, None] * v63 * tl.exp((v46[None, :] - v44)))
-        v65 = tl.sum((v64), axis=0)
-        v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
-        v67 = tl.cumsum(v66, axis=0, reverse=True)
-        v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v59 = v45
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v56 = v43
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v59 * v61[None, :, :])
-        v88 = (v87 * v86[:, None, :])
-        v89 = tl.sum((v88), axis=2)
-        v94 = (v56 * v85)
-        v100 = (q[:, None, :] * v48[None, :, :])
-        v99 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v96 = (v92 + v95)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v97_c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(v97_c0)) + (v97_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v98 = ((-1.0) * v97)
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v99 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v101 = (v100 * v99[:, :, None])
-        v90 = (v62[:, :, None] * v61[None, :, :])
-        v91 = (v90 * v86[:, None, :])
-        v93 = v91
-        v102 = (v93 + v101)
-        v103 = (v44[None, :, :] * v102)
-        v104 = (v103 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))
-        v105 = tl.sum((v104), axis=1)
-        v106 = tl.cumsum(v105, axis=0, reverse=True)
-        v107 = (v106 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v107.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_alpha_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 3 of the gradient of one chunk's `gate_alpha` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v45 * v49[None, :, :])
-        v64 = v50
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v55 = (v50 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v53 = k
-        v56 = (v55 * v53[None, :, :])
-        v57 = tl.sum((v56), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v51 = (q * v48)
-        v67 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
-            v58 = tl.dot(v57.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v59 = (v52 - v58)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v60_c0 = (0.5 * v59)
-            v60 = (v60_c0 * (1.0 + tl.math.erf((v60_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v65 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v65)
-            v67 += tl.dot(v60.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v68 = (v64 * v67[:, :, None])
-        v66 = v35
-        v69 = (v68 * v66[None, :, :])
-        v70 = tl.sum((v69), axis=1)
-        v61 = v48
-        v62 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v62 += tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v63 = (v61 * v62)
-        v71 = (v63 - v70)
+            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v70 = tl.zeros((C, BV), DTYPE)
+        for v70_j in range(0, C):  # the summed axis s, one position at a time
+            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
         v74 = (v71 - v73[:, None])
@@ -7032,1752 +5074,71 @@ def chunk_grad_gate_alpha_3_bwd_kernel_cube(
         v76 = tl.sum((v75), axis=1)
         v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v90 = tl.sum((v89), axis=1)
         v91 = (v90 / (D))
         v92 = (2.0 * v74 * v91[:, None])
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v93 = (v88 + v92)
         v94 = ((-1.0) * v93)
         v95 = tl.sum((v94), axis=1)
         v96 = (v95 / (D))
         v97 = (v93 + v96[:, None])
         v98 = ((-1.0) * v97)
-        v99 = (v64 * v66[None, :, :])
-        v100 = (v99 * v98[:, None, :])
-        v101 = tl.sum((v100), axis=2)
-        v106 = (v61 * v97)
-        v112 = (q[:, None, :] * v53[None, :, :])
-        v111 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v104 + v107)
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v109_c0 = (0.5 * v59 * tl.full((), 1.4142135623730951, DTYPE))
-            v109 = (v108 * (0.5 + (0.5 * tl.math.erf(v109_c0)) + (v109_c0 * tl.exp(((-0.5) * (v59 * v59))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v110 = ((-1.0) * v109)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v111 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v113 = (v112 * v111[:, :, None])
-        v102 = (v67[:, :, None] * v66[None, :, :])
-        v103 = (v102 * v98[:, None, :])
-        v105 = v103
-        v116 = (v105 + v113)
-        v117 = (v49[None, :, :] * v116)
-        v119 = ((-1.0) * v117 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None]) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))
-        v120 = tl.sum((v119), axis=0)
-        v82 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v81 = ((-1.0) * d_new_w2)
-            v65 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v82 += tl.dot(v65.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = (v66 * v82)
-        v84 = v83
-        v86 = tl.zeros((C, D), DTYPE)
+        v100 = tl.zeros((C, BV), DTYPE)
+        for v100_j in range(0, C):  # the summed axis t, one position at a time
+            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+        v101 = (v65 * v100)
+        v103 = (v84 + v101)
+        v104 = v103
+        v86 = (v50 * v53)
+        v99 = tl.zeros((C, C), DTYPE)
+        for v99_j in range(0, BV):  # the summed axis o, one position at a time
+            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v105 = (v60 * v97)
+        v114 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v85 = ((-1.0) * d_new_w1)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 += tl.dot(v54.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v87 = (v53 * v86)
-        v114 = (v84 + v87)
-        v115 = (v49 * v114)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v118 = ((-1.0) * v41[:, None] * v115 * tl.exp((v47[None, :] - v44)))
-        v121 = (v118 + v120)
-        v122 = v121
-        v123 = tl.cumsum(v122, axis=0, reverse=True)
-        v124 = (v123 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v56 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v11
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v55 = ((-1.0) * d_new_w2)
-            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v51 * v56)
-        v58 = v57
-        v48 = k
-        v60 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = ((-1.0) * d_new_w1)
-            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v48 * v60)
-        v62 = (v58 + v61)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        v63 = (v47 * v62)
-        v64 = v63
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_eta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_eta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v59 = v45
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v46 = (q * v43)
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = (v47 - v53)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v56 = v43
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v58 = (v56 * v57)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = ((-0.5) * v69 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v72[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v69 * v79[:, None])
-        v76 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])
-        v86 = ((-1.0) * v85)
-        v87 = (v59 * v61[None, :, :])
-        v88 = (v87 * v86[:, None, :])
-        v89 = tl.sum((v88), axis=2)
-        v94 = (v56 * v85)
-        v100 = (q[:, None, :] * v48[None, :, :])
-        v99 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v96 = (v92 + v95)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v97_c0 = (0.5 * v54 * tl.full((), 1.4142135623730951, DTYPE))
-            v97 = (v96 * (0.5 + (0.5 * tl.math.erf(v97_c0)) + (v97_c0 * tl.exp(((-0.5) * (v54 * v54))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v98 = ((-1.0) * v97)
-            v49 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v99 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v101 = (v100 * v99[:, :, None])
-        v90 = (v62[:, :, None] * v61[None, :, :])
-        v91 = (v90 * v86[:, None, :])
-        v93 = v91
-        v102 = (v93 + v101)
-        v103 = (v42 * v102)
-        v104 = tl.sum((v103), axis=0)
-        v105 = v104
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v105.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_delta_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `gate_delta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (v102 + v106)
+            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v109 = ((-1.0) * v108)
+            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v111 = (v87 + v110)
+            v112 = v111
             v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (v127 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v129 = v128
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v129.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_gate_delta_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_delta` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v124 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v126 = v125
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v56 = v43
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v46 = (q * v43)
-        v41 = v40
-        v42 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v40[:, None, :] - v41[None, :, :]))))  # pairwise decay D[t,s]
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v45 = (v42 * v44[None, :, :])
-        v50 = (v45 * q[:, None, :])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = k
-        v51 = (v50 * v48[None, :, :])
-        v52 = tl.sum((v51), axis=2)  # decayed scores x_t·x_s
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v57 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            v53 = tl.dot(v52.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v54 = (v47 - v53)
-            v55_c0 = (0.5 * v54)
-            v55 = (v55_c0 * (1.0 + tl.math.erf((v55_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
-            v57 += tl.dot(v55.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v58 = (v56 * v57)
-        v59 = v45
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            v55 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v62 += tl.dot(v55.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v63 = (v59 * v62[:, :, None])
-        v61 = v35
-        v64 = (v63 * v61[None, :, :])
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v58 - v65)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        v69 = (v66 - v68[:, None])
-        v70 = (v69 * v69)
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v76 = (v69 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v72[:, None])))))
-        v77 = tl.sum((v76), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v77.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * v25 * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = tl.sum((v127), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_2_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (v25 * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = tl.sum((v124), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v125.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_weight_3_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 3 of the gradient of one chunk's `ln_weight` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = (v16 * v130 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v132 = tl.sum((v131), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v132.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_0_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = tl.sum((d_out), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-
-@triton.jit(do_not_specialize=["T"])
-def chunk_grad_ln_bias_1_bwd_kernel_cube(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `ln_bias` (with (C, C, D) decay tiles, for strongly decaying chunks; not a GPU kernel: it remains until the sub-chunk scheme replaces it)."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41[:, None] * tl.exp((v47[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v50 = gate_eta
-        v52 = (v48 * v50)
-        v80 = v52
-        v85 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v67)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v84 = ((-1.0) * d_new_w2)
-            v85 += tl.dot(v67.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v86 = (v80 * v85)
-        v45 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)[:, :, None] * (v43[:, None, :] - v44[None, :, :]))))  # pairwise decay D[t,s]
-        v51 = (v45 * v50[None, :, :])
-        v66 = v51
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v53 = (q * v49)
-        v57 = (v51 * q[:, None, :])
-        v55 = k
-        v58 = (v57 * v55[None, :, :])
-        v59 = tl.sum((v58), axis=2)  # decayed scores x_t·x_s
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v69 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v56 = v37
-            v60 = tl.dot(v59.to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v54 - v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v62_c0 = (0.5 * v61)
-            v62 = (v62_c0 * (1.0 + tl.math.erf((v62_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v69 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = (v66 * v69[:, :, None])
-        v63 = v49
-        v64 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v62 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v64 += tl.dot(v62.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v63 * v64)
-        v68 = v35
-        v71 = (v70 * v68[None, :, :])
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v65 - v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        v76 = (v73 - v75[:, None])
-        v77 = (v76 * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v91 = ((-0.5) * v76 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v79[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v79[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v76 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v104 = (v70 * v100[:, None, :])
-        v105 = tl.sum((v104), axis=0)
-        v107 = (v86 + v105)
-        v108 = v107
-        v88 = (v52 * v55)
-        v101 = (v66 * v68[None, :, :])
-        v102 = (v101 * v100[:, None, :])
-        v103 = tl.sum((v102), axis=2)
-        v109 = (v63 * v99)
-        v118 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v111 = (v106 + v110)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v112_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
-            v112 = (v111 * (0.5 + (0.5 * tl.math.erf(v112_c0)) + (v112_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v113 = ((-1.0) * v112)
-            v114 = tl.dot(tl.trans(v59).to(DOT_DTYPE), v113.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v115 = (v89 + v114)
-            v116 = v115
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v117 = (v116 * (0.5 + (0.5 * tl.math.erf(v117_c0)) + (v117_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v119 = (v108 + v118)
-        v120 = tl.sum((v119), axis=1)
-        v121 = (v120 / (D))
-        v122 = ((-1.0) * v121)
-        v123 = (v119 + v122[:, None])
-        v124 = (2.0 * v16 * v123)
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v125 / (D))
-        v127 = ((-0.5) * v16 * ln_weight[None, :] * v126[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = (ln_weight[None, :] * v123 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v129 = (v127 + v128)
-        v130 = (v129 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v131 = tl.sum((v130), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v115 = (v104 + v114)
+        v116 = tl.sum((v115), axis=1)
+        v117 = (v116 / (D))
+        v118 = ((-1.0) * v117)
+        v119 = (v115 + v118[:, None])
+        v120 = (2.0 * v16 * v119)
+        v121 = tl.sum((v120), axis=1)
+        v122 = (v121 / (D))
+        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v125 = (v123 + v124)
+        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        v127 = tl.sum((v126), axis=0)
+        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
         c += 1

@@ -1,8 +1,9 @@
 """Launching a spec's Triton kernels: buffers, grid, dtypes and the autograd Function around them.
 
 A generated Triton module (templates/triton_module.py.j2) holds only kernels and its DESCRIPTION: the state
-fields and inputs with their axes, which inputs run along the sequence, the hidden size, and the fallback
-kernels for strongly decaying chunks. Everything that runs on the host is here.
+fields and inputs with their axes, which inputs run along the sequence, the hidden size, and each kernel's grid,
+scratch memory and value blocks. Everything that runs on the host is here; nothing is read back from the device
+to choose a kernel.
 
 Layout (mirasc.runtime prepares it): state tensors [P, ...] with one entry per program (a sequence of one head),
 token inputs [R, T, ...] with one row per head and batch element (with cu_seqlens, R = H rows holding every
@@ -112,22 +113,9 @@ class _Launch:
         self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
                            DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID))
 
-    def kernels(self, rest: tuple) -> dict:
-        """The kernels of this call by job (DESCRIPTION["kernels"]): the fallback ones when a chunk decays too
-        strongly for the factored programs (one host read of the decay per call)."""
-        fallback = self.desc["fallback"]
-        suffix = ""
-        if fallback is not None:
-            names = [n for n, _, _ in self.desc["inputs"]]
-            alpha = rest[names.index(fallback["decay_input"])]
-            if _decay_spread(alpha, self.C) >= fallback["spread_limit"]:
-                suffix = fallback["suffix"]
-        jobs = {}
-        for job, info in self.desc["kernels"].items():
-            is_fallback = fallback is not None and job.endswith(fallback["suffix"])
-            if is_fallback == bool(suffix):
-                jobs[job.removesuffix(suffix)] = (getattr(self.module, f"chunk_{job}_kernel"), info)
-        return jobs
+    def kernels(self) -> dict:
+        """The kernels of this call by job (DESCRIPTION["kernels"]), each with its entry there."""
+        return {job: (getattr(self.module, f"chunk_{job}_kernel"), info) for job, info in self.desc["kernels"].items()}
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel: one program per chunk or per sequence, with its scratch memory if it has any."""
@@ -150,15 +138,6 @@ class _Launch:
         return (self.programs, self.max_chunks)
 
 
-def _decay_spread(alpha: torch.Tensor, chunk_size: int) -> float:
-    """The largest log-decay across a chunk, over every chunk, row and channel."""
-    logs = -torch.log(alpha.detach().float())
-    pad = -logs.shape[1] % chunk_size
-    if pad:
-        logs = torch.cat([logs, logs.new_zeros(logs.shape[0], pad, *logs.shape[2:])], dim=1)
-    return float(logs.reshape(logs.shape[0], -1, chunk_size, *logs.shape[2:]).sum(dim=2).max())
-
-
 class TritonChunkwise(torch.autograd.Function):
     """out, *final_state = TritonChunkwise.apply(module, chunk_size, cu_seqlens, precision, *inputs)."""
 
@@ -174,7 +153,7 @@ class TritonChunkwise(torch.autograd.Function):
         starts = [torch.empty((launch.n_chunks, *s.shape[1:]), device=s.device, dtype=launch.dtype) for s in states]
         stored = [torch.empty((launch.n_chunks, *(launch.size(a) for a in axes)), device=q.device, dtype=launch.dtype)
                   for _, axes in launch.desc["stored"]]
-        kernels = launch.kernels(rest)
+        kernels = launch.kernels()
         launch.run(kernels, "state_fwd", *states, *rest, *final, *starts, *stored)
         launch.run(kernels, "out_fwd", *starts, *rest, *stored, out)
         ctx.save_for_backward(*rest, *starts, *stored)
