@@ -86,7 +86,7 @@ def cmd_compile(args) -> int:
     from .codegen import generate, generate_triton
     from .errors import SpecError
     from .loader import load
-    from .runtime import _write_atomic
+    from .module_cache import write_atomic
 
     out_dir = Path(args.output) if args.output else None
     status = 0
@@ -117,7 +117,7 @@ def cmd_compile(args) -> int:
                     print(f"{target}: up to date")
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(target, text)
+            write_atomic(target, text)
             if not args.quiet:
                 print(f"{file} -> {target}")
     return status

@@ -85,6 +85,27 @@ class OpMeta:
             chunk_size=d["chunk_size"],
         )
 
+    def gate_shapes(self, B: int, T: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        """Each gate's shape in a call: data-dependent [B, T, H(, D)], static [H(, D)]."""
+        out = {}
+        for g in self.gates:
+            lead = (B, T, H) if g.data_dependent else (H,)
+            out[g.name] = lead + ((D,) if g.kind == "channel" else ())
+        return out
+
+    def param_shapes(self, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        return {p.name: (H, D) for p in self.params}
+
+    def state_shapes(self, B: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
+        """Each state field's shape [B, H, out, in]: the weight matrices, then the momentum buffers."""
+        mem = self.memory
+        depth, hid = mem.depth, mem.expansion * D
+        dims = [D] + [hid] * (depth - 1) + [D]
+        shapes = {f"w{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)}
+        if self.algorithm == "momentum":
+            shapes.update({f"s{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
+        return shapes
+
     def gate(self, name: str) -> GateInfo:
         return next(g for g in self.gates if g.name == name)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -248,13 +249,13 @@ def test_value_checks_count_host_reads(moneta, monkeypatch):
     """On CPU the checks read two numbers per gate (one aminmax each), and none with check=False."""
     monkeypatch.delenv("MIRASC_CHECK", raising=False)
     q, k, v, gates, params, state = make_inputs(moneta, B, T, H, D)
-    import mirasc.runtime as rt
+    package = os.path.dirname(mirasc.__file__)
 
     calls = []
     real = torch.Tensor.item
 
-    def counting_item(self):
-        if sys._getframe(1).f_code.co_filename == rt.__file__:
+    def counting_item(self):  # reads made by mirasc's own code (the op's checks live in mirasc.op_inputs)
+        if sys._getframe(1).f_code.co_filename.startswith(package):
             calls.append(self.shape)
         return real(self)
 

@@ -12,9 +12,9 @@ def _spec_text(spec) -> str | None:
     """A prebuilt name or a path is read into text; text is kept as is (mirasc.sources.resolve)."""
     if spec is None:
         return None
-    from ..runtime import _read_spec
+    from ..module_cache import read_spec
 
-    return _read_spec(spec)[0]
+    return read_spec(spec)[0]
 
 
 class MirasConfig(PretrainedConfig):
