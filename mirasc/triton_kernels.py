@@ -5,10 +5,9 @@ the outputs, the backward state pass and one kernel per input and summand of its
 values are emitted in the order mirasc.kernel_plan's `schedule` chooses; kernel_plan also decides which kernels run
 by blocks of the value axis and how a gradient is split into terms.
 
-An MLP memory's hidden axis (4·D) does not fit a register tile: every value with a hidden axis is made in blocks
-of BH along it, inside a loop over the blocks (`body`). Consecutive such values share one loop; a sum over the
-hidden axis accumulates across the loop's blocks; a value needed by a later loop is written to the program's
-scratch memory block by block and read back there. The hidden-axis state matrices then live in memory too: the
+An MLP memory's hidden axis is made in blocks of BH inside loops over the blocks (mirasc.kernel_body, which
+writes each chunk's lines and the loads and stores around them). The hidden-axis state matrices then live in
+memory: the
 state pass reads a chunk's start state from `starts` and writes the next one there, the backward state pass
 likewise with `carries`, and the kernels that would need scratch per chunk walk their sequence's chunks in one
 program instead of one program per chunk.
@@ -21,19 +20,12 @@ from dataclasses import dataclass, field
 from . import ir
 from .dotform import to_dot_form
 from .emit_triton import (
-    OFFS,
     SHAPE,
-    SIZE,
-    describe,
-    inlined,
-    line,
     name,
-    reduces_hidden,
-    reduction_lines,
-    wide,
 )
 from .ir import Graph, Value
-from .kernel_plan import VALUE_AXIS, gradient_terms, schedule, value_kinds, value_local
+from .kernel_body import Body, body, load, store
+from .kernel_plan import VALUE_AXIS, gradient_terms, value_kinds, value_local
 
 # Values worth making once per chunk and storing, rather than recomputing in every kernel that reads them: state-
 # free and expensive (the triangular inverse is C substitution steps over (C, C) tiles).
@@ -44,180 +36,6 @@ def offsets(value_blocks: bool) -> list[str]:
     already tight (titans, C = D = 64, bf16: its backward state pass spilled 3,880 B instead of 3,088 B with it)."""
     start = {VALUE_AXIS: "tl.program_id(2) * BV + "} if value_blocks else {}
     return [f"offs_{a} = {start.get(a, '')}tl.arange(0, {SHAPE[a]})" for a in ir.AXIS_ORDER]
-
-
-# ------------------------------------------------------------------------------------------------ memory access
-# Token inputs are [rows, T, rest...]: a program reads tokens bos + c*C + offs_t of its row. Every other tensor is
-# [count, axes...], indexed by the program (initial and final state, chunk-start states by chunk) or by the row
-# (static gates and outer parameters). Offsets use the axes' extents in memory (SIZE); offs_h is the current block's.
-def _offsets(axes: tuple[str, ...], token: bool) -> str:
-    terms, stride = [], []
-    for a in reversed(axes):
-        idx = "(tok + offs_t)" if (a == "t" and token) else OFFS[a]
-        terms.append(" * ".join([_index(idx, a, axes)] + stride))
-        if not (a == "t" and token):
-            stride = [SIZE[a]] + stride
-    return " + ".join(reversed(terms)) if terms else "0"
-
-
-def _size(axes, token: bool = False) -> str:
-    parts = [SIZE[a] for a in axes if not (token and a == "t")]
-    return " * ".join(parts) if parts else "1"
-
-
-def _index(idx: str, axis: str, axes: tuple[str, ...]) -> str:
-    if len(axes) == 1:
-        return idx
-    return f"{idx}[{', '.join(':' if a == axis else 'None' for a in axes)}]"
-
-
-def _token_mask(axes: tuple[str, ...]) -> str:
-    return _index("(offs_t < nv)", "t", axes)
-
-
-def load(ptr: str, axes: tuple[str, ...], index: str, token: bool = False, other: float = 0.0) -> str:
-    """A tile of the tensor at ptr: the token tile of this chunk (token), else entry `index` of its first axis.
-    Token tiles keep their dtype (bf16 q, k, v feed tl.dot as they are; arithmetic promotes them to DTYPE)."""
-    if token:
-        base = f"{ptr} + (row * T + bos) * {_size(axes, True)}"
-        return f"tl.load({base} + {_offsets(axes, True)}, mask={_token_mask(axes)}, other={other})"
-    return f"tl.load({ptr} + {index} * {_size(axes)} + {_offsets(axes, False)}).to(DTYPE)"
-
-
-def store(ptr: str, axes: tuple[str, ...], index: str, value: str, token: bool = False, mask: str = "") -> str:
-    val = f"{value}.to({ptr}.dtype.element_ty)"
-    if token:
-        base = f"{ptr} + (row * T + bos) * {_size(axes, True)}"
-        return f"tl.store({base} + {_offsets(axes, True)}, {val}, mask={_token_mask(axes)})"
-    where = f", mask={mask}" if mask else ""
-    return f"tl.store({ptr} + {index} * {_size(axes)} + {_offsets(axes, False)}, {val}{where})"
-
-
-# ------------------------------------------------------------------------------------------------ one chunk's body
-
-
-@dataclass
-class _Loop:
-    """Values made in one loop over the hidden blocks (`sums`: those accumulated across its blocks)."""
-
-    values: list[Value] = field(default_factory=list)
-    sums: set[int] = field(default_factory=set)
-
-
-@dataclass
-class Body:
-    """A chunk's lines, and the axes of each value it keeps in scratch memory, in slot order."""
-
-    lines: list[str]
-    scratch: list[tuple[str, ...]]
-
-
-def _segments(order: list[Value]) -> list[Value | _Loop]:
-    """Group the scheduled values: a wide value (or a sum over the hidden axis) joins the open loop unless it reads
-    one of that loop's sums (then a new loop starts); any other value goes before the open loop, unless it reads one
-    of its sums (then the loop closes first)."""
-    segments: list[Value | _Loop] = []
-    open_loop: _Loop | None = None
-    for v in order:
-        reads_sum = open_loop is not None and any(a.id in open_loop.sums for a in v.args)
-        if wide(v) or reduces_hidden(v):
-            if open_loop is None or reads_sum:
-                open_loop = _Loop()
-                segments.append(open_loop)
-            open_loop.values.append(v)
-            if reduces_hidden(v):
-                open_loop.sums.add(v.id)
-        elif reads_sum:
-            open_loop = None
-            segments.append(v)
-        elif open_loop is not None:
-            segments.insert(next(j for j, seg in enumerate(segments) if seg is open_loop), v)
-        else:
-            segments.append(v)
-    return segments
-
-
-def body(graph: Graph, loads: dict[str, str] | None = None,
-         wide_sources: dict[str, tuple[str, str]] | None = None,
-         wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None) -> Body:
-    """The lines computing the graph's outputs.
-
-    loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
-    blocks are read (pointer, index). wide_outputs: for an output that is wide, where its blocks go
-    ([(pointer, index, mask)]); a narrow output is the caller's to use."""
-    loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
-    segments = _segments(schedule(graph))
-    loop_of = {v.id: j for j, seg in enumerate(segments) if isinstance(seg, _Loop) for v in seg.values}
-    out_of = {v.id: n for n, v in graph.outputs.items()}
-    read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
-                      if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}
-    kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
-            if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
-    total = _slot_offset(kept, len(kept))
-    slot = {v.id: f"scratch_ptr + pid * ({total}) + {_slot_offset(kept, k)}" for k, v in enumerate(kept)}
-
-    def fetch(v: Value, here: int) -> list[str]:
-        """Lines making a wide value read in loop `here` available: its block from memory if made elsewhere."""
-        if isinstance(v.op, ir.Input):
-            ptr, index = wide_sources[v.op.name]
-            return [f"{name(v)} = {load(ptr, v.axes, index)}"]
-        if loop_of.get(v.id) != here:
-            return [f"{name(v)} = tl.load({slot[v.id]} + {_offsets(v.axes, False)})"]
-        return []
-
-    lines: list[str] = []
-    for j, seg in enumerate(segments):
-        if not isinstance(seg, _Loop):
-            if isinstance(seg.op, ir.Input):
-                if seg.op.name in loads:
-                    lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
-            else:
-                lines += _with_hint(seg, line(seg))
-            continue
-        before, inside, after, fetched = [], [], [], set()
-        for v in seg.values:
-            for a in _read(v):
-                if wide(a) and a.id not in fetched and (isinstance(a.op, ir.Input) or loop_of.get(a.id) != j):
-                    inside += fetch(a, j)
-                    fetched.add(a.id)
-            if isinstance(v.op, ir.Input):
-                continue
-            if reduces_hidden(v):
-                pre, acc, post = reduction_lines(v)
-                before += pre
-                inside += _with_hint(v, acc)
-                after += post
-                continue
-            inside += _with_hint(v, line(v))
-            if v.id in slot:
-                inside.append(f"tl.store({slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})")
-            for ptr, index, mask in wide_outputs.get(out_of.get(v.id, ""), []):
-                inside.append(store(ptr, v.axes, index, name(v), mask=mask))
-        lines += before + ["for hb in range(0, HID, BH):  # the hidden axis, a block at a time",
-                           "    offs_h = hb + tl.arange(0, BH)", "    offs_g = offs_h"]
-        lines += ["    " + x for x in inside] + after
-        if any("tl.store" in x for x in inside):  # other threads read these blocks next
-            lines.append("tl.debug_barrier()")
-    return Body(lines, [v.axes for v in kept])
-
-
-def _read(v: Value) -> list[Value]:
-    """The values v's lines read: its args, with an inlined arg (written where it is used) replaced by its own."""
-    out = []
-    for a in v.args:
-        out += _read(a) if inlined(a) else [a]
-    return out
-
-
-def _slot_offset(kept: list[Value], k: int) -> str:
-    parts = [_size(v.axes) for v in kept[:k]]
-    return " + ".join(parts) if parts else "0"
-
-
-def _with_hint(v: Value, lines: list[str]) -> list[str]:
-    if lines and v.hint and not isinstance(v.op, (ir.Mask, ir.Input)):
-        lines = [*lines[:-1], lines[-1] + f"  # {v.hint}"]
-    return lines
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -444,4 +262,4 @@ def _gradients(a: _Assembler) -> list[Kernel]:
     return out
 
 
-__all__ = ["Body", "Kernel", "KernelIO", "body", "describe", "kernels", "load", "offsets", "store", "stored_values"]
+__all__ = ["Kernel", "KernelIO", "kernels", "offsets", "stored_values"]
