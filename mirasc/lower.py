@@ -22,15 +22,17 @@ from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V
 from .grad import backprop
 from .ir import Graph, Value
+from .lower_decay import (  # noqa: F401 - factorable and the limit are part of this module's API
+    DECAY_SPREAD_LIMIT,
+    Coefficients,
+    DecaySplit,
+    InChunkDecay,
+    factorable,
+    named,
+)
+from .lower_maps import BoundaryMapLowering
 
 MIRROR_MAPS = (S.LqMap, S.SigmoidMap)
-
-
-def _named(v: Value, hint: str) -> Value:
-    """Label a value for the IR dump and the generated code (the first label a shared value gets wins)."""
-    if not v.hint:
-        v.hint = hint
-    return v
 
 
 def layer_axes(depth: int) -> list[tuple[str, str]]:
@@ -52,14 +54,6 @@ def channel_axis(depth: int, layer: int) -> str | None:
     return None
 
 
-def _exact(x: float) -> sp.Expr:
-    """A map's exponent as an exact sympy number when it is rational with a small denominator (q = 4 gives the
-    integer 3 and the half 1/2, which the emitters write as products and a square root instead of exp(x log a)),
-    else a float."""
-    r = sp.Rational(x).limit_denominator(64)
-    return r if abs(float(r) - x) < 1e-12 else sp.Float(x)
-
-
 def is_mirror(m) -> bool:
     return isinstance(m, MIRROR_MAPS) or (isinstance(m, S.SoftThresholdMap) and m.form == "ftrl")
 
@@ -76,56 +70,17 @@ def state_names(spec: S.Spec) -> list[str]:
     return names
 
 
-@dataclass
-class Coefficients:
-    """In-chunk coefficients with channel gates on axis i (renamed per layer)."""
-
-    decay: Value | None  # a_t = prod_{j<=t} alpha_j  (t[, i]); None = 1
-    grad: Value  # Gamma[t, s] (t, s[, i]): weight of token s's gradient in P_t (sign included: P -= ...)
-    momentum_read: Value | None = None  # b_t: weight of S' in P_t
-    momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
-    momentum_grad: Value | None = None  # weight of token s's gradient in S_t
-    grad_end: Value | None = None  # Gamma[last, s]: weight of token s's gradient in the end state
-    split: DecaySplit | None = None  # channel decay kept apart from Gamma (the factored or the products program)
-    momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
-
-
-@dataclass
-class DecaySplit:
-    """Channel decay between tokens as Γ[t, s, i] = causal[t, s] e^{log_t[t, i] − log_s[s, i]} weight[s(, i)], kept
-    apart so that no (t, s, i) tile is made: written e^{log_t} · e^{−log_s} (`factored`: matrix products, safe while
-    the decay across a chunk stays below the runtime's guard) or as ir.DecayedProduct (`products`: safe always)."""
-
-    log_t: Value  # (t, i): cumulative log-decay at the token that reads
-    log_s: Value  # (s, i): cumulative log-decay at the token that wrote
-    weight: Value  # (s[, i]): the writer's step size
-
-    def on(self, rename) -> DecaySplit:
-        return DecaySplit(rename(self.log_t), rename(self.log_s), rename(self.weight))
-
-
-CHANNEL_DECAY_FORMS = ("pairwise", "factored", "products")
-
-
-# In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
-# log(max(a, ZERO_FLOOR)): a factor of exactly 0, which a range like theta in [0, 1) admits, then contributes
-# e^{-69} where log(0) = -inf would make the differences of cumulative sums NaN. Below the floor the factor's
-# own gradient is 0 (log-space products cannot give it: 1/a times terms that cancel).
-ZERO_FLOOR = 1e-30
-
-
 class ChunkLowering:
     def __init__(self, derivation: Derivation, channel_decay: str = "pairwise"):
-        if channel_decay not in CHANNEL_DECAY_FORMS:
-            raise ValueError(f"channel_decay: expected one of {CHANNEL_DECAY_FORMS}, got {channel_decay!r}")
         self.d = derivation
-        self.channel_decay = channel_decay
         self.spec = derivation.spec
         self.mem = self.spec.memory
         self.depth = self.mem.depth
         self.axes = layer_axes(self.depth)
         self.form = chunk_form(self.spec, derivation.loss)
         self.g = Graph()
+        self.decay = InChunkDecay(self.g, self.spec, channel_decay)
+        self.maps = BoundaryMapLowering(self.g, self.spec.retention.map, self._threshold)
 
     # ---------------------------------------------------------------- inputs
     def declare_inputs(self) -> None:
@@ -156,6 +111,10 @@ class ChunkLowering:
         if x is None or "i" not in x.axes:
             return x
         return self.g.rename(x, i=channel_axis(self.depth, layer))
+
+    def _threshold(self, layer: int) -> Value:
+        """The soft threshold's gamma on a layer's axes."""
+        return self.on_layer(self.operand(self.spec.retention.map.gamma), layer)
 
     # ---------------------------------------------------------------- the memory
     def sym_ew(self, expr: sp.Expr, env: dict[sp.Symbol, Value]) -> Value:
@@ -188,7 +147,7 @@ class ChunkLowering:
             zs.append(z)
             if j < self.depth - 1:
                 h = self.sym_ew(self.d.act, {self.d.x: z})
-        return xs, zs, _named(self.output_map(zs[-1], x), "memory output M(x)")
+        return xs, zs, named(self.output_map(zs[-1], x), "memory output M(x)")
 
     def gate_env(self, gates: dict[str, Value]) -> dict[sp.Symbol, Value]:
         """The loss's gate symbols as IR values (channel gates on the output axis o, where the loss lives)."""
@@ -204,75 +163,19 @@ class ChunkLowering:
             env[red.symbol] = g.sum(self.sym_ew(red.body, env), "o")
         for sym, expr in ld.adjoints:
             env[sym] = self.sym_ew(expr, env)
-        return _named(self.sym_ew(ld.grad, env), "inner gradient signal g = dl/dy")
+        return named(self.sym_ew(ld.grad, env), "inner gradient signal g = dl/dy")
 
     def inner_gradient(self, W: list[Value], x: Value, v: Value, gates: dict[str, Value]):
         """Per-token gradient factors at W: (layer inputs x_l, pre-activation adjoints z̄_l); G_l = z̄_l ⊗ x_l."""
         xs, zs, y = self.forward(W, x)
         gy = self.loss_grad(y, v, gates)
         adj = backprop(self.g, {y.id: (y, gy)}, zs)
-        zbars = [_named(adj[z.id], f"layer {j + 1} pre-activation adjoint (G = adj ⊗ input)") for j, z in enumerate(zs)]
+        zbars = [named(adj[z.id], f"layer {j + 1} pre-activation adjoint (G = adj ⊗ input)") for j, z in enumerate(zs)]
         if any(zb is None for zb in zbars):
             raise ValueError("the loss does not reach every layer of the memory")
         return xs, zbars
 
-    # ---------------------------------------------------------------- boundary maps
-    def kappa(self, P: Value) -> Value | None:
-        """The frozen slope of an lq map at the chunk-start accumulator P (one value per matrix); None for slope 1.
-
-        literal (Eq. 24): 1 / (||P||_q^(q-2) + eps), the map itself being P times that scale.
-        pnorm: (q - 1) mean(|P|^(q-2)) / (mu_q(P)^(q-2) + eps), the mean over the matrix of the map's elementwise
-        slope with its normaliser held fixed (docs/semantics.md, "Chunks of C tokens")."""
-        m = self.spec.retention.map
-        if not isinstance(m, S.LqMap):
-            return None
-        if m.form == "pnorm":
-            q = _exact(m.q)
-            # mean |P|^(q-2); exactly 1 at q = 2 (sympy folds |a|^0 to the constant 1, which a sum cannot count)
-            spread = self._matrix_mean(self.g.ew(lambda a: sp.Abs(a) ** (q - 2), P), P) if m.q != 2 else None
-            inv = self._pnorm_inverse_normaliser(P)
-            if spread is None:
-                return _named(self.g.ew(lambda r: (q - 1) * r, inv), "pnorm frozen slope (q-1) mean|P|^(q-2)/norm")
-            return _named(self.g.ew(lambda sp_, r: (q - 1) * sp_ * r, spread, inv),
-                          "pnorm frozen slope (q-1) mean|P|^(q-2)/norm")
-        g = self.g
-        total = g.sum(g.ew(lambda a: sp.Abs(a) ** m.q, P), *P.axes)
-        q, eps = sp.Float(m.q), sp.Float(m.eps)
-        return _named(g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), total), "lq frozen slope 1/(||P||_q^(q-2)+eps)")
-
-    def _matrix_mean(self, x: Value, P: Value) -> Value:
-        """The mean of x over the matrix axes of P (one value per matrix and head)."""
-        g = self.g
-        # one elementwise op with the sizes as inlined arguments (a value made of sizes alone is a Python int,
-        # which the generated backward cannot save)
-        sizes = [g.size(a) for a in P.axes]
-        return g.ew(lambda t, *n: t / sp.Mul(*n), g.sum(x, *P.axes), *sizes)
-
-    def _pnorm_inverse_normaliser(self, P: Value) -> Value:
-        """1 / (mu_q(P)^(q-2) + eps) with mu_q(P) = (mean |P|^q)^(1/q): the p-norm map's scale."""
-        m = self.spec.retention.map
-        q, eps = _exact(m.q), sp.Float(m.eps)
-        mean_q = self._matrix_mean(self.g.ew(lambda a: sp.Abs(a) ** q, P), P)
-        return _named(self.g.ew(lambda s: 1 / (s ** ((q - 2) / q) + eps), mean_q), "pnorm 1/(mu_q(P)^(q-2)+eps)")
-
-    def apply_map(self, P: Value, layer: int) -> Value:
-        m = self.spec.retention.map
-        g = self.g
-        if isinstance(m, S.LqMap) and m.form == "pnorm":
-            q = _exact(m.q)
-            inv = self._pnorm_inverse_normaliser(P)
-            return g.ew(lambda a, r: sp.sign(a) * sp.Abs(a) ** (q - 1) * r, P, inv)
-        if isinstance(m, S.LqMap):
-            return g.ew(lambda a, kp: a * kp, P, self.kappa(P))
-        if isinstance(m, S.SigmoidMap):
-            from .symbolic import sigmoid
-
-            return g.ew(lambda a: sigmoid(a), P)
-        if isinstance(m, S.SoftThresholdMap):
-            gamma = self.on_layer(self.operand(m.gamma), layer)
-            return g.ew(lambda a, c: sp.sign(a) * sp.Max(sp.Abs(a) - c, 0), P, gamma)
-        return P
-
+    # ---------------------------------------------------------------- the lag step (KL map)
     def lag_step(self, alpha: Value | None, eta: Value) -> list[Value]:
         """Memora's exact step at the chunk's first token: W1 = softmax_in(alpha0 log max(W', eps) - eta0 G0)."""
         g = self.g
@@ -290,72 +193,10 @@ class ChunkLowering:
             logits = g.ew(lambda lw, e, gr: lw - e * gr, logw, self.on_layer(e0, j), grad0)
             lse = g.logsumexp(logits, in_ax)
             w1 = g.ew(lambda lg, ls: sp.exp(lg - ls), logits, lse)
-            out.append(_named(w1, "lag step: softmax over the input axis"))
+            out.append(named(w1, "lag step: softmax over the input axis"))
         return out
 
-    # ---------------------------------------------------------------- in-chunk coefficients (Eq. 28)
-    def decay_tiles(self, gate: Value | None):
-        """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s, and the
-        last row D[last, s] built from the small cumulative sums, so the end state never touches D)."""
-        g = self.g
-        causal = g.mask("causal")
-        valid = g.select(causal, "last")  # s <= last: 1 on the chunk's real tokens
-        if gate is None:
-            return None, causal, valid
-        logs = g.ew(lambda a: sp.log(sp.Max(a, ZERO_FLOOR)), gate)
-        if "t" not in logs.axes:
-            logs = g.broadcast(logs, logs.axes + ("t",))
-        cum = g.cumsum(logs, "t")
-        self.log_cum = cum
-        pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
-        last_row = g.ew(lambda m, a, b: sp.exp(a - b) * m, valid, g.select(cum, "last"), g.rename(cum, t="s"))
-        cumulative = g.ew(lambda c: sp.exp(c), cum)
-        return (_named(cumulative, "cumulative decay in the chunk"), _named(pair, "pairwise decay D[t,s]"),
-                _named(last_row, "decay from token s to the chunk's end"))
-
-    def coefficients(self, alpha: Value | None, eta: Value, theta: Value | None) -> Coefficients:
-        g = self.g
-        a_cum, a_pair, a_end = self.decay_tiles(alpha)
-        eta_s = g.rename(eta, t="s")
-        if theta is None:
-            split = None
-            if self.channel_decay != "pairwise" and a_cum is not None and "i" in a_cum.axes:
-                split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
-            return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
-                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
-        th_cum, th_pair, th_end = self.decay_tiles(theta)
-        a_tu = g.rename(a_pair, s="u")
-        grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
-        chan = ("i",) if any("i" in x.axes for x in (a_tu, grad_s, th_cum)) else ()
-        total = g.einsum(("t", "s") + chan, a_tu, g.rename(grad_s, t="u"))
-        read = g.einsum(("t",) + chan, a_tu, g.rename(th_cum, t="u"))
-        total_end = g.einsum(("s",) + chan, g.rename(a_end, s="u"), g.rename(grad_s, t="u"))
-        return Coefficients(a_cum, total, read, th_cum, grad_s, grad_end=total_end,
-                            momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
-
     # ---------------------------------------------------------------- the exact chunk of an affine update
-    def prediction_weights(self, alpha: Value | None, coef: Coefficients):
-        """Where token t takes its gradient, as (a_t, Γ', split): the weights a_t ⊙ W' − Σ_{s<t} Γ'[t, s] G_s.
-
-        gradient_at = previous (Eq. 9): W_{t-1}, so a and Γ' stop at token t − 1 (exclusive cumulative decay);
-        gradient_at = decayed (the Gated DeltaNet paper): α_t W_{t-1}, the inclusive coefficients of the write.
-        Without decay the two coincide. Γ' is masked to s < t by the caller."""
-        g = self.g
-        if alpha is None or self.spec.algorithm.gradient_at == "decayed":
-            return coef.decay, coef.grad, coef.split
-        logs = g.ew(lambda a: sp.log(sp.Max(a, ZERO_FLOOR)), alpha)
-        if "t" not in logs.axes:
-            logs = g.broadcast(logs, logs.axes + ("t",))
-        cum = g.cumsum(logs, "t")
-        before = _named(g.ew(lambda c, l: c - l, cum, logs), "cumulative log-decay before token t")
-        a_prev = g.ew(lambda c: sp.exp(c), before)
-        eta_s = g.rename(self.operand(self.spec.algorithm.lr), t="s")
-        if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
-            return a_prev, None, DecaySplit(before, coef.split.log_s, coef.split.weight)
-        strict = g.mask("strict")
-        pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
-        return a_prev, _named(pair, "decay from token s to token t - 1, times eta_s"), None
-
     def solved_signals(self, alpha: Value | None, coef: Coefficients) -> tuple[list[Value], list[Value]]:
         """The exact chunk of an affine update (mirasc.chunkform): every token's gradient signal at its own weights.
 
@@ -364,14 +205,14 @@ class ChunkLowering:
         ŷ_t = (a_t ⊙ W') k_t: the unit lower-triangular system (I + A) g = g(ŷ), A[t, s] = h_t Γ'[t, s] k_t · k_s
         (the UT transform of flash-linear-attention's chunk_delta_rule; channel decay enters the k·k products)."""
         g = self.g
-        a_pred, gamma, split = self.prediction_weights(alpha, coef)
+        a_pred, gamma, split = self.decay.prediction_weights(alpha, coef, self.operand(self.spec.algorithm.lr))
         k, P = self.k, self.P[0]
         z = g.einsum(("t", "o"), k, P) if a_pred is None else g.einsum(("t", "o"), k, P, a_pred)
-        y = _named(self.output_map(z, k), "prediction of the decayed chunk-start weights")
-        rhs = _named(self.loss_grad(y, self.v, self.gates), "inner gradient signal at those weights")
+        y = named(self.output_map(z, k), "prediction of the decayed chunk-start weights")
+        rhs = named(self.loss_grad(y, self.v, self.gates), "inner gradient signal at those weights")
         k_s = g.rename(k, t="s")
         if split is not None:
-            dots = self.decayed_scores(k, k_s, split, "strict")
+            dots = self.decay.scores(k, k_s, split, "strict")
         elif "i" in gamma.axes:
             dots = g.einsum(("t", "s"), k, gamma, k_s)
         else:
@@ -382,41 +223,12 @@ class ChunkLowering:
         else:
             slope = self.sym_ew(hess, self.gate_env(self.gates))
             system = g.ew(lambda m, h, c: m * h * c, g.mask("strict"), slope, dots)
-        system = _named(system, "A[t, s] = h_t Γ'[t, s] k_t·k_s")
-        inverse = _named(g.tri_inverse(system), "(I + A)⁻¹, the UT transform")
+        system = named(system, "A[t, s] = h_t Γ'[t, s] k_t·k_s")
+        inverse = named(g.tri_inverse(system), "(I + A)⁻¹, the UT transform")
         signals = g.einsum(("t", "o"), inverse, g.rename(rhs, t="s"))
-        return [k], [_named(signals, "exact gradient signals (I + A)⁻¹ g(ŷ)")]
+        return [k], [named(signals, "exact gradient signals (I + A)⁻¹ g(ŷ)")]
 
     # ---------------------------------------------------------------- reads and end state
-    def decayed_scores(self, x: Value, y_s: Value, split: DecaySplit, mask: str) -> Value:
-        """Σ_i x[t, i] y[s, i] Γ[t, s, i] (t, s) with Γ from `split` (on axis i, as this layer names it), masked."""
-        g = self.g
-        m = g.mask(mask)
-        if self.channel_decay == "products":
-            y_s = g.ew(lambda u, w: u * w, y_s, split.weight)
-            return _named(g.decayed_product(("t", "s"), x, y_s, split.log_t, split.log_s, m), "decayed scores")
-        a_t, b_s = self.factors(split)
-        scores = g.einsum(("t", "s"), g.ew(lambda u, w: u * w, x, a_t), g.ew(lambda u, w: u * w, y_s, b_s))
-        return _named(g.ew(lambda c, k: c * k, scores, m), "decayed scores (factored)")
-
-    def factors(self, split: DecaySplit) -> tuple[Value, Value]:
-        """(e^{log_t}, e^{-log_s} weight): the factored program's two sides of Γ (safe under the runtime's guard)."""
-        g = self.g
-        a_t = g.ew(lambda c: sp.exp(c), split.log_t)
-        return a_t, _named(g.ew(lambda c, w: sp.exp(-c) * w, split.log_s, split.weight),
-                           "inverse cumulative decay times eta (factored)")
-
-    def decayed_apply(self, scores: Value, z_s: Value, split: DecaySplit, out_ax: str) -> Value:
-        """Σ_s scores[t, s] z[s, o] Γ[t, s, o] (t, o) with Γ from `split` (on the layer's output axis o)."""
-        g = self.g
-        causal = g.mask("causal")
-        if self.channel_decay == "products":
-            z_s = g.ew(lambda u, w: u * w, z_s, split.weight)
-            return g.decayed_product(("t", out_ax), scores, z_s, split.log_t, split.log_s, causal)
-        a_t, b_s = self.factors(split)
-        applied = g.einsum(("t", out_ax), g.ew(lambda c, k: c * k, scores, causal), g.ew(lambda u, w: u * w, z_s, b_s))
-        return g.ew(lambda u, w: u * w, a_t, applied)
-
     def grad_term(self, x: Value, xk: Value, zbar: Value, gamma: Value | None, out_ax: str, in_ax: str,
                   split: DecaySplit | None = None) -> Value:
         """sum_s gamma[t, s] (z̄_s ⊗ xk_s) x_t, through (t, s) scores: never a per-token weight matrix.
@@ -426,13 +238,13 @@ class ChunkLowering:
         keep = [a for a in x.axes if a != in_ax]
         if split is not None:
             if in_ax in split.log_t.axes:  # the decay is on the axis the scores sum over
-                return g.einsum(keep + [out_ax], self.decayed_scores(x, xk_s, split, "causal"), zb_s)
-            scores = _named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
-            return self.decayed_apply(scores, zb_s, split, out_ax)
+                return g.einsum(keep + [out_ax], self.decay.scores(x, xk_s, split, "causal"), zb_s)
+            scores = named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
+            return self.decay.apply(scores, zb_s, split, out_ax)
         if in_ax in gamma.axes:
             scores = g.einsum(keep + ["s"], x, gamma, xk_s)
-            return g.einsum(keep + [out_ax], _named(scores, "decayed scores x_t·x_s"), zb_s)
-        scores = _named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
+            return g.einsum(keep + [out_ax], named(scores, "decayed scores x_t·x_s"), zb_s)
+        scores = named(g.einsum(keep + ["s"], x, xk_s), "scores x_t·x_s")
         if out_ax in gamma.axes:
             return g.einsum(keep + [out_ax], scores, gamma, zb_s)
         return g.einsum(keep + [out_ax], g.ew(lambda a, b: a * b, scores, gamma), zb_s)
@@ -468,7 +280,7 @@ class ChunkLowering:
             z = self.read_layer(j, h, base, kappa, coef, xk, zbar)
             if j < self.depth - 1:
                 h = self.sym_ew(self.d.act, {self.d.x: z})
-        return _named(self.output_map(z, x), "read: M(q_t; W_t)")
+        return named(self.output_map(z, x), "read: M(q_t; W_t)")
 
     def end_state(self, j: int, coef: Coefficients, xk, zbar) -> tuple[Value, Value | None]:
         g = self.g
@@ -482,7 +294,7 @@ class ChunkLowering:
         kept = P if a_end is None else g.ew(lambda a, p: a * p, a_end, P)
         if coef.momentum_read is not None:
             kept = g.ew(lambda p, b, s: p + b * s, kept, last(coef.momentum_read), self.Smom[j])
-        new_P = _named(g.ew(lambda p, gr: p - gr, kept, grads), f"layer {j + 1} end state")
+        new_P = named(g.ew(lambda p, gr: p - gr, kept, grads), f"layer {j + 1} end state")
         if coef.momentum_grad is None:
             return new_P, None
         mgrads = g.einsum((out_ax, in_ax), self.on_layer(coef.momentum_grad_end, j),
@@ -512,26 +324,26 @@ class ChunkLowering:
         # linear part (kappa False), its slope in mirror_slope (None: 1).
         self.mirror_slope: list[Value | None] = [None] * self.depth
         if is_mirror(rmap):
-            base = [self.apply_map(P, j) for j, P in enumerate(self.P)]
+            base = [self.maps.apply_map(P, j) for j, P in enumerate(self.P)]
             if isinstance(rmap, S.LqMap) and rmap.form == "literal":
-                kappa = [self.kappa(P) for P in self.P]
+                kappa = [self.maps.kappa(P) for P in self.P]
             else:
                 kappa = [False] * self.depth
                 if isinstance(rmap, S.LqMap):
-                    self.mirror_slope = [self.kappa(P) for P in self.P]
+                    self.mirror_slope = [self.maps.kappa(P) for P in self.P]
         else:
             base, kappa = list(self.P), [None] * self.depth
         if self.form.solves:
-            coef = self.coefficients(alpha, eta, theta)
+            coef = self.decay.coefficients(alpha, eta, theta)
             xk, zbar = self.solved_signals(alpha, coef)
         else:
             xk, zbar = self.inner_gradient(base, self.k, self.v, self.gates)
-            coef = self.coefficients(alpha, eta, theta)
+            coef = self.decay.coefficients(alpha, eta, theta)
         out = self.read(self.q, base, kappa, coef, xk, zbar)
         new_state = [self.end_state(j, coef, xk, zbar) for j in range(self.depth)]
         carried = [P for P, _ in new_state]
         if is_mirror(rmap) or is_projection(rmap):
-            mapped = [self.apply_map(P, j) for j, P in enumerate(carried)]
+            mapped = [self.maps.apply_map(P, j) for j, P in enumerate(carried)]
             _, _, last_out = self.forward(mapped, g.select(self.q, "last"))
             # only at the end of a complete chunk: the short last chunk of a sequence reads the frozen map
             # like any mid-chunk token, so a token's output never depends on how many tokens follow it
@@ -545,21 +357,6 @@ class ChunkLowering:
             if Snew is not None:
                 g.outputs[f"new_s{j + 1}"] = Snew
         return g
-
-
-# Largest decay spread (max over heads and channels of -sum(log alpha) across a chunk) the factored program is
-# used for: e^{±40} and their products with O(1e-6) activations stay normal fp32 numbers (overflow is at e^88,
-# subnormals below e^-87). Measured on Moneta, fp32 against a float64 reference: the factored program's outputs
-# and gradients are as accurate as the (C, C, D) program's up to spread 80 (relative RMS ~1e-6 for both).
-DECAY_SPREAD_LIMIT = 40.0
-
-
-
-def factorable(spec: S.Spec) -> bool:
-    """Whether a factored program exists: a channel-wise decay gate and no momentum."""
-    d = spec.retention.decay
-    return (isinstance(d, S.GateRef) and spec.gate(d.name).kind == "channel"
-            and spec.gate(d.name).data_dependent and spec.algorithm.kind == "gd")
 
 
 def lower(derivation: Derivation, channel_decay: str = "pairwise") -> Graph:
