@@ -156,11 +156,12 @@ def _kernel_io(spec: S.Spec, fwd) -> KernelIO:
 def generate_triton(spec: S.Spec, options: dict | None = None, command: str | None = None) -> str:
     """The source of the spec's Triton module (templates/triton_module.py.j2): kernels and their DESCRIPTION.
 
-    A spec with channel decay gets the programs in which the decay between tokens is ir.DecayedProduct: exact for
-    any decay, with no (C, C, D) tile and nothing read back on the host."""
+    Wherever the weight of a token's gradient in another's has a channel axis (a channel decay gate, static or per
+    token, or a channel step size), the program writes it as ir.DecayedProduct: exact for any decay, with no (C, C, D)
+    tile and nothing read back on the host."""
     d = derive(spec)
     ins = input_names(spec)
-    fwd = lower(d, channel_decay="products" if factorable(spec) else "pairwise")
+    fwd = lower(d, channel_decay="products")
     io = _kernel_io(spec, fwd)
     stored = [[f"stored_{j}", list(v.axes)] for j, v in enumerate(stored_values(fwd))]
     found, jobs = [], {}

@@ -72,7 +72,7 @@ class InChunkDecay:
         if channel_decay not in CHANNEL_DECAY_FORMS:
             raise ValueError(f"channel_decay: expected one of {CHANNEL_DECAY_FORMS}, got {channel_decay!r}")
         self.g, self.spec, self.channel_decay = g, spec, channel_decay
-        self.log_cum: Value | None = None  # Λ (t[, i]) of the retention gate, once tiles() has made it
+        self.log_cum: Value | None = None  # Λ (t[, i]) of the retention gate, once tiles() has made it (None: no decay)
 
     def tiles(self, gate: Value | None):
         """(cumulative decay a_t, pairwise decay D[t, s] = prod_{s<j<=t} gate_j masked to t >= s, and the
@@ -99,7 +99,11 @@ class InChunkDecay:
         eta_s = g.rename(eta, t="s")
         if theta is None:
             split = None
-            if self.channel_decay != "pairwise" and a_cum is not None and "i" in a_cum.axes:
+            if self.channel_decay == "products" and "i" in a_pair.axes + eta_s.axes:
+                # Γ has a channel axis (a channel decay, static or per token, or a channel step size): kept apart
+                # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast)
+                split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s)
+            elif self.channel_decay == "factored" and a_cum is not None and "i" in a_cum.axes:
                 split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
             return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
                                 grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
@@ -112,6 +116,13 @@ class InChunkDecay:
         total_end = g.einsum(("s",) + chan, g.rename(a_end, s="u"), g.rename(grad_s, t="u"))
         return Coefficients(a_cum, total, read, th_cum, grad_s, grad_end=total_end,
                             momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
+
+    def _on_channels(self, log: Value | None, token: str = "t") -> Value:
+        """A cumulative log-decay on (token, i): 0 without decay, a scalar gate's broadcast over the channels."""
+        g = self.g
+        log = g.const(0.0) if log is None else log
+        log = g.broadcast(log, ("t", "i")) if set(log.axes) != {"t", "i"} else log
+        return log if token == "t" else g.rename(log, t=token)
 
     def prediction_weights(self, alpha: Value | None, coef: Coefficients, lr: Value):
         """Where token t takes its gradient, as (a_t, Γ', split): the weights a_t ⊙ W' − Σ_{s<t} Γ'[t, s] G_s.
@@ -130,7 +141,7 @@ class InChunkDecay:
         a_prev = g.ew(lambda c: sp.exp(c), before)
         eta_s = g.rename(lr, t="s")
         if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
-            return a_prev, None, DecaySplit(before, coef.split.log_s, coef.split.weight)
+            return a_prev, None, DecaySplit(self._on_channels(before), coef.split.log_s, coef.split.weight)
         strict = g.mask("strict")
         pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
         return a_prev, named(pair, "decay from token s to token t - 1, times eta_s"), None

@@ -132,6 +132,38 @@ def test_triton_any_channel_decay_is_exact(ops, name, dtype):
     assert max(err.values()) < (1e-10 if dtype == torch.float64 else 1e-3), err
 
 
+CHANNEL_WEIGHT_SPECS = {  # a channel axis in the weight of one token's gradient in another's, without channel decay
+    "mlp_channel_step": """memory mlp(depth = 2, expansion = 2)
+        gate alpha : scalar, range (0, 1], activation sigmoid
+        gate eta : channel, range [0, inf), activation softplus
+        bias l2()
+        retention decay(alpha)
+        algorithm gd(lr = eta)""",
+    "delta_rule_channel_step": """memory linear
+        gate eta : channel, range [0, inf), activation sigmoid
+        bias l2()
+        algorithm gd(lr = eta)""",
+    "static_channel_decay": """memory linear
+        gate alpha : channel, range (0, 1], static
+        bias dot()
+        retention decay(alpha)
+        algorithm gd(lr = 1)""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANNEL_WEIGHT_SPECS))
+def test_triton_channel_weights_need_no_cube(name):
+    """A channel step size, or a static channel decay, makes the weight of token s's gradient at token t a
+    (t, s, i) tile in the torch programs; the kernels write it as ir.DecayedProduct and must agree (fp64)."""
+    text = CHANNEL_WEIGHT_SPECS[name]
+    tri, ref = mirasc.compile(text, backend="triton"), mirasc.compile(text, backend="torch")
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=4)
+    got = _run(tri, _to(ins), 16)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    err = _errors(got, _run(ref, ins, 16))
+    assert max(err.values()) < 1e-10, err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="bf16 needs a CUDA GPU (the interpreter computes bf16 wrongly)")
 @pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "moneta", "yaad", "memora", "titans"])
