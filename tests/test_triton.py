@@ -65,11 +65,11 @@ def ops():
 
 
 # Every prebuilt spec at chunk 16 with one token and with one partial chunk; several chunks (one partial) at
-# chunk 16 and 64 for a representative set (MLP memories with each retention, momentum, a delta rule). The
-# interpreter runs each op statement per head in numpy, so the full T x C matrix stays out of the default run.
+# chunk 16 for a representative set (MLP memories with each retention, momentum, a delta rule) and at chunk 64 for
+# Moneta. The interpreter runs each op statement per head in numpy (a channel-decay product is a loop of C or D
+# steps), so the full T x C matrix stays out of the default run: memora at C = 64 took 65 s here.
 CASES = [(name, 16, T) for name in SPECS for T in (1, 15)] + [
-    (name, 16, 40) for name in ("moneta", "memora", "titans", "gated_deltanet", "yaad")] + [
-    (name, 64, 100) for name in ("moneta", "memora")]
+    (name, 16, 40) for name in ("moneta", "memora", "titans", "gated_deltanet", "yaad")] + [("moneta", 64, 100)]
 
 
 @pytest.mark.parametrize("name,chunk,T", CASES)
@@ -103,8 +103,7 @@ def test_triton_float64_matches_torch(ops, name):
     assert max(err.values()) < 1e-10, err
 
 
-@pytest.mark.parametrize("name,dtype", [("moneta", torch.float64), ("moneta", torch.float32),
-                                        ("memora", torch.float64)])
+@pytest.mark.parametrize("name,dtype", [("moneta", torch.float64), ("moneta", torch.float32)])
 def test_triton_any_channel_decay_is_exact(ops, name, dtype):
     """Channel decay between tokens is made pair by pair (ir.DecayedProduct), so no decay overflows the kernels and
     nothing is read back on the host to choose a program: one chunk in which some channels decay by e^{-46} a token
