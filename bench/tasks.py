@@ -40,8 +40,8 @@ def spec_and_options(model: str) -> tuple[str, dict]:
 
 
 def _gate_init(pairs: list[str]) -> dict[str, float]:
-    """--gate-init ROLE=VALUE pairs (roles as mirasc.nn.layer.GATE_INIT names them: decay, lr, momentum, bias)."""
-    from mirasc.nn.layer import GATE_INIT
+    """--gate-init ROLE=VALUE pairs (roles as mirasc.nn.gates.GATE_INIT names them: decay, lr, momentum, bias)."""
+    from mirasc.nn.gates import GATE_INIT
 
     out = {}
     for p in pairs:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qkv-init-std", type=float, default=None,
                    help="init the layer's q/k/v projections normal(0, STD) instead of nn.Linear's default")
     p.add_argument("--gate-init", nargs="+", default=[], metavar="ROLE=VALUE",
-                   help="initial gate values by role for every spec (replacing mirasc.nn.layer.GATE_INIT and "
+                   help="initial gate values by role for every spec (replacing mirasc.nn.gates.GATE_INIT and "
                         "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per run (1: on a shared CPU two OpenMP threads wait on each other)")
@@ -158,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="file stem of the JSON and PNG (default: from the task)")
     args = p.parse_args(argv)
 
-    from mirasc.nn import layer as layer_mod
+    from mirasc.nn import gates
+    from mirasc.nn.layer import MirasLayer
 
     if args.qkv_init_std is not None:
-        layer_mod.MirasLayer.qkv_init_std = args.qkv_init_std
+        MirasLayer.qkv_init_std = args.qkv_init_std
     for name, value in _gate_init(args.gate_init).items():  # for every spec, whatever its map
-        layer_mod.GATE_INIT[name] = value
-        for per_map in layer_mod.GATE_INIT_FOR_MAP.values():
+        gates.GATE_INIT[name] = value
+        for per_map in gates.GATE_INIT_FOR_MAP.values():
             per_map.pop(name, None)
 
     out = Path(args.out)

@@ -16,9 +16,7 @@ from .derive import NCH, Derivation, R, V, derive
 from .emit_torch import TorchPrinter, emit_function
 from .grad import differentiate, split_saved
 from .lower import (
-    DECAY_SPREAD_LIMIT,
     chunk_inputs,
-    factorable,
     input_names,
     is_mirror,
     is_projection,
@@ -27,6 +25,7 @@ from .lower import (
     output_names,
     state_names,
 )
+from .lower_decay import DECAY_SPREAD_LIMIT, factorable
 from .resources import resource_dir
 from .triton_kernels import KernelIO, kernels, stored_values
 

@@ -154,8 +154,7 @@ def _decayed_product(v: Value) -> list[str]:
     """ir.DecayedProduct exactly, through the (t, s, c) tile e^{min(a − b, 0)} ⊙ mask (the torch programs may hold
     it; the Triton kernels never do). The clamp only touches entries the mask zeroes."""
     x, y, a, b, mask = v.args
-    (chan,) = [ax for ax in a.axes if ax != "t"]
-    triple = ir.canonical({"t", "s", chan})
+    triple = ir.canonical({"t", "s", ir.decay_channel(v)})
     batched = any(z.batched for z in (x, y, a, b))
     nm = _name(v)
     exponent = f"{_align(a, triple, batched)} - {_align(b, triple, batched)}"

@@ -177,8 +177,7 @@ def _decayed_product(v: Value) -> list[str]:
     is clamped at 0, which changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D)
     tile; exact for any decay, with no guard on the host."""
     x, y, a, b, mask = v.args
-    (chan,) = [ax for ax in a.axes if ax != "t"]
-    (m,) = {"t", "s", chan} - set(v.axes)
+    (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
     nm, j = name(v), f"{name(v)}_j"
     slices: list[str] = []
 

@@ -117,6 +117,12 @@ class DecayedProduct:
     the pairwise tile e^{a[t, c] − b[s, c]} holds C·C·D numbers; this op is neither (see docs/compiler.md)."""
 
 
+def decay_channel(v: Value) -> str:
+    """The channel axis c of a DecayedProduct (its log-decays' axis besides t and s)."""
+    (chan,) = [ax for ax in v.args[2].axes if ax != "t"]
+    return chan
+
+
 Op = (Input | Const | Size | Mask | Elementwise | Einsum | LogSumExp | Cumsum | Rename | Broadcast | TriInverse
       | DecayedProduct)
 

@@ -22,14 +22,7 @@ from .chunkform import chunk_form
 from .derive import NCH, Derivation, R, V
 from .grad import backprop
 from .ir import Graph, Value
-from .lower_decay import (  # noqa: F401 - factorable and the limit are part of this module's API
-    DECAY_SPREAD_LIMIT,
-    Coefficients,
-    DecaySplit,
-    InChunkDecay,
-    factorable,
-    named,
-)
+from .lower_decay import Coefficients, DecaySplit, InChunkDecay, named
 from .lower_maps import BoundaryMapLowering
 
 MIRROR_MAPS = (S.LqMap, S.SigmoidMap)

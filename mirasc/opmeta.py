@@ -106,9 +106,6 @@ class OpMeta:
             shapes.update({f"s{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
         return shapes
 
-    def gate(self, name: str) -> GateInfo:
-        return next(g for g in self.gates if g.name == name)
-
     @property
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]

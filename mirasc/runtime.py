@@ -17,18 +17,8 @@ from types import ModuleType
 import torch
 
 from .cachekey import cache_key
-from .module_cache import (  # noqa: F401 - cache_dir and the signing helpers are part of this module's API
-    _cache_secret,
-    _read_secret,
-    _signature,
-    cache_dir,
-    exec_module,
-    generated_module,
-    read_spec,
-    spec_source,
-    triton_usable,
-)
-from .op_inputs import CHECK_ENV, as_rows, check_inputs, default_state, values_checked  # noqa: F401
+from .module_cache import exec_module, generated_module, spec_source, triton_usable
+from .op_inputs import as_rows, check_inputs, default_state
 from .opmeta import OpMeta
 
 _LOCK = threading.Lock()
@@ -174,7 +164,7 @@ class MemoryOp:
     def __call__(self, q, k, v, gates=None, initial_state=None, output_final_state=False, chunk_size=None,
                  params=None, cu_seqlens=None, check: bool | None = None):
         """check: validate gate values (finite, in range) even on a GPU (True), never (False), or on CPU tensors
-        only unless MIRASC_CHECK=1 (None, the default); see `values_checked`."""
+        only unless MIRASC_CHECK=1 (None, the default); see `mirasc.op_inputs.values_checked`."""
         if cu_seqlens is not None:
             return self._varlen(q, k, v, gates, initial_state, output_final_state, chunk_size, params, cu_seqlens,
                                 check)

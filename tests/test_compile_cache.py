@@ -16,7 +16,7 @@ import torch
 from helpers import model_path
 
 import mirasc
-from mirasc import runtime
+from mirasc import module_cache, runtime
 from mirasc.cachekey import cache_key, spec_hash
 from mirasc.sample import random_inputs
 
@@ -73,7 +73,7 @@ def test_cached_compile_in_fresh_process_is_fast(fresh_process_compiles):
 
 
 def test_cached_compile_does_not_import_sympy_or_lark(fresh_process_compiles):
-    """mirasc/runtime.py: 'A cached compile reads the file, hashes it and imports the module: neither lark nor
+    """mirasc/module_cache.py: 'A cached compile reads the file, hashes it and imports the module: neither lark nor
     sympy is touched.'"""
     _, second, _ = fresh_process_compiles
     assert second[1] == "False", "a cached compile imported sympy"
@@ -168,11 +168,10 @@ def test_fingerprint_covers_the_checker(tmp_path):
 
 def _signature_holds(module: Path, key: str) -> bool:
     """Whether `module`'s .sig is the HMAC of `key` and its bytes under its cache's secret."""
-    from mirasc import runtime
 
-    secret = runtime._read_secret(module.parent / "key")
+    secret = module_cache._read_secret(module.parent / "key")
     sig = module.with_suffix(".sig").read_text().strip()
-    return secret is not None and sig == runtime._signature(secret, key, module.read_bytes())
+    return secret is not None and sig == module_cache._signature(secret, key, module.read_bytes())
 
 
 # ------------------------------------------------------------------ what is executed is what was signed
@@ -244,21 +243,21 @@ def test_unsigned_module_is_not_executed(tmp_path, monkeypatch):
 def test_cache_folder_is_private(tmp_path, monkeypatch):
     cache = tmp_path / "a" / "b" / "cache"
     monkeypatch.setenv("MIRASC_CACHE", str(cache))
-    assert runtime.cache_dir() == cache
+    assert module_cache.cache_dir() == cache
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
-    runtime._cache_secret(cache)
+    module_cache._cache_secret(cache)
     assert stat.S_IMODE((cache / "key").stat().st_mode) == 0o600
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("MIRASC_CACHE", str(shared))
     with pytest.raises(RuntimeError, match="MIRASC_CACHE=.*other users can write"):
-        runtime.cache_dir()
+        module_cache.cache_dir()
     afile = tmp_path / "afile"
     afile.write_text("")
     monkeypatch.setenv("MIRASC_CACHE", str(afile))
     with pytest.raises(RuntimeError, match="MIRASC_CACHE"):
-        runtime.cache_dir()
+        module_cache.cache_dir()
 
 
 # ------------------------------------------------------------------ the forms of a spec argument, cold

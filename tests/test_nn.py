@@ -52,7 +52,7 @@ def test_gate_activations_respect_ranges():
     cases = [("alpha", 0.0, 1.0, True, False, "exp"), ("alpha", 0.0, 1.0, True, False, "sigmoid"),
              ("theta", 0.0, 1.0, False, True, "sigmoid"), ("delta", 0.0, float("inf"), True, True, "softplus"),
              ("eta", 0.0, float("inf"), False, True, "sigmoid"), ("x", -1.0, 1.0, False, False, "tanh")]
-    from mirasc.nn.layer import clamp_to_range
+    from mirasc.nn.gates import clamp_to_range
     from mirasc.opmeta import GateInfo
 
     for name, lo, hi, lo_open, hi_open, act in cases:
@@ -249,7 +249,7 @@ def test_qkv_init_std_restores_a_normal_init(monkeypatch):
 def test_kl_map_gets_its_own_eta_init():
     """Memora's KL map steps in log space: its learning rate starts at GATE_INIT_FOR_MAP's 2, the others at
     GATE_INIT's 0.5."""
-    from mirasc.nn.layer import GATE_INIT, GATE_INIT_FOR_MAP
+    from mirasc.nn.gates import GATE_INIT, GATE_INIT_FOR_MAP
 
     x = torch.randn(2, 5, HID)
     assert abs(layer("memora").gates(x)["eta"].mean().item() - GATE_INIT_FOR_MAP["kl"]["lr"]) < 0.1
@@ -269,7 +269,7 @@ def test_gates_start_by_their_role_not_their_name():
         retention decay(keep)
         algorithm gd(lr = step)
     """
-    from mirasc.nn.layer import GATE_INIT
+    from mirasc.nn.gates import GATE_INIT
 
     m = MirasLayer(text, hidden_size=HID, num_heads=2)
     assert [(g.name, g.roles) for g in m.op.meta.gates] == [("keep", ("decay",)), ("step", ("lr",)),

@@ -10,7 +10,8 @@ from .blocks import (
     build_mixer,
     default_intermediate_size,
 )
-from .layer import GATE_INIT, GateProjection, MirasLayer, MirasLayerCache, gate_activation, gate_init_value
+from .gates import GATE_INIT, GateProjection, gate_activation, gate_init_value
+from .layer import MirasLayer, MirasLayerCache
 
 __all__ = [
     "GATE_INIT",

@@ -46,19 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gates import (  # noqa: F401 - the gate tables and helpers stay importable from here
-    GATE_INIT,
-    GATE_INIT_FOR_MAP,
-    GATE_MARGIN,
-    GateProjection,
-    clamp_to_range,
-    gate_activation,
-    gate_init_value,
-    inverse_activation,
-)
+from .gates import GateProjection, clamp_to_range, gate_activation, gate_init_value, inverse_activation
 from .primitives import RotaryEmbedding, apply_rotary, new_token_mask
 
-__all__ = ["GATE_INIT", "GateProjection", "MirasLayer", "MirasLayerCache", "gate_activation", "gate_init_value"]
+__all__ = ["MirasLayer", "MirasLayerCache"]
 
 @dataclass
 class MirasLayerCache:
