@@ -148,7 +148,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     checked = load(spec, options=options) if not hasattr(spec, "memory") else spec
     text = generate_triton(checked, options)
     hidden = head_dim * (checked.memory.expansion if checked.memory.depth > 1 else 1)
-    consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden),
+    consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden, head_dim),
               "IS_VARLEN": False, "DTYPE": "fp32",
               "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
     reports = []

@@ -25,12 +25,13 @@ import torch
 PRECISIONS = ("tf32", "ieee")
 
 
-def hidden_block(hidden: int) -> int:
-    """BH, the block of an MLP memory's hidden axis a kernel holds at a time. 32 from ahead-of-time compiles
-    (mirasc aot titans --block-hidden ...): at C = D = 64, hidden 256, bf16, sm_90a, 64 spills 1.4 KB in the state pass
-    and takes 376 KB of shared memory in the backward state pass (over the H100's 227 KB); 32 spills 8 bytes there
-    and takes 209 KB."""
-    return min(HIDDEN_BLOCK, hidden)
+def hidden_block(hidden: int, head_dim: int = 64) -> int:
+    """BH, the block of an MLP memory's hidden axis a kernel holds at a time: 32 at D = 64, halved as D doubles (at
+    least 16, tl.dot's smallest side), since the shared memory of the (C, BH) and (BH, D) dot operands grows with
+    D·BH. From ahead-of-time compiles (mirasc aot titans --block-hidden ...), C = 64, bf16, sm_90a: at D = 64, hidden
+    256, BH = 64 spills 1.4 KB in the state pass and takes 376 KB of shared memory in the backward state pass (over
+    the H100's 227 KB), 32 takes 209 KB; at D = 128, hidden 512, BH = 32 takes 328 KB there, 16 takes 208 KB."""
+    return min(max(16, HIDDEN_BLOCK * 64 // max(head_dim, 64)), hidden)
 
 
 HIDDEN_BLOCK = 32
@@ -82,7 +83,7 @@ class _Launch:
         self.C, self.HID = chunk_size, desc["hidden"] * self.D
         # the hidden-axis block (on the interpreter the whole axis, one block, unless INTERPRETER_HIDDEN_BLOCK says:
         # the interpreter runs every block's operations one by one)
-        self.BH = hidden_block(self.HID) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
+        self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         self.BV = value_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
         for what, size in (("chunk_size", self.C), ("head dim D", self.D), ("hidden size", self.HID)):
             _power_of_two(what, size)
