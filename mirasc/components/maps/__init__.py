@@ -1,0 +1,1 @@
+"""The boundary maps of the retention, one module each (registered by mirasc.components on first use)."""
