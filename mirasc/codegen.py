@@ -18,8 +18,6 @@ from .grad import differentiate, split_saved
 from .lower import (
     chunk_inputs,
     input_names,
-    is_mirror,
-    is_projection,
     lower,
     outer_params,
     output_names,
@@ -58,9 +56,7 @@ def metadata(spec: S.Spec) -> dict:
 def _map_metadata(rmap: S.BoundaryMap | None) -> dict | None:
     if rmap is None:
         return None
-    kind = "mirror" if is_mirror(rmap) else "projection" if is_projection(rmap) else "lag"
-    start = {S.KLMap: "softmax_rows", S.SigmoidMap: "logits"}.get(type(rmap), "scaled")
-    return {"name": rmap.keyword, "kind": kind, "initial_state": start}
+    return {"name": rmap.keyword, "kind": rmap.kind, "initial_state": rmap.initial_state}
 
 
 def _template(name: str):

@@ -303,20 +303,7 @@ def _update_text(s: S.Spec) -> str:
     m = s.retention.map
     if m is None:
         return core + ";  W_t = P_t"
-    if isinstance(m, S.LqMap) and m.form == "pnorm":
-        return (core + f";  W_t = sign(P_t) ⊙ |P_t|^{m.q - 1:g} / (μ_{m.q:g}(P_t)^{m.q - 2:g} + {m.eps:g}),"
-                f"  μ_q(P) = (mean |P|^q)^(1/q)   (the p-norm mirror map; Variant 4)")
-    if isinstance(m, S.LqMap):
-        return core + f";  W_t = P_t / (‖P_t‖_{m.q:g}^{m.q - 2:g} + {m.eps:g})   (Eq. 24 as printed)"
-    if isinstance(m, S.KLMap):
-        return (f"  W_t = softmax_rows({a} ⊙ log max(W_(t−1), {m.eps:g}) − {lr} ⊙ G_t)   (Eq. 27);"
-                "  in a chunk: exact at the lag token, linear after it (Eqs. 30–32)")
-    if isinstance(m, S.SoftThresholdMap):
-        g = _operand(m.gamma)
-        if m.form == "ftrl":
-            return core + f";  W_t = S_{g}(P_t)   (Eq. 23)"
-        return core + f";  W_t = P_t ← S_{g}(P_t)   (Eq. 22)"
-    return core + ";  W_t = sigmoid(P_t)   (Bregman, Variant 5)"
+    return m.explain(core, a, lr)
 
 
 __all__ = ["Derivation", "LossDerivation", "Reduction", "derive", "derive_loss", "explain", "R", "V", "NCH"]

@@ -15,44 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import sympy as sp
-
 from . import spec as S
 from .chunkform import chunk_form
-from .derive import NCH, Derivation, R, V
-from .grad import backprop
+from .derive import Derivation
 from .ir import Graph, Value
 from .lower_decay import Coefficients, DecaySplit, InChunkDecay, named
-from .lower_maps import BoundaryMapLowering
-
-MIRROR_MAPS = (S.LqMap, S.SigmoidMap)
-
-
-def layer_axes(depth: int) -> list[tuple[str, str]]:
-    """(output axis, input axis) of each weight matrix, in application order."""
-    if depth == 1:
-        return [("o", "i")]
-    hidden = ["h" if n % 2 == 0 else "g" for n in range(depth - 1)]
-    ins = ["i"] + hidden
-    outs = hidden + ["o"]
-    return list(zip(outs, ins))
-
-
-def channel_axis(depth: int, layer: int) -> str | None:
-    """The D-sized axis a channel gate scales on this layer (input columns first, output rows last)."""
-    if layer == 0:
-        return "i"
-    if layer == depth - 1:
-        return "o"
-    return None
-
-
-def is_mirror(m) -> bool:
-    return isinstance(m, MIRROR_MAPS) or (isinstance(m, S.SoftThresholdMap) and m.form == "ftrl")
-
-
-def is_projection(m) -> bool:
-    return isinstance(m, S.SoftThresholdMap) and m.form == "retaining"
+from .lower_maps import MapLowering
+from .lower_memory import MemoryLowering
 
 
 def state_names(spec: S.Spec) -> list[str]:
@@ -63,17 +32,15 @@ def state_names(spec: S.Spec) -> list[str]:
     return names
 
 
-class ChunkLowering:
+class ChunkLowering(MemoryLowering):
+    """The chunk program: its inputs, the in-chunk coefficients, the reads of the queries and the end state, around
+    the memory's own passes (MemoryLowering)."""
+
     def __init__(self, derivation: Derivation, channel_decay: str = "pairwise"):
-        self.d = derivation
-        self.spec = derivation.spec
-        self.mem = self.spec.memory
-        self.depth = self.mem.depth
-        self.axes = layer_axes(self.depth)
+        super().__init__(derivation)
         self.form = chunk_form(self.spec, derivation.loss)
-        self.g = Graph()
         self.decay = InChunkDecay(self.g, self.spec, channel_decay)
-        self.maps = BoundaryMapLowering(self.g, self.spec.retention.map, self._threshold)
+        self.maps = MapLowering(self.g, self.operand, self.on_layer)
 
     # ---------------------------------------------------------------- inputs
     def declare_inputs(self) -> None:
@@ -91,103 +58,6 @@ class ChunkLowering:
             self.gates[gate.name] = g.input(f"gate_{gate.name}", axes)
         params = [self.g.input(name, ("o",)) for name, _ in outer_params(self.spec)]
         self.ln = tuple(params) if params else None  # (weight, bias) of the memory's LayerNorm
-
-    def operand(self, o: S.Operand | None) -> Value | None:
-        if o is None:
-            return None
-        if isinstance(o, S.Const):
-            return self.g.const(o.value)
-        return self.gates[o.name]
-
-    def on_layer(self, x: Value | None, layer: int) -> Value | None:
-        """Relabel a channel quantity (axis i) onto this layer's D-sized axis."""
-        if x is None or "i" not in x.axes:
-            return x
-        return self.g.rename(x, i=channel_axis(self.depth, layer))
-
-    def _threshold(self, layer: int) -> Value:
-        """The soft threshold's gamma on a layer's axes."""
-        return self.on_layer(self.operand(self.spec.retention.map.gamma), layer)
-
-    # ---------------------------------------------------------------- the memory
-    def sym_ew(self, expr: sp.Expr, env: dict[sp.Symbol, Value]) -> Value:
-        syms = sorted(expr.free_symbols, key=lambda x: (str(x), type(x).__name__))  # a gate `_r` vs Dummy r
-        args = [env[s] if s is not NCH else self.g.size("o") for s in syms]
-        return self.g.ew(lambda *a: expr.xreplace(dict(zip(syms, a))), *args)
-
-    def output_map(self, z: Value, x: Value) -> Value:
-        g = self.g
-        y = z
-        if self.ln is not None:
-            dsize = g.size("o")
-            mu = g.ew(lambda s, n: s / n, g.sum(z, "o"), dsize)
-            zc = g.ew(lambda a, b: a - b, z, mu)
-            var = g.ew(lambda s, n: s / n, g.sum(g.ew(lambda a: a**2, zc), "o"), dsize)
-            eps = self.mem.norm_eps
-            y = g.ew(lambda c, vr, w, b: c / sp.sqrt(vr + eps) * w + b, zc, var, *self.ln)
-        if self.mem.residual:
-            y = g.ew(lambda a, b: a + b, y, g.rename(x, i="o"))
-        return y
-
-    def forward(self, W: list[Value], x: Value):
-        """M(x; W) for fixed weights: returns (layer inputs, pre-activations, output)."""
-        g = self.g
-        xs, zs = [], []
-        h = x
-        for j, (out_ax, in_ax) in enumerate(self.axes):
-            z = g.einsum([a for a in h.axes if a != in_ax] + [out_ax], h, W[j])
-            xs.append(h)
-            zs.append(z)
-            if j < self.depth - 1:
-                h = self.sym_ew(self.d.act, {self.d.x: z})
-        return xs, zs, named(self.output_map(zs[-1], x), "memory output M(x)")
-
-    def gate_env(self, gates: dict[str, Value]) -> dict[sp.Symbol, Value]:
-        """The loss's gate symbols as IR values (channel gates on the output axis o, where the loss lives)."""
-        return {sym: self.g.rename(gates[name], i="o") for name, sym in self.d.loss.gate_symbols.items()
-                if name in gates}
-
-    def loss_grad(self, y: Value, v: Value, gates: dict[str, Value]) -> Value:
-        """g = dl/dy from the derivation, evaluated on IR values (channel quantities on axis o)."""
-        g = self.g
-        ld = self.d.loss
-        env: dict[sp.Symbol, Value] = {R: g.ew(lambda a, b: a - b, y, v), V: v, **self.gate_env(gates)}
-        for red in ld.reductions:
-            env[red.symbol] = g.sum(self.sym_ew(red.body, env), "o")
-        for sym, expr in ld.adjoints:
-            env[sym] = self.sym_ew(expr, env)
-        return named(self.sym_ew(ld.grad, env), "inner gradient signal g = dl/dy")
-
-    def inner_gradient(self, W: list[Value], x: Value, v: Value, gates: dict[str, Value]):
-        """Per-token gradient factors at W: (layer inputs x_l, pre-activation adjoints z̄_l); G_l = z̄_l ⊗ x_l."""
-        xs, zs, y = self.forward(W, x)
-        gy = self.loss_grad(y, v, gates)
-        adj = backprop(self.g, {y.id: (y, gy)}, zs)
-        zbars = [named(adj[z.id], f"layer {j + 1} pre-activation adjoint (G = adj ⊗ input)") for j, z in enumerate(zs)]
-        if any(zb is None for zb in zbars):
-            raise ValueError("the loss does not reach every layer of the memory")
-        return xs, zbars
-
-    # ---------------------------------------------------------------- the lag step (KL map)
-    def lag_step(self, alpha: Value | None, eta: Value) -> list[Value]:
-        """Memora's exact step at the chunk's first token: W1 = softmax_in(alpha0 log max(W', eps) - eta0 G0)."""
-        g = self.g
-        first = {n: (g.select(x, "first") if "t" in x.axes else x) for n, x in self.gates.items()}
-        xs, zbars = self.inner_gradient(self.P, g.select(self.k, "first"), g.select(self.v, "first"), first)
-        eps = self.spec.retention.map.eps
-        a0 = None if alpha is None else (g.select(alpha, "first") if "t" in alpha.axes else alpha)
-        e0 = g.select(eta, "first") if "t" in eta.axes else eta
-        out = []
-        for j, (_out_ax, in_ax) in enumerate(self.axes):
-            grad0 = g.ew(lambda zb, x: zb * x, zbars[j], xs[j])
-            logw = g.ew(lambda w: sp.log(sp.Max(w, eps)), self.P[j])
-            if a0 is not None:
-                logw = g.ew(lambda a, lw: a * lw, self.on_layer(a0, j), logw)
-            logits = g.ew(lambda lw, e, gr: lw - e * gr, logw, self.on_layer(e0, j), grad0)
-            lse = g.logsumexp(logits, in_ax)
-            w1 = g.ew(lambda lg, ls: sp.exp(lg - ls), logits, lse)
-            out.append(named(w1, "lag step: softmax over the input axis"))
-        return out
 
     # ---------------------------------------------------------------- the exact chunk of an affine update
     def solved_signals(self, alpha: Value | None, coef: Coefficients) -> tuple[list[Value], list[Value]]:
@@ -306,7 +176,8 @@ class ChunkLowering:
         theta = self.operand(spec.algorithm.momentum)
         if "t" not in eta.axes:
             eta = g.broadcast(eta, eta.axes + ("t",))
-        if isinstance(rmap, S.KLMap):
+        kind = rmap.kind if rmap is not None else None
+        if kind == "lag":
             self.P = self.lag_step(alpha, eta)
             first = g.mask("first")
             if alpha is not None:
@@ -316,14 +187,13 @@ class ChunkLowering:
         # kappa P_t; an elementwise map (pnorm, sigmoid, soft-threshold ftrl) reads W' x plus the slope times the
         # linear part (kappa False), its slope in mirror_slope (None: 1).
         self.mirror_slope: list[Value | None] = [None] * self.depth
-        if is_mirror(rmap):
-            base = [self.maps.apply_map(P, j) for j, P in enumerate(self.P)]
-            if isinstance(rmap, S.LqMap) and rmap.form == "literal":
-                kappa = [self.maps.kappa(P) for P in self.P]
+        if kind == "mirror":
+            base = [rmap.lower_map(self.maps, P, j) for j, P in enumerate(self.P)]
+            if rmap.reads_scaled:
+                kappa = [rmap.lower_slope(self.maps, P) for P in self.P]
             else:
                 kappa = [False] * self.depth
-                if isinstance(rmap, S.LqMap):
-                    self.mirror_slope = [self.maps.kappa(P) for P in self.P]
+                self.mirror_slope = [rmap.lower_slope(self.maps, P) for P in self.P]
         else:
             base, kappa = list(self.P), [None] * self.depth
         if self.form.solves:
@@ -335,13 +205,13 @@ class ChunkLowering:
         out = self.read(self.q, base, kappa, coef, xk, zbar)
         new_state = [self.end_state(j, coef, xk, zbar) for j in range(self.depth)]
         carried = [P for P, _ in new_state]
-        if is_mirror(rmap) or is_projection(rmap):
-            mapped = [self.maps.apply_map(P, j) for j, P in enumerate(carried)]
+        if kind in ("mirror", "projection"):
+            mapped = [rmap.lower_map(self.maps, P, j) for j, P in enumerate(carried)]
             _, _, last_out = self.forward(mapped, g.select(self.q, "last"))
             # only at the end of a complete chunk: the short last chunk of a sequence reads the frozen map
             # like any mid-chunk token, so a token's output never depends on how many tokens follow it
             out = g.ew(lambda m, a, b: m * a + (1 - m) * b, g.mask("end"), last_out, out)
-            if is_projection(rmap):
+            if kind == "projection":
                 carried = mapped
         g.outputs["out"] = out
         for j, P in enumerate(carried):

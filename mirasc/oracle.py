@@ -21,16 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mirasc.spec import (
-    Const,
-    GateRef,
-    KLMap,
-    LqMap,
-    Operand,
-    SigmoidMap,
-    SoftThresholdMap,
-    Spec,
-)
+from mirasc.spec import Const, GateRef, Operand, Spec
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 Weights = list[torch.Tensor]  # one [N, out, in] tensor per layer, in application order
@@ -147,85 +138,34 @@ def _scale(value: torch.Tensor | float, ms: Weights, depth: int) -> Weights:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _is_mirror(spec: Spec) -> bool:
+def _kind(spec: Spec) -> str | None:
+    """mirror, projection or lag (mirasc.components.base.BoundaryMap.kind); None without a map."""
     m = spec.retention.map
-    return isinstance(m, (LqMap, SigmoidMap)) or (isinstance(m, SoftThresholdMap) and m.form == "ftrl")
+    return None if m is None else m.kind
 
 
-def _is_projection(spec: Spec) -> bool:
-    m = spec.retention.map
-    return isinstance(m, SoftThresholdMap) and m.form == "retaining"
-
-
-def _lq_scale(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
-    """1 / (||P||_q^(q-2) + eps), entry-wise q-norm over each [out, in] matrix: shape [N, 1, 1].
-
-    ||P||_q^(q-2) = (Σ|P|^q)^((q-2)/q). At P = 0 (a zero initial state) the value is torch's 0^e, and the
-    outer gradient is taken as 0 instead of pow's 0 * inf = nan (exact for q >= 3, a subgradient below).
-    """
-    total = (p.abs() ** lq.q).sum(dim=(-2, -1), keepdim=True)
-    e = (lq.q - 2.0) / lq.q
-    nonzero = total > 0
-    norm_pow = torch.where(nonzero, torch.where(nonzero, total, 1.0) ** e, torch.zeros_like(total) ** e)
-    return 1.0 / (norm_pow + lq.eps)
-
-
-def _pnorm_scale(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
-    """1 / (mu_q(P)^(q-2) + eps), mu_q(P) = (mean |P|^q)^(1/q) over each [out, in] matrix: shape [N, 1, 1].
-    At P = 0 the value is torch's 0^e and the outer gradient is taken as 0, as in _lq_scale."""
-    total = (p.abs() ** lq.q).mean(dim=(-2, -1), keepdim=True)
-    e = (lq.q - 2.0) / lq.q
-    nonzero = total > 0
-    norm_pow = torch.where(nonzero, torch.where(nonzero, total, 1.0) ** e, torch.zeros_like(total) ** e)
-    return 1.0 / (norm_pow + lq.eps)
-
-
-def _pnorm_map(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
-    """The p-norm mirror map W = sign(P) |P|^(q-1) / (mu_q(P)^(q-2) + eps)."""
-    return torch.sign(p) * p.abs() ** (lq.q - 1) * _pnorm_scale(p, lq)
-
-
-def _pnorm_slope(p: torch.Tensor, lq: LqMap) -> torch.Tensor:
-    """The p-norm map's frozen chunk slope: (q - 1) mean(|P|^(q-2)) / (mu_q(P)^(q-2) + eps), shape [N, 1, 1]."""
-    spread = (p.abs() ** (lq.q - 2)).mean(dim=(-2, -1), keepdim=True) if lq.q != 2 else 1.0
-    return (lq.q - 1) * spread * _pnorm_scale(p, lq)
-
-
-def _soft_threshold(run: _Run, ps: Weights, g: dict) -> Weights:
-    """S_γ(P) = sign(P) · max(|P| − γ, 0), γ a constant or a static (scalar or channel) gate."""
-    gamma = _operand(run.spec.retention.map.gamma, g, 0.0)
-    return [torch.sign(p) * torch.relu(p.abs() - _on_matrix(gamma, l, run.depth)) for l, p in enumerate(ps)]
+def _mapped(run: _Run, ps: Weights, g: dict) -> Weights:
+    """The map's reference step on every layer: W = φ(P) (mirror) or the projected state (projection)."""
+    m = run.spec.retention.map
+    return [m.reference_map(p, lambda o, l=l: _on_matrix(_operand(o, g, 0.0), l, run.depth)) for l, p in enumerate(ps)]
 
 
 def _phi(run: _Run, ps: Weights, g: dict) -> Weights:
     """The primal weights W = φ(P) for a mirror map; W = P for every other retention."""
-    m = run.spec.retention.map
-    if isinstance(m, LqMap) and m.form == "pnorm":
-        return [_pnorm_map(p, m) for p in ps]
-    if isinstance(m, LqMap):
-        return [p * _lq_scale(p, m) for p in ps]
-    if isinstance(m, SigmoidMap):
-        return [torch.sigmoid(p) for p in ps]
-    if isinstance(m, SoftThresholdMap) and m.form == "ftrl":
-        return _soft_threshold(run, ps, g)
-    return list(ps)
+    return _mapped(run, ps, g) if _kind(run.spec) == "mirror" else list(ps)
 
 
 def _kappa(run: _Run, ps: Weights) -> list[torch.Tensor | float]:
-    """The map's slope frozen at the chunk start: lq 1/(||P'||_q^(q-2)+eps); pnorm (q-1) mean|P'|^(q-2) /
-    (mu_q(P')^(q-2)+eps); every other map 1. Token t in the chunk reads W' + slope (P_t - P')."""
+    """The map's slope frozen at the chunk start (1 without one): token t in the chunk reads W' + slope (P_t - P'),
+    or slope P_t for a map that scales (Eq. 24 as printed)."""
     m = run.spec.retention.map
-    if isinstance(m, LqMap) and m.form == "pnorm":
-        return [_pnorm_slope(p, m) for p in ps]
-    if isinstance(m, LqMap):
-        return [_lq_scale(p, m) for p in ps]
-    return [1.0 for _ in ps]
+    return [1.0 if m is None else m.reference_slope(p) for p in ps]
 
 
 def _end_map(run: _Run, ps: Weights, g: dict) -> Weights:
     """What the last token of a complete chunk reads: φ(P_end) (mirror), S_γ(P_end) (projection), else P_end."""
-    if _is_projection(run.spec):
-        return _soft_threshold(run, ps, g)
+    if _kind(run.spec) == "projection":
+        return _mapped(run, ps, g)
     return _phi(run, ps, g)
 
 
@@ -250,14 +190,13 @@ def _linear_write(run: _Run, ps: Weights, ss: Weights, grads: Weights, g: dict) 
     return [a + s for a, s in zip(kept, ss)], ss
 
 
-def _kl_write(run: _Run, ws: Weights, grads: Weights, g: dict) -> Weights:
-    """W = softmax_in(α ⊙ log max(W_prev, eps) − η ⊙ G), the softmax over each matrix's input axis."""
-    eps = run.spec.retention.map.eps
+def _lag_write(run: _Run, ws: Weights, grads: Weights, g: dict) -> Weights:
+    """A lag map's own step from W_prev (Memora's: W = softmax_in(α ⊙ log max(W_prev, eps) − η ⊙ G))."""
     alpha = _operand(run.spec.retention.decay, g, 1.0)
     eta = _operand(run.spec.algorithm.lr, g, 0.0)
-    logs = _scale(alpha, [torch.log(torch.clamp(w, min=eps)) for w in ws], run.depth)
-    steps = _scale(eta, grads, run.depth)
-    return [torch.softmax(a - s, dim=-1) for a, s in zip(logs, steps)]
+    return [run.spec.retention.map.reference_lag_write(w, gr, _on_matrix(alpha, l, run.depth),
+                                                       _on_matrix(eta, l, run.depth))
+            for l, (w, gr) in enumerate(zip(ws, grads))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -268,19 +207,19 @@ def _kl_write(run: _Run, ws: Weights, grads: Weights, g: dict) -> Weights:
 def _exact(run: _Run, ps, ss, qs, ks, vs, gs):
     """One token at a time: G at W_{t-1} = φ(P_{t-1}), write, then read W_t."""
     ys = []
-    is_kl = isinstance(run.spec.retention.map, KLMap)
+    is_lag = _kind(run.spec) == "lag"
     decayed = run.spec.algorithm.gradient_at == "decayed"
     for q, k, v, g in zip(qs, ks, vs, gs):
         w_prev = _phi(run, ps, g)
         # the gradient at W_{t-1} (Eq. 9), or at α_t ⊙ W_{t-1} (gradient_at = decayed, the Gated DeltaNet paper)
         at = _scale(_operand(run.spec.retention.decay, g, 1.0), w_prev, run.depth) if decayed else w_prev
         grads = _inner_grad(run, at, k, v, g)
-        if is_kl:
-            ps = _kl_write(run, w_prev, grads, g)
+        if is_lag:
+            ps = _lag_write(run, w_prev, grads, g)
         else:
             ps, ss = _linear_write(run, ps, ss, grads, g)
-            if _is_projection(run.spec):
-                ps = _soft_threshold(run, ps, g)
+            if _kind(run.spec) == "projection":
+                ps = _mapped(run, ps, g)
         ys.append(_memory(run, _phi(run, ps, g), q))
     return ys, ps, ss
 
@@ -293,10 +232,10 @@ def _chunk(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
     n_tok = len(qs)
     ys = []
     first = 0
-    if isinstance(run.spec.retention.map, KLMap):
+    if _kind(run.spec) == "lag":
         # The lag step: token 0 takes the exact step from W' = P'; the rest of the chunk starts from W1
         # with token 0's α := 1 and η := 0, i.e. P_0 = W1. Token 0 reads W1 (= P_end if it is also last).
-        w1 = _kl_write(run, ps, _inner_grad(run, ps, ks[0], vs[0], gs[0]), gs[0])
+        w1 = _lag_write(run, ps, _inner_grad(run, ps, ks[0], vs[0], gs[0]), gs[0])
         ps = w1
         ys.append(_memory(run, w1, qs[0]))
         first = 1
@@ -312,8 +251,8 @@ def _chunk(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
         else:
             read = [b + kp * (p - p_start) for b, kp, p, p_start in zip(base, kappa, ps, p0)]
         ys.append(_memory(run, read, qs[t]))
-    if _is_projection(run.spec):
-        ps = _soft_threshold(run, ps, gs[-1])
+    if _kind(run.spec) == "projection":
+        ps = _mapped(run, ps, gs[-1])
     return ys, ps, ss
 
 
@@ -358,8 +297,8 @@ def recurrent(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if isinstance(spec.retention.map, KLMap) and spec.algorithm.kind == "momentum":
-        raise ValueError("kl with momentum is not defined")
+    if spec.retention.map is not None and spec.retention.map.momentum_refusal and spec.algorithm.kind == "momentum":
+        raise ValueError(f"{spec.retention.map.keyword} with momentum is not defined")
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     b, t_len, h, d = q.shape
     n = b * h

@@ -8,7 +8,9 @@ stages can still point at the line that caused a problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
+
+from mirasc.components.base import BoundaryMap
 
 
 @dataclass(frozen=True)
@@ -168,62 +170,12 @@ class Memory:
     span: Span = NO_SPAN
 
 
-@dataclass(frozen=True)
-class LqMap:
-    """Moneta's lq normalisation, a mirror map on an accumulator A, in one of two forms.
-
-    form='literal': Eq. 24 as printed, W = A / (||A||_q^(q-2) + eps) (homogeneous of degree -1 for q = 4).
-    form='pnorm': the p-norm algorithms' mirror map (the form Section 5.2's Variant 4 points to),
-      W = sign(A) |A|^(q-1) / (mu_q(A)^(q-2) + eps), mu_q(A) = (mean |A|^q)^(1/q) (degree 1; needs q >= 2).
-    The norms run entry-wise over each weight matrix; docs/semantics.md ("Boundary maps") has the details.
-    """
-
-    keyword: ClassVar[str] = "lq"  # its name in a spec
-
-    q: float
-    eps: float = 1e-6
-    form: Literal["literal", "pnorm"] = "literal"
-    span: Span = NO_SPAN
-
-
-@dataclass(frozen=True)
-class KLMap:
-    """Memora's KL / softmax retention (Eq. 27) with the lag token: an exact step at each chunk's first token."""
-
-    keyword: ClassVar[str] = "kl"  # its name in a spec
-
-    eps: float = 1e-6
-    span: Span = NO_SPAN
-
-
-@dataclass(frozen=True)
-class SoftThresholdMap:
-    """Elastic-net soft thresholding S_gamma. form='retaining' (Eq. 22) projects the state at chunk ends;
-    form='ftrl' (Eq. 23) is a mirror map on an accumulator. gamma is a constant or a static gate."""
-
-    keyword: ClassVar[str] = "softthreshold"  # its name in a spec
-
-    gamma: Operand
-    form: Literal["retaining", "ftrl"] = "retaining"
-    span: Span = NO_SPAN
-
-
-@dataclass(frozen=True)
-class SigmoidMap:
-    """The sigmoid Bregman map (Section 5.2, Variant 5): W = sigmoid(U), a mirror map on logits U."""
-
-    keyword: ClassVar[str] = "sigmoid"  # its name in a spec
-
-    span: Span = NO_SPAN
-
-
-BoundaryMap = LqMap | KLMap | SoftThresholdMap | SigmoidMap
 
 
 @dataclass(frozen=True)
 class Retention:
     decay: Operand | None = None  # W <- decay * W (a gate in (0, 1] or a constant)
-    map: BoundaryMap | None = None
+    map: BoundaryMap | None = None  # a record of mirasc.components.maps (the registry's)
     span: Span = NO_SPAN
 
 

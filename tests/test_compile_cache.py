@@ -144,8 +144,8 @@ def test_cache_key_follows_the_compiler_sources(monkeypatch):
 
 
 def test_fingerprint_covers_the_checker(tmp_path):
-    """The checker (mirasc/check/, a subpackage) decides what a spec compiles to: an edit there changes the
-    fingerprint, as an edit to a top-level module does."""
+    """The checker (mirasc/check/, a subpackage) and the components (mirasc/components/) decide what a spec
+    compiles to: an edit there changes the fingerprint, as an edit to a top-level module does."""
     import shutil
 
     repo = Path(__file__).resolve().parents[1]
@@ -162,7 +162,11 @@ def test_fingerprint_covers_the_checker(tmp_path):
     before = fingerprint()
     with open(tmp_path / "mirasc" / "check" / "components.py", "a", encoding="utf-8") as f:
         f.write("\n# an edit\n")
-    assert fingerprint() != before
+    after_check = fingerprint()
+    assert after_check != before
+    with open(tmp_path / "mirasc" / "components" / "maps" / "lq.py", "a", encoding="utf-8") as f:
+        f.write("\n# an edit\n")
+    assert fingerprint() != after_check
 
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from mirasc.check import check, stdlib_defs
+from mirasc.components.maps.kl import KLMap
+from mirasc.components.maps.lq import LqMap
 from mirasc.errors import SpecError
 from mirasc.loader import load
 from mirasc.parse import parse
@@ -20,8 +22,6 @@ from mirasc.spec import (
     Compare,
     Const,
     GateRef,
-    KLMap,
-    LqMap,
     Memory,
     Neg,
     Num,

@@ -9,8 +9,8 @@ import torch
 from helpers import make_inputs, model_path, rel_rms
 
 import mirasc
+from mirasc.components.maps.lq import LqMap
 from mirasc.errors import SpecError
-from mirasc.spec import LqMap
 
 BASE = """model m
 memory mlp(depth = 2, expansion = 2)

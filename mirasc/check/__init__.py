@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mirasc import ast as A
 from mirasc.errors import SpecError
-from mirasc.spec import KLMap, Span, Spec
+from mirasc.spec import Span, Spec
 
 from . import components as C
 from .context import RESERVED, Context, fmt_num, fmt_range, stdlib_defs, suggest
@@ -113,12 +113,9 @@ def _check_program(ctx: Context, program: A.Program) -> Spec:
     retention = C.read_retention(ctx, singles.get("retention"))  # type: ignore[arg-type]
     ctx.require(singles, "algorithm")
     algorithm = C.read_algorithm(ctx, singles["algorithm"])  # type: ignore[arg-type]
-    if isinstance(retention.map, KLMap) and algorithm.kind == "momentum":
-        ctx.err(
-            retention.map.span,
-            "`kl` retention cannot be combined with `momentum`: its lag step is an exact softmax step on "
-            "the weights, which has no momentum buffer",
-        )
+    rmap = retention.map
+    if rmap is not None and rmap.momentum_refusal and algorithm.kind == "momentum":
+        ctx.err(rmap.span, f"`{rmap.keyword}` retention cannot be combined with `momentum`: {rmap.momentum_refusal}")
     chunk = C.read_chunk(ctx, singles.get("chunk"))  # type: ignore[arg-type]
     surrogates = C.read_surrogates(ctx, singles.get("surrogate abs"), singles.get("surrogate sign"))  # type: ignore[arg-type]
     C.check_gradient_at(ctx, algorithm, retention, bias, surrogates)

@@ -10,19 +10,17 @@ from __future__ import annotations
 import math
 
 from mirasc import ast as A
+from mirasc.components import boundary_maps
+from mirasc.components.base import Argument, BoundaryMap
 from mirasc.spec import (
     Algorithm,
     Bias,
     Const,
     Gate,
     GateRef,
-    KLMap,
-    LqMap,
     Memory,
     Operand,
     Retention,
-    SigmoidMap,
-    SoftThresholdMap,
     Span,
     Spec,
     Surrogates,
@@ -37,13 +35,13 @@ from .context import (
     MEMORY_KINDS,
     MLP_ACTIVATIONS,
     MLP_NORMS,
-    RETENTION_TERMS,
     SURROGATE_FORMS,
     Context,
     Range,
     fmt_num,
     fmt_range,
     quote_list,
+    retention_terms,
     suggest,
 )
 
@@ -174,8 +172,9 @@ def read_retention(ctx: Context, st: A.RetentionStmt | None) -> Retention:
     map_term: A.RetentionTerm | None = None
     for term in st.terms:
         name = term.name.value
-        if name not in RETENTION_TERMS:
-            ctx.err(term.name.span, f"unknown retention term `{name}`" + suggest(name, RETENTION_TERMS))
+        terms = retention_terms()
+        if name not in terms:
+            ctx.err(term.name.span, f"unknown retention term `{name}`" + suggest(name, terms))
         if name == "none":
             if len(st.terms) > 1 or term.args is not None:
                 ctx.err(term.name.span, "`none` must be the only retention term")
@@ -194,37 +193,36 @@ def read_retention(ctx: Context, st: A.RetentionStmt | None) -> Retention:
                 f"at most one boundary map: `{map_term.name.value}` was given at {fs.line}:{fs.col}",
             )
         map_term = term
-        if name == "lq":
-            b = ctx.bind(term.args, ("q", "eps", "form"), ("q",), "lq", term.name.span)
-            q = ctx.const_arg(b["q"], "q", at_least=1.0)
-            eps = ctx.const_arg(b["eps"], "eps") if "eps" in b else 1e-6
-            lq_form = ctx.word(b["form"], ("literal", "pnorm"), "form") if "form" in b else "literal"
-            # the p-norm map and its frozen chunk slope hold |A|^(q-1) and |A|^(q-2): below q = 2 the slope is
-            # infinite at a zero entry, and for 2 < q < 3 the slope's own derivative is (0 * inf at a zero entry)
-            if lq_form == "pnorm" and not (q == 2 or q >= 3):
-                ctx.err(b["q"].value.span, f"lq(form = pnorm) needs q = 2 or q ≥ 3 (the map and its slope are "
-                         f"differentiable at zero entries only there), got {fmt_num(q)}")
-            bmap = LqMap(q=q, eps=eps, form=lq_form, span=term.span)  # type: ignore[arg-type]
-        elif name == "kl":
-            b = ctx.bind(term.args, ("eps",), (), "kl", term.name.span)
-            eps = ctx.const_arg(b["eps"], "eps") if "eps" in b else 1e-6
-            bmap = KLMap(eps=eps, span=term.span)
-        elif name == "softthreshold":
-            b = ctx.bind(term.args, ("gamma", "form"), ("gamma",), "softthreshold", term.name.span)
-            ga = b["gamma"].value
-            if isinstance(ga, A.EName) and ga.name in ctx.gates and ctx.gates[ga.name].data_dependent:
-                ctx.err(
-                    ga.span,
-                    f"boundary maps act at chunk ends where no token's gate applies; declare `{ga.name}` static",
-                )
-            gamma = read_operand(ctx, b["gamma"], "gamma", 0.0, math.inf, weights=False)
-            form = ctx.word(b["form"], ("retaining", "ftrl"), "form") if "form" in b else "retaining"
-            bmap = SoftThresholdMap(gamma=gamma, form=form, span=term.span)  # type: ignore[arg-type]
-        else:  # sigmoid
-            if term.args:
-                ctx.err(term.args[0].span, "`sigmoid` takes no arguments")
-            bmap = SigmoidMap(span=term.span)
+        bmap = read_map(ctx, term)
     return Retention(decay=decay, map=bmap, span=st.span)
+
+
+def read_map(ctx: Context, term: A.RetentionTerm) -> BoundaryMap:
+    """A boundary map's record, its arguments bound and checked by the signature its registry class declares."""
+    name = term.name.value
+    cls = boundary_maps()[name]
+    if not cls.arguments and term.args:
+        ctx.err(term.args[0].span, f"`{name}` takes no arguments")
+    names = tuple(a.name for a in cls.arguments)
+    b = ctx.bind(term.args, names, tuple(a.name for a in cls.arguments if a.required), name, term.name.span)
+    values = {a.name: _read_argument(ctx, a, b[a.name]) if a.name in b else a.default for a in cls.arguments}
+
+    def error(arg: str, message: str) -> None:
+        ctx.err(b[arg].value.span if arg in b else term.span, message)
+
+    cls.validate(values, error)
+    return cls(**values, span=term.span)
+
+
+def _read_argument(ctx: Context, spec: Argument, a: A.Arg):
+    if spec.kind == "number":
+        return ctx.const_arg(a, spec.name, positive=spec.positive, at_least=spec.at_least)
+    if spec.kind == "word":
+        return ctx.word(a, spec.choices, spec.name)
+    e = a.value
+    if spec.static and isinstance(e, A.EName) and e.name in ctx.gates and ctx.gates[e.name].data_dependent:
+        ctx.err(e.span, f"boundary maps act at chunk ends where no token's gate applies; declare `{e.name}` static")
+    return read_operand(ctx, a, spec.name, spec.low, spec.high, weights=False)
 
 
 def read_algorithm(ctx: Context, st: A.AlgorithmStmt) -> Algorithm:

@@ -40,7 +40,13 @@ GATE_FLAGS = ("static", "data_dependent")
 MEMORY_KINDS = ("linear", "mlp")
 MLP_ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 MLP_NORMS = ("layernorm", "none")
-RETENTION_TERMS = ("decay", "lq", "kl", "softthreshold", "sigmoid", "none")
+
+
+def retention_terms() -> tuple[str, ...]:
+    """`decay`, every registered boundary map (mirasc.components), `none`."""
+    from mirasc.components import boundary_maps
+
+    return ("decay", *boundary_maps(), "none")
 ALGORITHMS = ("gd", "momentum")
 GRADIENT_AT = ("previous", "decayed")
 SURROGATE_FORMS = {"abs": ("exact", "sqrt", "logcosh"), "sign": ("exact", "tanh")}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components import boundary_maps
 from ..opmeta import GateInfo
 
 __all__ = ["GATE_INIT", "GATE_INIT_FOR_MAP", "GateProjection", "clamp_to_range", "gate_activation", "gate_init_value",
@@ -24,12 +25,10 @@ GATE_INIT = {
     "momentum": 0.5,
     "bias": 1.0,  # read by the attentional bias: a threshold such as Huber's δ
 }
-# By boundary map (op.meta.map.name), values that replace GATE_INIT's. The KL map (Memora) steps in log space,
-# W = softmax(α log W − η G), on rows of softmax weights of about 1/n each: η = 0.5 barely moved them (measured in
-# bench/README.md, "Initialisation").
-GATE_INIT_FOR_MAP = {
-    "kl": {"lr": 2.0},
-}
+# By boundary map (op.meta.map.name), values that replace GATE_INIT's: each map's own `gate_init`
+# (mirasc.components.maps; Memora's KL map steps in log space and starts at η = 2). A table, so that an ablation
+# (bench.tasks --gate-init) can edit it in place.
+GATE_INIT_FOR_MAP = {key: dict(cls.gate_init) for key, cls in boundary_maps().items() if cls.gate_init}
 GATE_MARGIN = 1e-6  # how far inside an open bound a gate is clamped
 
 
