@@ -17,7 +17,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..nn.blocks import MirasBlock, build_mixer
-from ..nn.layer import MirasLayerCache
+from ..nn.sequences import MirasLayerCache
 from .configuration import MirasConfig
 
 __all__ = ["MirasCache", "MirasForCausalLM", "MirasModel", "MirasPreTrainedModel"]

@@ -11,7 +11,8 @@ from .blocks import (
     default_intermediate_size,
 )
 from .gates import GATE_INIT, GateProjection, gate_activation, gate_init_value
-from .layer import MirasLayer, MirasLayerCache
+from .layer import MirasLayer
+from .sequences import MirasLayerCache
 
 __all__ = [
     "GATE_INIT",
