@@ -1,5 +1,5 @@
-"""The paper's MLP memories learn: a tiny MQAR on which Titans, Yaad and Memora must pass a stated accuracy after
-a fixed number of steps (mirasc.train with the real MirasForCausalLM, one CPU thread, 5–10 s a model).
+"""The paper's MLP memories learn: a tiny MQAR on which Titans, Yaad and Memora must pass a stated mean accuracy over
+two seeds after a fixed number of steps (mirasc.train with the real MirasForCausalLM, one CPU thread, 5–10 s a run).
 
 With the initialisation before issue 10 (the layer's q, k, v projections at the model's generic normal(0, 0.02),
 MirasLayer.qkv_init_std = 0.02, and eta starting at 0.1) none of the three passes: the measured figures are below,
@@ -23,21 +23,27 @@ if not hasattr(importlib.import_module("mirasc.models"), "MirasForCausalLM"):
 SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, num_layers=2, hidden_size=32,
                 num_heads=1, batch_size=32, steps=150, lr=1e-2, warmup_steps=10, log_every=1000, eval_examples=128,
                 ckpt_every=10 ** 9, seed=0, quiet=True, overwrite=True, threads=1)
-# Measured on the 2-core CPU (seeds 0 / 1), accuracy after 150 steps, chance 0.03:
-#   layer's init (q, k, v nn.Linear default; eta 0.5, 2 for the KL map):  titans 0.453 / 0.500, yaad 0.570 / 0.750,
-#                                                                          memora 0.355 / 0.410
-#   before issue 10 (q, k, v normal(0, 0.02); eta 0.1):                    titans 0.281 / 0.195, yaad 0.320 / 0.297,
-#                                                                          memora 0.125 / 0.078
-# Each threshold sits between the two (seed 0 is what runs here).
-THRESHOLD = {"titans": 0.38, "yaad": 0.45, "memora": 0.25}
+# Accuracy after 150 steps, chance 0.03, measured 2026-12-02 on the 2-core CPU (seeds 0 / 1 / 2):
+#   layer's init (q, k, v nn.Linear default; eta 0.5, 2 for the KL map):  titans 0.461 / 0.742 / 0.906,
+#                                                                          yaad 0.344 / 0.703 / 0.688,
+#                                                                          memora 0.383 / 0.430 / 0.402
+#   before issue 10 (q, k, v normal(0, 0.02); eta 0.1):                    titans 0.293 / 0.180 / 0.559,
+#                                                                          yaad 0.254 / 0.191 / 0.297,
+#                                                                          memora 0.188 / 0.125 / 0.117
+# Single seeds overlap (titans' old init reached 0.559 at seed 2; yaad's new one 0.344 at seed 0, where an earlier
+# session measured 0.570: training amplifies rounding, which differs between machines), so the test takes the mean
+# of seeds 0 and 1: 0.60 / 0.52 / 0.41 with the layer's init against 0.24 / 0.22 / 0.16 before; each threshold
+# sits between the two.
+SEEDS = (0, 1)
+THRESHOLD = {"titans": 0.42, "yaad": 0.37, "memora": 0.28}
 
 
-def _accuracy(spec: str, out) -> float:
+def _accuracy(spec: str, out, seed: int) -> float:
     from mirasc.train import train
 
     n = torch.get_num_threads()
     try:
-        return train({**SETTINGS, "spec": spec, "out": str(out)}).eval["accuracy"]
+        return train({**SETTINGS, "spec": spec, "out": str(out), "seed": seed}).eval["accuracy"]
     finally:
         torch.set_num_threads(n)  # the run sets one thread
 
@@ -45,5 +51,7 @@ def _accuracy(spec: str, out) -> float:
 @pytest.mark.parametrize("spec", sorted(THRESHOLD))
 def test_mlp_memory_learns_tiny_mqar(spec, tmp_path):
     assert MirasLayer.qkv_init_std is None, "the layer's own init is what this test measures"
-    acc = _accuracy(spec, tmp_path / spec)
-    assert acc > THRESHOLD[spec], f"{spec}: MQAR accuracy {acc:.3f} after {SETTINGS['steps']} steps"
+    accs = [_accuracy(spec, tmp_path / f"{spec}-{seed}", seed) for seed in SEEDS]
+    mean = sum(accs) / len(accs)
+    assert mean > THRESHOLD[spec], (f"{spec}: mean MQAR accuracy {mean:.3f} after {SETTINGS['steps']} steps (seeds "
+                                    f"{SEEDS}: {', '.join(f'{a:.3f}' for a in accs)})")
