@@ -50,9 +50,12 @@ class DecaySplit:
     log_t: Value  # (t, i): cumulative log-decay at the token that reads
     log_s: Value  # (s, i): cumulative log-decay at the token that wrote
     weight: Value  # (s[, i]): the writer's step size
+    # (t, s): the decay between tokens, masked, when it is the same on every channel (a scalar or no decay gate, with
+    # a channel step size): the products are then matrix products times this tile, with no exponential per channel
+    pairwise: Value | None = None
 
     def on(self, rename) -> DecaySplit:
-        return DecaySplit(rename(self.log_t), rename(self.log_s), rename(self.weight))
+        return DecaySplit(rename(self.log_t), rename(self.log_s), rename(self.weight), self.pairwise)
 
 
 CHANNEL_DECAY_FORMS = ("pairwise", "factored", "products")
@@ -101,8 +104,10 @@ class InChunkDecay:
             split = None
             if self.channel_decay == "products" and "i" in a_pair.axes + eta_s.axes:
                 # Γ has a channel axis (a channel decay, static or per token, or a channel step size): kept apart
-                # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast)
-                split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s)
+                # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast); a decay
+                # without a channel axis stays the (t, s) tile it is
+                split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s,
+                                   None if "i" in a_pair.axes else a_pair)
             elif self.channel_decay == "factored" and a_cum is not None and "i" in a_cum.axes:
                 split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
             return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
@@ -140,9 +145,12 @@ class InChunkDecay:
         before = named(g.ew(lambda c, l: c - l, cum, logs), "cumulative log-decay before token t")
         a_prev = g.ew(lambda c: sp.exp(c), before)
         eta_s = g.rename(lr, t="s")
-        if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
-            return a_prev, None, DecaySplit(self._on_channels(before), coef.split.log_s, coef.split.weight)
         strict = g.mask("strict")
+        if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
+            pairwise = None
+            if coef.split.pairwise is not None:  # the same on every channel: the (t, s) tile, strictly below
+                pairwise = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, strict, before, g.rename(cum, t="s"))
+            return a_prev, None, DecaySplit(self._on_channels(before), coef.split.log_s, coef.split.weight, pairwise)
         pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
         return a_prev, named(pair, "decay from token s to token t - 1, times eta_s"), None
 
@@ -150,6 +158,9 @@ class InChunkDecay:
         """Σ_i x[t, i] y[s, i] Γ[t, s, i] (t, s) with Γ from `split` (on axis i, as this layer names it), masked."""
         g = self.g
         m = g.mask(mask)
+        if split.pairwise is not None:
+            dots = g.einsum(("t", "s"), x, g.ew(lambda u, w: u * w, y_s, split.weight))
+            return named(g.ew(lambda c, p, k: c * p * k, dots, split.pairwise, m), "decayed scores")
         if self.channel_decay == "products":
             y_s = g.ew(lambda u, w: u * w, y_s, split.weight)
             return named(g.decayed_product(("t", "s"), x, y_s, split.log_t, split.log_s, m), "decayed scores")
@@ -168,6 +179,9 @@ class InChunkDecay:
         """Σ_s scores[t, s] z[s, o] Γ[t, s, o] (t, o) with Γ from `split` (on the layer's output axis o)."""
         g = self.g
         causal = g.mask("causal")
+        if split.pairwise is not None:
+            weighted = g.ew(lambda c, p, k: c * p * k, scores, split.pairwise, causal)
+            return g.einsum(("t", out_ax), weighted, g.ew(lambda u, w: u * w, z_s, split.weight))
         if self.channel_decay == "products":
             z_s = g.ew(lambda u, w: u * w, z_s, split.weight)
             return g.decayed_product(("t", out_ax), scores, z_s, split.log_t, split.log_s, causal)

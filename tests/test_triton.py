@@ -18,6 +18,7 @@ import torch
 from helpers import make_inputs, outputs_and_grads, rel_rms
 
 import mirasc
+from mirasc import ir
 
 pytest.importorskip("triton", reason="the Triton backend needs the triton package")
 
@@ -143,6 +144,12 @@ CHANNEL_WEIGHT_SPECS = {  # a channel axis in the weight of one token's gradient
         gate eta : channel, range [0, inf), activation sigmoid
         bias l2()
         algorithm gd(lr = eta)""",
+    "gated_delta_rule_channel_step": """memory linear
+        gate alpha : scalar, range (0, 1], activation sigmoid
+        gate eta : channel, range [0, inf), activation sigmoid
+        bias l2()
+        retention decay(alpha)
+        algorithm gd(lr = eta)""",
     "static_channel_decay": """memory linear
         gate alpha : channel, range (0, 1], static
         bias dot()
@@ -154,8 +161,17 @@ CHANNEL_WEIGHT_SPECS = {  # a channel axis in the weight of one token's gradient
 @pytest.mark.parametrize("name", sorted(CHANNEL_WEIGHT_SPECS))
 def test_triton_channel_weights_need_no_cube(name):
     """A channel step size, or a static channel decay, makes the weight of token s's gradient at token t a
-    (t, s, i) tile in the torch programs; the kernels write it as ir.DecayedProduct and must agree (fp64)."""
+    (t, s, i) tile in the torch programs; the kernels must agree (fp64). They write it as ir.DecayedProduct where
+    the decay differs between channels, and as matrix products times the (t, s) decay tile where only the step
+    size has a channel axis (no exponential per channel)."""
+    from mirasc.derive import derive
+    from mirasc.loader import load
+    from mirasc.lower import lower
+
     text = CHANNEL_WEIGHT_SPECS[name]
+    program = lower(derive(load(text)), channel_decay="products")
+    products = [v for v in program.values if isinstance(v.op, ir.DecayedProduct)]
+    assert bool(products) == (name == "static_channel_decay"), [v.hint for v in products]
     tri, ref = mirasc.compile(text, backend="triton"), mirasc.compile(text, backend="torch")
     ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=4)
     got = _run(tri, _to(ins), 16)
