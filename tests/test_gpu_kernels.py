@@ -147,3 +147,34 @@ def test_hidden_blocks_shrink_as_the_head_grows():
     assert hidden_block(1024, 256) == 16
     assert hidden_block(16, 16) == 16
     assert hidden_block(64, 32) == 32
+
+
+def test_a_kernel_short_of_shared_memory_gets_a_smaller_hidden_block():
+    """The launcher halves BH (down to 16) when the device refuses a kernel for its shared memory, and remembers it;
+    any other refusal, or one at BH = 16, reaches the caller. (A stand-in kernel: the refusal needs a GPU.)"""
+    from triton.runtime.errors import OutOfResources
+
+    from mirasc.backends.triton import launch_fitting
+
+    class Kernel:
+        def __init__(self, fits_at: int, what: str = "shared memory"):
+            self.fits_at, self.what, self.calls = fits_at, what, []
+
+        def __getitem__(self, grid):
+            def launch(*args, BH, **consts):
+                self.calls.append(BH)
+                if BH > self.fits_at:
+                    raise OutOfResources(BH * 7000, 167936, self.what)
+            return launch
+
+    k = Kernel(fits_at=16)
+    launch_fitting(k, (4, 1, 1), (1, 2), {"BH": 64, "C": 64})
+    assert k.calls == [64, 32, 16]
+    launch_fitting(k, (4, 1, 1), (1, 2), {"BH": 64, "C": 64})  # remembered: no second refusal
+    assert k.calls == [64, 32, 16, 16]
+    with pytest.raises(OutOfResources):
+        launch_fitting(Kernel(fits_at=8), (1, 1, 1), (), {"BH": 32})
+    threads = Kernel(fits_at=8, what="threads")
+    with pytest.raises(OutOfResources):
+        launch_fitting(threads, (1, 1, 1), (), {"BH": 32})
+    assert threads.calls == [32]

@@ -127,7 +127,7 @@ class _Launch:
             scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
         bv = self.BV if info["value_blocks"] != "none" else self.D
         grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
-        fn[grid](*args, *scratch, *self.scalars, **self.consts, BV=bv)
+        launch_fitting(fn, grid, (*args, *scratch, *self.scalars), {**self.consts, "BV": bv})
 
     def size(self, axis: str) -> int:
         return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
@@ -137,6 +137,31 @@ class _Launch:
 
     def per_chunk(self) -> tuple[int, int]:
         return (self.programs, self.max_chunks)
+
+
+# The hidden block each kernel fell back to on this device, by (kernel, sizes): a kernel that needs more shared memory
+# than the device has at the launcher's BH is compiled again with half of it, once per process.
+_FITTING_BH: dict[tuple, int] = {}
+
+
+def launch_fitting(kernel, grid: tuple, args: tuple, consts: dict) -> None:
+    """Launch kernel[grid](*args, **consts); where the device has too little shared memory for it (an A100 has 164 KiB
+    where an H100 has 227, and an MLP memory's backward kernels take up to 220 KiB at BH = 32), halve the hidden
+    block BH, down to 16, tl.dot's smallest side. Shared memory grows with the (C, BH) and (BH, D) dot operands;
+    the kernels' results do not depend on BH (the hidden axis is summed block by block in fp32 either way)."""
+    from triton.runtime.errors import OutOfResources
+
+    key = (kernel, *sorted((k, str(v)) for k, v in consts.items()))
+    consts = {**consts, "BH": _FITTING_BH.get(key, consts["BH"])}
+    while True:
+        try:
+            kernel[grid](*args, **consts)
+            return
+        except OutOfResources as err:
+            if "shared memory" not in str(err) or consts["BH"] <= 16:
+                raise
+            consts["BH"] //= 2
+            _FITTING_BH[key] = consts["BH"]
 
 
 class TritonChunkwise(torch.autograd.Function):
