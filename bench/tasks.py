@@ -55,6 +55,7 @@ def _gate_init(pairs: list[str]) -> dict[str, float]:
 def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: float, chunk: int | None,
                out: Path) -> dict:
     """Train one model on one setting; returns the row (accuracy, loss, wall time, the train-accuracy curve)."""
+    from mirasc.train import TrainError
     from mirasc.train.loop import train
 
     kv = args.kv_pairs if args.kv_pairs else (max(1, seq_len // 16) if len(args.seq_lens) > 1 else 4)
@@ -74,7 +75,13 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
         cfg["chunk_size"] = chunk
     cfg["spec"], cfg["spec_options"] = spec_and_options(model)
     t0 = time.perf_counter()
-    res = train(cfg)
+    try:
+        res = train(cfg)
+    except TrainError as err:  # a run that diverges recalls nothing: counted as accuracy 0, and said so
+        return [{"model": model, "seed": seed, "seq_len": seq_len, "kv_pairs": cfg.get("kv_pairs"),
+                 "hidden_size": hidden, "contamination": rho, "chunk_size": chunk, "eval_len": n, "accuracy": 0.0,
+                 "final_loss": float("nan"), "tokens_per_s": 0.0, "params": 0, "wall_s": time.perf_counter() - t0,
+                 "curve": [], "diverged": str(err)} for n in (args.eval_lens or [seq_len])]
     wall = time.perf_counter() - t0
     curve = []
     for line in Path(res.metrics_path).read_text().splitlines():
@@ -108,7 +115,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"model": key[0], **dict(zip(SWEPT, key[1:])), "kv_pairs": rs[0]["kv_pairs"],
                     "seeds": [r["seed"] for r in rs], "accuracies": acc, "mean": statistics.fmean(acc),
                     "min": min(acc), "max": max(acc), "wall_s": statistics.fmean(r["wall_s"] for r in rs),
-                    "params": rs[0]["params"]})
+                    "params": max(r["params"] for r in rs), "diverged": sum("diverged" in r for r in rs)})
     return out
 
 
@@ -117,7 +124,8 @@ def table(summary: list[dict], varied: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for s in summary:
         vals = [s["model"]] + [f"{s[k]:g}" if isinstance(s[k], float) else str(s[k]) for k in varied]
-        vals += [f"{s['mean']:.3f}", f"{s['min']:.3f}–{s['max']:.3f}", str(len(s["seeds"])), f"{s['wall_s']:.0f}",
+        seeds = str(len(s["seeds"])) + (f" ({s['diverged']} diverged: 0)" if s.get("diverged") else "")
+        vals += [f"{s['mean']:.3f}", f"{s['min']:.3f}–{s['max']:.3f}", seeds, f"{s['wall_s']:.0f}",
                  f"{s['params']:,}"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
@@ -176,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                                                        args.models, args.seeds):
         for r in run_config(args, model, seed, L, w, rho, c, out):
             rows.append(r)
+            what = (f"diverged ({r['diverged']})" if "diverged" in r else
+                    f"accuracy {r['accuracy']:.3f}  loss {r['final_loss']:.3f}  {r['tokens_per_s']:,.0f} tok/s")
             print(f"{args.task} {model:>28} L={L} w={w} rho={rho:g} C={c or 'spec'} seed={seed} "
-                  f"test L={r['eval_len']}: "
-                  f"accuracy {r['accuracy']:.3f}  loss {r['final_loss']:.3f}  {r['tokens_per_s']:,.0f} tok/s  "
-                  f"{r['wall_s']:.0f}s", flush=True)
+                  f"test L={r['eval_len']}: {what}  {r['wall_s']:.0f}s", flush=True)
     total = time.perf_counter() - t_all
     summary = summarise(rows)
     varied = [k for k, vals in (("seq_len", args.seq_lens), ("hidden_size", args.hidden_sizes),

@@ -271,3 +271,26 @@ def test_incompatible_checkpoint_not_overwritten(tmp_path, capsys):
     rc, o, e = _cli(["eval", str(bad)], capsys)
     assert rc == 2 and "incompatible checkpoint" in e and len(e.strip().splitlines()) == 1
 
+
+
+def test_non_finite_gradients_stop_the_run_before_the_step(tmp_path, monkeypatch):
+    """A finite loss whose gradient overflows stops the run at that step with a one-line TrainError, before the
+    optimizer writes it into the weights: the last checkpoint stays finite and resumes."""
+    cfg = base(tmp_path, steps=8, ckpt_every=2)
+    real = loop_mod._train_step
+
+    def overflowing(run, step):
+        if step == 4:  # step 5: one gradient overflows after the backward pass
+            for p in run.model.parameters():
+                p.register_hook(lambda g: g * float("inf"))
+                break
+        return real(run, step)
+
+    monkeypatch.setattr(loop_mod, "_train_step", overflowing)
+    with pytest.raises(TrainError, match="gradients became non-finite at step 5"):
+        train(cfg)
+    ck = torch.load(Path(cfg["out"]) / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 4
+    assert all(bool(torch.isfinite(t).all()) for t in ck["model"].values() if t.is_floating_point())
+    monkeypatch.setattr(loop_mod, "_train_step", real)
+    assert losses(train({**cfg, "resume": True}).out_dir)[-1][0] == 8
