@@ -66,12 +66,15 @@ def ops():
 
 
 # Every prebuilt spec at chunk 16 with one token and with one partial chunk; several chunks (one partial) at
-# chunk 16 for a representative set (MLP memories with lq and KL retention, momentum, a delta rule) and at chunk 64
+# chunk 16 for a representative set (an MLP memory with KL retention, momentum, a delta rule) and at chunk 64
 # for Moneta. The interpreter runs each op statement per head in numpy (a channel-decay product is a loop of C or D
 # steps), so the full T x C matrix stays out of the default run: memora at C = 64 took 65 s here, yaad (Moneta's
-# memory with a Huber bias) at chunk 16 and T = 40 33 s.
-CASES = [(name, 16, T) for name in SPECS for T in (1, 15)] + [
-    (name, 16, 40) for name in ("moneta", "memora", "titans", "gated_deltanet")] + [("moneta", 64, 100)]
+# memory with a Huber bias) at chunk 16 and T = 40 33 s. Also out (2026-12-02, 740 s of tests in all before):
+# moneta at chunk 16 with T = 15 and T = 40 (16 s, 49 s) and memora with T = 15 (17 s), whose one partial chunk
+# moneta at chunk 64 with T = 100 and memora at chunk 16 with T = 40 end in too.
+PARTIAL_ELSEWHERE = ("moneta", "memora")
+CASES = [(name, 16, T) for name in SPECS for T in (1, 15) if not (T == 15 and name in PARTIAL_ELSEWHERE)] + [
+    (name, 16, 40) for name in ("memora", "titans", "gated_deltanet")] + [("moneta", 64, 100)]
 
 
 @pytest.mark.parametrize("name,chunk,T", CASES)
@@ -258,7 +261,8 @@ def test_triton_varlen_static_gates_equal_separate_sequences(ops):
     assert max(err.values()) < 1e-10, err
 
 
-@pytest.mark.parametrize("name", ["moneta", "memora", "titans"])
+# moneta out of the default run (29 s; 2026-12-02): its hidden-block loops are memora's, with lq where memora has KL
+@pytest.mark.parametrize("name", ["memora", "titans"])
 def test_triton_hidden_blocks_match_one_block(ops, name, monkeypatch):
     """An MLP memory's hidden axis in four blocks (loops, sums across blocks, scratch memory, the state in memory)
     gives what one block gives and what the torch backend gives, in fp64."""
