@@ -31,9 +31,9 @@ SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, 
 #                                                                          yaad 0.254 / 0.191 / 0.297,
 #                                                                          memora 0.188 / 0.125 / 0.117
 # Single seeds overlap (titans' old init reached 0.559 at seed 2; yaad's new one 0.344 at seed 0, which passed
-# 0.45 on an earlier session's machine: training amplifies rounding, which differs between machines), so the test takes the mean
-# of seeds 0 and 1: 0.60 / 0.52 / 0.41 with the layer's init against 0.24 / 0.22 / 0.16 before; each threshold
-# sits between the two.
+# 0.45 on an earlier session's machine: training amplifies rounding, which differs between machines), so the test
+# takes the mean of seeds 0 and 1: 0.60 / 0.52 / 0.41 with the layer's init against 0.24 / 0.22 / 0.16 before; each
+# threshold sits between the two.
 SEEDS = (0, 1)
 THRESHOLD = {"titans": 0.42, "yaad": 0.37, "memora": 0.28}
 
