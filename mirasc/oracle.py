@@ -2,7 +2,9 @@
 
 This is the yardstick generated kernels are tested against (relative RMS error < 1e-10 in float64), so it
 follows the document literally and shares nothing with the compiler: a Python loop over tokens, batched
-over the N = B*H heads (row n = b*H + h), in plain torch. The inner gradient G of every token comes from
+over the N = B*H heads (row n = b*H + h), in plain torch. A boundary map's step is its component's own reference
+(`reference_map`, `reference_slope`, `reference_lag_write` of mirasc.components.maps), written in torch apart from
+the map's lowering. The inner gradient G of every token comes from
 `torch.func.grad` of the caller's loss, never from a hand derivation, and everything stays differentiable
 with ordinary autograd (outputs and final state w.r.t. q, k, v, the gates, the params and the initial state).
 
