@@ -60,8 +60,4 @@ def registered_outside() -> dict[str, type[BoundaryMap]]:
     return {k: c for k, c in _MAPS.items() if not c.__module__.startswith(f"{__name__}.")}
 
 
-def boundary_map(keyword: str) -> type[BoundaryMap] | None:
-    return boundary_maps().get(keyword)
-
-
-__all__ = ["RESERVED", "BoundaryMap", "boundary_map", "boundary_maps", "register", "registered_outside", "unregister"]
+__all__ = ["RESERVED", "BoundaryMap", "boundary_maps", "register", "registered_outside", "unregister"]
