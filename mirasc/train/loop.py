@@ -233,13 +233,14 @@ def _train_step(run: _Run, step: int) -> _StepStats:
             (loss_sum * (dd.world / max(1, n_scored))).backward()
         loss_acc += loss_sum.detach().double()
         corr_acc += correct.detach().double()
-    loss_acc, corr_acc = all_reduce_sum(dd, loss_acc, corr_acc)
+    # the gradients' check rides on the loss's collective and host read: no extra synchronisation per step
+    loss_acc, corr_acc, bad = all_reduce_sum(dd, loss_acc, corr_acc, _non_finite_gradients(run, loss_acc.device))
     loss = float(loss_acc) / max(1, n_scored)
     if not math.isfinite(loss):
         raise TrainError(f"loss became {loss} at step {step + 1}; lower the learning rate")
     # checked before the step, so that a non-finite gradient never reaches the weights (the run stops with the last
     # checkpoint intact, instead of failing a step later inside the model on NaN gate values)
-    if _non_finite_gradients(run, dd):
+    if bool(bad > 0):
         raise TrainError(f"gradients became non-finite at step {step + 1} (loss {loss:.4g}); lower the learning rate")
     if cfg.grad_clip and cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
@@ -250,17 +251,14 @@ def _train_step(run: _Run, step: int) -> _StepStats:
     return _StepStats(loss=loss, lr=lr, correct=corr_acc, n_scored=n_scored, tokens=int(ids_all.size))
 
 
-def _non_finite_gradients(run: _Run, dd) -> bool:
-    """Whether any process holds a non-finite gradient entry (one host read, and one collective under torchrun, so
-    that every process stops at the same step)."""
+def _non_finite_gradients(run: _Run, device) -> torch.Tensor:
+    """1.0 (a float64 scalar on `device`) when this process holds a non-finite gradient entry, else 0.0; summed over
+    the processes with the loss, so that every process stops at the same step."""
     grads = [p.grad for p in run.model.parameters() if p.grad is not None]
     grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this process's shard
-    device = grads[0].device if grads else torch.device("cpu")
-    bad = torch.zeros((), dtype=torch.float64, device=device)
-    if grads:
-        bad = (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).double()
-    (bad,) = all_reduce_sum(dd, bad)
-    return bool(bad > 0)
+    if not grads:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).to(device=device, dtype=torch.float64)
 
 
 def _run_steps(run: _Run, log: StepLog) -> dict | None:
