@@ -61,6 +61,12 @@ class DecaySplit:
 CHANNEL_DECAY_FORMS = ("pairwise", "factored", "products")
 
 
+def masked_decay(g: Graph, mask: Value, log_t: Value, log_s: Value) -> Value:
+    """e^{log_t − log_s} where the mask holds, 0 elsewhere: a (t, s) decay tile whose exponent is ≤ 0 wherever it
+    is kept (the masked-out entries take e^0, never an overflowing exponential)."""
+    return g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, mask, log_t, log_s)
+
+
 # In-chunk products of a factor (retention alpha, momentum theta) are built from cumulative sums of
 # log(max(a, ZERO_FLOOR)): a factor of exactly 0, which a range like theta in [0, 1) admits, then contributes
 # e^{-69} where log(0) = -inf would make the differences of cumulative sums NaN. Below the floor the factor's
@@ -90,7 +96,7 @@ class InChunkDecay:
             logs = g.broadcast(logs, logs.axes + ("t",))
         cum = g.cumsum(logs, "t")
         self.log_cum = cum
-        pair = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, causal, cum, g.rename(cum, t="s"))
+        pair = masked_decay(g, causal, cum, g.rename(cum, t="s"))
         last_row = g.ew(lambda m, a, b: sp.exp(a - b) * m, valid, g.select(cum, "last"), g.rename(cum, t="s"))
         cumulative = g.ew(lambda c: sp.exp(c), cum)
         return (named(cumulative, "cumulative decay in the chunk"), named(pair, "pairwise decay D[t,s]"),
@@ -149,7 +155,7 @@ class InChunkDecay:
         if coef.split is not None:  # Γ'[t, s] = e^{Λ_{t-1} − Λ_s} η_s for s < t
             pairwise = None
             if coef.split.pairwise is not None:  # the same on every channel: the (t, s) tile, strictly below
-                pairwise = g.ew(lambda m, a, b: sp.exp(m * (a - b)) * m, strict, before, g.rename(cum, t="s"))
+                pairwise = masked_decay(g, strict, before, g.rename(cum, t="s"))
             return a_prev, None, DecaySplit(self._on_channels(before), coef.split.log_s, coef.split.weight, pairwise)
         pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
         return a_prev, named(pair, "decay from token s to token t - 1, times eta_s"), None
