@@ -151,8 +151,10 @@ def launch_fitting(kernel, grid: tuple, args: tuple, consts: dict) -> None:
     the kernels' results do not depend on BH (the hidden axis is summed block by block in fp32 either way)."""
     from triton.runtime.errors import OutOfResources
 
-    key = (kernel, *sorted((k, str(v)) for k, v in consts.items()))
-    consts = {**consts, "BH": _FITTING_BH.get(key, consts["BH"])}
+    def key() -> tuple:
+        return (kernel, *sorted((k, str(v)) for k, v in consts.items() if k != "BH"))
+
+    consts = {**consts, "BH": _FITTING_BH.get(key(), consts["BH"])} if _FITTING_BH else dict(consts)
     while True:
         try:
             kernel[grid](*args, **consts)
@@ -161,7 +163,7 @@ def launch_fitting(kernel, grid: tuple, args: tuple, consts: dict) -> None:
             if "shared memory" not in str(err) or consts["BH"] <= 16:
                 raise
             consts["BH"] //= 2
-            _FITTING_BH[key] = consts["BH"]
+            _FITTING_BH[key()] = consts["BH"]
 
 
 class TritonChunkwise(torch.autograd.Function):
