@@ -43,6 +43,7 @@ class KernelReport:
     mma: int | None = None  # tensor-core instructions in the SASS
     dots: int = 0  # tl.dot calls in the kernel's source
     num_warps: int | None = None
+    num_stages: int | None = None
     sass: int | None = None
     error: str = ""
     extra: dict = field(default_factory=dict)
@@ -79,7 +80,8 @@ def generated_description(text: str) -> dict:
     return ast.literal_eval(text[start:end])
 
 
-def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, num_warps: int, queue) -> None:
+def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, num_warps: int, num_stages: int,
+                 queue) -> None:
     """In a child process: compile one kernel and put its figures (or its error) on the queue."""
     os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # a cached kernel would report no compile time
@@ -111,7 +113,8 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
                 signature[arg] = "i32"
         t0 = time.time()
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
         seconds = time.time() - t0
         usage, sass = _cuobjdump(compiled.asm["cubin"])
 
@@ -121,7 +124,8 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 
         lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
         queue.put({"ok": True, "compile_s": round(seconds, 1), "regs": field_of("REG"), "stack": field_of("STACK"),
-                   "shared": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps, "sass": len(lines),
+                   "shared": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
+                   "num_stages": compiled.metadata.num_stages, "sass": len(lines),
                    "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln))})
     except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result to report
         queue.put({"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
@@ -130,14 +134,15 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
                timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
                only: list[str] | None = None, warps: int | None = None,
-               block_value: int | None = None) -> list[KernelReport]:
+               block_value: int | None = None, stages: int | None = None) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
     row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
-    the launcher's warps and blocks for the target unless `warps`, `block_hidden` or `block_value` say otherwise."""
-    from .backends.triton import hidden_block, num_warps, value_block
+    the launcher's warps, pipelining stages and blocks for the target unless `warps`, `stages`, `block_hidden` or
+    `block_value` say otherwise."""
+    from .backends.triton import hidden_block, num_stages, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
 
@@ -160,14 +165,16 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:
             warps_here = warps or num_warps(chunk_size, head_dim, hidden)
+            stages_here = stages or num_stages(head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
-                               dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here)
+                               dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,
+                               num_stages=stages_here)
             blocked = jobs[job_of(kernel)]["value_blocks"]
             bv = block_value or value_block(head_dim)
             kernel_consts = {**consts, "BV": bv if blocked != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,
-                                                          warps_here, queue))
+                                                          warps_here, stages_here, queue))
             proc.start()
             proc.join(timeout)
             if proc.is_alive():
@@ -191,13 +198,14 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 
 def format_rows(reports: list[KernelReport]) -> str:
-    head = "| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | dots | warps | targets |"
-    out = [head, "|" + "---|" * 13]
+    head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | dots | warps | stages "
+            "| targets |")
+    out = [head, "|" + "---|" * 14]
     for r in reports:
         out.append(f"| {r.spec} | {r.kernel} | {r.head_dim} | {r.hidden} | {'yes' if r.ok else 'no'} | "
                    f"{r.compile_s if r.compile_s is not None else '-'} | {r.regs if r.regs is not None else '-'} | "
                    f"{r.stack if r.stack is not None else '-'} | {r.shared if r.shared is not None else '-'} | "
-                   f"{r.mma if r.mma is not None else '-'} | {r.dots} | {r.num_warps} | "
+                   f"{r.mma if r.mma is not None else '-'} | {r.dots} | {r.num_warps} | {r.num_stages} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)
 

@@ -135,7 +135,7 @@ def cmd_aot(args) -> int:
             found = aot_report(spec, arch=args.arch, chunk_size=args.chunk_size, head_dim=args.head_dim,
                                dtype=args.dtype, timeout=args.timeout, options=_options(args.option),
                                block_hidden=args.block_hidden, block_value=args.block_value,
-                               warps=args.num_warps, only=args.only)
+                               warps=args.num_warps, stages=args.num_stages, only=args.only)
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "launcher's choice)")
     a.add_argument("--block-value", type=int, help="BV, the value-axis block of value-blocked kernels")
     a.add_argument("--num-warps", type=int, help="warps per program (default: the launcher's choice)")
+    a.add_argument("--num-stages", type=int, help="software-pipelining stages of the kernels' loops (default: the "
+                   "launcher's choice)")
     a.add_argument("--only", action="append", metavar="KERNEL", help="compile only this kernel (repeatable)")
     a.add_argument("--json", action="store_true", help="one JSON object per kernel and line")
     a.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")

@@ -115,11 +115,13 @@ def _einsum_expr(v: Value) -> str:
     return expr
 
 
-def reduction_lines(v: Value) -> tuple[list[str], list[str], list[str]]:
-    """A sum over the hidden axis made block by block: (before the block loop, in it, after it)."""
+def reduction_lines(v: Value, into: Value | None = None) -> tuple[list[str], list[str], list[str]]:
+    """A sum over the hidden axis made block by block: (before the block loop, in it, after it). `into`: a sum of
+    contractions v is a term of, accumulated in one tile (mirasc.kernel_body), which zeroes it once."""
     nm = name(v)
     if isinstance(v.op, ir.Einsum):
-        return [f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)"], [f"{nm} += {_einsum_expr(v)}"], []
+        target = name(into) if into is not None else nm
+        return [f"{target} = tl.zeros({_shape(v.axes)}, DTYPE)"], [f"{target} += {_einsum_expr(v)}"], []
     if isinstance(v.op, ir.LogSumExp):  # online: a running maximum and the sum of exponentials below it
         a = v.args[0]
         k = a.axes.index(v.op.axis)

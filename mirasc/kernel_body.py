@@ -4,12 +4,16 @@ and stores of the tensors a kernel reads and writes (mirasc.triton_kernels assem
 An MLP memory's hidden axis (4·D) does not fit a register tile: every value with a hidden axis is made in blocks
 of BH along it, inside a loop over the blocks (`body`). Consecutive such values share one loop; a sum over the
 hidden axis accumulates across the loop's blocks; a value needed by a later loop is written to the program's
-scratch memory block by block and read back there.
+scratch memory block by block and read back there. A plain sum of such sums made in one loop (the two paths of a
+product rule, the weights and the momentum of a state) accumulates its terms in one tile (`_shared_accumulators`):
+a (C, D) tile of fp32 is 16 registers a thread at C = D = 64 and 8 warps, live for the whole loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import sympy as sp
 
 from . import ir
 from .emit_triton import OFFS, SIZE, inlined, line, name, reduces_hidden, reduction_lines, wide
@@ -122,6 +126,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     out_of = {v.id: n for n, v in graph.outputs.items()}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
                       if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}
+    into = _shared_accumulators(graph, segments)
+    accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
     total = _slot_offset(kept, len(kept))
@@ -142,7 +148,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
             if isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
                     lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
-            else:
+            elif seg.id not in accumulated:  # a shared accumulator is made in its terms' loop
                 lines += _with_hint(seg, line(seg))
             continue
         before, inside, after, fetched = [], [], [], set()
@@ -154,8 +160,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
             if isinstance(v.op, ir.Input):
                 continue
             if reduces_hidden(v):
-                pre, acc, post = reduction_lines(v)
-                before += pre
+                pre, acc, post = reduction_lines(v, into=into.get(v.id))
+                before += [x for x in pre if x not in before]  # a shared accumulator is zeroed once
                 inside += _with_hint(v, acc)
                 after += post
                 continue
@@ -170,6 +176,38 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
     return Body(lines, [v.axes for v in kept])
+
+
+def _shared_accumulators(graph: Graph, segments: list[Value | _Loop]) -> dict[int, Value]:
+    """{term: sum} for each value that is a plain sum of contractions over the hidden axis made in one loop, where
+    each term is read by that sum alone: the terms then accumulate into the sum's tile (the same additions in
+    another order)."""
+    readers: dict[int, int] = {}
+    for v in graph.values:
+        for a in set(_read(v)):
+            readers[a.id] = readers.get(a.id, 0) + 1
+    outputs = {v.id for v in graph.outputs.values()}
+    into: dict[int, Value] = {}
+    for seg in segments:
+        if not isinstance(seg, _Loop):
+            continue
+        made_here = {v.id for v in seg.values}
+        for u in graph.values:
+            terms = _summands_of(u)
+            if terms and all(t.id in made_here and reduces_hidden(t) and isinstance(t.op, ir.Einsum)
+                             and t.axes == u.axes
+                             and readers.get(t.id) == 1 and t.id not in outputs for t in terms):
+                into.update({t.id: u for t in terms})
+    return into
+
+
+def _summands_of(v: Value) -> list[Value] | None:
+    """v's arguments when v is their plain sum (and each is a distinct value)."""
+    if not isinstance(v.op, ir.Elementwise) or len(v.args) < 2 or inlined(v):
+        return None
+    if v.op.expr != sp.Add(*ir.arg_symbols(len(v.args))) or len({a.id for a in v.args}) != len(v.args):
+        return None
+    return list(v.args)
 
 
 def _read(v: Value) -> list[Value]:

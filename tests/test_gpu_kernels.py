@@ -95,15 +95,17 @@ def test_aot_compiles_for_an_h100():
 
 
 def test_aot_takes_the_kernels_warps_and_blocks_it_is_given():
-    """--only and --num-warps (with --block-value, how per-target configs are explored) reach the compiler: one
-    row, compiled with the warps asked for."""
+    """--only, --num-warps and --num-stages (with --block-value, how per-target configs are explored) reach the
+    compiler: one row, compiled with the warps and pipelining stages asked for."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     command = [sys.executable, "-m", "mirasc", "aot", "gated_deltanet", "--head-dim", "32", "--chunk-size", "16",
-               "--only", "chunk_state_fwd_kernel", "--num-warps", "2", "--block-value", "16", "--json"]
+               "--only", "chunk_state_fwd_kernel", "--num-warps", "2",
+               "--num-stages", "1", "--block-value", "16", "--json"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     (row,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert row["kernel"] == "chunk_state_fwd_kernel" and row["num_warps"] == 2 and row["ok"], row
+    assert row["num_stages"] == 1, row
 
 
 def test_aot_finds_every_kernel_in_the_description():
@@ -134,6 +136,26 @@ def test_mlp_memory_kernels_compile_for_an_h100():
     for r in rows:
         assert r.ok and r.mma > 0, (r.kernel, r.error)
 
+
+@pytest.mark.parametrize("stem", ["titans", "memora"])
+def test_a_sum_of_hidden_axis_contractions_keeps_one_accumulator(stem):
+    """Where a value is the plain sum of contractions over the hidden axis made in one loop (titans' weights and
+    momentum, memora's two layers' paths), the terms accumulate into one tile: no line adds two tiles that a loop
+    accumulated, and the sum's tile is zeroed once. (Their values are checked against the torch backend in
+    tests/test_triton.py.)"""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    shared = 0
+    for kernel in generate_triton(load(stem)).split("@triton.jit")[1:]:  # value names are per kernel
+        terms = re.findall(r"^\s+(v\d+) \+= ", kernel, re.M)
+        accumulated = set(terms)
+        shared += len(terms) - len(accumulated)
+        for pair in re.findall(r"^\s+v\d+ = \((v\d+) \+ (v\d+)\)$", kernel, re.M):
+            assert not set(pair) <= accumulated, f"two accumulators added after their loop: {pair}"
+        for name in accumulated:
+            assert len(re.findall(rf"^\s+{name} = tl\.zeros\(", kernel, re.M)) == 1, name
+    assert shared > 0, "no accumulator takes more than one term"
 
 
 def test_hidden_blocks_shrink_as_the_head_grows():

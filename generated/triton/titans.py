@@ -421,8 +421,7 @@ def chunk_out_fwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, BV), DTYPE)
-        v72 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -443,12 +442,11 @@ def chunk_out_fwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
-            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v73 = (v70 + v72)
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -583,8 +581,7 @@ def chunk_state_bwd_kernel(
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v88 = v35
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -607,13 +604,12 @@ def chunk_state_bwd_kernel(
             tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
             tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -941,8 +937,7 @@ def chunk_grad_q_1_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, BV), DTYPE)
-        v72 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -965,12 +960,11 @@ def chunk_grad_q_1_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
-            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v73 = (v70 + v72)
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1121,8 +1115,7 @@ def chunk_grad_q_2_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, BV), DTYPE)
-        v72 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1144,12 +1137,11 @@ def chunk_grad_q_2_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
-            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v73 = (v70 + v72)
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1298,8 +1290,7 @@ def chunk_grad_q_3_bwd_kernel(
         v59 = (q * v56[:, None])
         v43 = tl.exp(v40)  # cumulative decay in the chunk
         v57 = (q * v43[:, None])
-        v70 = tl.zeros((C, BV), DTYPE)
-        v72 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1321,12 +1312,11 @@ def chunk_grad_q_3_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
-            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v73 = (v70 + v72)
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1475,8 +1465,7 @@ def chunk_grad_k_0_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1499,12 +1488,11 @@ def chunk_grad_k_0_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1682,8 +1670,7 @@ def chunk_grad_k_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1705,12 +1692,11 @@ def chunk_grad_k_1_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1922,8 +1908,7 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
         v88 = v35
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1957,12 +1942,11 @@ def chunk_grad_k_2_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2194,8 +2178,7 @@ def chunk_grad_v_0_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2217,12 +2200,11 @@ def chunk_grad_v_0_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2418,8 +2400,7 @@ def chunk_grad_v_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2441,12 +2422,11 @@ def chunk_grad_v_1_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2639,8 +2619,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, BV), DTYPE)
-        v73 = tl.zeros((C, BV), DTYPE)
+        v74 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2662,12 +2641,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
             v70 = (v69 * v44[:, None])
-            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v72 = (v69 * v57[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v74 = (v71 + v73)
         v77 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2727,20 +2705,18 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
             v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v117 = (v107 * v116)
         v118 = tl.sum((v117), axis=1)
-        v93 = tl.zeros((), DTYPE)
-        v95 = tl.zeros((), DTYPE)
+        v96 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = (w2 * d_new_w2)
-            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v94 = (w1 * d_new_w1)
-            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
-        v96 = (v93 + v95)
+            v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
         v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
         v124 = (v97 + v118 + v123)
         v125 = (v124 * tl.exp(v41))
@@ -2960,8 +2936,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, BV), DTYPE)
-        v73 = tl.zeros((C, BV), DTYPE)
+        v74 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2984,12 +2959,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
             v70 = (v69 * v44[:, None])
-            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v72 = (v69 * v57[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v74 = (v71 + v73)
         v77 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3051,20 +3025,18 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.debug_barrier()
         v116 = (v107 * v115)
         v117 = tl.sum((v116), axis=1)
-        v93 = tl.zeros((), DTYPE)
-        v95 = tl.zeros((), DTYPE)
+        v96 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = (s2 * d_new_w2)
-            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v94 = (s1 * d_new_w1)
-            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
-        v96 = (v93 + v95)
+            v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
         v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
         v128 = (v97 + v117 + v127)
         v129 = (v55[None, :] * v128[:, None])
@@ -3205,20 +3177,18 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v150 = ((-1.0) * v41 * v143 * tl.exp((v47 - v44)))
         v54 = tl.exp(v51)  # cumulative decay in the chunk
         v59 = v54
-        v98 = tl.zeros((), DTYPE)
-        v104 = tl.zeros((), DTYPE)
+        v105 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v97 = (s2 * d_new_w2)
-            v98 += tl.sum(tl.sum((v97), axis=1), axis=0)
+            v105 += tl.sum(tl.sum((v97), axis=1), axis=0)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v103 = (s1 * d_new_w1)
-            v104 += tl.sum(tl.sum((v103), axis=1), axis=0)
-        v105 = (v98 + v104)
+            v105 += tl.sum(tl.sum((v103), axis=1), axis=0)
         v106 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v105)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = tl.exp(v43)  # cumulative decay in the chunk
@@ -3230,8 +3200,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v69 * v58)
-        v75 = tl.zeros((C, BV), DTYPE)
-        v77 = tl.zeros((C, BV), DTYPE)
+        v78 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3249,12 +3218,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
             v74 = (v73 * v48[:, None])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v78 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v76 = (v73 * v61[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v78 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v78 = (v75 + v77)
         v81 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3540,8 +3508,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v66 = (q * v62[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v64 = (q * v49[:, None])
-        v77 = tl.zeros((C, BV), DTYPE)
-        v79 = tl.zeros((C, BV), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3564,12 +3531,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
             v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
             v76 = (v75 * v49[:, None])
-            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v78 = (v75 * v62[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v80 = (v77 + v79)
         v83 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3751,8 +3717,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v60 = (q * v57[:, None])
         v44 = tl.exp(v41)  # cumulative decay in the chunk
         v58 = (q * v44[:, None])
-        v71 = tl.zeros((C, BV), DTYPE)
-        v73 = tl.zeros((C, BV), DTYPE)
+        v74 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -3774,12 +3739,11 @@ def chunk_grad_gate_theta_0_bwd_kernel(
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
             v70 = (v69 * v44[:, None])
-            v71 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v72 = (v69 * v57[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v74 = (v71 + v73)
         v77 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -3839,39 +3803,35 @@ def chunk_grad_gate_theta_0_bwd_kernel(
             v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v121 = (v113 * v120)
         v122 = tl.sum((v121), axis=1)
-        v95 = tl.zeros((), DTYPE)
-        v101 = tl.zeros((), DTYPE)
+        v102 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v94 = (s2 * d_new_w2)
-            v95 += tl.sum(tl.sum((v94), axis=1), axis=0)
+            v102 += tl.sum(tl.sum((v94), axis=1), axis=0)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v100 = (s1 * d_new_w1)
-            v101 += tl.sum(tl.sum((v100), axis=1), axis=0)
-        v102 = (v95 + v101)
+            v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
         v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
         v130 = (v103 + v122 + v129)
         v131 = (v51 * v130[:, None])
         v132 = tl.sum((v131), axis=0)
         v133 = v132
-        v93 = tl.zeros((), DTYPE)
-        v97 = tl.zeros((), DTYPE)
+        v98 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = (s2 * d_new_s2)
-            v93 += tl.sum(tl.sum((v92), axis=1), axis=0)
+            v98 += tl.sum(tl.sum((v92), axis=1), axis=0)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v96 = (s1 * d_new_s1)
-            v97 += tl.sum(tl.sum((v96), axis=1), axis=0)
-        v98 = (v93 + v97)
+            v98 += tl.sum(tl.sum((v96), axis=1), axis=0)
         v99 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v98)
         v134 = (v99 + v133)
         v135 = (v134 * tl.exp(v47))
@@ -4084,8 +4044,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v66 = (q * v62[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v64 = (q * v49[:, None])
-        v77 = tl.zeros((C, BV), DTYPE)
-        v79 = tl.zeros((C, BV), DTYPE)
+        v80 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4108,12 +4067,11 @@ def chunk_grad_gate_theta_2_bwd_kernel(
             v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
             v76 = (v75 * v49[:, None])
-            v77 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v78 = (v75 * v62[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v80 = (v77 + v79)
         v83 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4297,8 +4255,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v68 = (q * v64[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v66 = (q * v49[:, None])
-        v79 = tl.zeros((C, BV), DTYPE)
-        v81 = tl.zeros((C, BV), DTYPE)
+        v82 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4321,12 +4278,11 @@ def chunk_grad_gate_theta_3_bwd_kernel(
             v77 = (v77_c0 * (1.0 + tl.math.erf((v77_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
             v78 = (v77 * v49[:, None])
-            v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v77 * v64[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v81 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v82 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v82 = (v79 + v81)
         v85 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4539,8 +4495,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v70 = tl.zeros((C, BV), DTYPE)
-        v72 = tl.zeros((C, BV), DTYPE)
+        v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4557,12 +4512,11 @@ def chunk_grad_ln_weight_0_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
             v69 = (v68 * v43[:, None])
-            v70 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v71 = (v68 * v56[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v72 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v73 = (v70 + v72)
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4679,8 +4633,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4702,12 +4655,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -4903,8 +4855,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -4926,12 +4877,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -5124,8 +5074,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5147,12 +5096,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -5389,8 +5337,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v72 = (q * v65[:, None])
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v70 = (q * v49[:, None])
-        v83 = tl.zeros((C, BV), DTYPE)
-        v85 = tl.zeros((C, BV), DTYPE)
+        v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -5412,12 +5359,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            v83 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v85 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v86 = (v83 + v85)
         v89 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)

@@ -54,6 +54,17 @@ def num_warps(chunk_size: int, head_dim: int, hidden: int) -> int:
     return 8 if chunk_size * max(head_dim, hidden) >= 64 * 64 else 4
 
 
+def num_stages(head_dim: int, hidden: int) -> int:
+    """Software-pipelining stages of the kernels' `for` loops (Triton's num_stages; the chunk loop is a `while`,
+    never pipelined). An MLP memory's loops over hidden blocks read the blocks of the chunk-start weights: with
+    more than one stage, Triton prefetches the next blocks into shared memory while it holds this one's tiles in
+    registers, which its register-bound kernels cannot afford. 1 there, Triton's default 3 elsewhere. From
+    ahead-of-time compiles (mirasc aot titans --num-stages ..., C = 64, D = 64, bf16, sm_90a, 8 warps), stack bytes
+    and shared memory of the outputs kernel: 3 stages 960 B and 100 KiB, 2 stages 688 B and 60 KiB, 1 stage 416 B
+    and 24 KiB."""
+    return 1 if hidden > head_dim else 3
+
+
 def _tl_dtypes(token_dtype: torch.dtype, precision: str):
     import triton.language as tl
 
@@ -112,7 +123,8 @@ class _Launch:
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
         self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
-                           DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID))
+                           DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID),
+                           num_stages=num_stages(self.D, self.HID))
 
     def kernels(self) -> dict:
         """The kernels of this call by job (DESCRIPTION["kernels"]), each with its entry there."""
