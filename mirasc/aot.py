@@ -41,6 +41,7 @@ class KernelReport:
     stack: int | None = None  # bytes per thread in local memory: register spills
     shared: int | None = None  # bytes
     mma: int | None = None  # tensor-core instructions in the SASS
+    replicated: int | None = None  # matrix products whose warps' tiles overlap: the same MMA work done twice or more
     dots: int = 0  # tl.dot calls in the kernel's source
     num_warps: int | None = None
     num_stages: int | None = None
@@ -66,6 +67,27 @@ def _cuobjdump(cubin: bytes) -> tuple[str, str]:
         usage = subprocess.run([str(tool), "-res-usage", str(f)], capture_output=True, text=True).stdout
         sass = subprocess.run([str(tool), "-sass", str(f)], capture_output=True, text=True).stdout
     return usage, sass
+
+
+_MMA_LAYOUT = re.compile(r"^#(\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+), versionMinor = \d+, "
+                         r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[(\d+), (\d+)", re.M)
+_DOT_RESULT = re.compile(r"(?:warp_group_dot|tt\.dot) .*-> tensor<(\d+)x(\d+)x\w+, #(\w+)>")
+
+
+def replicated_dots(ttgir: str) -> int:
+    """Matrix products in a kernel's TritonGPU IR whose tensor-core layout covers more than the result tile, so that
+    several warps compute the same entries. Each warp takes instrShape[0] rows and instrShape[1] columns per step
+    (16 rows for wgmma and mma.sync), spread as warpsPerCTA: with 8 warps, Triton puts all warps on the rows of a
+    product that feeds another product (its rule for flash attention), and a 64-row tile then has two warp groups
+    doing the same rows: twice the tensor-core work, and twice the accumulator registers a thread holds."""
+    layouts = {name: (int(wm), int(wn), int(im), int(inn))
+               for name, _, wm, wn, im, inn in _MMA_LAYOUT.findall(ttgir)}
+    count = 0
+    for rows, cols, layout in _DOT_RESULT.findall(ttgir):
+        if layout in layouts:
+            wm, wn, im, inn = layouts[layout]
+            count += wm * im > int(rows) or wn * inn > int(cols)
+    return count
 
 
 def job_of(kernel: str) -> str:
@@ -126,7 +148,8 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
         queue.put({"ok": True, "compile_s": round(seconds, 1), "regs": field_of("REG"), "stack": field_of("STACK"),
                    "shared": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
                    "num_stages": compiled.metadata.num_stages, "sass": len(lines),
-                   "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln))})
+                   "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln)),
+                   "replicated": replicated_dots(compiled.asm["ttgir"])})
     except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result to report
         queue.put({"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
 
@@ -164,7 +187,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:
-            warps_here = warps or num_warps(chunk_size, head_dim, hidden)
+            warps_here = warps or num_warps(chunk_size, head_dim, hidden, jobs[job_of(kernel)]["tiles"])
             stages_here = stages or num_stages(head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,
@@ -198,14 +221,15 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 
 def format_rows(reports: list[KernelReport]) -> str:
-    head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | dots | warps | stages "
-            "| targets |")
-    out = [head, "|" + "---|" * 14]
+    head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
+            "| warps | stages | targets |")
+    out = [head, "|" + "---|" * 15]
     for r in reports:
         out.append(f"| {r.spec} | {r.kernel} | {r.head_dim} | {r.hidden} | {'yes' if r.ok else 'no'} | "
                    f"{r.compile_s if r.compile_s is not None else '-'} | {r.regs if r.regs is not None else '-'} | "
                    f"{r.stack if r.stack is not None else '-'} | {r.shared if r.shared is not None else '-'} | "
-                   f"{r.mma if r.mma is not None else '-'} | {r.dots} | {r.num_warps} | {r.num_stages} | "
+                   f"{r.mma if r.mma is not None else '-'} | {r.replicated if r.replicated is not None else '-'} | "
+                   f"{r.dots} | {r.num_warps} | {r.num_stages} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)
 
@@ -216,4 +240,4 @@ def as_json(r: KernelReport) -> dict:
     return d
 
 
-__all__ = ["KernelReport", "aot_report", "as_json", "format_rows", "meets_targets"]
+__all__ = ["KernelReport", "aot_report", "as_json", "format_rows", "meets_targets", "replicated_dots"]

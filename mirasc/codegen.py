@@ -163,7 +163,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
     for k in kernels(io, fwd, differentiate(fwd, ins)):
         job = k.name.removeprefix("chunk_").removesuffix("_kernel")
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
-                     "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks}
+                     "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
+                     "tiles": round(k.tiles, 2)}
         found.append(k)
     description = {
         "spec": spec.name,
@@ -172,7 +173,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         "hidden": spec.memory.expansion if spec.memory.depth > 1 else 1,
         # kernels by job: their grid (one program per chunk or per sequence), the axes of
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
-        # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block)
+        # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
+        # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps
         "kernels": jobs,
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
     }

@@ -18,7 +18,7 @@ import sympy as sp
 from . import ir
 from .emit_triton import OFFS, SIZE, inlined, line, name, reduces_hidden, reduction_lines, wide
 from .ir import Graph, Value
-from .kernel_plan import schedule
+from .kernel_plan import peak_units, schedule
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -81,10 +81,12 @@ class _Loop:
 
 @dataclass
 class Body:
-    """A chunk's lines, and the axes of each value it keeps in scratch memory, in slot order."""
+    """A chunk's lines, the axes of each value it keeps in scratch memory, in slot order, and the most register
+    tiles its schedule keeps live at once (mirasc.kernel_plan.peak_units)."""
 
     lines: list[str]
     scratch: list[tuple[str, ...]]
+    tiles: float = 0.0
 
 
 def _segments(order: list[Value]) -> list[Value | _Loop]:
@@ -121,7 +123,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     blocks are read (pointer, index). wide_outputs: for an output that is wide, where its blocks go
     ([(pointer, index, mask)]); a narrow output is the caller's to use."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
-    segments = _segments(schedule(graph))
+    order = schedule(graph)
+    segments = _segments(order)
     loop_of = {v.id: j for j, seg in enumerate(segments) if isinstance(seg, _Loop) for v in seg.values}
     out_of = {v.id: n for n, v in graph.outputs.items()}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
@@ -175,7 +178,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += ["    " + x for x in inside] + after
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
-    return Body(lines, [v.axes for v in kept])
+    return Body(lines, [v.axes for v in kept], peak_units(graph, order))
 
 
 def _shared_accumulators(graph: Graph, segments: list[Value | _Loop]) -> dict[int, Value]:

@@ -67,6 +67,7 @@ class Kernel:
     # "columns": launched over blocks of BV value columns (grid axis 2), see value_kinds; "partial": likewise, each
     # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
     value_blocks: str = "none"
+    tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
 
     @property
     def offsets(self) -> list[str]:
@@ -163,7 +164,7 @@ def _state_forward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_fwd_kernel", doc, "up", args,
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
-                      value_blocks="columns" if not b.scratch and value_local(part) else "none")
+                      value_blocks="columns" if not b.scratch and value_local(part) else "none", tiles=b.tiles)
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -172,7 +173,7 @@ def _state_forward(a: _Assembler) -> Kernel:
     prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
-                  b.scratch)
+                  b.scratch, tiles=b.tiles)
 
 
 def _copy_blocks(states: list[str], axes: dict, src: str, src_index: str, dst: str, dst_index: str) -> list[str]:
@@ -194,7 +195,7 @@ def _outputs(a: _Assembler) -> Kernel:
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and not b.scratch and value_local(part)
-                  else "none")
+                  else "none", tiles=b.tiles)
 
 
 def _state_backward(a: _Assembler) -> Kernel:
@@ -213,7 +214,7 @@ def _state_backward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_bwd_kernel", doc, "down", args,
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-                      value_blocks="columns" if not b.scratch and value_local(part) else "none")
+                      value_blocks="columns" if not b.scratch and value_local(part) else "none", tiles=b.tiles)
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -224,7 +225,7 @@ def _state_backward(a: _Assembler) -> Kernel:
     prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
     return Kernel("chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
                   b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
-                  b.scratch)
+                  b.scratch, tiles=b.tiles)
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:
@@ -258,7 +259,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
             out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "up" if b.scratch else "chunk", args + (["scratch_ptr"] if b.scratch else []),
-                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks))
+                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks, tiles=b.tiles))
     return out
 
 

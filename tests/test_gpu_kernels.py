@@ -108,6 +108,45 @@ def test_aot_takes_the_kernels_warps_and_blocks_it_is_given():
     assert row["num_stages"] == 1, row
 
 
+def test_one_warp_group_where_eight_warps_would_repeat_the_products():
+    """At C = 64 with 8 warps, Triton lays a product that feeds another product with all warps on its 64 rows, so
+    two warp groups compute the same entries (mirasc aot's `replicated`, read from the TritonGPU IR). Linear
+    attention's outputs kernel keeps few tiles live: the launcher gives it 4 warps, which repeat nothing and do not
+    spill."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    only = ["chunk_out_fwd_kernel"]
+    (eight,) = aot_report("linear_attention", chunk_size=64, head_dim=64, warps=8, only=only, timeout=240)
+    (chosen,) = aot_report("linear_attention", chunk_size=64, head_dim=64, only=only, timeout=240)
+    assert eight.ok and eight.num_warps == 8 and eight.replicated > 0, (eight.replicated, eight.error)
+    assert chosen.ok and chosen.num_warps == 4 and chosen.replicated == 0 and chosen.stack == 0, chosen
+
+
+def test_warps_follow_the_live_tiles():
+    """8 warps only where a 64 x 64 chunk tile meets a kernel keeping more than FOUR_WARP_TILES tiles live."""
+    from mirasc.backends.triton import FOUR_WARP_TILES, num_warps
+
+    assert num_warps(64, 64, 64, FOUR_WARP_TILES) == 4
+    assert num_warps(64, 64, 64, FOUR_WARP_TILES + 1) == 8
+    assert num_warps(64, 128, 512, 20.0) == 8
+    assert num_warps(16, 32, 32, 20.0) == 4  # (16, 32) tiles: 4 registers a thread at 4 warps
+
+
+def test_replicated_products_are_read_from_the_layouts():
+    """replicated_dots counts a product whose warps cover more rows or columns than its tile, and no other."""
+    from mirasc.aot import replicated_dots
+
+    layout = "#ttg.nvidia_mma<{{versionMajor = 3, versionMinor = 0, warpsPerCTA = [{}], instrShape = [16, 32, 16]}}>"
+    dot = "ttng.warp_group_dot %a, %b, %c : !ttg.memdesc<{0}x64xbf16> * !ttg.memdesc<64x64xbf16> -> " \
+          "tensor<{0}x64xf32, {1}>"
+    ir = "\n".join([f"#mma = {layout.format('8, 1')}", f"#mma1 = {layout.format('4, 2')}",
+                    "%1 = " + dot.format(64, "#mma"),  # two warp groups on 64 rows
+                    "%2 = " + dot.format(64, "#mma1"),
+                    "%3 = " + dot.format(128, "#mma")])
+    assert replicated_dots(ir) == 1
+
+
 def test_aot_finds_every_kernel_in_the_description():
     """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a channel-decay spec's module has
     its entry there, and no kernel is a fallback for strongly decaying chunks (the decay is exact in every kernel)."""

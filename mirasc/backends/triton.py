@@ -48,10 +48,26 @@ def value_block(head_dim: int) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
-def num_warps(chunk_size: int, head_dim: int, hidden: int) -> int:
-    """Warps per program: 8 once a chunk's (C, D) tiles reach 64 x 64 (each then takes 16 registers a thread
-    instead of 32), else 4. Chosen from ahead-of-time compiles (mirasc aot): fewer warps spill at C = D = 64."""
-    return 8 if chunk_size * max(head_dim, hidden) >= 64 * 64 else 4
+# Register tiles (kernel_plan.peak_units, 64 x 64 fp32 each) up to which a kernel at C = 64 runs with 4 warps.
+FOUR_WARP_TILES = 4.0
+
+
+def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float) -> int:
+    """Warps per program: one warp group (4) unless a chunk's (C, D) tiles reach 64 x 64 and the kernel keeps more
+    than FOUR_WARP_TILES of them live at once (`tiles`, DESCRIPTION's estimate), then 8.
+
+    Why not always 8: Triton lays every matrix product that feeds another product with all warps along its rows
+    (its rule for flash attention), and a warp group of 4 warps already covers 64 rows, so at C = 64 with 8 warps
+    the two warp groups compute the same rows: twice the tensor-core work and twice the accumulator registers
+    (mirasc aot's `replicated` column). With 4 warps each (64, 64) fp32 tile takes 32 registers a thread instead of 16,
+    so a kernel with many live tiles spills there. From ahead-of-time compiles (mirasc aot --num-warps 4 / 8, C = 64,
+    D = 64, bf16, sm_90a) of the 93 kernels of linear attention, RetNet, Mamba2, DeltaNet, Gated DeltaNet and
+    TTT-Linear: the 61 of at most 4 tiles all compile without spills at 4 warps (also at D = 128), and 32 of them have
+    replicated products at 8; of the 32 above 4 tiles, 20 spill at 4 warps (up to 1.3 KB) and 9 at 8, where all 32
+    have replicated products."""
+    if chunk_size * max(head_dim, hidden) < 64 * 64 or tiles <= FOUR_WARP_TILES:
+        return 4
+    return 8
 
 
 def num_stages(head_dim: int, hidden: int) -> int:
@@ -123,8 +139,7 @@ class _Launch:
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
         self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
-                           DOT_PRECISION=prec, num_warps=num_warps(self.C, self.D, self.HID),
-                           num_stages=num_stages(self.D, self.HID))
+                           DOT_PRECISION=prec, num_stages=num_stages(self.D, self.HID))
 
     def kernels(self) -> dict:
         """The kernels of this call by job (DESCRIPTION["kernels"]), each with its entry there."""
@@ -139,7 +154,8 @@ class _Launch:
             scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
         bv = self.BV if info["value_blocks"] != "none" else self.D
         grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
-        launch_fitting(fn, grid, (*args, *scratch, *self.scalars), {**self.consts, "BV": bv})
+        warps = num_warps(self.C, self.D, self.HID, info["tiles"])
+        launch_fitting(fn, grid, (*args, *scratch, *self.scalars), {**self.consts, "BV": bv, "num_warps": warps})
 
     def size(self, axis: str) -> int:
         return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
