@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from mirasc.aot import KernelReport, _cuobjdump, aot_report, as_json, format_rows
+from mirasc.aot import KernelReport, _cuobjdump, aot_report, as_json, format_rows, replicated_dots
 
 SPECS = [("mamba2", "mamba2"), ("gated_deltanet", "gated_deltanet"),
          ("gla (channel decay)", str(Path(__file__).parent / "specs" / "gla.miras"))]
@@ -120,8 +120,9 @@ def _compile_fla(module: str, kernel: str, consts: dict, dtype: str, arch: int, 
         del tl
         queue.put({"ok": True, "compile_s": round(seconds, 1), "regs": field_of("REG"), "stack": field_of("STACK"),
                    "shared": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
+                   "num_stages": compiled.metadata.num_stages,
                    "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln)),
-                   "dots": _count_dots(fn)})
+                   "replicated": replicated_dots(compiled.asm["ttgir"]), "dots": _count_dots(fn)})
     except Exception as e:  # noqa: BLE001 - reported as a row
         queue.put({"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
 

@@ -6,19 +6,17 @@ of BH along it, inside a loop over the blocks (`body`). Consecutive such values 
 hidden axis accumulates across the loop's blocks; a value needed by a later loop is written to the program's
 scratch memory block by block and read back there. A plain sum of such sums made in one loop (the two paths of a
 product rule, the weights and the momentum of a state) accumulates its terms in one tile (`_shared_accumulators`):
-a (C, D) tile of fp32 is 16 registers a thread at C = D = 64 and 8 warps, live for the whole loop.
+each (C, D) accumulator of fp32 holds 16 to 32 registers a thread at C = D = 64 for the whole loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sympy as sp
-
 from . import ir
 from .emit_triton import OFFS, SIZE, inlined, line, name, reduces_hidden, reduction_lines, wide
 from .ir import Graph, Value
-from .kernel_plan import peak_units, schedule
+from .kernel_plan import peak_units, schedule, summands
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -196,21 +194,12 @@ def _shared_accumulators(graph: Graph, segments: list[Value | _Loop]) -> dict[in
             continue
         made_here = {v.id for v in seg.values}
         for u in graph.values:
-            terms = _summands_of(u)
-            if terms and all(t.id in made_here and reduces_hidden(t) and isinstance(t.op, ir.Einsum)
-                             and t.axes == u.axes
-                             and readers.get(t.id) == 1 and t.id not in outputs for t in terms):
+            terms = None if inlined(u) else summands(u)
+            if terms and len({t.id for t in terms}) == len(terms) and all(
+                    t.id in made_here and reduces_hidden(t) and isinstance(t.op, ir.Einsum)
+                    and readers.get(t.id) == 1 and t.id not in outputs for t in terms):
                 into.update({t.id: u for t in terms})
     return into
-
-
-def _summands_of(v: Value) -> list[Value] | None:
-    """v's arguments when v is their plain sum (and each is a distinct value)."""
-    if not isinstance(v.op, ir.Elementwise) or len(v.args) < 2 or inlined(v):
-        return None
-    if v.op.expr != sp.Add(*ir.arg_symbols(len(v.args))) or len({a.id for a in v.args}) != len(v.args):
-        return None
-    return list(v.args)
 
 
 def _read(v: Value) -> list[Value]:

@@ -143,7 +143,7 @@ GRADIENT_UNITS = 7.0
 MAX_TERMS = 12  # kernels per input gradient at most: each recomputes the forward values its term needs
 
 
-def _summands(v: Value) -> list[Value] | None:
+def summands(v: Value) -> list[Value] | None:
     """The terms of v when v is a plain sum of values of its own axes (a broadcast term is left whole)."""
     if not (isinstance(v.op, ir.Elementwise) and len(v.args) >= 2):
         return None
@@ -163,7 +163,7 @@ def gradient_terms(backward: Graph, n: str, deeper: bool = True) -> list[Graph]:
         v = terms.pop(0)
         first = not done and not terms
         if first or (deeper and len(done) + len(terms) < MAX_TERMS and _term_peak(g, v) > GRADIENT_UNITS):
-            parts = _summands(v) or _distribute(g, v)
+            parts = summands(v) or _distribute(g, v)
             if parts:
                 terms = parts + terms
                 continue
@@ -183,7 +183,7 @@ def _distribute(g: Graph, v: Value) -> list[Value] | None:
     for j, arg in enumerate(v.args):
         if not _linear_in(v, [arg]):
             continue
-        parts = _summands(arg) or _distribute(g, arg)  # a sum, or a linear op of one, ...
+        parts = summands(arg) or _distribute(g, arg)  # a sum, or a linear op of one, ...
         if parts:
             return [g._add(v.op, v.args[:j] + (part,) + v.args[j + 1:], v.axes, v.batched, v.hint) for part in parts]
     return None
