@@ -124,11 +124,15 @@ def test_one_warp_group_where_eight_warps_would_repeat_the_products():
 
 
 def test_warps_follow_the_live_tiles():
-    """8 warps only where a 64 x 64 chunk tile meets a kernel keeping more than FOUR_WARP_TILES tiles live."""
+    """8 warps only where a 64 x 64 chunk tile meets a kernel keeping more than FOUR_WARP_TILES tiles live (fewer on
+    an A100, whose products keep their operands in registers)."""
     from mirasc.backends.triton import FOUR_WARP_TILES, num_warps
 
-    assert num_warps(64, 64, 64, FOUR_WARP_TILES) == 4
-    assert num_warps(64, 64, 64, FOUR_WARP_TILES + 1) == 8
+    assert num_warps(64, 64, 64, FOUR_WARP_TILES[90]) == 4
+    assert num_warps(64, 64, 64, FOUR_WARP_TILES[90] + 1) == 8
+    assert num_warps(64, 64, 64, 4.0, arch=80) == 8 and num_warps(64, 64, 64, 3.0, arch=80) == 4
+    assert num_warps(64, 64, 64, 4.0, arch=86) == 8  # an RTX 30x0 / A10: the A100's rule
+    assert num_warps(64, 64, 64, 4.0, arch=100) == 4  # newer than Hopper: Hopper's rule
     assert num_warps(64, 128, 512, 20.0) == 8
     assert num_warps(16, 32, 32, 20.0) == 4  # (16, 32) tiles: 4 registers a thread at 4 warps
 
