@@ -187,7 +187,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:
-            warps_here = warps or num_warps(chunk_size, head_dim, hidden, jobs[job_of(kernel)]["tiles"], arch)
+            warps_here = warps or num_warps(chunk_size, head_dim, hidden, jobs[job_of(kernel)]["tiles"])
             stages_here = stages or num_stages(head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,

@@ -48,29 +48,24 @@ def value_block(head_dim: int) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
-# Register tiles (kernel_plan.peak_units, 64 x 64 fp32 each) up to which a kernel at C = 64 runs with 4 warps, by
-# GPU architecture: an A100's products (mma.sync) hold their operands in registers, an H100's (wgmma) read them from
-# shared memory, so the A100 fits fewer tiles in one warp group.
-FOUR_WARP_TILES = {80: 3.0, 90: 4.0}
+# Register tiles (kernel_plan.peak_units, 64 x 64 fp32 each) up to which a kernel at C = 64 runs with 4 warps.
+FOUR_WARP_TILES = 3.0
 
 
-def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float, arch: int = 90) -> int:
+def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float) -> int:
     """Warps per program: one warp group (4) unless a chunk's (C, D) tiles reach 64 x 64 and the kernel keeps more
-    than FOUR_WARP_TILES of them live at once (`tiles`, DESCRIPTION's estimate), then 8. `arch`: the GPU's compute
-    capability (80 for an A100, 90 for an H100; others take the nearest below, at least 80's).
+    than FOUR_WARP_TILES of them live at once (`tiles`, DESCRIPTION's estimate), then 8.
 
     Why not always 8: Triton lays every matrix product that feeds another product with all warps along its rows
     (its rule for flash attention), and a warp group of 4 warps already covers 64 rows, so at C = 64 with 8 warps
     the two warp groups compute the same rows: twice the tensor-core work and twice the accumulator registers
     (mirasc aot's `replicated` column). With 4 warps each (64, 64) fp32 tile takes 32 registers a thread instead of 16,
     so a kernel with many live tiles spills there. From ahead-of-time compiles (mirasc aot --num-warps 4 / 8, C = 64,
-    D = 64, bf16) of the 93 kernels of linear attention, RetNet, Mamba2, DeltaNet, Gated DeltaNet and TTT-Linear: on
-    sm_90a the 61 of at most 4 tiles all compile without spills at 4 warps (also at D = 128), and 32 of them have
-    replicated products at 8; of the 32 above 4 tiles, 20 spill at 4 warps (up to 1.3 KB) and 9 at 8, where all 32
-    have replicated products. On sm_80, 7 kernels of 4 tiles spill at 4 warps (8 to 160 B) where at 8 they spill
-    less or not at all; none of 3 tiles or fewer does."""
-    limit = FOUR_WARP_TILES[max([a for a in FOUR_WARP_TILES if a <= arch] or [min(FOUR_WARP_TILES)])]
-    if chunk_size * max(head_dim, hidden) < 64 * 64 or tiles <= limit:
+    bf16) of the kernels of linear attention, RetNet, Mamba2, DeltaNet, Gated DeltaNet, TTT-Linear and a
+    channel-decay spec (bench/specs/gla.miras) at D = 64 and 128, sm_90a and sm_80: no kernel of at most 3 tiles
+    spills at 4 warps; at 4 tiles some do (the channel-decay spec's on sm_90a, 16 to 560 B, 7 kernels of the linear
+    specs on sm_80, 8 to 160 B) where 8 warps spill less or not at all; above 4, most spill more at 4 warps."""
+    if chunk_size * max(head_dim, hidden) < 64 * 64 or tiles <= FOUR_WARP_TILES:
         return 4
     return 8
 
@@ -125,8 +120,6 @@ class _Launch:
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         self.dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        major, minor = torch.cuda.get_device_capability(q.device) if q.is_cuda else (9, 0)
-        self.arch = 10 * major + minor  # the warps' rule by architecture (num_warps); any on the interpreter
         dtype, dot, prec = _tl_dtypes(q.dtype, precision)
         self.programs = states[0].shape[0]
         device = q.device
@@ -161,7 +154,7 @@ class _Launch:
             scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
         bv = self.BV if info["value_blocks"] != "none" else self.D
         grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
-        warps = num_warps(self.C, self.D, self.HID, info["tiles"], self.arch)
+        warps = num_warps(self.C, self.D, self.HID, info["tiles"])
         launch_fitting(fn, grid, (*args, *scratch, *self.scalars), {**self.consts, "BV": bv, "num_warps": warps})
 
     def size(self, axis: str) -> int:
