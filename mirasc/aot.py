@@ -3,7 +3,8 @@
 `triton.compile(..., target=GPUTarget("cuda", ARCH, 32))` builds the real cubin with the ptxas shipped in the
 triton wheel; `cuobjdump` (also in the wheel) reads back its registers, stack (bytes of register spills per
 thread), shared memory and SASS, where tensor-core instructions (HMMA, HGMMA, DMMA) are counted, and the TritonGPU
-IR, where products whose warps repeat each other's rows are counted (`replicated_dots`). Nothing is launched. Each kernel compiles in a fresh process with a time limit, so one that hangs is a result, not a hang.
+IR, where products whose warps repeat each other's rows are counted (`replicated_dots`). Nothing is launched.
+Each kernel compiles in a fresh process with a time limit, so one that hangs is a result, not a hang.
 
     mirasc aot SPEC... [--arch 90|80] [--chunk-size 64] [--head-dim 64] [--dtype bf16|fp16|fp32] [--json]
                [--num-warps N] [--num-stages N] [--block-hidden BH] [--block-value BV] [--only KERNEL]
