@@ -64,7 +64,8 @@ def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float) -> int:
     bf16) of the kernels of linear attention, RetNet, Mamba2, DeltaNet, Gated DeltaNet, TTT-Linear and a
     channel-decay spec (bench/specs/gla.miras) at D = 64 and 128, sm_90a and sm_80: no kernel of at most 3 tiles
     spills at 4 warps; at 4 tiles some do (the channel-decay spec's on sm_90a, 16 to 560 B, 7 kernels of the linear
-    specs on sm_80, 8 to 160 B) where 8 warps spill less or not at all; above 4, most spill more at 4 warps."""
+    specs on sm_80, 8 to 160 B) where 8 warps spill less or not at all; above 4, 20 of the linear specs' 32 such
+    kernels spill at 4 warps against 9 at 8 (sm_90a, D = 64)."""
     if chunk_size * max(head_dim, hidden) < 64 * 64 or tiles <= FOUR_WARP_TILES:
         return 4
     return 8
@@ -76,8 +77,8 @@ def num_stages(head_dim: int, hidden: int) -> int:
     more than one stage, Triton prefetches the next blocks into shared memory while it holds this one's tiles in
     registers, which its register-bound kernels cannot afford. 1 there, Triton's default 3 elsewhere. From
     ahead-of-time compiles (mirasc aot titans --num-stages ..., C = 64, D = 64, bf16, sm_90a, 8 warps), stack bytes
-    and shared memory of the outputs kernel: 3 stages 960 B and 100 KiB, 2 stages 688 B and 60 KiB, 1 stage 416 B
-    and 24 KiB."""
+    of all 28 kernels and the most shared memory of one: 3 stages 38,520 B and 204 KiB, 2 stages 34,136 B and 140
+    KiB, 1 stage 28,312 B and 76 KiB (the state pass alone goes the other way: 104 B at 3 stages, 520 B at 1)."""
     return 1 if hidden > head_dim else 3
 
 
