@@ -127,7 +127,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     out_of = {v.id: n for n, v in graph.outputs.items()}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
                       if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}
-    into = _shared_accumulators(graph, segments)
+    into = _shared_accumulators(graph, loop_of)
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
@@ -179,26 +179,22 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     return Body(lines, [v.axes for v in kept], peak_units(graph, order))
 
 
-def _shared_accumulators(graph: Graph, segments: list[Value | _Loop]) -> dict[int, Value]:
-    """{term: sum} for each value that is a plain sum of contractions over the hidden axis made in one loop, where
-    each term is read by that sum alone: the terms then accumulate into the sum's tile (the same additions in
-    another order)."""
+def _shared_accumulators(graph: Graph, loop_of: dict[int, int]) -> dict[int, Value]:
+    """{term: sum} for each value that is a plain sum of contractions over the hidden axis made in one loop
+    (`loop_of`: the loop each looped value is made in), where each term is read by that sum alone: the terms then
+    accumulate into the sum's tile (the same additions in another order)."""
     readers: dict[int, int] = {}
     for v in graph.values:
         for a in set(_read(v)):
             readers[a.id] = readers.get(a.id, 0) + 1
     outputs = {v.id for v in graph.outputs.values()}
     into: dict[int, Value] = {}
-    for seg in segments:
-        if not isinstance(seg, _Loop):
-            continue
-        made_here = {v.id for v in seg.values}
-        for u in graph.values:
-            terms = None if inlined(u) else summands(u)
-            if terms and len({t.id for t in terms}) == len(terms) and all(
-                    t.id in made_here and reduces_hidden(t) and isinstance(t.op, ir.Einsum)
-                    and readers.get(t.id) == 1 and t.id not in outputs for t in terms):
-                into.update({t.id: u for t in terms})
+    for u in graph.values:
+        terms = None if inlined(u) else summands(u)
+        if (terms and len({t.id for t in terms}) == len(terms) and len({loop_of.get(t.id) for t in terms}) == 1
+                and all(t.id in loop_of and reduces_hidden(t) and isinstance(t.op, ir.Einsum)
+                        and readers.get(t.id) == 1 and t.id not in outputs for t in terms)):
+            into.update({t.id: u for t in terms})
     return into
 
 
