@@ -132,7 +132,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
     total = _slot_offset(kept, len(kept))
-    slot = {v.id: f"scratch_ptr + pid * ({total}) + {_slot_offset(kept, k)}" for k, v in enumerate(kept)}
+    slot = {v.id: f"scratch_ptr + slot * ({total}) + {_slot_offset(kept, k)}" for k, v in enumerate(kept)}
 
     def fetch(v: Value, here: int) -> list[str]:
         """Lines making a wide value read in loop `here` available: its block from memory if made elsewhere."""

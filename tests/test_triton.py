@@ -261,20 +261,77 @@ def test_triton_varlen_static_gates_equal_separate_sequences(ops):
     assert max(err.values()) < 1e-10, err
 
 
+def _every_slot_written(launch, fn, grid, args, consts):
+    """launch_fitting, with the kernel's scratch memory (if it has any) NaN-poisoned before and checked after."""
+    if "scratch_ptr" not in fn.arg_names:
+        return launch(fn, grid, args, consts)
+    scratch = args[fn.arg_names.index("scratch_ptr")]
+    scratch.fill_(float("nan"))
+    launch(fn, grid, args, consts)
+    assert not scratch.isnan().any(), f"{fn.__name__}: scratch memory no program wrote (grid {grid})"
+
+
+def test_triton_varlen_mlp_memory_equals_separate_sequences(ops, monkeypatch):
+    """Packed sequences of an MLP memory, whose chunk kernels keep blocks in scratch memory (a slot per program):
+    outputs, final states and every gradient equal the torch backend run on each sequence alone, in fp64. The
+    programs of a shorter sequence's chunks past its end read its last chunk again and must write nothing. Every
+    program's scratch slot is its own: the scratch buffer, NaN-poisoned before each launch, is written everywhere (the
+    interpreter runs programs one at a time, so programs sharing a slot would not change the results here)."""
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops("titans")
+    launch = backend.launch_fitting
+    monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, args, consts: _every_slot_written(
+        launch, fn, grid, args, consts))
+    lengths = [5, 20, 9]
+    cu = torch.tensor([0, 5, 25, 34])
+    seqs = [make_inputs(ref, 1, n, 2, D, dtype=torch.float64, seed=n) for n in lengths]
+    q, k, v = (torch.cat([s[j] for s in seqs], dim=1) for j in range(3))
+    gates = {n: torch.cat([s[3][n] for s in seqs], dim=1) for n in seqs[0][3]}
+    init = [torch.cat([s[5][j] for s in seqs], dim=0) for j in range(len(seqs[0][5]))]
+
+    def packed(q, k, v, g, p, st):
+        return tri(q, k, v, gates=g, params=p, initial_state=st, output_final_state=True, chunk_size=16,
+                   cu_seqlens=cu)
+
+    def separate(q, k, v, g, p, st):
+        outs, finals = [], []
+        for j, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            o, f = ref(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], gates={n: x[:, lo:hi] for n, x in g.items()},
+                       params=p, initial_state=[x[j:j + 1] for x in st], output_final_state=True, chunk_size=16)
+            outs.append(o)
+            finals.append(list(f))
+        return torch.cat(outs, dim=1), [torch.cat(parts, dim=0) for parts in zip(*finals)]
+
+    a = outputs_and_grads(packed, q, k, v, gates, seqs[0][4], init)
+    b = outputs_and_grads(separate, q, k, v, gates, seqs[0][4], init)
+    err = _errors(a, b)
+    assert max(err.values()) < 1e-10, err
+
+
 # moneta out of the default run (29 s; 2026-12-02): its hidden-block loops are memora's, with lq where memora has KL
 @pytest.mark.parametrize("name", ["memora", "titans"])
 def test_triton_hidden_blocks_match_one_block(ops, name, monkeypatch):
     """An MLP memory's hidden axis in four blocks (loops, sums across blocks, scratch memory, the state in memory)
-    gives what one block gives and what the torch backend gives, in fp64."""
+    gives what one block gives and what the torch backend gives, in fp64; with a scratch budget of one chunk's
+    programs, the chunk kernels run one wave per chunk, reusing one scratch buffer."""
     import mirasc.backends.triton as backend
 
     tri, ref = ops(name)
-    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=4)
+    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=4)  # two chunks of 16, the last partial
     monkeypatch.setattr(backend, "INTERPRETER_HIDDEN_BLOCK", 4 * D // 4)  # hidden 4·D in four blocks
+    monkeypatch.setattr(backend, "INTERPRETER_SCRATCH_BYTES", 1)  # a wave of one chunk
+    waves = []
+    launch = backend.launch_fitting
+    monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, *a: (waves.append(grid), launch(fn, grid, *a)))
     blocks = _run(tri, _to(ins), 16)
     blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
     err = _errors(blocks, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
+    jobs = tri.triton_module.DESCRIPTION["kernels"].values()
+    per_job = [(1, 1) if info["grid"] == "sequences" else (2, 1) if info["scratch"] else (1, 2) for info in jobs]
+    assert sum(n for n, _ in per_job) > len(per_job)  # some kernels keep scratch: they run in waves
+    assert sorted(grid[1] for grid in waves) == sorted(w for n, w in per_job for _ in range(n)), waves
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "mamba2", "ttt_linear"])

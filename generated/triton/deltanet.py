@@ -50,10 +50,10 @@ DESCRIPTION = {'spec': 'deltanet',
  'stored': [['stored_0', ['t', 's']]]}
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -110,10 +110,10 @@ def chunk_state_fwd_kernel(
         c += 1
     tl.store(final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -136,11 +136,12 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v14 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -161,10 +162,10 @@ def chunk_out_fwd_kernel(
     v19 = (v14 - v18)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -221,10 +222,10 @@ def chunk_state_bwd_kernel(
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -248,11 +249,12 @@ def chunk_grad_q_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -272,10 +274,10 @@ def chunk_grad_q_0_bwd_kernel(
     v20 = tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -299,20 +301,21 @@ def chunk_grad_q_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v8 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(d_out).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v8.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -336,11 +339,12 @@ def chunk_grad_k_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -378,10 +382,10 @@ def chunk_grad_k_0_bwd_kernel(
     v39 = tl.trans(tl.dot(tl.trans(v14).to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -405,11 +409,12 @@ def chunk_grad_k_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v11 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -430,10 +435,10 @@ def chunk_grad_k_1_bwd_kernel(
     v22 = v21
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -457,11 +462,12 @@ def chunk_grad_k_2_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -482,10 +488,10 @@ def chunk_grad_k_2_bwd_kernel(
     v20 = v19
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v20.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -509,11 +515,12 @@ def chunk_grad_k_3_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -552,10 +559,10 @@ def chunk_grad_k_3_bwd_kernel(
     v40 = v39
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -579,11 +586,12 @@ def chunk_grad_k_4_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -609,10 +617,10 @@ def chunk_grad_k_4_bwd_kernel(
     v27 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v27.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -636,11 +644,12 @@ def chunk_grad_v_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -658,10 +667,10 @@ def chunk_grad_v_0_bwd_kernel(
     v21 = ((-1.0) * v20)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -685,11 +694,12 @@ def chunk_grad_v_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v8 = k
@@ -707,10 +717,10 @@ def chunk_grad_v_1_bwd_kernel(
     v19 = ((-1.0) * v18)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -734,11 +744,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v9 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -759,10 +770,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v23 = v22
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v23.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -786,11 +797,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v8 = k
@@ -812,10 +824,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v21 = v20
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -839,11 +851,12 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)

@@ -51,10 +51,10 @@ DESCRIPTION = {'spec': 'mamba2',
  'stored': []}
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, final_w1_ptr, starts_w1_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -111,10 +111,10 @@ def chunk_state_fwd_kernel(
         c += 1
     tl.store(final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, out_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -137,11 +137,12 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -165,10 +166,10 @@ def chunk_out_fwd_kernel(
     v23 = (v17 - v22)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v23.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -214,10 +215,10 @@ def chunk_state_bwd_kernel(
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -241,11 +242,12 @@ def chunk_grad_q_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.cumsum(v9, axis=0, reverse=False)
@@ -265,10 +267,10 @@ def chunk_grad_q_0_bwd_kernel(
     v22 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -292,11 +294,12 @@ def chunk_grad_q_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -307,10 +310,10 @@ def chunk_grad_q_1_bwd_kernel(
     v11 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -334,11 +337,12 @@ def chunk_grad_k_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v20 = v7
@@ -361,10 +365,10 @@ def chunk_grad_k_0_bwd_kernel(
     v26 = v25
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v26.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -388,11 +392,12 @@ def chunk_grad_k_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.cumsum(v9, axis=0, reverse=False)
@@ -412,10 +417,10 @@ def chunk_grad_k_1_bwd_kernel(
     v22 = v21
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -439,11 +444,12 @@ def chunk_grad_v_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v10 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -466,10 +472,10 @@ def chunk_grad_v_0_bwd_kernel(
     v26 = ((-1.0) * v25)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v26.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -493,11 +499,12 @@ def chunk_grad_v_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = k
@@ -517,10 +524,10 @@ def chunk_grad_v_1_bwd_kernel(
     v22 = ((-1.0) * v21)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v22.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -544,11 +551,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v10 = (w1 * d_new_w1)
@@ -568,10 +576,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v19 = (v18 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v19.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -595,11 +603,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = ((-1.0) * v)  # inner gradient signal g = dl/dy
     v19 = v7
@@ -628,10 +637,10 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v31 = (v30 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v31.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -655,11 +664,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v10 = tl.cumsum(v9, axis=0, reverse=False)
@@ -685,10 +695,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v25 = (v24 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v25.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -712,11 +722,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v11 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v12 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))

@@ -31,7 +31,7 @@ DESCRIPTION = {'spec': 'titans',
                            'scratch': [['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none',
                            'tiles': 7.0},
-             'out_fwd': {'grid': 'sequences',
+             'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                          'value_blocks': 'none',
                          'tiles': 8.0},
@@ -55,7 +55,7 @@ DESCRIPTION = {'spec': 'titans',
                            'value_blocks': 'none',
                            'tiles': 22.0},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
-             'grad_q_1_bwd': {'grid': 'sequences',
+             'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -64,15 +64,15 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 9.0},
-             'grad_q_2_bwd': {'grid': 'sequences',
+             'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 8.0},
-             'grad_q_3_bwd': {'grid': 'sequences',
+             'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 8.0},
-             'grad_k_0_bwd': {'grid': 'sequences',
+             'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -81,11 +81,11 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
-             'grad_k_1_bwd': {'grid': 'sequences',
+             'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 12.5},
-             'grad_k_2_bwd': {'grid': 'sequences',
+             'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
@@ -99,15 +99,15 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 15.0},
-             'grad_v_0_bwd': {'grid': 'sequences',
+             'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 12.5},
-             'grad_v_1_bwd': {'grid': 'sequences',
+             'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 11.5},
-             'grad_gate_alpha_0_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -115,11 +115,11 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 9.0},
-             'grad_gate_alpha_1_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5},
-             'grad_gate_alpha_2_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -129,7 +129,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 12.5},
-             'grad_gate_alpha_3_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
                                                    ['s', 'h'],
@@ -138,11 +138,11 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 13.5},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+             'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['s', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5},
-             'grad_gate_eta_1_bwd': {'grid': 'sequences',
+             'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
@@ -151,7 +151,7 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 11.5},
-             'grad_gate_theta_0_bwd': {'grid': 'sequences',
+             'grad_gate_theta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -159,11 +159,11 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0},
-             'grad_gate_theta_1_bwd': {'grid': 'sequences',
+             'grad_gate_theta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5},
-             'grad_gate_theta_2_bwd': {'grid': 'sequences',
+             'grad_gate_theta_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -172,7 +172,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5},
-             'grad_gate_theta_3_bwd': {'grid': 'sequences',
+             'grad_gate_theta_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -181,34 +181,34 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5},
-             'grad_ln_weight_0_bwd': {'grid': 'sequences',
+             'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 8.0},
-             'grad_ln_weight_1_bwd': {'grid': 'sequences',
+             'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5},
-             'grad_ln_weight_2_bwd': {'grid': 'sequences',
+             'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5},
-             'grad_ln_weight_3_bwd': {'grid': 'sequences',
+             'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
-             'grad_ln_bias_1_bwd': {'grid': 'sequences',
+             'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                     'value_blocks': 'none',
                                     'tiles': 12.5}},
  'stored': []}
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -241,6 +241,7 @@ def chunk_state_fwd_kernel(
         tl.store(starts_s1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_s1_ptr.dtype.element_ty))
         tl.store(starts_s2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_s2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -252,10 +253,10 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
             v13_c0 = (0.5 * v12)
             v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -323,7 +324,7 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v70 = v37
@@ -336,7 +337,7 @@ def chunk_state_fwd_kernel(
             v81 = (v80 - v74)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v71 = v13
             v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v89 = (v76 * w2)
@@ -358,10 +359,10 @@ def chunk_state_fwd_kernel(
         tl.debug_barrier()  # the next chunk reads the state this one wrote
         c += 1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -386,123 +387,125 @@ def chunk_out_fwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v65 = (v64 * v53)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v73 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v63 = v37
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            v67 = (v61 - v66)
-            v68_c0 = (0.5 * v67)
-            v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69 = (v68 * v43[:, None])
-            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 * v56[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v76 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v77 = (v76 * v53)
-        v75 = v35
-        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = (v73 - v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v79 - v81[:, None])
-        v83 = (v82 * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
-        v87 = q
-        v88 = (v86 + v87)  # read: M(q_t; W_t)
-        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v65 = (v64 * v53)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v63 = v37
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v58 + v60)
+        v67 = (v61 - v66)
+        v68_c0 = (0.5 * v67)
+        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69 = (v68 * v43[:, None])
+        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = (v68 * v56[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = v13
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
+    v87 = q
+    v88 = (v86 + v87)  # read: M(q_t; W_t)
+    tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -535,6 +538,7 @@ def chunk_state_bwd_kernel(
         tl.store(carries_s1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_s1_ptr.dtype.element_ty))
         tl.store(carries_s2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_s2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = tl.cdiv(seq_len, C) - 1
     while c >= 0:
         tok = c * C
@@ -572,18 +576,18 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v129 = (v100 * d_new_w1)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v129)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v129)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v74 = (v71 + v73)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v74)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v74)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
             v13_c0 = (0.5 * v12)
             v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -615,26 +619,26 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            v12 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v76 = v37
             v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            v13 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87 = v13
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
             v81_c0 = (0.5 * v80)
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
             v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v84 = (v81 * v65[:, None])
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -642,8 +646,8 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v90 = (v89 * v62)
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -691,19 +695,19 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v146 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v153 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v156 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v158 = (v146 + v153 + v156)
-            v80 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v159_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v159 = (v158 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
             v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v124 = ((-1.0) * d_new_s1)
             v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -714,26 +718,26 @@ def chunk_state_bwd_kernel(
             v161 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v160.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v162 = (v126 + v131 + v161)
             v163 = v162
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v163)
-            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v163)
+            v12 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v166_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v166_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v166_c2 = (0.5 * (v12 * v12))
             v166_c3 = tl.exp(((-1.0) * v166_c2))
             v166 = (v36 * v163 * ((v166_c0 * v166_c1 * v166_c3) - (v166_c0 * v166_c1 * v166_c2 * v166_c3)))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v111 = ((-1.0) * d_new_s2)
             v115 = tl.dot(v114.to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v116 = ((-1.0) * d_new_w2)
             v122 = tl.dot(v121.to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v147 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v150 = (v115 + v122 + v147)
             v151 = v150
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
             v112 = (v87 * v69[:, None])
             v113 += tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v119 = (v87 * v68[:, None])
@@ -745,11 +749,11 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v163 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v167_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v167 = (v163 * (0.5 + (0.5 * tl.math.erf(v167_c0)) + (v167_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
@@ -790,26 +794,26 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v151 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v151 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v200 = (v151 + v198)
-            v12 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v201_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v201 = (v200 * (0.5 + (0.5 * tl.math.erf(v201_c0)) + (v201_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v166 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v166 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v202 = (v166 + v201)
             v203 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v202.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v129 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
-            v165 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            v165 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
             v207 = (v129 + v165 + v203)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v118 = (v100 * d_new_w2)
-            v82 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v157 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v167 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v13 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v13 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v206 = (v118 + v157 + v168 + v199)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
@@ -818,7 +822,7 @@ def chunk_state_bwd_kernel(
             v123 = (v104 * d_new_s1)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v128 = (v102 * d_new_w1)
-            v159 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v159 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v205 = (v123 + v128 + v164)
             tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
@@ -826,7 +830,7 @@ def chunk_state_bwd_kernel(
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v110 = (v104 * d_new_s2)
             v117 = (v102 * d_new_w2)
-            v84 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v84 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v154 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v204 = (v110 + v117 + v154)
             tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
@@ -835,10 +839,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -864,19 +868,20 @@ def chunk_grad_q_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = d_out
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -902,159 +907,161 @@ def chunk_grad_q_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v65 = (v64 * v53)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v73 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v63 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            v67 = (v61 - v66)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v68_c0 = (0.5 * v67)
-            v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69 = (v68 * v43[:, None])
-            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 * v56[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v76 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v77 = (v76 * v53)
-        v75 = v35
-        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = (v73 - v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v79 - v81[:, None])
-        v83 = (v82 * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (2.0 * v82 * v94[:, None])
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v96 = (v91 + v95)
-        v97 = ((-1.0) * v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = (v96 + v99[:, None])
-        v101 = ((-1.0) * v100)
-        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = (v53 * v102)
-        v105 = (v100 * v56[:, None])
-        v107 = (v100 * v43[:, None])
-        v112 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = (v104 + v106 + v108)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v111 = ((-1.0) * v110)
-            v63 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v113 = (v53 * v112)
-        v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v65 = (v64 * v53)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v63 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v58 + v60)
+        v67 = (v61 - v66)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        v68_c0 = (0.5 * v67)
+        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69 = (v68 * v43[:, None])
+        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = (v68 * v56[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v105 = (v100 * v56[:, None])
+    v107 = (v100 * v43[:, None])
+    v112 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v109 = (v104 + v106 + v108)
+        v67 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v111 = ((-1.0) * v110)
+        v63 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v113 = (v53 * v112)
+    v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1080,156 +1087,158 @@ def chunk_grad_q_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v65 = (v64 * v53)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v73 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v63 = v37
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            v67 = (v61 - v66)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v68_c0 = (0.5 * v67)
-            v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69 = (v68 * v43[:, None])
-            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 * v56[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v76 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v77 = (v76 * v53)
-        v75 = v35
-        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = (v73 - v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v79 - v81[:, None])
-        v83 = (v82 * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (2.0 * v82 * v94[:, None])
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v96 = (v91 + v95)
-        v97 = ((-1.0) * v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = (v96 + v99[:, None])
-        v101 = ((-1.0) * v100)
-        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = (v53 * v102)
-        v105 = (v100 * v56[:, None])
-        v107 = (v100 * v43[:, None])
-        v112 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = (v104 + v106 + v108)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v111 = (v110 * v56[:, None])
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v112 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v65 = (v64 * v53)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v63 = v37
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v58 + v60)
+        v67 = (v61 - v66)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        v68_c0 = (0.5 * v67)
+        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69 = (v68 * v43[:, None])
+        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = (v68 * v56[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v105 = (v100 * v56[:, None])
+    v107 = (v100 * v43[:, None])
+    v112 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v109 = (v104 + v106 + v108)
+        v67 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v111 = (v110 * v56[:, None])
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v112 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1255,156 +1264,158 @@ def chunk_grad_q_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v65 = (v64 * v53)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v73 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v63 = v37
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            v67 = (v61 - v66)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-            v68_c0 = (0.5 * v67)
-            v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69 = (v68 * v43[:, None])
-            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 * v56[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v76 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v77 = (v76 * v53)
-        v75 = v35
-        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = (v73 - v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v79 - v81[:, None])
-        v83 = (v82 * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (2.0 * v82 * v94[:, None])
-        v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v96 = (v91 + v95)
-        v97 = ((-1.0) * v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = (v96 + v99[:, None])
-        v101 = ((-1.0) * v100)
-        v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = (v53 * v102)
-        v105 = (v100 * v56[:, None])
-        v107 = (v100 * v43[:, None])
-        v112 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = (v104 + v106 + v108)
-            v67 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-            v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v111 = (v110 * v43[:, None])
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v65 = (v64 * v53)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v63 = v37
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v58 + v60)
+        v67 = (v61 - v66)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        v68_c0 = (0.5 * v67)
+        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69 = (v68 * v43[:, None])
+        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = (v68 * v56[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (2.0 * v82 * v94[:, None])
+    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v96 = (v91 + v95)
+    v97 = ((-1.0) * v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v96 + v99[:, None])
+    v101 = ((-1.0) * v100)
+    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v53 * v102)
+    v105 = (v100 * v56[:, None])
+    v107 = (v100 * v43[:, None])
+    v112 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v109 = (v104 + v106 + v108)
+        v67 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
+        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v111 = (v110 * v43[:, None])
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1430,186 +1441,188 @@ def chunk_grad_k_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v112 = tl.sum((v111), axis=1)
-        v113 = (v112 / (D))
-        v114 = (2.0 * v95 * v113[:, None])
-        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v115 = (v110 + v114)
-        v116 = ((-1.0) * v115)
-        v117 = tl.sum((v116), axis=1)
-        v118 = (v117 / (D))
-        v119 = (v115 + v118[:, None])
-        v120 = ((-1.0) * v119)
-        v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v122 = (v62 * v121)
-        v124 = (v119 * v65[:, None])
-        v126 = (v119 * v49[:, None])
-        v131 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v128 = (v123 + v125 + v127)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v129_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v129 = (v128 * (0.5 + (0.5 * tl.math.erf(v129_c0)) + (v129_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v130 = ((-1.0) * v129)
-            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v132 = (v62 * v131)
-        v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v106 = tl.zeros((C, D), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v105 = (v76 * v69[:, None])
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s1)
-            v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v76 * v68[:, None])
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w1)
-            v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v134 = (v106 + v109 + v133)
-        v135 = v134
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (2.0 * v95 * v113[:, None])
+    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v115 = (v110 + v114)
+    v116 = ((-1.0) * v115)
+    v117 = tl.sum((v116), axis=1)
+    v118 = (v117 / (D))
+    v119 = (v115 + v118[:, None])
+    v120 = ((-1.0) * v119)
+    v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v62 * v121)
+    v124 = (v119 * v65[:, None])
+    v126 = (v119 * v49[:, None])
+    v131 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v128 = (v123 + v125 + v127)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v129_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v129 = (v128 * (0.5 + (0.5 * tl.math.erf(v129_c0)) + (v129_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v130 = ((-1.0) * v129)
+        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v132 = (v62 * v131)
+    v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v106 = tl.zeros((C, D), DTYPE)
+    v109 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v105 = (v76 * v69[:, None])
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s1)
+        v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v108 = (v76 * v68[:, None])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w1)
+        v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v134 = (v106 + v109 + v133)
+    v135 = v134
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1635,205 +1648,207 @@ def chunk_grad_k_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (2.0 * v18 * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v155 = (v153 + v154)
-        v156 = v155
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = v155
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1859,265 +1874,267 @@ def chunk_grad_k_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v75 = k
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v53 = v52
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v69 = (v57 * v50)
-        v115 = (v75 * v69[:, None])
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v118 = (v75 * v68[:, None])
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v78 = (v77 * v62)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v88 = v35
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v114 = ((-1.0) * d_new_s1)
-            v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v117 = ((-1.0) * d_new_w1)
-            v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v119)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v90 = (v89 * v62)
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v122 = tl.sum((v121), axis=1)
-        v123 = (v122 / (D))
-        v124 = (2.0 * v95 * v123[:, None])
-        v125 = (v120 + v124)
-        v126 = ((-1.0) * v125)
-        v127 = tl.sum((v126), axis=1)
-        v128 = (v127 / (D))
-        v129 = (v125 + v128[:, None])
-        v130 = ((-1.0) * v129)
-        v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v133 = (v62 * v131)
-        v140 = (v129 * v65[:, None])
-        v142 = (v129 * v49[:, None])
-        v107 = (v88 * v69[:, None])
-        v112 = (v88 * v68[:, None])
-        v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        v111 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v144 = (v134 + v141 + v143)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v145_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v145 = (v144 * (0.5 + (0.5 * tl.math.erf(v145_c0)) + (v145_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v146 = ((-1.0) * v145)
-            v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v116 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v119 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v148 = (v116 + v119 + v147)
-            v149 = v148
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v149)
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v150_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v150_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v150_c2 = (0.5 * (v12 * v12))
-            v150_c3 = tl.exp(((-1.0) * v150_c2))
-            v150 = (v36 * v149 * ((v150_c0 * v150_c1 * v150_c3) - (v150_c0 * v150_c1 * v150_c2 * v150_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v150)
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v109 = ((-1.0) * d_new_w2)
-            v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v138 = (v108 + v113 + v135)
-            v139 = v138
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
-            v105 = (v87 * v69[:, None])
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v110 = (v87 * v68[:, None])
-            v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v136 = (v106 + v111 + v132)
-        v137 = v136
-        v152 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v149 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v151_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v151 = (v149 * (0.5 + (0.5 * tl.math.erf(v151_c0)) + (v151_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v153 = (v137 + v152)
-        v154 = tl.sum((v153), axis=1)
-        v155 = (v154 / (D))
-        v156 = ((-1.0) * v155)
-        v157 = (v153 + v156[:, None])
-        v158 = (2.0 * v29[:, None] * v157)
-        v159 = (2.0 * v18 * v157)
-        v160 = tl.sum((v159), axis=1)
-        v161 = (v160 / (D))
-        v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v169 = (v165 + v168)
-        v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v164 = tl.sum((v163), axis=1)
-        v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v167 = tl.sum((v166), axis=1)
-        v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v172 = tl.sum((v171), axis=1)
-        v173 = (v164 + v167 + v172)
-        v174 = (v173 / (D))
-        v175 = (2.0 * v18 * v174[:, None])
-        v176 = (v158 + v162 + v170 + v175)
-        v177 = ((-1.0) * v176)
-        v178 = tl.sum((v177), axis=1)
-        v179 = (v178 / (D))
-        v180 = (v176 + v179[:, None])
-        v185 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v139 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v182 = (v139 + v181)
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v183_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v183 = (v182 * (0.5 + (0.5 * tl.math.erf(v183_c0)) + (v183_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v150 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v184 = (v150 + v183)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v75 = k
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v115 = (v75 * v69[:, None])
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v118 = (v75 * v68[:, None])
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v78 = (v77 * v62)
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v88 = v35
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v114 = ((-1.0) * d_new_s1)
+        v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v117 = ((-1.0) * d_new_w1)
+        v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v119)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v90 = (v89 * v62)
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v122 = tl.sum((v121), axis=1)
+    v123 = (v122 / (D))
+    v124 = (2.0 * v95 * v123[:, None])
+    v125 = (v120 + v124)
+    v126 = ((-1.0) * v125)
+    v127 = tl.sum((v126), axis=1)
+    v128 = (v127 / (D))
+    v129 = (v125 + v128[:, None])
+    v130 = ((-1.0) * v129)
+    v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v133 = (v62 * v131)
+    v140 = (v129 * v65[:, None])
+    v142 = (v129 * v49[:, None])
+    v107 = (v88 * v69[:, None])
+    v112 = (v88 * v68[:, None])
+    v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v144 = (v134 + v141 + v143)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v145_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v145 = (v144 * (0.5 + (0.5 * tl.math.erf(v145_c0)) + (v145_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v146 = ((-1.0) * v145)
+        v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v119 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v148 = (v116 + v119 + v147)
+        v149 = v148
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v149)
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v36 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v150_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v150_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v150_c2 = (0.5 * (v12 * v12))
+        v150_c3 = tl.exp(((-1.0) * v150_c2))
+        v150 = (v36 * v149 * ((v150_c0 * v150_c1 * v150_c3) - (v150_c0 * v150_c1 * v150_c2 * v150_c3)))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v150)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v109 = ((-1.0) * d_new_w2)
+        v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v138 = (v108 + v113 + v135)
+        v139 = v138
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
+        v105 = (v87 * v69[:, None])
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 = (v87 * v68[:, None])
+        v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v136 = (v106 + v111 + v132)
+    v137 = v136
+    v152 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v149 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v151_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v151 = (v149 * (0.5 + (0.5 * tl.math.erf(v151_c0)) + (v151_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v153 = (v137 + v152)
+    v154 = tl.sum((v153), axis=1)
+    v155 = (v154 / (D))
+    v156 = ((-1.0) * v155)
+    v157 = (v153 + v156[:, None])
+    v158 = (2.0 * v29[:, None] * v157)
+    v159 = (2.0 * v18 * v157)
+    v160 = tl.sum((v159), axis=1)
+    v161 = (v160 / (D))
+    v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v169 = (v165 + v168)
+    v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v164 = tl.sum((v163), axis=1)
+    v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v167 = tl.sum((v166), axis=1)
+    v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v172 = tl.sum((v171), axis=1)
+    v173 = (v164 + v167 + v172)
+    v174 = (v173 / (D))
+    v175 = (2.0 * v18 * v174[:, None])
+    v176 = (v158 + v162 + v170 + v175)
+    v177 = ((-1.0) * v176)
+    v178 = tl.sum((v177), axis=1)
+    v179 = (v178 / (D))
+    v180 = (v176 + v179[:, None])
+    v185 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v139 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v182 = (v139 + v181)
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v183_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v183 = (v182 * (0.5 + (0.5 * tl.math.erf(v183_c0)) + (v183_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v150 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v184 = (v150 + v183)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2143,203 +2160,205 @@ def chunk_grad_v_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (2.0 * v18 * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = ((-1.0) * v153)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = ((-1.0) * v153)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2365,200 +2384,202 @@ def chunk_grad_v_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v151 = ((-1.0) * v150)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v151 = ((-1.0) * v150)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2584,179 +2605,181 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v42 = v41
-        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v47 = tl.cumsum(v46, axis=0, reverse=False)
-        v48 = v47
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = gate_eta
-        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v63 = k
-        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v66 = (v65 * v54)
-        v50 = tl.exp(v47)  # cumulative decay in the chunk
-        v55 = v50
-        v56 = (v51 * v55[None, :])
-        v57 = tl.sum((v56), axis=1)
-        v60 = (q * v57[:, None])
-        v44 = tl.exp(v41)  # cumulative decay in the chunk
-        v58 = (q * v44[:, None])
-        v74 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v64 = v37
-            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = (v59 + v61)
-            v68 = (v62 - v67)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69_c0 = (0.5 * v68)
-            v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-            v70 = (v69 * v44[:, None])
-            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = (v69 * v57[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v77 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v75 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v78 = (v77 * v54)
-        v76 = v35
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v74 - v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v80 - v82[:, None])
-        v84 = (v83 * v83)
-        v85 = tl.sum((v84), axis=1)
-        v86 = (v85 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v100 = tl.sum((v99), axis=1)
-        v101 = (v100 / (D))
-        v102 = (2.0 * v83 * v101[:, None])
-        v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v103 = (v98 + v102)
-        v104 = ((-1.0) * v103)
-        v105 = tl.sum((v104), axis=1)
-        v106 = (v105 / (D))
-        v107 = (v103 + v106[:, None])
-        v108 = ((-1.0) * v107)
-        v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v110 = (v54 * v109)
-        v112 = (v107 * v57[:, None])
-        v114 = (v107 * v44[:, None])
-        v123 = tl.zeros((C,), DTYPE)
-        v116 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v111 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v119 = (v111 + v113 + v115)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v120_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-            v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v121 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v122 = (v120 * v121)
-            v123 += tl.sum((v122), axis=1)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v117 = (v107 * v116)
-        v118 = tl.sum((v117), axis=1)
-        v96 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = (w2 * d_new_w2)
-            v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v94 = (w1 * d_new_w1)
-            v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
-        v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
-        v124 = (v97 + v118 + v123)
-        v125 = (v124 * tl.exp(v41))
-        v126 = tl.cumsum(v125, axis=0, reverse=True)
-        v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v41 = tl.cumsum(v40, axis=0, reverse=False)
+    v42 = v41
+    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v47 = tl.cumsum(v46, axis=0, reverse=False)
+    v48 = v47
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = gate_eta
+    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v63 = k
+    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v66 = (v65 * v54)
+    v50 = tl.exp(v47)  # cumulative decay in the chunk
+    v55 = v50
+    v56 = (v51 * v55[None, :])
+    v57 = tl.sum((v56), axis=1)
+    v60 = (q * v57[:, None])
+    v44 = tl.exp(v41)  # cumulative decay in the chunk
+    v58 = (q * v44[:, None])
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v64 = v37
+        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v59 + v61)
+        v68 = (v62 - v67)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69_c0 = (0.5 * v68)
+        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        v70 = (v69 * v44[:, None])
+        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v69 * v57[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v77 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v75 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v78 = (v77 * v54)
+    v76 = v35
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v80 - v82[:, None])
+    v84 = (v83 * v83)
+    v85 = tl.sum((v84), axis=1)
+    v86 = (v85 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (2.0 * v83 * v101[:, None])
+    v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v103 = (v98 + v102)
+    v104 = ((-1.0) * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v107 = (v103 + v106[:, None])
+    v108 = ((-1.0) * v107)
+    v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v110 = (v54 * v109)
+    v112 = (v107 * v57[:, None])
+    v114 = (v107 * v44[:, None])
+    v123 = tl.zeros((C,), DTYPE)
+    v116 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v75 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v111 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v119 = (v111 + v113 + v115)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v120_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v121 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v122 = (v120 * v121)
+        v123 += tl.sum((v122), axis=1)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v117 = (v107 * v116)
+    v118 = tl.sum((v117), axis=1)
+    v96 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v92 = (w2 * d_new_w2)
+        v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v94 = (w1 * d_new_w1)
+        v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
+    v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
+    v124 = (v97 + v118 + v123)
+    v125 = (v124 * tl.exp(v41))
+    v126 = tl.cumsum(v125, axis=0, reverse=True)
+    v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2782,100 +2805,102 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v57 = v35
-        v54 = k
-        v66 = tl.zeros((C,), DTYPE)
-        v68 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v63 = ((-1.0) * d_new_w2)
-            v64 = tl.dot(v57.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v56 = v13
-            v65 = (v56 * v64)
-            v66 += tl.sum((v65), axis=1)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v55 = v37
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v67 = ((-1.0) * d_new_w1)
-            v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = (v54 * v68)
-        v70 = tl.sum((v69), axis=1)
-        v71 = (v66 + v70)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v48 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v49 = tl.cumsum(v48, axis=0, reverse=False)
-        v50 = v49
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v47 = gate_eta
-        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v49[:, None] - v50[None, :]))))) * v47[None, :])))
-        v72 = (v53 * v71[:, None])
-        v73 = tl.sum((v72), axis=0)
-        v74 = v73
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v75 = (v41 * v74 * tl.exp((v46 - v44)))
-        v76 = tl.sum((v75), axis=0)
-        v77 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v76)
-        v78 = tl.cumsum(v77, axis=0, reverse=True)
-        v79 = (v78 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v57 = v35
+    v54 = k
+    v66 = tl.zeros((C,), DTYPE)
+    v68 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v63 = ((-1.0) * d_new_w2)
+        v64 = tl.dot(v57.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = v13
+        v65 = (v56 * v64)
+        v66 += tl.sum((v65), axis=1)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v55 = v37
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v67 = ((-1.0) * d_new_w1)
+        v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = (v54 * v68)
+    v70 = tl.sum((v69), axis=1)
+    v71 = (v66 + v70)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v48 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v49 = tl.cumsum(v48, axis=0, reverse=False)
+    v50 = v49
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v47 = gate_eta
+    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v49[:, None] - v50[None, :]))))) * v47[None, :])))
+    v72 = (v53 * v71[:, None])
+    v73 = tl.sum((v72), axis=0)
+    v74 = v73
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v75 = (v41 * v74 * tl.exp((v46 - v44)))
+    v76 = tl.sum((v75), axis=0)
+    v77 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v76)
+    v78 = tl.cumsum(v77, axis=0, reverse=True)
+    v79 = (v78 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2901,198 +2926,200 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v42 = v41
-        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v47 = tl.cumsum(v46, axis=0, reverse=False)
-        v48 = v47
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = gate_eta
-        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v63 = k
-        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v66 = (v65 * v54)
-        v50 = tl.exp(v47)  # cumulative decay in the chunk
-        v55 = v50
-        v56 = (v51 * v55[None, :])
-        v57 = tl.sum((v56), axis=1)
-        v60 = (q * v57[:, None])
-        v44 = tl.exp(v41)  # cumulative decay in the chunk
-        v58 = (q * v44[:, None])
-        v74 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v64 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
-            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = (v59 + v61)
-            v68 = (v62 - v67)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69_c0 = (0.5 * v68)
-            v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-            v70 = (v69 * v44[:, None])
-            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = (v69 * v57[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v77 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v75 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v78 = (v77 * v54)
-        v76 = v35
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v74 - v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v80 - v82[:, None])
-        v84 = (v83 * v83)
-        v85 = tl.sum((v84), axis=1)
-        v86 = (v85 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v100 = tl.sum((v99), axis=1)
-        v101 = (v100 / (D))
-        v102 = (2.0 * v83 * v101[:, None])
-        v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v103 = (v98 + v102)
-        v104 = ((-1.0) * v103)
-        v105 = tl.sum((v104), axis=1)
-        v106 = (v105 / (D))
-        v107 = (v103 + v106[:, None])
-        v108 = ((-1.0) * v107)
-        v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v110 = (v54 * v109)
-        v113 = (v107 * v57[:, None])
-        v118 = (v107 * v44[:, None])
-        v127 = tl.zeros((C,), DTYPE)
-        v115 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v119 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v120 = (v112 + v114 + v119)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v121_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-            v121 = (v120 * (0.5 + (0.5 * tl.math.erf(v121_c0)) + (v121_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v125 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v126 = (v121 * v125)
-            v127 += tl.sum((v126), axis=1)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v116 = (v107 * v115)
-        v117 = tl.sum((v116), axis=1)
-        v96 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = (s2 * d_new_w2)
-            v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v94 = (s1 * d_new_w1)
-            v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
-        v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
-        v128 = (v97 + v117 + v127)
-        v129 = (v55[None, :] * v128[:, None])
-        v123 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v121 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v122 = ((-1.0) * v121)
-            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v124 = (v65 * v123)
-        v111 = (v77 * v109)
-        v130 = (v111 + v124)
-        v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v132 = (v129 + v131)
-        v133 = v132
-        v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
-        v135 = tl.sum((v134), axis=1)
-        v136 = tl.cumsum(v135, axis=0, reverse=True)
-        v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v41 = tl.cumsum(v40, axis=0, reverse=False)
+    v42 = v41
+    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v47 = tl.cumsum(v46, axis=0, reverse=False)
+    v48 = v47
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = gate_eta
+    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v63 = k
+    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v66 = (v65 * v54)
+    v50 = tl.exp(v47)  # cumulative decay in the chunk
+    v55 = v50
+    v56 = (v51 * v55[None, :])
+    v57 = tl.sum((v56), axis=1)
+    v60 = (q * v57[:, None])
+    v44 = tl.exp(v41)  # cumulative decay in the chunk
+    v58 = (q * v44[:, None])
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v64 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v59 + v61)
+        v68 = (v62 - v67)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69_c0 = (0.5 * v68)
+        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        v70 = (v69 * v44[:, None])
+        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v69 * v57[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v77 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v75 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v78 = (v77 * v54)
+    v76 = v35
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v80 - v82[:, None])
+    v84 = (v83 * v83)
+    v85 = tl.sum((v84), axis=1)
+    v86 = (v85 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v100 = tl.sum((v99), axis=1)
+    v101 = (v100 / (D))
+    v102 = (2.0 * v83 * v101[:, None])
+    v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v103 = (v98 + v102)
+    v104 = ((-1.0) * v103)
+    v105 = tl.sum((v104), axis=1)
+    v106 = (v105 / (D))
+    v107 = (v103 + v106[:, None])
+    v108 = ((-1.0) * v107)
+    v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v110 = (v54 * v109)
+    v113 = (v107 * v57[:, None])
+    v118 = (v107 * v44[:, None])
+    v127 = tl.zeros((C,), DTYPE)
+    v115 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v75 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v112 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v119 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v120 = (v112 + v114 + v119)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v121_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+        v121 = (v120 * (0.5 + (0.5 * tl.math.erf(v121_c0)) + (v121_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v125 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v126 = (v121 * v125)
+        v127 += tl.sum((v126), axis=1)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v116 = (v107 * v115)
+    v117 = tl.sum((v116), axis=1)
+    v96 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v92 = (s2 * d_new_w2)
+        v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v94 = (s1 * d_new_w1)
+        v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
+    v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
+    v128 = (v97 + v117 + v127)
+    v129 = (v55[None, :] * v128[:, None])
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v121 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v122 = ((-1.0) * v121)
+        v64 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v124 = (v65 * v123)
+    v111 = (v77 * v109)
+    v130 = (v111 + v124)
+    v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v132 = (v129 + v131)
+    v133 = v132
+    v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
+    v135 = tl.sum((v134), axis=1)
+    v136 = tl.cumsum(v135, axis=0, reverse=True)
+    v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3118,229 +3145,231 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v44 = v43
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v51 = tl.cumsum(v50, axis=0, reverse=False)
-        v52 = v51
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v49 = gate_eta
-        v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v79 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v80 = v35
-        v67 = k
-        v101 = tl.zeros((C,), DTYPE)
-        v107 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v96 = ((-1.0) * d_new_w2)
-            v99 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = (v79 * v99)
-            v101 += tl.sum((v100), axis=1)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v68 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v102 = ((-1.0) * d_new_w1)
-            v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v108 = (v67 * v107)
-        v109 = tl.sum((v108), axis=1)
-        v140 = (v101 + v109)
-        v141 = (v57 * v140[:, None])
-        v142 = tl.sum((v141), axis=0)
-        v143 = v142
-        v150 = ((-1.0) * v41 * v143 * tl.exp((v47 - v44)))
-        v54 = tl.exp(v51)  # cumulative decay in the chunk
-        v59 = v54
-        v105 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v97 = (s2 * d_new_w2)
-            v105 += tl.sum(tl.sum((v97), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v103 = (s1 * d_new_w1)
-            v105 += tl.sum(tl.sum((v103), axis=1), axis=0)
-        v106 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v105)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v62 = (q * v48[:, None])
-        v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v60 = (v55 * v59[None, :])
-        v61 = tl.sum((v60), axis=1)
-        v64 = (q * v61[:, None])
-        v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = (v69 * v58)
-        v78 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = (v63 + v65)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = (v66 - v71)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
-            v73_c0 = (0.5 * v72)
-            v73 = (v73_c0 * (1.0 + tl.math.erf((v73_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
-            v74 = (v73 * v48[:, None])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v78 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v76 = (v73 * v61[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v78 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v81 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v82 = (v81 * v58)
-        v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v84 = (v78 - v83)
-        v85 = tl.sum((v84), axis=1)
-        v86 = (v85 / (D))
-        v87 = (v84 - v86[:, None])
-        v88 = (v87 * v87)
-        v89 = tl.sum((v88), axis=1)
-        v90 = (v89 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-        v111 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-        v112 = tl.sum((v111), axis=1)
-        v113 = (v112 / (D))
-        v114 = (2.0 * v87 * v113[:, None])
-        v115 = (v110 + v114)
-        v116 = ((-1.0) * v115)
-        v117 = tl.sum((v116), axis=1)
-        v118 = (v117 / (D))
-        v119 = (v115 + v118[:, None])
-        v127 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v73 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v128 = (v119 * v127)
-        v129 = tl.sum((v128), axis=1)
-        v120 = ((-1.0) * v119)
-        v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v122 = (v58 * v121)
-        v125 = (v119 * v61[:, None])
-        v130 = (v119 * v48[:, None])
-        v139 = tl.zeros((C,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v79 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v124 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v132 = (v124 + v126 + v131)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v133_c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
-            v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v137 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v138 = (v133 * v137)
-            v139 += tl.sum((v138), axis=1)
-        tl.debug_barrier()
-        v144 = (v106 + v129 + v139)
-        v145 = (v59[None, :] * v144[:, None])
-        v123 = (v81 * v121)
-        v135 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v133 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v134 = ((-1.0) * v133)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v136 = (v69 * v135)
-        v146 = (v123 + v136)
-        v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v148 = (v145 + v147)
-        v149 = v148
-        v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-        v152 = tl.sum((v151), axis=0)
-        v153 = (v150 + v152)
-        v154 = v153
-        v155 = tl.cumsum(v154, axis=0, reverse=True)
-        v156 = (v155 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v51 = tl.cumsum(v50, axis=0, reverse=False)
+    v52 = v51
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v49 = gate_eta
+    v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v79 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v80 = v35
+    v67 = k
+    v101 = tl.zeros((C,), DTYPE)
+    v107 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v96 = ((-1.0) * d_new_w2)
+        v99 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v79 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v100 = (v79 * v99)
+        v101 += tl.sum((v100), axis=1)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v68 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v102 = ((-1.0) * d_new_w1)
+        v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v108 = (v67 * v107)
+    v109 = tl.sum((v108), axis=1)
+    v140 = (v101 + v109)
+    v141 = (v57 * v140[:, None])
+    v142 = tl.sum((v141), axis=0)
+    v143 = v142
+    v150 = ((-1.0) * v41 * v143 * tl.exp((v47 - v44)))
+    v54 = tl.exp(v51)  # cumulative decay in the chunk
+    v59 = v54
+    v105 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v97 = (s2 * d_new_w2)
+        v105 += tl.sum(tl.sum((v97), axis=1), axis=0)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v103 = (s1 * d_new_w1)
+        v105 += tl.sum(tl.sum((v103), axis=1), axis=0)
+    v106 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v105)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v62 = (q * v48[:, None])
+    v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    v60 = (v55 * v59[None, :])
+    v61 = tl.sum((v60), axis=1)
+    v64 = (q * v61[:, None])
+    v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = (v69 * v58)
+    v78 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = (v63 + v65)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v66 - v71)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
+        v73_c0 = (0.5 * v72)
+        v73 = (v73_c0 * (1.0 + tl.math.erf((v73_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        v74 = (v73 * v48[:, None])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v78 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = (v73 * v61[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v78 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v81 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v73 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v79 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v82 = (v81 * v58)
+    v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v84 = (v78 - v83)
+    v85 = tl.sum((v84), axis=1)
+    v86 = (v85 / (D))
+    v87 = (v84 - v86[:, None])
+    v88 = (v87 * v87)
+    v89 = tl.sum((v88), axis=1)
+    v90 = (v89 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+    v111 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+    v112 = tl.sum((v111), axis=1)
+    v113 = (v112 / (D))
+    v114 = (2.0 * v87 * v113[:, None])
+    v115 = (v110 + v114)
+    v116 = ((-1.0) * v115)
+    v117 = tl.sum((v116), axis=1)
+    v118 = (v117 / (D))
+    v119 = (v115 + v118[:, None])
+    v127 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v73 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = (v119 * v127)
+    v129 = tl.sum((v128), axis=1)
+    v120 = ((-1.0) * v119)
+    v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v122 = (v58 * v121)
+    v125 = (v119 * v61[:, None])
+    v130 = (v119 * v48[:, None])
+    v139 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v79 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v124 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v132 = (v124 + v126 + v131)
+        v72 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v133_c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
+        v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v137 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v138 = (v133 * v137)
+        v139 += tl.sum((v138), axis=1)
+    tl.debug_barrier()
+    v144 = (v106 + v129 + v139)
+    v145 = (v59[None, :] * v144[:, None])
+    v123 = (v81 * v121)
+    v135 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v133 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = ((-1.0) * v133)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v136 = (v69 * v135)
+    v146 = (v123 + v136)
+    v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v148 = (v145 + v147)
+    v149 = v148
+    v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
+    v152 = tl.sum((v151), axis=0)
+    v153 = (v150 + v152)
+    v154 = v153
+    v155 = tl.cumsum(v154, axis=0, reverse=True)
+    v156 = (v155 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3366,88 +3395,90 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41 * tl.exp((v46 - v44)))  # decay from token s to the chunk's end
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v50 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v48 = k
-        v60 = tl.zeros((C,), DTYPE)
-        v62 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 = ((-1.0) * d_new_s2)
-            v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v59 = (v50 * v58)
-            v60 += tl.sum((v59), axis=1)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v61 = ((-1.0) * d_new_s1)
-            v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v63 = (v48 * v62)
-        v64 = tl.sum((v63), axis=1)
-        v65 = (v60 + v64)
-        v66 = (v47 * v65)
-        v67 = v66
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41 * tl.exp((v46 - v44)))  # decay from token s to the chunk's end
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v50 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = v35
+    v48 = k
+    v60 = tl.zeros((C,), DTYPE)
+    v62 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v57 = ((-1.0) * d_new_s2)
+        v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = (v50 * v58)
+        v60 += tl.sum((v59), axis=1)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v49 = v37
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = ((-1.0) * d_new_s1)
+        v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = (v48 * v62)
+    v64 = tl.sum((v63), axis=1)
+    v65 = (v60 + v64)
+    v66 = (v47 * v65)
+    v67 = v66
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3473,190 +3504,192 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v69 = k
-        v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v72 = (v71 * v59)
-        v55 = tl.exp(v52)  # cumulative decay in the chunk
-        v60 = v55
-        v61 = (v56 * v60[None, :])
-        v62 = tl.sum((v61), axis=1)
-        v66 = (q * v62[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v64 = (q * v49[:, None])
-        v80 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v70 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
-            v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v68 = (v65 + v67)
-            v74 = (v68 - v73)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-            v75_c0 = (0.5 * v74)
-            v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
-            v76 = (v75 * v49[:, None])
-            v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v78 = (v75 * v62[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v83 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v81 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v84 = (v83 * v59)
-        v82 = v35
-        v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v80 - v85)
-        v87 = tl.sum((v86), axis=1)
-        v88 = (v87 / (D))
-        v89 = (v86 - v88[:, None])
-        v90 = (v89 * v89)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-        v108 = tl.sum((v107), axis=1)
-        v109 = (v108 / (D))
-        v110 = (2.0 * v89 * v109[:, None])
-        v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-        v111 = (v106 + v110)
-        v112 = ((-1.0) * v111)
-        v113 = tl.sum((v112), axis=1)
-        v114 = (v113 / (D))
-        v115 = (v111 + v114[:, None])
-        v116 = ((-1.0) * v115)
-        v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v118 = (v59 * v117)
-        v121 = (v115 * v62[:, None])
-        v123 = (v115 * v49[:, None])
-        v128 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v125 = (v120 + v122 + v124)
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
-            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v127 = ((-1.0) * v126)
-            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v71 * v128)
-        v119 = (v83 * v117)
-        v132 = (v119 + v129)
-        v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v101 = tl.zeros((C,), DTYPE)
-        v103 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v98 = ((-1.0) * d_new_w2)
-            v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = (v81 * v99)
-            v101 += tl.sum((v100), axis=1)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v102 = ((-1.0) * d_new_w1)
-            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v69 * v103)
-        v105 = tl.sum((v104), axis=1)
-        v130 = (v101 + v105)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v63 = v48
-        v131 = (v63[None, :] * v130[:, None])
-        v134 = (v131 + v133)
-        v135 = tl.trans(v134)
-        v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
-        v137 = tl.sum((v136), axis=0)
-        v138 = v137
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v69 = k
+    v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v72 = (v71 * v59)
+    v55 = tl.exp(v52)  # cumulative decay in the chunk
+    v60 = v55
+    v61 = (v56 * v60[None, :])
+    v62 = tl.sum((v61), axis=1)
+    v66 = (q * v62[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v64 = (q * v49[:, None])
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v70 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
+        v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = (v65 + v67)
+        v74 = (v68 - v73)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v75_c0 = (0.5 * v74)
+        v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+        v76 = (v75 * v49[:, None])
+        v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v75 * v62[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v83 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+        v75 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v84 = (v83 * v59)
+    v82 = v35
+    v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 - v85)
+    v87 = tl.sum((v86), axis=1)
+    v88 = (v87 / (D))
+    v89 = (v86 - v88[:, None])
+    v90 = (v89 * v89)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = (2.0 * v89 * v109[:, None])
+    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+    v111 = (v106 + v110)
+    v112 = ((-1.0) * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v115 = (v111 + v114[:, None])
+    v116 = ((-1.0) * v115)
+    v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v118 = (v59 * v117)
+    v121 = (v115 * v62[:, None])
+    v123 = (v115 * v49[:, None])
+    v128 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v125 = (v120 + v122 + v124)
+        v74 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
+        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v127 = ((-1.0) * v126)
+        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v71 * v128)
+    v119 = (v83 * v117)
+    v132 = (v119 + v129)
+    v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v101 = tl.zeros((C,), DTYPE)
+    v103 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v98 = ((-1.0) * d_new_w2)
+        v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v100 = (v81 * v99)
+        v101 += tl.sum((v100), axis=1)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v102 = ((-1.0) * d_new_w1)
+        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v69 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v130 = (v101 + v105)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v63 = v48
+    v131 = (v63[None, :] * v130[:, None])
+    v134 = (v131 + v133)
+    v135 = tl.trans(v134)
+    v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
+    v137 = tl.sum((v136), axis=0)
+    v138 = v137
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3682,196 +3715,198 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v42 = v41
-        v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v47 = tl.cumsum(v46, axis=0, reverse=False)
-        v48 = v47
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = gate_eta
-        v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-        v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v63 = k
-        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v66 = (v65 * v54)
-        v50 = tl.exp(v47)  # cumulative decay in the chunk
-        v55 = v50
-        v56 = (v51 * v55[None, :])
-        v57 = tl.sum((v56), axis=1)
-        v60 = (q * v57[:, None])
-        v44 = tl.exp(v41)  # cumulative decay in the chunk
-        v58 = (q * v44[:, None])
-        v74 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v64 = v37
-            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = (v59 + v61)
-            v68 = (v62 - v67)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69_c0 = (0.5 * v68)
-            v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-            v70 = (v69 * v44[:, None])
-            v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = (v69 * v57[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v77 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v75 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v78 = (v77 * v54)
-        v76 = v35
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v74 - v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v80 - v82[:, None])
-        v84 = (v83 * v83)
-        v85 = tl.sum((v84), axis=1)
-        v86 = (v85 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v105 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v106 = tl.sum((v105), axis=1)
-        v107 = (v106 / (D))
-        v108 = (2.0 * v83 * v107[:, None])
-        v104 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-        v109 = (v104 + v108)
-        v110 = ((-1.0) * v109)
-        v111 = tl.sum((v110), axis=1)
-        v112 = (v111 / (D))
-        v113 = (v109 + v112[:, None])
-        v114 = ((-1.0) * v113)
-        v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v116 = (v54 * v115)
-        v118 = (v113 * v57[:, None])
-        v123 = (v113 * v44[:, None])
-        v129 = tl.zeros((C,), DTYPE)
-        v120 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v117 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v125 = (v117 + v119 + v124)
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v126_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v127 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v128 = (v126 * v127)
-            v129 += tl.sum((v128), axis=1)
-            v69 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v121 = (v113 * v120)
-        v122 = tl.sum((v121), axis=1)
-        v102 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v94 = (s2 * d_new_w2)
-            v102 += tl.sum(tl.sum((v94), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v100 = (s1 * d_new_w1)
-            v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
-        v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
-        v130 = (v103 + v122 + v129)
-        v131 = (v51 * v130[:, None])
-        v132 = tl.sum((v131), axis=0)
-        v133 = v132
-        v98 = tl.zeros((), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v92 = (s2 * d_new_s2)
-            v98 += tl.sum(tl.sum((v92), axis=1), axis=0)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v96 = (s1 * d_new_s1)
-            v98 += tl.sum(tl.sum((v96), axis=1), axis=0)
-        v99 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v98)
-        v134 = (v99 + v133)
-        v135 = (v134 * tl.exp(v47))
-        v136 = tl.cumsum(v135, axis=0, reverse=True)
-        v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v41 = tl.cumsum(v40, axis=0, reverse=False)
+    v42 = v41
+    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v47 = tl.cumsum(v46, axis=0, reverse=False)
+    v48 = v47
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = gate_eta
+    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v63 = k
+    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v66 = (v65 * v54)
+    v50 = tl.exp(v47)  # cumulative decay in the chunk
+    v55 = v50
+    v56 = (v51 * v55[None, :])
+    v57 = tl.sum((v56), axis=1)
+    v60 = (q * v57[:, None])
+    v44 = tl.exp(v41)  # cumulative decay in the chunk
+    v58 = (q * v44[:, None])
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v64 = v37
+        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v59 + v61)
+        v68 = (v62 - v67)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69_c0 = (0.5 * v68)
+        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        v70 = (v69 * v44[:, None])
+        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v69 * v57[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v77 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v75 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v78 = (v77 * v54)
+    v76 = v35
+    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v80 = (v74 - v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v80 - v82[:, None])
+    v84 = (v83 * v83)
+    v85 = tl.sum((v84), axis=1)
+    v86 = (v85 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v105 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v106 = tl.sum((v105), axis=1)
+    v107 = (v106 / (D))
+    v108 = (2.0 * v83 * v107[:, None])
+    v104 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
+    v109 = (v104 + v108)
+    v110 = ((-1.0) * v109)
+    v111 = tl.sum((v110), axis=1)
+    v112 = (v111 / (D))
+    v113 = (v109 + v112[:, None])
+    v114 = ((-1.0) * v113)
+    v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v116 = (v54 * v115)
+    v118 = (v113 * v57[:, None])
+    v123 = (v113 * v44[:, None])
+    v129 = tl.zeros((C,), DTYPE)
+    v120 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v75 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v117 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v125 = (v117 + v119 + v124)
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v126_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v127 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v128 = (v126 * v127)
+        v129 += tl.sum((v128), axis=1)
+        v69 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v121 = (v113 * v120)
+    v122 = tl.sum((v121), axis=1)
+    v102 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v94 = (s2 * d_new_w2)
+        v102 += tl.sum(tl.sum((v94), axis=1), axis=0)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v100 = (s1 * d_new_w1)
+        v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
+    v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
+    v130 = (v103 + v122 + v129)
+    v131 = (v51 * v130[:, None])
+    v132 = tl.sum((v131), axis=0)
+    v133 = v132
+    v98 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v92 = (s2 * d_new_s2)
+        v98 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v96 = (s1 * d_new_s1)
+        v98 += tl.sum(tl.sum((v96), axis=1), axis=0)
+    v99 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v98)
+    v134 = (v99 + v133)
+    v135 = (v134 * tl.exp(v47))
+    v136 = tl.cumsum(v135, axis=0, reverse=True)
+    v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3897,93 +3932,95 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v44 = tl.cumsum(v43, axis=0, reverse=False)
-        v46 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v45 = v44
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = gate_eta
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v50 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v48 = k
-        v60 = tl.zeros((C,), DTYPE)
-        v62 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v57 = ((-1.0) * d_new_s2)
-            v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v59 = (v50 * v58)
-            v60 += tl.sum((v59), axis=1)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v61 = ((-1.0) * d_new_s1)
-            v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v63 = (v48 * v62)
-        v64 = tl.sum((v63), axis=1)
-        v65 = (v60 + v64)
-        v66 = (v42 * v65)
-        v67 = (v41 * v66 * tl.exp((v47 - v45)))
-        v68 = tl.sum((v67), axis=0)
-        v69 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v68)
-        v70 = tl.cumsum(v69, axis=0, reverse=True)
-        v71 = (v70 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v44 = tl.cumsum(v43, axis=0, reverse=False)
+    v46 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v45 = v44
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = gate_eta
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v50 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = v35
+    v48 = k
+    v60 = tl.zeros((C,), DTYPE)
+    v62 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v57 = ((-1.0) * d_new_s2)
+        v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = (v50 * v58)
+        v60 += tl.sum((v59), axis=1)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v49 = v37
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = ((-1.0) * d_new_s1)
+        v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = (v48 * v62)
+    v64 = tl.sum((v63), axis=1)
+    v65 = (v60 + v64)
+    v66 = (v42 * v65)
+    v67 = (v41 * v66 * tl.exp((v47 - v45)))
+    v68 = tl.sum((v67), axis=0)
+    v69 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v68)
+    v70 = tl.cumsum(v69, axis=0, reverse=True)
+    v71 = (v70 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4009,192 +4046,194 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v69 = k
-        v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v72 = (v71 * v59)
-        v55 = tl.exp(v52)  # cumulative decay in the chunk
-        v60 = v55
-        v61 = (v56 * v60[None, :])
-        v62 = tl.sum((v61), axis=1)
-        v66 = (q * v62[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v64 = (q * v49[:, None])
-        v80 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v70 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
-            v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v68 = (v65 + v67)
-            v74 = (v68 - v73)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-            v75_c0 = (0.5 * v74)
-            v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
-            v76 = (v75 * v49[:, None])
-            v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v78 = (v75 * v62[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v83 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v81 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-            v75 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v84 = (v83 * v59)
-        v82 = v35
-        v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v80 - v85)
-        v87 = tl.sum((v86), axis=1)
-        v88 = (v87 / (D))
-        v89 = (v86 - v88[:, None])
-        v90 = (v89 * v89)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-        v108 = tl.sum((v107), axis=1)
-        v109 = (v108 / (D))
-        v110 = (2.0 * v89 * v109[:, None])
-        v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-        v111 = (v106 + v110)
-        v112 = ((-1.0) * v111)
-        v113 = tl.sum((v112), axis=1)
-        v114 = (v113 / (D))
-        v115 = (v111 + v114[:, None])
-        v116 = ((-1.0) * v115)
-        v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v118 = (v59 * v117)
-        v121 = (v115 * v62[:, None])
-        v123 = (v115 * v49[:, None])
-        v128 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v125 = (v120 + v122 + v124)
-            v74 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
-            v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v127 = ((-1.0) * v126)
-            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v71 * v128)
-        v119 = (v83 * v117)
-        v132 = (v119 + v129)
-        v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v101 = tl.zeros((C,), DTYPE)
-        v103 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v98 = ((-1.0) * d_new_w2)
-            v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = (v81 * v99)
-            v101 += tl.sum((v100), axis=1)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v102 = ((-1.0) * d_new_w1)
-            v70 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = (v69 * v103)
-        v105 = tl.sum((v104), axis=1)
-        v130 = (v101 + v105)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v63 = v48
-        v131 = (v63[None, :] * v130[:, None])
-        v134 = (v131 + v133)
-        v135 = tl.trans(v134)
-        v136 = (v50[None, :] * v135)
-        v137 = (v136 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-        v138 = tl.sum((v137), axis=1)
-        v139 = tl.cumsum(v138, axis=0, reverse=True)
-        v140 = (v139 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v69 = k
+    v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v72 = (v71 * v59)
+    v55 = tl.exp(v52)  # cumulative decay in the chunk
+    v60 = v55
+    v61 = (v56 * v60[None, :])
+    v62 = tl.sum((v61), axis=1)
+    v66 = (q * v62[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v64 = (q * v49[:, None])
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v70 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
+        v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = (v65 + v67)
+        v74 = (v68 - v73)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v75_c0 = (0.5 * v74)
+        v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+        v76 = (v75 * v49[:, None])
+        v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v78 = (v75 * v62[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v83 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+        v75 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v84 = (v83 * v59)
+    v82 = v35
+    v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v80 - v85)
+    v87 = tl.sum((v86), axis=1)
+    v88 = (v87 / (D))
+    v89 = (v86 - v88[:, None])
+    v90 = (v89 * v89)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = (2.0 * v89 * v109[:, None])
+    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
+    v111 = (v106 + v110)
+    v112 = ((-1.0) * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v115 = (v111 + v114[:, None])
+    v116 = ((-1.0) * v115)
+    v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v118 = (v59 * v117)
+    v121 = (v115 * v62[:, None])
+    v123 = (v115 * v49[:, None])
+    v128 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v125 = (v120 + v122 + v124)
+        v74 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
+        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v127 = ((-1.0) * v126)
+        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v71 * v128)
+    v119 = (v83 * v117)
+    v132 = (v119 + v129)
+    v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v101 = tl.zeros((C,), DTYPE)
+    v103 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v98 = ((-1.0) * d_new_w2)
+        v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v100 = (v81 * v99)
+        v101 += tl.sum((v100), axis=1)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v102 = ((-1.0) * d_new_w1)
+        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v104 = (v69 * v103)
+    v105 = tl.sum((v104), axis=1)
+    v130 = (v101 + v105)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v63 = v48
+    v131 = (v63[None, :] * v130[:, None])
+    v134 = (v131 + v133)
+    v135 = tl.trans(v134)
+    v136 = (v50[None, :] * v135)
+    v137 = (v136 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+    v138 = tl.sum((v137), axis=1)
+    v139 = tl.cumsum(v138, axis=0, reverse=True)
+    v140 = (v139 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4220,216 +4259,218 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v71 = k
-        v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v74 = (v73 * v61)
-        v57 = tl.exp(v52)  # cumulative decay in the chunk
-        v62 = v57
-        v63 = (v58 * v62[None, :])
-        v64 = tl.sum((v63), axis=1)
-        v68 = (q * v64[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v66 = (q * v49[:, None])
-        v82 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v72 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
-            v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v70 = (v67 + v69)
-            v76 = (v70 - v75)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-            v77_c0 = (0.5 * v76)
-            v77 = (v77_c0 * (1.0 + tl.math.erf((v77_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-            v78 = (v77 * v49[:, None])
-            v82 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v80 = (v77 * v64[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v85 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v83 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
-            v77 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v86 = (v85 * v61)
-        v84 = v35
-        v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v88 = (v82 - v87)
-        v89 = tl.sum((v88), axis=1)
-        v90 = (v89 / (D))
-        v91 = (v88 - v90[:, None])
-        v92 = (v91 * v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v91 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v128 = (v61 * v127)
-        v131 = (v125 * v64[:, None])
-        v133 = (v125 * v49[:, None])
-        v138 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v135 = (v130 + v132 + v134)
-            v76 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v136_c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
-            v136 = (v135 * (0.5 + (0.5 * tl.math.erf(v136_c0)) + (v136_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v137 = ((-1.0) * v136)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v139 = (v73 * v138)
-        v129 = (v85 * v127)
-        v144 = (v129 + v139)
-        v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v107 = tl.zeros((C,), DTYPE)
-        v113 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_w2)
-            v105 = tl.dot(v84.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = (v83 * v105)
-            v107 += tl.sum((v106), axis=1)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v112 = ((-1.0) * d_new_w1)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v114 = (v71 * v113)
-        v115 = tl.sum((v114), axis=1)
-        v142 = (v107 + v115)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v65 = v48
-        v143 = (v65[None, :] * v142[:, None])
-        v146 = (v143 + v145)
-        v147 = tl.trans(v146)
-        v148 = (v50[None, :] * v147)
-        v150 = ((-1.0) * v148 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-        v151 = tl.sum((v150), axis=0)
-        v103 = tl.zeros((C,), DTYPE)
-        v109 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v100 = ((-1.0) * d_new_s2)
-            v101 = tl.dot(v84.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v83 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = (v83 * v101)
-            v103 += tl.sum((v102), axis=1)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v108 = ((-1.0) * d_new_s1)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v110 = (v71 * v109)
-        v111 = tl.sum((v110), axis=1)
-        v140 = (v103 + v111)
-        v141 = (v50 * v140)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v149 = ((-1.0) * v41 * v141 * tl.exp((v56 - v53)))
-        v152 = (v149 + v151)
-        v153 = v152
-        v154 = tl.cumsum(v153, axis=0, reverse=True)
-        v155 = (v154 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v71 = k
+    v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v74 = (v73 * v61)
+    v57 = tl.exp(v52)  # cumulative decay in the chunk
+    v62 = v57
+    v63 = (v58 * v62[None, :])
+    v64 = tl.sum((v63), axis=1)
+    v68 = (q * v64[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v66 = (q * v49[:, None])
+    v82 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v72 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+        v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = (v67 + v69)
+        v76 = (v70 - v75)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+        v77_c0 = (0.5 * v76)
+        v77 = (v77_c0 * (1.0 + tl.math.erf((v77_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        v78 = (v77 * v49[:, None])
+        v82 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v77 * v64[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v85 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
+        v77 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v86 = (v85 * v61)
+    v84 = v35
+    v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v88 = (v82 - v87)
+    v89 = tl.sum((v88), axis=1)
+    v90 = (v89 / (D))
+    v91 = (v88 - v90[:, None])
+    v92 = (v91 * v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v91 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v128 = (v61 * v127)
+    v131 = (v125 * v64[:, None])
+    v133 = (v125 * v49[:, None])
+    v138 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v83 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v135 = (v130 + v132 + v134)
+        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v136_c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
+        v136 = (v135 * (0.5 + (0.5 * tl.math.erf(v136_c0)) + (v136_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v137 = ((-1.0) * v136)
+        v72 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v139 = (v73 * v138)
+    v129 = (v85 * v127)
+    v144 = (v129 + v139)
+    v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v107 = tl.zeros((C,), DTYPE)
+    v113 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_w2)
+        v105 = tl.dot(v84.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v106 = (v83 * v105)
+        v107 += tl.sum((v106), axis=1)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v112 = ((-1.0) * d_new_w1)
+        v72 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v114 = (v71 * v113)
+    v115 = tl.sum((v114), axis=1)
+    v142 = (v107 + v115)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v65 = v48
+    v143 = (v65[None, :] * v142[:, None])
+    v146 = (v143 + v145)
+    v147 = tl.trans(v146)
+    v148 = (v50[None, :] * v147)
+    v150 = ((-1.0) * v148 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
+    v151 = tl.sum((v150), axis=0)
+    v103 = tl.zeros((C,), DTYPE)
+    v109 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v100 = ((-1.0) * d_new_s2)
+        v101 = tl.dot(v84.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v83 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = (v83 * v101)
+        v103 += tl.sum((v102), axis=1)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v108 = ((-1.0) * d_new_s1)
+        v72 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v110 = (v71 * v109)
+    v111 = tl.sum((v110), axis=1)
+    v140 = (v103 + v111)
+    v141 = (v50 * v140)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v149 = ((-1.0) * v41 * v141 * tl.exp((v56 - v53)))
+    v152 = (v149 + v151)
+    v153 = v152
+    v154 = tl.cumsum(v153, axis=0, reverse=True)
+    v155 = (v154 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4455,124 +4496,126 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v43 = tl.exp(v40)  # cumulative decay in the chunk
-        v57 = (q * v43[:, None])
-        v41 = v40
-        v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v46 = tl.cumsum(v45, axis=0, reverse=False)
-        v49 = tl.exp(v46)  # cumulative decay in the chunk
-        v54 = v49
-        v55 = (v50 * v54[None, :])
-        v56 = tl.sum((v55), axis=1)
-        v59 = (q * v56[:, None])
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = k
-        v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v47 = v46
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v44 = gate_eta
-        v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-        v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v65 = (v64 * v53)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = (v58 + v60)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v73 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v63 = v37
-            v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v61 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v67 = (v61 - v66)
-            v68_c0 = (0.5 * v67)
-            v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v69 = (v68 * v43[:, None])
-            v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v71 = (v68 * v56[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v76 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v74 = v13
-            v68 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v77 = (v76 * v53)
-        v75 = v35
-        v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = (v73 - v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v79 - v81[:, None])
-        v83 = (v82 * v82)
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-        v92 = tl.sum((v91), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = tl.exp(v40)  # cumulative decay in the chunk
+    v57 = (q * v43[:, None])
+    v41 = v40
+    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v46 = tl.cumsum(v45, axis=0, reverse=False)
+    v49 = tl.exp(v46)  # cumulative decay in the chunk
+    v54 = v49
+    v55 = (v50 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v59 = (q * v56[:, None])
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = k
+    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v47 = v46
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v44 = gate_eta
+    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v65 = (v64 * v53)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = (v58 + v60)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v61)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v63 = v37
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = (v61 - v66)
+        v68_c0 = (0.5 * v67)
+        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v69 = (v68 * v43[:, None])
+        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = (v68 * v56[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = v13
+        v68 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v77 = (v76 * v53)
+    v75 = v35
+    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v79 = (v73 - v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v79 - v81[:, None])
+    v83 = (v82 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
+    v92 = tl.sum((v91), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4598,203 +4641,205 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (2.0 * v18 * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = tl.sum((v153), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = tl.sum((v153), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4820,200 +4865,202 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v151 = tl.sum((v150), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v151 = tl.sum((v150), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -5039,206 +5086,208 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (2.0 * v18 * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v155 = (v153 + v154)
-        v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v157 = tl.sum((v156), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v157 = tl.sum((v156), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -5264,19 +5313,20 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v17 = tl.sum((d_out), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v17.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -5302,197 +5352,199 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
-            v13_c0 = (0.5 * v12)
-            v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v53 = v52
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v78 = (v77 * v62)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v70 = (q * v49[:, None])
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            v80 = (v74 - v79)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v84 = (v81 * v65[:, None])
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v13 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v90 = (v89 * v62)
-        v88 = v35
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (2.0 * v95 * v119[:, None])
-        v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v121 = (v116 + v120)
-        v122 = ((-1.0) * v121)
-        v123 = tl.sum((v122), axis=1)
-        v124 = (v123 / (D))
-        v125 = (v121 + v124[:, None])
-        v126 = ((-1.0) * v125)
-        v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v129 = (v62 * v127)
-        v133 = (v125 * v65[:, None])
-        v135 = (v125 * v49[:, None])
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v114 = (v75 * v68[:, None])
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        v111 = (v75 * v69[:, None])
-        v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.zeros((C, BV), DTYPE)
-        v109 = tl.zeros((C, BV), DTYPE)
-        v106 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v137 = (v130 + v134 + v136)
-            v80 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v139 = ((-1.0) * v138)
-            v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v113 = ((-1.0) * d_new_w1)
-            v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v110 = ((-1.0) * d_new_s1)
-            v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v141 = (v112 + v115 + v140)
-            v142 = v141
-            v12 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v87 * v68[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v107 = ((-1.0) * d_new_w2)
-            v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v105 = (v87 * v69[:, None])
-            d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v104 = ((-1.0) * d_new_s2)
-            v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v131 = (v106 + v109 + v128)
-        v132 = v131
-        v145 = (v132 + v144)
-        v146 = tl.sum((v145), axis=1)
-        v147 = (v146 / (D))
-        v148 = ((-1.0) * v147)
-        v149 = (v145 + v148[:, None])
-        v150 = (2.0 * v18 * v149)
-        v151 = tl.sum((v150), axis=1)
-        v152 = (v151 / (D))
-        v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v155 = (v153 + v154)
-        v156 = tl.sum((v155), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v53 = v52
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v78 = (v77 * v62)
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v80 = (v74 - v79)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v90 = (v89 * v62)
+    v88 = v35
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = (2.0 * v95 * v119[:, None])
+    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v121 = (v116 + v120)
+    v122 = ((-1.0) * v121)
+    v123 = tl.sum((v122), axis=1)
+    v124 = (v123 / (D))
+    v125 = (v121 + v124[:, None])
+    v126 = ((-1.0) * v125)
+    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = (v62 * v127)
+    v133 = (v125 * v65[:, None])
+    v135 = (v125 * v49[:, None])
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v114 = (v75 * v68[:, None])
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    v69 = (v57 * v50)
+    v111 = (v75 * v69[:, None])
+    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (v130 + v134 + v136)
+        v80 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v139 = ((-1.0) * v138)
+        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v113 = ((-1.0) * d_new_w1)
+        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v110 = ((-1.0) * d_new_s1)
+        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v141 = (v112 + v115 + v140)
+        v142 = v141
+        v12 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v87 * v68[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = ((-1.0) * d_new_w2)
+        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 = (v87 * v69[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v104 = ((-1.0) * d_new_s2)
+        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v131 = (v106 + v109 + v128)
+    v132 = v131
+    v145 = (v132 + v144)
+    v146 = tl.sum((v145), axis=1)
+    v147 = (v146 / (D))
+    v148 = ((-1.0) * v147)
+    v149 = (v145 + v148[:, None])
+    v150 = (2.0 * v18 * v149)
+    v151 = tl.sum((v150), axis=1)
+    v152 = (v151 / (D))
+    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v155 = (v153 + v154)
+    v156 = tl.sum((v155), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -29,7 +29,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'scratch': [['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none',
                            'tiles': 7.0},
-             'out_fwd': {'grid': 'sequences',
+             'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                          'value_blocks': 'none',
                          'tiles': 7.0},
@@ -49,7 +49,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'value_blocks': 'none',
                            'tiles': 17.5},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
-             'grad_q_1_bwd': {'grid': 'sequences',
+             'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -58,11 +58,11 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 7.0},
-             'grad_q_2_bwd': {'grid': 'sequences',
+             'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 7.0},
-             'grad_k_0_bwd': {'grid': 'sequences',
+             'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -71,11 +71,11 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 7.0},
-             'grad_k_1_bwd': {'grid': 'sequences',
+             'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
-             'grad_k_2_bwd': {'grid': 'sequences',
+             'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
@@ -88,19 +88,19 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 13.0},
-             'grad_v_0_bwd': {'grid': 'sequences',
+             'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
-             'grad_v_1_bwd': {'grid': 'sequences',
+             'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 9.0},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+             'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['s', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5},
-             'grad_gate_eta_1_bwd': {'grid': 'sequences',
+             'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
@@ -109,34 +109,34 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['s', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 8.0},
-             'grad_ln_weight_0_bwd': {'grid': 'sequences',
+             'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 7.0},
-             'grad_ln_weight_1_bwd': {'grid': 'sequences',
+             'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 11.0},
-             'grad_ln_weight_2_bwd': {'grid': 'sequences',
+             'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0},
-             'grad_ln_weight_3_bwd': {'grid': 'sequences',
+             'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
-             'grad_ln_bias_1_bwd': {'grid': 'sequences',
+             'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                     'value_blocks': 'none',
                                     'tiles': 10.0}},
  'stored': []}
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -167,6 +167,7 @@ def chunk_state_fwd_kernel(
         tl.store(starts_w1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_w1_ptr.dtype.element_ty))
         tl.store(starts_w2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_w2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -178,10 +179,10 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -218,7 +219,7 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v41 = v33
@@ -228,7 +229,7 @@ def chunk_state_fwd_kernel(
             v46 = (w1 - v45)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v42 = v9
             v48 = tl.dot(tl.trans(v47).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v49 = (w2 - v48)  # layer 2 end state
@@ -238,10 +239,10 @@ def chunk_state_fwd_kernel(
         tl.debug_barrier()  # the next chunk reads the state this one wrote
         c += 1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -266,99 +267,101 @@ def chunk_out_fwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v48 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v43 = (v37 - v42)
-            v44_c0 = (0.5 * v43)
-            v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v45 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
-        v59 = q
-        v60 = (v58 + v59)  # read: M(q_t; W_t)
-        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = (v37 - v42)
+        v44_c0 = (0.5 * v43)
+        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = v9
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v45 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
+    v59 = q
+    v60 = (v58 + v59)  # read: M(q_t; W_t)
+    tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -389,6 +392,7 @@ def chunk_state_bwd_kernel(
         tl.store(carries_w1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_w1_ptr.dtype.element_ty))
         tl.store(carries_w2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_w2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = tl.cdiv(seq_len, C) - 1
     while c >= 0:
         tok = c * C
@@ -406,12 +410,12 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v41)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v41)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -444,21 +448,21 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+            v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v43 = v33
             v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v41 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v41 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+            v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
             v48_c0 = (0.5 * v47)
             v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
@@ -494,16 +498,16 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v95 = (v87 + v93)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v96_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v96 = (v95 * (0.5 + (0.5 * tl.math.erf(v96_c0)) + (v96_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v70 = ((-1.0) * d_new_w1)
             v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -511,23 +515,23 @@ def chunk_state_bwd_kernel(
             v98 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v99 = (v72 + v98)
             v100 = v99
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v32 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
+            v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v32 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v102_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v102_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v102_c2 = (0.5 * (v8 * v8))
             v102_c3 = tl.exp(((-1.0) * v102_c2))
             v102 = (v32 * v100 * ((v102_c0 * v102_c1 * v102_c3) - (v102_c0 * v102_c1 * v102_c2 * v102_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v65 = ((-1.0) * d_new_w2)
             v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v91 = (v69 + v88)
             v92 = v91
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
             v66 = (v50 * v40[:, None])
             v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -537,11 +541,11 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v100 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v103_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v103 = (v100 * (0.5 + (0.5 * tl.math.erf(v103_c0)) + (v103_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
@@ -578,24 +582,24 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v92 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v92 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v136 = (v92 + v134)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v137_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v137 = (v136 * (0.5 + (0.5 * tl.math.erf(v137_c0)) + (v137_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v102 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v102 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v138 = (v102 + v137)
             v139 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v138.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v101 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v101 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
             v141 = (d_new_w1 + v101 + v139)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v94 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v103 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v103 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + HID * D + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v135 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v140 = (d_new_w2 + v94 + v104 + v135)
@@ -605,10 +609,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -634,19 +638,20 @@ def chunk_grad_q_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = d_out
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -672,130 +677,132 @@ def chunk_grad_q_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v48 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v43 = (v37 - v42)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-            v44_c0 = (0.5 * v43)
-            v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v45 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v63 = tl.sum((v62), axis=1)
-        v64 = (v63 / (D))
-        v65 = (2.0 * v54 * v64[:, None])
-        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v66 = (v61 + v65)
-        v67 = ((-1.0) * v66)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v70 = (v66 + v69[:, None])
-        v71 = ((-1.0) * v70)
-        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-        v79 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v76 = (v74 + v75)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-            v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v78 = ((-1.0) * v77)
-            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
-        v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = (v37 - v42)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        v44_c0 = (0.5 * v43)
+        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v45 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = (2.0 * v54 * v64[:, None])
+    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v66 = (v61 + v65)
+    v67 = ((-1.0) * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (v66 + v69[:, None])
+    v71 = ((-1.0) * v70)
+    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+    v79 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v46 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v76 = (v74 + v75)
+        v43 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+        v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v78 = ((-1.0) * v77)
+        v39 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
+    v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -821,126 +828,128 @@ def chunk_grad_q_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v48 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v43 = (v37 - v42)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-            v44_c0 = (0.5 * v43)
-            v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v45 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v63 = tl.sum((v62), axis=1)
-        v64 = (v63 / (D))
-        v65 = (2.0 * v54 * v64[:, None])
-        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v66 = (v61 + v65)
-        v67 = ((-1.0) * v66)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v70 = (v66 + v69[:, None])
-        v71 = ((-1.0) * v70)
-        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-        v78 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v76 = (v74 + v75)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-            v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = (v37 - v42)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        v44_c0 = (0.5 * v43)
+        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v45 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = (2.0 * v54 * v64[:, None])
+    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v66 = (v61 + v65)
+    v67 = ((-1.0) * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (v66 + v69[:, None])
+    v71 = ((-1.0) * v70)
+    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+    v78 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v46 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v76 = (v74 + v75)
+        v43 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+        v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -966,143 +975,145 @@ def chunk_grad_k_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v70 = tl.sum((v69), axis=1)
-        v71 = (v70 / (D))
-        v72 = (2.0 * v58 * v71[:, None])
-        v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = (v68 + v72)
-        v74 = ((-1.0) * v73)
-        v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v77 = (v73 + v76[:, None])
-        v78 = ((-1.0) * v77)
-        v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
-        v86 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v83 = (v81 + v82)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v84_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v84 = (v83 * (0.5 + (0.5 * tl.math.erf(v84_c0)) + (v84_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v85 = ((-1.0) * v84)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
-        v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v67 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v66 = (v43 * v40[:, None])
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w1)
-            v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v89 = (v67 + v88)
-        v90 = v89
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v70 = tl.sum((v69), axis=1)
+    v71 = (v70 / (D))
+    v72 = (2.0 * v58 * v71[:, None])
+    v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = (v68 + v72)
+    v74 = ((-1.0) * v73)
+    v75 = tl.sum((v74), axis=1)
+    v76 = (v75 / (D))
+    v77 = (v73 + v76[:, None])
+    v78 = ((-1.0) * v77)
+    v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
+    v86 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v83 = (v81 + v82)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v84_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v84 = (v83 * (0.5 + (0.5 * tl.math.erf(v84_c0)) + (v84_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v85 = ((-1.0) * v84)
+        v43 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
+    v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v67 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v43 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = (v43 * v40[:, None])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w1)
+        v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = (v67 + v88)
+    v90 = v89
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1128,158 +1139,160 @@ def chunk_grad_k_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (2.0 * v14 * v101)
-        v103 = tl.sum((v102), axis=1)
-        v104 = (v103 / (D))
-        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v107 = (v105 + v106)
-        v108 = v107
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = v107
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1305,209 +1318,211 @@ def chunk_grad_k_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v42 = k
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v40 = (v37 * v38)
-        v71 = (v42 * v40[:, None])
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v49 = tl.zeros((C, BV), DTYPE)
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v70 = ((-1.0) * d_new_w1)
-            v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v77 = (2.0 * v58 * v76[:, None])
-        v78 = (v73 + v77)
-        v79 = ((-1.0) * v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v78 + v81[:, None])
-        v83 = ((-1.0) * v82)
-        v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-        v68 = (v51 * v40[:, None])
-        v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v94 = (v87 + v93)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 = ((-1.0) * v95)
-            v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v98 = (v72 + v97)
-            v99 = v98
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v32 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v100_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v100_c2 = (0.5 * (v8 * v8))
-            v100_c3 = tl.exp(((-1.0) * v100_c2))
-            v100 = (v32 * v99 * ((v100_c0 * v100_c1 * v100_c3) - (v100_c0 * v100_c1 * v100_c2 * v100_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v91 = (v69 + v88)
-            v92 = v91
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
-            v66 = (v50 * v40[:, None])
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = (v67 + v85)
-        v90 = v89
-        v102 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v99 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v101_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v101 = (v99 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = (v90 + v102)
-        v104 = tl.sum((v103), axis=1)
-        v105 = (v104 / (D))
-        v106 = ((-1.0) * v105)
-        v107 = (v103 + v106[:, None])
-        v108 = (2.0 * v25[:, None] * v107)
-        v109 = (2.0 * v14 * v107)
-        v110 = tl.sum((v109), axis=1)
-        v111 = (v110 / (D))
-        v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v119 = (v115 + v118)
-        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v114 = tl.sum((v113), axis=1)
-        v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v117 = tl.sum((v116), axis=1)
-        v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v122 = tl.sum((v121), axis=1)
-        v123 = (v114 + v117 + v122)
-        v124 = (v123 / (D))
-        v125 = (2.0 * v14 * v124[:, None])
-        v126 = (v108 + v112 + v120 + v125)
-        v127 = ((-1.0) * v126)
-        v128 = tl.sum((v127), axis=1)
-        v129 = (v128 / (D))
-        v130 = (v126 + v129[:, None])
-        v135 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v92 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v132 = (v92 + v131)
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v133_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v100 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v134 = (v100 + v133)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v42 = k
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v71 = (v42 * v40[:, None])
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v49 = tl.zeros((C, BV), DTYPE)
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v70 = ((-1.0) * d_new_w1)
+        v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v75 = tl.sum((v74), axis=1)
+    v76 = (v75 / (D))
+    v77 = (2.0 * v58 * v76[:, None])
+    v78 = (v73 + v77)
+    v79 = ((-1.0) * v78)
+    v80 = tl.sum((v79), axis=1)
+    v81 = (v80 / (D))
+    v82 = (v78 + v81[:, None])
+    v83 = ((-1.0) * v82)
+    v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
+    v68 = (v51 * v40[:, None])
+    v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v94 = (v87 + v93)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 = ((-1.0) * v95)
+        v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v98 = (v72 + v97)
+        v99 = v98
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v100_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v100_c2 = (0.5 * (v8 * v8))
+        v100_c3 = tl.exp(((-1.0) * v100_c2))
+        v100 = (v32 * v99 * ((v100_c0 * v100_c1 * v100_c3) - (v100_c0 * v100_c1 * v100_c2 * v100_c3)))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v91 = (v69 + v88)
+        v92 = v91
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+        v66 = (v50 * v40[:, None])
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v89 = (v67 + v85)
+    v90 = v89
+    v102 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v101 = (v99 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = (v90 + v102)
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = ((-1.0) * v105)
+    v107 = (v103 + v106[:, None])
+    v108 = (2.0 * v25[:, None] * v107)
+    v109 = (2.0 * v14 * v107)
+    v110 = tl.sum((v109), axis=1)
+    v111 = (v110 / (D))
+    v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v119 = (v115 + v118)
+    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v114 = tl.sum((v113), axis=1)
+    v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v117 = tl.sum((v116), axis=1)
+    v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v122 = tl.sum((v121), axis=1)
+    v123 = (v114 + v117 + v122)
+    v124 = (v123 / (D))
+    v125 = (2.0 * v14 * v124[:, None])
+    v126 = (v108 + v112 + v120 + v125)
+    v127 = ((-1.0) * v126)
+    v128 = tl.sum((v127), axis=1)
+    v129 = (v128 / (D))
+    v130 = (v126 + v129[:, None])
+    v135 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v132 = (v92 + v131)
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v133_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v100 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = (v100 + v133)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1533,156 +1548,158 @@ def chunk_grad_v_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (2.0 * v14 * v101)
-        v103 = tl.sum((v102), axis=1)
-        v104 = (v103 / (D))
-        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = ((-1.0) * v105)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = ((-1.0) * v105)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1708,153 +1725,155 @@ def chunk_grad_v_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v103 = ((-1.0) * v102)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v103 = ((-1.0) * v102)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1880,81 +1899,83 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v40 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v41 = v31
-        v38 = k
-        v48 = tl.zeros((C,), DTYPE)
-        v50 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v45 = ((-1.0) * d_new_w2)
-            v46 = tl.dot(v41.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v40 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v47 = (v40 * v46)
-            v48 += tl.sum((v47), axis=1)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v49 = ((-1.0) * d_new_w1)
-            v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v38 * v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v48 + v52)
-        v54 = (v37 * v53)
-        v55 = v54
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v40 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v41 = v31
+    v38 = k
+    v48 = tl.zeros((C,), DTYPE)
+    v50 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v45 = ((-1.0) * d_new_w2)
+        v46 = tl.dot(v41.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v47 = (v40 * v46)
+        v48 += tl.sum((v47), axis=1)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v49 = ((-1.0) * d_new_w1)
+        v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v38 * v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v48 + v52)
+    v54 = (v37 * v53)
+    v55 = v54
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1980,134 +2001,136 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v48 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v43 = (v37 - v42)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-            v44_c0 = (0.5 * v43)
-            v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v45 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v44 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v63 = tl.sum((v62), axis=1)
-        v64 = (v63 / (D))
-        v65 = (2.0 * v54 * v64[:, None])
-        v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v66 = (v61 + v65)
-        v67 = ((-1.0) * v66)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v70 = (v66 + v69[:, None])
-        v71 = ((-1.0) * v70)
-        v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-        v80 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v46 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v77 = (v75 + v76)
-            v43 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v78_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-            v78 = (v77 * (0.5 + (0.5 * tl.math.erf(v78_c0)) + (v78_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v79 = ((-1.0) * v78)
-            v39 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v81 = (v40 * v80)
-        v74 = (v48 * v72)
-        v82 = (v74 + v81)
-        v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
-        v84 = tl.sum((v83), axis=0)
-        v85 = v84
-        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = (v37 - v42)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        v44_c0 = (0.5 * v43)
+        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v45 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = (2.0 * v54 * v64[:, None])
+    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v66 = (v61 + v65)
+    v67 = ((-1.0) * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (v66 + v69[:, None])
+    v71 = ((-1.0) * v70)
+    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
+    v80 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v46 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v77 = (v75 + v76)
+        v43 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v78_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
+        v78 = (v77 * (0.5 + (0.5 * tl.math.erf(v78_c0)) + (v78_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v79 = ((-1.0) * v78)
+        v39 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v81 = (v40 * v80)
+    v74 = (v48 * v72)
+    v82 = (v74 + v81)
+    v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
+    v84 = tl.sum((v83), axis=0)
+    v85 = v84
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2133,93 +2156,95 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v38 = k
-        v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v35 = gate_eta
-        v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v45 = tl.zeros((C, BV), DTYPE)
-        v48 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v39 = v33
-            v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v37 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v43 = (v37 - v42)
-            v44_c0 = (0.5 * v43)
-            v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v46 = v9
-            v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-        v47 = v31
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52 = tl.sum((v51), axis=1)
-        v53 = (v52 / (D))
-        v54 = (v51 - v53[:, None])
-        v55 = (v54 * v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-        v62 = tl.sum((v61), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v38 = k
+    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v37)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v45 = tl.zeros((C, BV), DTYPE)
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v39 = v33
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v37 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = (v37 - v42)
+        v44_c0 = (0.5 * v43)
+        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = v9
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v47 = v31
+    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v51 = (v45 - v50)
+    v52 = tl.sum((v51), axis=1)
+    v53 = (v52 / (D))
+    v54 = (v51 - v53[:, None])
+    v55 = (v54 * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
+    v62 = tl.sum((v61), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2245,156 +2270,158 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (2.0 * v14 * v101)
-        v103 = tl.sum((v102), axis=1)
-        v104 = (v103 / (D))
-        v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = tl.sum((v105), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = tl.sum((v105), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2420,153 +2447,155 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v103 = tl.sum((v102), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v103 = tl.sum((v102), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2592,159 +2621,161 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (2.0 * v14 * v101)
-        v103 = tl.sum((v102), axis=1)
-        v104 = (v103 / (D))
-        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v107 = (v105 + v106)
-        v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v109 = tl.sum((v108), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v109 = tl.sum((v108), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2770,19 +2801,20 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v11 = tl.sum((d_out), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2808,150 +2840,152 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
-            v9_c0 = (0.5 * v8)
-            v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v52 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v47 = (v41 - v46)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v9 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = v31
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v73 = tl.sum((v72), axis=1)
-        v74 = (v73 / (D))
-        v75 = (2.0 * v58 * v74[:, None])
-        v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        v76 = (v71 + v75)
-        v77 = ((-1.0) * v76)
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (v76 + v79[:, None])
-        v81 = ((-1.0) * v80)
-        v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
-        v69 = (v42 * v40[:, None])
-        v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v96 = tl.zeros((C, BV), DTYPE)
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v50 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v85 + v88)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v68 = ((-1.0) * d_new_w1)
-            v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v93 = (v70 + v92)
-            v94 = v93
-            v8 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v66 = (v50 * v40[:, None])
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = (v67 + v83)
-        v87 = v86
-        v97 = (v87 + v96)
-        v98 = tl.sum((v97), axis=1)
-        v99 = (v98 / (D))
-        v100 = ((-1.0) * v99)
-        v101 = (v97 + v100[:, None])
-        v102 = (2.0 * v14 * v101)
-        v103 = tl.sum((v102), axis=1)
-        v104 = (v103 / (D))
-        v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v107 = (v105 + v106)
-        v108 = tl.sum((v107), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v41 - v46)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v9 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = v31
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (2.0 * v58 * v74[:, None])
+    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v76 = (v71 + v75)
+    v77 = ((-1.0) * v76)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    v80 = (v76 + v79[:, None])
+    v81 = ((-1.0) * v80)
+    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v40 = (v37 * v38)
+    v69 = (v42 * v40[:, None])
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v85 + v88)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v68 = ((-1.0) * d_new_w1)
+        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = (v70 + v92)
+        v94 = v93
+        v8 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (v50 * v40[:, None])
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = ((-1.0) * d_new_w2)
+        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = (v67 + v83)
+    v87 = v86
+    v97 = (v87 + v96)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = ((-1.0) * v99)
+    v101 = (v97 + v100[:, None])
+    v102 = (2.0 * v14 * v101)
+    v103 = tl.sum((v102), axis=1)
+    v104 = (v103 / (D))
+    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v107 = (v105 + v106)
+    v108 = tl.sum((v107), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -31,7 +31,7 @@ DESCRIPTION = {'spec': 'yaad',
                            'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none',
                            'tiles': 8.0},
-             'out_fwd': {'grid': 'sequences',
+             'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                          'value_blocks': 'none',
                          'tiles': 9.5},
@@ -49,7 +49,7 @@ DESCRIPTION = {'spec': 'yaad',
                            'value_blocks': 'none',
                            'tiles': 27.0},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
-             'grad_q_1_bwd': {'grid': 'sequences',
+             'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -58,11 +58,11 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 12.0},
-             'grad_q_2_bwd': {'grid': 'sequences',
+             'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
-             'grad_k_0_bwd': {'grid': 'sequences',
+             'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
@@ -71,11 +71,11 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h']],
                               'value_blocks': 'none',
                               'tiles': 13.0},
-             'grad_k_1_bwd': {'grid': 'sequences',
+             'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
-             'grad_k_2_bwd': {'grid': 'sequences',
+             'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
@@ -88,19 +88,19 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 21.0},
-             'grad_v_0_bwd': {'grid': 'sequences',
+             'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
-             'grad_v_1_bwd': {'grid': 'sequences',
+             'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
-             'grad_gate_alpha_0_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0},
-             'grad_gate_alpha_1_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -109,7 +109,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 14.0},
-             'grad_gate_alpha_2_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -117,11 +117,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 13.0},
-             'grad_gate_alpha_3_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5},
-             'grad_gate_alpha_4_bwd': {'grid': 'sequences',
+             'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -130,11 +130,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 18.5},
-             'grad_gate_eta_0_bwd': {'grid': 'sequences',
+             'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0},
-             'grad_gate_eta_1_bwd': {'grid': 'sequences',
+             'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
@@ -143,11 +143,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 13.0},
-             'grad_gate_eta_2_bwd': {'grid': 'sequences',
+             'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['t', 'h']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5},
-             'grad_gate_delta_0_bwd': {'grid': 'sequences',
+             'grad_gate_delta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -155,7 +155,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 19.0},
-             'grad_gate_delta_1_bwd': {'grid': 'sequences',
+             'grad_gate_delta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
@@ -163,34 +163,34 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
                                        'tiles': 18.0},
-             'grad_ln_weight_0_bwd': {'grid': 'sequences',
+             'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0},
-             'grad_ln_weight_1_bwd': {'grid': 'sequences',
+             'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
-             'grad_ln_weight_2_bwd': {'grid': 'sequences',
+             'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
-             'grad_ln_weight_3_bwd': {'grid': 'sequences',
+             'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
-             'grad_ln_bias_1_bwd': {'grid': 'sequences',
+             'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
                                     'value_blocks': 'none',
                                     'tiles': 19.0}},
  'stored': []}
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -221,6 +221,7 @@ def chunk_state_fwd_kernel(
         tl.store(starts_w1_ptr + first_chunk * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(starts_w1_ptr.dtype.element_ty))
         tl.store(starts_w2_ptr + first_chunk * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(starts_w2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -248,12 +249,12 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v59 = (v58[None, :] * w1)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v59)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v59)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -290,17 +291,17 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v52 = v37
             v56 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v59 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            v59 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
             v60 = (v59 - v56)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v65 = (v64[:, None] * w2)
-            v11 = tl.load(scratch_ptr + pid * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v11 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v53 = v11
             v63 = tl.dot(tl.trans(v62).to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v66 = (v65 - v63)  # layer 2 end state
@@ -310,10 +311,10 @@ def chunk_state_fwd_kernel(
         tl.debug_barrier()  # the next chunk reads the state this one wrote
         c += 1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -338,125 +339,127 @@ def chunk_out_fwd_kernel(
     offs_i = tl.arange(0, D)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
-        v72 = q
-        v73 = (v71 + v72)  # read: M(q_t; W_t)
-        tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
+    v72 = q
+    v73 = (v71 + v72)  # read: M(q_t; W_t)
+    tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -487,6 +490,7 @@ def chunk_state_bwd_kernel(
         tl.store(carries_w1_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], tl.load(d_final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE).to(carries_w1_ptr.dtype.element_ty))
         tl.store(carries_w2_ptr + (first_chunk + tl.cdiv(seq_len, C) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], tl.load(d_final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE).to(carries_w2_ptr.dtype.element_ty))
     tl.debug_barrier()
+    slot = pid  # this program's scratch memory
     c = tl.cdiv(seq_len, C) - 1
     while c >= 0:
         tok = c * C
@@ -498,10 +502,10 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -558,8 +562,8 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v54 = v37
@@ -567,13 +571,13 @@ def chunk_state_bwd_kernel(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
             v59_c0 = (0.5 * v58)
             v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v70 = tl.zeros((C, BV), DTYPE)
@@ -588,7 +592,7 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v62 = (v60 * v61)
@@ -639,15 +643,15 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v109 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v116 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v118 = (v109 + v116)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v119_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
             v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
             v120 = ((-1.0) * v119)
             v121 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -655,15 +659,15 @@ def chunk_state_bwd_kernel(
             v94 = tl.dot(v93.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v122 = (v94 + v121)
             v123 = v122
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
+            v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v126_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v126 = (v123 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
             v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 = ((-1.0) * d_new_w2)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
+            tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
             v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v88 = (v80 * v87)
@@ -707,18 +711,18 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v158 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v110 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v85 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v85 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v113 = (v90 + v110)
             v114 = v113
             v160 = (v114 + v158)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
             v161_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v161 = (v160 * (0.5 + (0.5 * tl.math.erf(v161_c0)) + (v161_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v123 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v125_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v125_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v125_c2 = (0.5 * (v10 * v10))
@@ -726,16 +730,16 @@ def chunk_state_bwd_kernel(
             v125 = (v36 * v123 * ((v125_c0 * v125_c1 * v125_c3) - (v125_c0 * v125_c1 * v125_c2 * v125_c3)))
             v162 = (v125 + v161)
             v163 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v162.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v119 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v119 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v124 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v92 = (v79[None, :] * d_new_w1)
             v165 = (v92 + v124 + v163)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v159 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v157.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v126 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v126 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v117 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -747,10 +751,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -776,19 +780,20 @@ def chunk_grad_q_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = d_out
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -814,167 +819,169 @@ def chunk_grad_q_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = tl.zeros((C, C), DTYPE)
-        for v85_j in range(0, BV):  # the summed axis o, one position at a time
-            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
-            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
-        v87 = (v53 * v83)
-        v92 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v86 + v88)
-            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v93 = tl.zeros((C, D), DTYPE)
-        for v93_j in range(0, C):  # the summed axis s, one position at a time
-            v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
-            v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
-            v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
-            v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = tl.zeros((C, C), DTYPE)
+    for v85_j in range(0, BV):  # the summed axis o, one position at a time
+        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    v87 = (v53 * v83)
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v86 + v88)
+        v51 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.zeros((C, D), DTYPE)
+    for v93_j in range(0, C):  # the summed axis s, one position at a time
+        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
+        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
+        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1000,159 +1007,161 @@ def chunk_grad_q_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = tl.zeros((C, C), DTYPE)
-        for v85_j in range(0, BV):  # the summed axis o, one position at a time
-            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
-            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
-        v87 = (v53 * v83)
-        v91 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v86 + v88)
-            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v91 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v92 = (v42 * v91)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v92.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = tl.zeros((C, C), DTYPE)
+    for v85_j in range(0, BV):  # the summed axis o, one position at a time
+        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    v87 = (v53 * v83)
+    v91 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v86 + v88)
+        v51 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v91 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v92 = (v42 * v91)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v92.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1178,184 +1187,186 @@ def chunk_grad_k_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v53 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v55 = (v53 * v49)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v51 = (q * v48)
-        v67 = v35
-        v65 = v49
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v60 = v48
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v60 * v61)
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v85 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v86 = tl.sum((v85), axis=1)
-        v87 = (v86 / (D))
-        v88 = (2.0 * v74 * v87[:, None])
-        v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = (v84 + v88)
-        v90 = ((-1.0) * v89)
-        v91 = tl.sum((v90), axis=1)
-        v92 = (v91 / (D))
-        v93 = (v89 + v92[:, None])
-        v94 = ((-1.0) * v93)
-        v95 = tl.zeros((C, C), DTYPE)
-        for v95_j in range(0, BV):  # the summed axis o, one position at a time
-            v95_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v94, 0.0), axis=1)
-            v95_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v69, 0.0), axis=1)
-            v95_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v63, 0.0), axis=1)
-            v95_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v64, 0.0), axis=1)
-            v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
-        v97 = (v60 * v93)
-        v102 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v96 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v99 = (v96 + v98)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v101 = ((-1.0) * v100)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = tl.zeros((C, D), DTYPE)
-        for v103_j in range(0, C):  # the summed axis t, one position at a time
-            v103_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v102, 0.0), axis=0)
-            v103_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, q, 0.0), axis=0)
-            v103_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v103_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v43, 0.0), axis=0)
-            v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
-        v104 = (v49 * v103)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        v50 = (v47 * v49)
-        v82 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v81 = ((-1.0) * d_new_w1)
-            v54 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = (v50 * v82)
-        v105 = (v83 + v104)
-        v106 = v105
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v53 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v55 = (v53 * v49)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v51 = (q * v48)
+    v67 = v35
+    v65 = v49
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v60 = v48
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v62 = (v60 * v61)
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v85 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v86 = tl.sum((v85), axis=1)
+    v87 = (v86 / (D))
+    v88 = (2.0 * v74 * v87[:, None])
+    v84 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = (v84 + v88)
+    v90 = ((-1.0) * v89)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v89 + v92[:, None])
+    v94 = ((-1.0) * v93)
+    v95 = tl.zeros((C, C), DTYPE)
+    for v95_j in range(0, BV):  # the summed axis o, one position at a time
+        v95_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v94, 0.0), axis=1)
+        v95_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v69, 0.0), axis=1)
+        v95_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v63, 0.0), axis=1)
+        v95_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v64, 0.0), axis=1)
+        v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
+    v97 = (v60 * v93)
+    v102 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v96 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v99 = (v96 + v98)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        v54 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v103 = tl.zeros((C, D), DTYPE)
+    for v103_j in range(0, C):  # the summed axis t, one position at a time
+        v103_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v102, 0.0), axis=0)
+        v103_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, q, 0.0), axis=0)
+        v103_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v103_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v43, 0.0), axis=0)
+        v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
+    v104 = (v49 * v103)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    v50 = (v47 * v49)
+    v82 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_w1)
+        v54 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = (v50 * v82)
+    v105 = (v83 + v104)
+    v106 = v105
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1381,206 +1392,208 @@ def chunk_grad_k_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v123 + v124)
-        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v127 = v126
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v125 = (v123 + v124)
+    v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v127 = v126
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1606,258 +1619,260 @@ def chunk_grad_k_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v53 = k
-        v88 = (v50 * v53)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v51 = (q * v48)
-        v60 = v48
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v87 = ((-1.0) * d_new_w1)
-            v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v65 = v49
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v91 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v92 = tl.sum((v91), axis=1)
-        v93 = (v92 / (D))
-        v94 = (2.0 * v74 * v93[:, None])
-        v95 = (v90 + v94)
-        v96 = ((-1.0) * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        v99 = (v95 + v98[:, None])
-        v100 = ((-1.0) * v99)
-        v101 = tl.zeros((C, C), DTYPE)
-        for v101_j in range(0, BV):  # the summed axis o, one position at a time
-            v101_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v100, 0.0), axis=1)
-            v101_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v69, 0.0), axis=1)
-            v101_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v63, 0.0), axis=1)
-            v101_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v64, 0.0), axis=1)
-            v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
-        v110 = (v60 * v99)
-        v78 = v50
-        v85 = (v78 * v67)
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v104 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v111 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v112 = (v104 + v111)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 = ((-1.0) * v113)
-            v115 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v89 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v116 = (v89 + v115)
-            v117 = v116
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v118_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v118_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v118_c2 = (0.5 * (v10 * v10))
-            v118_c3 = tl.exp(((-1.0) * v118_c2))
-            v118 = (v36 * v117 * ((v118_c0 * v118_c1 * v118_c3) - (v118_c0 * v118_c1 * v118_c2 * v118_c3)))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v86 = tl.dot(v85.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v105 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v108 = (v86 + v105)
-            v109 = v108
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v102 = tl.zeros((C, BV), DTYPE)
-        for v102_j in range(0, C):  # the summed axis t, one position at a time
-            v102_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v100, 0.0), axis=0)
-            v102_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v68, 0.0), axis=0)
-            v102_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v102_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v63, 0.0), axis=0)
-            v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
-        v103 = (v65 * v102)
-        v106 = (v84 + v103)
-        v107 = v106
-        v120 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v117 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v119_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v121 = (v107 + v120)
-        v122 = tl.sum((v121), axis=1)
-        v123 = (v122 / (D))
-        v124 = ((-1.0) * v123)
-        v125 = (v121 + v124[:, None])
-        v126 = (2.0 * v29[:, None] * v125)
-        v127 = (2.0 * v16 * v125)
-        v128 = tl.sum((v127), axis=1)
-        v129 = (v128 / (D))
-        v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v137 = (v133 + v136)
-        v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v132 = tl.sum((v131), axis=1)
-        v134 = ((-0.5) * ln_weight[None, :] * v25 * v125 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v135 = tl.sum((v134), axis=1)
-        v140 = ((-0.5) * v16 * ln_weight[None, :] * v138 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v141 = tl.sum((v140), axis=1)
-        v142 = (v132 + v135 + v141)
-        v143 = (v142 / (D))
-        v144 = (2.0 * v16 * v143[:, None])
-        v145 = (v126 + v130 + v139 + v144)
-        v146 = ((-1.0) * v145)
-        v147 = tl.sum((v146), axis=1)
-        v148 = (v147 / (D))
-        v149 = (v145 + v148[:, None])
-        v154 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v151 = (v109 + v150)
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v152_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v152 = (v151 * (0.5 + (0.5 * tl.math.erf(v152_c0)) + (v152_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v118 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v153 = (v118 + v152)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v154 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v53 = k
+    v88 = (v50 * v53)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v51 = (q * v48)
+    v60 = v48
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v87 = ((-1.0) * d_new_w1)
+        v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v65 = v49
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v90 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v91 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v92 = tl.sum((v91), axis=1)
+    v93 = (v92 / (D))
+    v94 = (2.0 * v74 * v93[:, None])
+    v95 = (v90 + v94)
+    v96 = ((-1.0) * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    v99 = (v95 + v98[:, None])
+    v100 = ((-1.0) * v99)
+    v101 = tl.zeros((C, C), DTYPE)
+    for v101_j in range(0, BV):  # the summed axis o, one position at a time
+        v101_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v100, 0.0), axis=1)
+        v101_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v69, 0.0), axis=1)
+        v101_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v63, 0.0), axis=1)
+        v101_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v64, 0.0), axis=1)
+        v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
+    v110 = (v60 * v99)
+    v78 = v50
+    v85 = (v78 * v67)
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v111 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (v104 + v111)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 = ((-1.0) * v113)
+        v115 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v89 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = (v89 + v115)
+        v117 = v116
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v36 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v118_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v118_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v118_c2 = (0.5 * (v10 * v10))
+        v118_c3 = tl.exp(((-1.0) * v118_c2))
+        v118 = (v36 * v117 * ((v118_c0 * v118_c1 * v118_c3) - (v118_c0 * v118_c1 * v118_c2 * v118_c3)))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v86 = tl.dot(v85.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v105 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (v86 + v105)
+        v109 = v108
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v102 = tl.zeros((C, BV), DTYPE)
+    for v102_j in range(0, C):  # the summed axis t, one position at a time
+        v102_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v100, 0.0), axis=0)
+        v102_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v68, 0.0), axis=0)
+        v102_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v102_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v63, 0.0), axis=0)
+        v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
+    v103 = (v65 * v102)
+    v106 = (v84 + v103)
+    v107 = v106
+    v120 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v117 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v119_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v121 = (v107 + v120)
+    v122 = tl.sum((v121), axis=1)
+    v123 = (v122 / (D))
+    v124 = ((-1.0) * v123)
+    v125 = (v121 + v124[:, None])
+    v126 = (2.0 * v29[:, None] * v125)
+    v127 = (2.0 * v16 * v125)
+    v128 = tl.sum((v127), axis=1)
+    v129 = (v128 / (D))
+    v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v137 = (v133 + v136)
+    v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v132 = tl.sum((v131), axis=1)
+    v134 = ((-0.5) * ln_weight[None, :] * v25 * v125 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v135 = tl.sum((v134), axis=1)
+    v140 = ((-0.5) * v16 * ln_weight[None, :] * v138 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v141 = tl.sum((v140), axis=1)
+    v142 = (v132 + v135 + v141)
+    v143 = (v142 / (D))
+    v144 = (2.0 * v16 * v143[:, None])
+    v145 = (v126 + v130 + v139 + v144)
+    v146 = ((-1.0) * v145)
+    v147 = tl.sum((v146), axis=1)
+    v148 = (v147 / (D))
+    v149 = (v145 + v148[:, None])
+    v154 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v109 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v151 = (v109 + v150)
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v152_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v152 = (v151 * (0.5 + (0.5 * tl.math.erf(v152_c0)) + (v152_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v118 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v153 = (v118 + v152)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v154 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -1883,204 +1898,206 @@ def chunk_grad_v_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v125 = ((-1.0) * v124)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v125 = ((-1.0) * v124)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2106,201 +2123,203 @@ def chunk_grad_v_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v122 = ((-1.0) * v121)
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v122 = ((-1.0) * v121)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2326,138 +2345,140 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = (v84 * v63)
-        v86 = v85
-        v87 = tl.cumsum(v86, axis=0, reverse=True)
-        v88 = (v87 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = (v84 * v63)
+    v86 = v85
+    v87 = tl.cumsum(v86, axis=0, reverse=True)
+    v88 = (v87 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2483,170 +2504,172 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = tl.zeros((C, C), DTYPE)
-        for v85_j in range(0, BV):  # the summed axis o, one position at a time
-            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
-            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
-        v87 = (v53 * v83)
-        v92 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v86 + v88)
-            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v93 = tl.zeros((C, D), DTYPE)
-        for v93_j in range(0, C):  # the summed axis s, one position at a time
-            v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
-            v93_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
-            v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
-            v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
-        v94 = (q * v93)
-        v95 = tl.cumsum(v94, axis=0, reverse=True)
-        v96 = (v95 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = tl.zeros((C, C), DTYPE)
+    for v85_j in range(0, BV):  # the summed axis o, one position at a time
+        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    v87 = (v53 * v83)
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v86 + v88)
+        v51 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.zeros((C, D), DTYPE)
+    for v93_j in range(0, C):  # the summed axis s, one position at a time
+        v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
+        v93_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
+        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+        v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    v94 = (q * v93)
+    v95 = tl.cumsum(v94, axis=0, reverse=True)
+    v96 = (v95 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v96.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2672,184 +2695,186 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v47 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v44 = gate_eta
-        v49 = (v47 * v44)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v41 = tl.cumsum(v40, axis=0, reverse=False)
-        v42 = v41
-        v50 = tl.zeros((C, C), DTYPE)
-        for v50_j in range(0, D):  # the summed axis i, one position at a time
-            v50_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, q, 0.0), axis=1)
-            v50_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v49, 0.0), axis=1)
-            v50_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v41, 0.0), axis=1)
-            v50_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v42, 0.0), axis=1)
-            v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
-        v43 = tl.exp(v41)  # cumulative decay in the chunk
-        v45 = (q * v43)
-        v61 = v35
-        v59 = v44
-        v63 = (v61 * v59)
-        v57 = v41
-        v58 = v42
-        v62 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v48 = v37
-            v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v52 = (v46 - v51)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v53_c0 = (0.5 * v52)
-            v53 = (v53_c0 * (1.0 + tl.math.erf((v53_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
-            v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v64 = tl.zeros((C, BV), DTYPE)
-        for v64_j in range(0, C):  # the summed axis s, one position at a time
-            v64_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, v62, 0.0), axis=1)
-            v64_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v63, 0.0), axis=0)
-            v64_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v64_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v58, 0.0), axis=0)
-            v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
-        v54 = v43
-        v55 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v53 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v56 = (v54 * v55)
-        v65 = (v56 - v64)
-        v66 = tl.sum((v65), axis=1)
-        v67 = (v66 / (D))
-        v68 = (v65 - v67[:, None])
-        v69 = (v68 * v68)
-        v70 = tl.sum((v69), axis=1)
-        v71 = (v70 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v83 = ((-0.5) * v68 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v84 = tl.sum((v83), axis=1)
-        v85 = (v84 / (D))
-        v86 = (2.0 * v68 * v85[:, None])
-        v82 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v87 = (v82 + v86)
-        v88 = ((-1.0) * v87)
-        v89 = tl.sum((v88), axis=1)
-        v90 = (v89 / (D))
-        v91 = (v87 + v90[:, None])
-        v92 = ((-1.0) * v91)
-        v93 = tl.zeros((C, C), DTYPE)
-        for v93_j in range(0, BV):  # the summed axis o, one position at a time
-            v93_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v92, 0.0), axis=1)
-            v93_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v63, 0.0), axis=1)
-            v93_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v57, 0.0), axis=1)
-            v93_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v58, 0.0), axis=1)
-            v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
-        v95 = (v54 * v91)
-        v101 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v60 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v94 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v96 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v99 = (v94 + v96)
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100_c0 = (0.5 * v52 * tl.full((), 1.4142135623730951, DTYPE))
-            v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v52 * v52))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v102 = (q * v101)
-        v97 = (v91 * v55)
-        v98 = v97
-        v76 = tl.zeros((BV,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v75 = (w2 * d_new_w2)
-            v76 += tl.sum((v75), axis=1)
-        v77 = v76
-        v79 = tl.zeros((D,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v78 = (w1 * d_new_w1)
-            v79 += tl.sum((v78), axis=0)
-        v80 = (v77 + v79)
-        v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
-        v103 = (v81 + v98 + v102)
-        v104 = (v103 * tl.exp(v41))
-        v105 = tl.cumsum(v104, axis=0, reverse=True)
-        v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v47 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v44 = gate_eta
+    v49 = (v47 * v44)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v41 = tl.cumsum(v40, axis=0, reverse=False)
+    v42 = v41
+    v50 = tl.zeros((C, C), DTYPE)
+    for v50_j in range(0, D):  # the summed axis i, one position at a time
+        v50_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, q, 0.0), axis=1)
+        v50_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v49, 0.0), axis=1)
+        v50_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v41, 0.0), axis=1)
+        v50_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v42, 0.0), axis=1)
+        v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
+    v43 = tl.exp(v41)  # cumulative decay in the chunk
+    v45 = (q * v43)
+    v61 = v35
+    v59 = v44
+    v63 = (v61 * v59)
+    v57 = v41
+    v58 = v42
+    v62 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v48 = v37
+        v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = (v46 - v51)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v53_c0 = (0.5 * v52)
+        v53 = (v53_c0 * (1.0 + tl.math.erf((v53_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+        v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v64 = tl.zeros((C, BV), DTYPE)
+    for v64_j in range(0, C):  # the summed axis s, one position at a time
+        v64_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, v62, 0.0), axis=1)
+        v64_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v63, 0.0), axis=0)
+        v64_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v64_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v58, 0.0), axis=0)
+        v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
+    v54 = v43
+    v55 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v53 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v56 = (v54 * v55)
+    v65 = (v56 - v64)
+    v66 = tl.sum((v65), axis=1)
+    v67 = (v66 / (D))
+    v68 = (v65 - v67[:, None])
+    v69 = (v68 * v68)
+    v70 = tl.sum((v69), axis=1)
+    v71 = (v70 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v83 = ((-0.5) * v68 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v84 = tl.sum((v83), axis=1)
+    v85 = (v84 / (D))
+    v86 = (2.0 * v68 * v85[:, None])
+    v82 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v87 = (v82 + v86)
+    v88 = ((-1.0) * v87)
+    v89 = tl.sum((v88), axis=1)
+    v90 = (v89 / (D))
+    v91 = (v87 + v90[:, None])
+    v92 = ((-1.0) * v91)
+    v93 = tl.zeros((C, C), DTYPE)
+    for v93_j in range(0, BV):  # the summed axis o, one position at a time
+        v93_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v92, 0.0), axis=1)
+        v93_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v63, 0.0), axis=1)
+        v93_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v57, 0.0), axis=1)
+        v93_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v58, 0.0), axis=1)
+        v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
+    v95 = (v54 * v91)
+    v101 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v94 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v96 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v99 = (v94 + v96)
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v52 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v52 * v52))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v102 = (q * v101)
+    v97 = (v91 * v55)
+    v98 = v97
+    v76 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = (w2 * d_new_w2)
+        v76 += tl.sum((v75), axis=1)
+    v77 = v76
+    v79 = tl.zeros((D,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v78 = (w1 * d_new_w1)
+        v79 += tl.sum((v78), axis=0)
+    v80 = (v77 + v79)
+    v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
+    v103 = (v81 + v98 + v102)
+    v104 = (v103 * tl.exp(v41))
+    v105 = tl.cumsum(v104, axis=0, reverse=True)
+    v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2875,98 +2900,100 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v56 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v11
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v55 = ((-1.0) * d_new_w2)
-            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v51 * v56)
-        v58 = v57
-        v48 = k
-        v60 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = ((-1.0) * d_new_w1)
-            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v48 * v60)
-        v62 = (v58 + v61)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v47 = gate_eta
-        v63 = (v47 * v62)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v64 = (v41[:, None] * v63 * tl.exp((v46[None, :] - v44)))
-        v65 = tl.sum((v64), axis=0)
-        v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
-        v67 = tl.cumsum(v66, axis=0, reverse=True)
-        v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = v35
+    v56 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v11
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v55 = ((-1.0) * d_new_w2)
+        v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * v56)
+    v58 = v57
+    v48 = k
+    v60 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v49 = v37
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = ((-1.0) * d_new_w1)
+        v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v48 * v60)
+    v62 = (v58 + v61)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v47 = gate_eta
+    v63 = (v47 * v62)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v64 = (v41[:, None] * v63 * tl.exp((v46[None, :] - v44)))
+    v65 = tl.sum((v64), axis=0)
+    v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v65[None, :])
+    v67 = tl.cumsum(v66, axis=0, reverse=True)
+    v68 = (v67 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -2992,206 +3019,208 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v48 = gate_eta
-        v53 = (v51 * v48)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        v54 = tl.zeros((C, C), DTYPE)
-        for v54_j in range(0, D):  # the summed axis i, one position at a time
-            v54_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, q, 0.0), axis=1)
-            v54_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v53, 0.0), axis=1)
-            v54_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v43, 0.0), axis=1)
-            v54_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v44, 0.0), axis=1)
-            v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
-        v47 = tl.exp(v43)  # cumulative decay in the chunk
-        v49 = (q * v47)
-        v65 = v35
-        v63 = v48
-        v67 = (v65 * v63)
-        v61 = v43
-        v62 = v44
-        v66 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v52 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
-            v55 = tl.dot(v54.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v56 = (v50 - v55)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
-            v57_c0 = (0.5 * v56)
-            v57 = (v57_c0 * (1.0 + tl.math.erf((v57_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v64 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
-            v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v68 = tl.zeros((C, BV), DTYPE)
-        for v68_j in range(0, C):  # the summed axis s, one position at a time
-            v68_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, v66, 0.0), axis=1)
-            v68_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v67, 0.0), axis=0)
-            v68_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v68_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v62, 0.0), axis=0)
-            v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
-        v58 = v47
-        v59 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v57 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = (v58 * v59)
-        v69 = (v60 - v68)
-        v70 = tl.sum((v69), axis=1)
-        v71 = (v70 / (D))
-        v72 = (v69 - v71[:, None])
-        v73 = (v72 * v72)
-        v74 = tl.sum((v73), axis=1)
-        v75 = (v74 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v87 = ((-0.5) * v72 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v75[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
-        v88 = tl.sum((v87), axis=1)
-        v89 = (v88 / (D))
-        v90 = (2.0 * v72 * v89[:, None])
-        v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
-        v91 = (v86 + v90)
-        v92 = ((-1.0) * v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v91 + v94[:, None])
-        v96 = ((-1.0) * v95)
-        v97 = tl.zeros((C, C), DTYPE)
-        for v97_j in range(0, BV):  # the summed axis o, one position at a time
-            v97_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v96, 0.0), axis=1)
-            v97_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v67, 0.0), axis=1)
-            v97_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v61, 0.0), axis=1)
-            v97_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v62, 0.0), axis=1)
-            v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
-        v102 = (v58 * v95)
-        v107 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v100 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v103 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v104 = (v100 + v103)
-            v56 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v105_c0 = (0.5 * v56 * tl.full((), 1.4142135623730951, DTYPE))
-            v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v56 * v56))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v106 = ((-1.0) * v105)
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v108 = tl.zeros((C, D), DTYPE)
-        for v108_j in range(0, C):  # the summed axis t, one position at a time
-            v108_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, q, 0.0), axis=0)
-            v108_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v107, 0.0), axis=0)
-            v108_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v108_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v43, 0.0), axis=0)
-            v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
-        v109 = ((-1.0) * v53 * v108)
-        v98 = tl.zeros((C, BV), DTYPE)
-        for v98_j in range(0, C):  # the summed axis t, one position at a time
-            v98_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v66, 0.0), axis=0)
-            v98_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v96, 0.0), axis=0)
-            v98_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v98_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v61, 0.0), axis=0)
-            v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
-        v99 = ((-1.0) * v67 * v98)
-        v101 = v99
-        v80 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v79 = ((-1.0) * d_new_w2)
-            v64 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = (v65 * v80)
-        v82 = v81
-        v84 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v83 = ((-1.0) * d_new_w1)
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v85 = (v51 * v84)
-        v110 = (v82 + v85)
-        v111 = (v48 * v110)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
-        v113 = (v101 + v109 + v112)
-        v114 = v113
-        v115 = tl.cumsum(v114, axis=0, reverse=True)
-        v116 = (v115 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v48 = gate_eta
+    v53 = (v51 * v48)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v44 = v43
+    v54 = tl.zeros((C, C), DTYPE)
+    for v54_j in range(0, D):  # the summed axis i, one position at a time
+        v54_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, q, 0.0), axis=1)
+        v54_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v53, 0.0), axis=1)
+        v54_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v43, 0.0), axis=1)
+        v54_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v44, 0.0), axis=1)
+        v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
+    v47 = tl.exp(v43)  # cumulative decay in the chunk
+    v49 = (q * v47)
+    v65 = v35
+    v63 = v48
+    v67 = (v65 * v63)
+    v61 = v43
+    v62 = v44
+    v66 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v52 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
+        v55 = tl.dot(v54.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = (v50 - v55)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        v57_c0 = (0.5 * v56)
+        v57 = (v57_c0 * (1.0 + tl.math.erf((v57_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v68 = tl.zeros((C, BV), DTYPE)
+    for v68_j in range(0, C):  # the summed axis s, one position at a time
+        v68_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, v66, 0.0), axis=1)
+        v68_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v67, 0.0), axis=0)
+        v68_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v68_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v62, 0.0), axis=0)
+        v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
+    v58 = v47
+    v59 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = (v58 * v59)
+    v69 = (v60 - v68)
+    v70 = tl.sum((v69), axis=1)
+    v71 = (v70 / (D))
+    v72 = (v69 - v71[:, None])
+    v73 = (v72 * v72)
+    v74 = tl.sum((v73), axis=1)
+    v75 = (v74 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = ((-0.5) * v72 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v75[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
+    v88 = tl.sum((v87), axis=1)
+    v89 = (v88 / (D))
+    v90 = (2.0 * v72 * v89[:, None])
+    v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
+    v91 = (v86 + v90)
+    v92 = ((-1.0) * v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v91 + v94[:, None])
+    v96 = ((-1.0) * v95)
+    v97 = tl.zeros((C, C), DTYPE)
+    for v97_j in range(0, BV):  # the summed axis o, one position at a time
+        v97_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v96, 0.0), axis=1)
+        v97_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v67, 0.0), axis=1)
+        v97_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v61, 0.0), axis=1)
+        v97_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v62, 0.0), axis=1)
+        v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
+    v102 = (v58 * v95)
+    v107 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v64 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v100 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v103 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v104 = (v100 + v103)
+        v56 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v56 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v56 * v56))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v106 = ((-1.0) * v105)
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v108 = tl.zeros((C, D), DTYPE)
+    for v108_j in range(0, C):  # the summed axis t, one position at a time
+        v108_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, q, 0.0), axis=0)
+        v108_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v107, 0.0), axis=0)
+        v108_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v108_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v43, 0.0), axis=0)
+        v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
+    v109 = ((-1.0) * v53 * v108)
+    v98 = tl.zeros((C, BV), DTYPE)
+    for v98_j in range(0, C):  # the summed axis t, one position at a time
+        v98_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v66, 0.0), axis=0)
+        v98_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v96, 0.0), axis=0)
+        v98_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v98_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v61, 0.0), axis=0)
+        v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
+    v99 = ((-1.0) * v67 * v98)
+    v101 = v99
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v79 = ((-1.0) * d_new_w2)
+        v64 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v81 = (v65 * v80)
+    v82 = v81
+    v84 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v83 = ((-1.0) * d_new_w1)
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v85 = (v51 * v84)
+    v110 = (v82 + v85)
+    v111 = (v48 * v110)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
+    v113 = (v101 + v109 + v112)
+    v114 = v113
+    v115 = tl.cumsum(v114, axis=0, reverse=True)
+    v116 = (v115 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3217,144 +3246,146 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = tl.zeros((C, BV), DTYPE)
-        for v85_j in range(0, C):  # the summed axis t, one position at a time
-            v85_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v84, 0.0), axis=0)
-            v85_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v61, 0.0), axis=0)
-            v85_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v85_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v56, 0.0), axis=0)
-            v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
-        v86 = (v60 * v85)
-        v87 = v86
-        v88 = v87
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = tl.zeros((C, BV), DTYPE)
+    for v85_j in range(0, C):  # the summed axis t, one position at a time
+        v85_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v84, 0.0), axis=0)
+        v85_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v61, 0.0), axis=0)
+        v85_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v85_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v56, 0.0), axis=0)
+        v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
+    v86 = (v60 * v85)
+    v87 = v86
+    v88 = v87
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v88.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3380,169 +3411,171 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        v78 = (2.0 * v67 * v77[:, None])
-        v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v79 = (v74 + v78)
-        v80 = ((-1.0) * v79)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        v83 = (v79 + v82[:, None])
-        v84 = ((-1.0) * v83)
-        v85 = tl.zeros((C, C), DTYPE)
-        for v85_j in range(0, BV):  # the summed axis o, one position at a time
-            v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-            v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-            v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-            v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
-            v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
-        v87 = (v53 * v83)
-        v92 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = (v86 + v88)
-            v51 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
-            v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v91 = ((-1.0) * v90)
-            v47 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v93 = tl.zeros((C, D), DTYPE)
-        for v93_j in range(0, C):  # the summed axis t, one position at a time
-            v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-            v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, q, 0.0), axis=0)
-            v93_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v93_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v40, 0.0), axis=0)
-            v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
-        v94 = (v46 * v93)
-        v95 = v94
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    v78 = (2.0 * v67 * v77[:, None])
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v79 = (v74 + v78)
+    v80 = ((-1.0) * v79)
+    v81 = tl.sum((v80), axis=1)
+    v82 = (v81 / (D))
+    v83 = (v79 + v82[:, None])
+    v84 = ((-1.0) * v83)
+    v85 = tl.zeros((C, C), DTYPE)
+    for v85_j in range(0, BV):  # the summed axis o, one position at a time
+        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
+        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
+        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
+        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    v87 = (v53 * v83)
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 = (v86 + v88)
+        v51 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
+        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v91 = ((-1.0) * v90)
+        v47 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.zeros((C, D), DTYPE)
+    for v93_j in range(0, C):  # the summed axis t, one position at a time
+        v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
+        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, q, 0.0), axis=0)
+        v93_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v93_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v40, 0.0), axis=0)
+        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
+    v94 = (v46 * v93)
+    v95 = v94
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3568,93 +3601,95 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v51 = v35
-        v56 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v11
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v55 = ((-1.0) * d_new_w2)
-            v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v57 = (v51 * v56)
-        v58 = v57
-        v48 = k
-        v60 = tl.zeros((C, D), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v49 = v37
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v59 = ((-1.0) * d_new_w1)
-            v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v48 * v60)
-        v62 = (v58 + v61)
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        v63 = (v47 * v62)
-        v64 = v63
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = v35
+    v56 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v11
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v55 = ((-1.0) * d_new_w2)
+        v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v57 = (v51 * v56)
+    v58 = v57
+    v48 = k
+    v60 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v49 = v37
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = ((-1.0) * d_new_w1)
+        v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v48 * v60)
+    v62 = (v58 + v61)
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    v63 = (v47 * v62)
+    v64 = v63
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3680,204 +3715,206 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v125 = v124
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+    v125 = v124
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_delta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -3903,201 +3940,203 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
-        v122 = v121
-        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
+    v122 = v121
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4123,125 +4162,127 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v46 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v43 = gate_eta
-        v48 = (v46 * v43)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v40 = tl.cumsum(v39, axis=0, reverse=False)
-        v41 = v40
-        v49 = tl.zeros((C, C), DTYPE)
-        for v49_j in range(0, D):  # the summed axis i, one position at a time
-            v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-            v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-            v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-            v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
-            v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
-        v42 = tl.exp(v40)  # cumulative decay in the chunk
-        v44 = (q * v42)
-        v60 = v35
-        v58 = v43
-        v62 = (v60 * v58)
-        v56 = v40
-        v57 = v41
-        v61 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v47 = v37
-            v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v51 = (v45 - v50)
-            v52_c0 = (0.5 * v51)
-            v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v59 = v11
-            v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        v63 = tl.zeros((C, BV), DTYPE)
-        for v63_j in range(0, C):  # the summed axis s, one position at a time
-            v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-            v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-            v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
-            v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-        v53 = v42
-        v54 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v52 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v55 = (v53 * v54)
-        v64 = (v55 - v63)
-        v65 = tl.sum((v64), axis=1)
-        v66 = (v65 / (D))
-        v67 = (v64 - v66[:, None])
-        v68 = (v67 * v67)
-        v69 = tl.sum((v68), axis=1)
-        v70 = (v69 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v74 = (v67 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
-        v75 = tl.sum((v74), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v75.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v41 = v40
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_j in range(0, D):  # the summed axis i, one position at a time
+        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
+        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
+        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
+        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v44 = (q * v42)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v63 = tl.zeros((C, BV), DTYPE)
+    for v63_j in range(0, C):  # the summed axis s, one position at a time
+        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
+        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
+        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID) + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v55 = (v53 * v54)
+    v64 = (v55 - v63)
+    v65 = tl.sum((v64), axis=1)
+    v66 = (v65 / (D))
+    v67 = (v64 - v66[:, None])
+    v68 = (v67 * v67)
+    v69 = tl.sum((v68), axis=1)
+    v70 = (v69 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (v67 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    v75 = tl.sum((v74), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v75.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4267,203 +4308,205 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * v25 * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = tl.sum((v123), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v124.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * v25 * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = tl.sum((v123), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v124.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4489,200 +4532,202 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (v25 * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v121 = tl.sum((v120), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v121.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (v25 * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v121 = tl.sum((v120), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v121.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4708,207 +4753,209 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v123 + v124)
-        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v128 = tl.sum((v127), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v125 = (v123 + v124)
+    v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v128 = tl.sum((v127), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4934,19 +4981,20 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk: a program past its sequence's last chunk (shorter packed sequences) reads its last chunk again and
-    # writes nothing
-    c = tl.minimum(tl.program_id(1), tl.cdiv(seq_len, C) - 1)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
-    nv = tl.where(tl.program_id(1) * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v13 = tl.sum((d_out), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v13.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -4972,198 +5020,200 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
-    c = 0
-    while c * C < seq_len:
-        tok = c * C
-        nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v12 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
-            v11_c0 = (0.5 * v10)
-            v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v46 = tl.sum((v45), axis=0)
-        v44 = v43
-        v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v50 = (v47 * v49)
-        v78 = v50
-        v83 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v11 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v82 = ((-1.0) * d_new_w2)
-            v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v84 = (v78 * v83)
-        v65 = v49
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v60 = v48
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v51 = (q * v48)
-        v53 = k
-        v55 = (v53 * v49)
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v62 = (v60 * v61)
-        v67 = v35
-        v69 = (v67 * v65)
-        v63 = v43
-        v64 = v44
-        v68 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
-        v71 = (v62 - v70)
-        v72 = tl.sum((v71), axis=1)
-        v73 = (v72 / (D))
-        v74 = (v71 - v73[:, None])
-        v75 = (v74 * v74)
-        v76 = tl.sum((v75), axis=1)
-        v77 = (v76 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-        v90 = tl.sum((v89), axis=1)
-        v91 = (v90 / (D))
-        v92 = (2.0 * v74 * v91[:, None])
-        v93 = (v88 + v92)
-        v94 = ((-1.0) * v93)
-        v95 = tl.sum((v94), axis=1)
-        v96 = (v95 / (D))
-        v97 = (v93 + v96[:, None])
-        v98 = ((-1.0) * v97)
-        v100 = tl.zeros((C, BV), DTYPE)
-        for v100_j in range(0, C):  # the summed axis t, one position at a time
-            v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-            v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-            v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
-            v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
-        v101 = (v65 * v100)
-        v103 = (v84 + v101)
-        v104 = v103
-        v86 = (v50 * v53)
-        v99 = tl.zeros((C, C), DTYPE)
-        for v99_j in range(0, BV):  # the summed axis o, one position at a time
-            v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-            v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-            v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-            v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
-            v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
-        v105 = (v60 * v97)
-        v114 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v85 = ((-1.0) * d_new_w1)
-            v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v66 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v107 = (v102 + v106)
-            v58 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
-            v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v109 = ((-1.0) * v108)
-            v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v111 = (v87 + v110)
-            v112 = v111
-            v10 = tl.load(scratch_ptr + pid * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
-            v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v115 = (v104 + v114)
-        v116 = tl.sum((v115), axis=1)
-        v117 = (v116 / (D))
-        v118 = ((-1.0) * v117)
-        v119 = (v115 + v118[:, None])
-        v120 = (2.0 * v16 * v119)
-        v121 = tl.sum((v120), axis=1)
-        v122 = (v121 / (D))
-        v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v125 = (v123 + v124)
-        v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v127 = tl.sum((v126), axis=0)
-        tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-        c += 1
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v10)
+        v11_c0 = (0.5 * v10)
+        v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v14 = tl.sum((v12), axis=1)
+    v15 = (v14 / (D))
+    v16 = (v12 - v15[:, None])
+    v17 = (v16 * v16)
+    v18 = tl.sum((v17), axis=1)
+    v19 = (v18 / (D))
+    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    v21 = k
+    v22 = (v20 + v21)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = (v22 - v)
+    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v24 = gate_delta
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
+    v44 = v43
+    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v49 = gate_eta
+    v50 = (v47 * v49)
+    v78 = v50
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = v11
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v84 = (v78 * v83)
+    v65 = v49
+    v48 = tl.exp(v43)  # cumulative decay in the chunk
+    v60 = v48
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v51 = (q * v48)
+    v53 = k
+    v55 = (v53 * v49)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_j in range(0, D):  # the summed axis i, one position at a time
+        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
+        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
+        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
+        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v16 * v29[:, None])
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v54 = v37
+        v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v52 - v57)
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        v59_c0 = (0.5 * v58)
+        v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v62 = (v60 * v61)
+    v67 = v35
+    v69 = (v67 * v65)
+    v63 = v43
+    v64 = v44
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v70 = tl.zeros((C, BV), DTYPE)
+    for v70_j in range(0, C):  # the summed axis s, one position at a time
+        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
+        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
+        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
+        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v71 = (v62 - v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = (v71 - v73[:, None])
+    v75 = (v74 * v74)
+    v76 = tl.sum((v75), axis=1)
+    v77 = (v76 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v88 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v89 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v90 / (D))
+    v92 = (2.0 * v74 * v91[:, None])
+    v93 = (v88 + v92)
+    v94 = ((-1.0) * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    v97 = (v93 + v96[:, None])
+    v98 = ((-1.0) * v97)
+    v100 = tl.zeros((C, BV), DTYPE)
+    for v100_j in range(0, C):  # the summed axis t, one position at a time
+        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
+        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
+        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
+        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v101 = (v65 * v100)
+    v103 = (v84 + v101)
+    v104 = v103
+    v86 = (v50 * v53)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_j in range(0, BV):  # the summed axis o, one position at a time
+        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
+        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
+        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
+        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    v105 = (v60 * v97)
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v85 = ((-1.0) * d_new_w1)
+        v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (v102 + v106)
+        v58 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
+        v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v109 = ((-1.0) * v108)
+        v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v111 = (v87 + v110)
+        v112 = v111
+        v10 = tl.load(scratch_ptr + slot * (C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v115 = (v104 + v114)
+    v116 = tl.sum((v115), axis=1)
+    v117 = (v116 / (D))
+    v118 = ((-1.0) * v117)
+    v119 = (v115 + v118[:, None])
+    v120 = (2.0 * v16 * v119)
+    v121 = tl.sum((v120), axis=1)
+    v122 = (v121 / (D))
+    v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v125 = (v123 + v124)
+    v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v127 = tl.sum((v126), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

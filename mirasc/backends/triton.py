@@ -48,6 +48,13 @@ def value_block(head_dim: int) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
+# Scratch memory of one launch of a chunk kernel that keeps blocks in scratch (an MLP memory's: a program's slot is
+# up to 25 (C, hidden) tiles, 0.1 to 1.6 MiB at C = 64, hidden 256, fp32): the launcher runs the chunks in waves of
+# as many as fit, reusing one buffer. 256 MiB holds about 256 programs of 1 MiB, two for each of an H100's 132 SMs.
+SCRATCH_BYTES = 256 * 2**20
+INTERPRETER_SCRATCH_BYTES: int | None = None  # tests set a small budget to run several waves on the CPU
+
+
 # Register tiles (kernel_plan.peak_units, 64 x 64 fp32 each) up to which a kernel at C = 64 runs with 4 warps.
 FOUR_WARP_TILES = 3.0
 
@@ -147,25 +154,39 @@ class _Launch:
         return {job: (getattr(self.module, f"chunk_{job}_kernel"), info) for job, info in self.desc["kernels"].items()}
 
     def run(self, kernels: dict, job: str, *args) -> None:
-        """Launch one job's kernel: one program per chunk or per sequence, with its scratch memory if it has any."""
+        """Launch one job's kernel: one program per sequence, or per chunk in waves of chunks (all of them at once
+        unless the kernel's scratch memory, a slot per program, would pass the scratch budget)."""
         fn, info = kernels[job]
-        scratch = []
-        if info["scratch"]:
-            per_program = sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
-            scratch = [torch.empty(self.programs * per_program, device=self.cu.device, dtype=self.dtype)]
         bv = self.BV if info["value_blocks"] != "none" else self.D
-        grid = (*(self.per_chunk() if info["grid"] == "chunks" else self.sequential()), self.D // bv)
-        warps = num_warps(self.C, self.D, self.HID, info["tiles"])
-        launch_fitting(fn, grid, (*args, *scratch, *self.scalars), {**self.consts, "BV": bv, "num_warps": warps})
+        consts = {**self.consts, "BV": bv, "num_warps": num_warps(self.C, self.D, self.HID, info["tiles"])}
+        if info["grid"] != "chunks":
+            scratch = self.scratch(info, self.programs)
+            launch_fitting(fn, (self.programs, 1, self.D // bv), (*args, *scratch, *self.scalars, 0), consts)
+            return
+        wave = self.wave(info)
+        scratch = self.scratch(info, self.programs * wave)  # one buffer: the waves run one after another
+        for base in range(0, self.max_chunks, wave):
+            grid = (self.programs, min(wave, self.max_chunks - base), self.D // bv)
+            launch_fitting(fn, grid, (*args, *scratch, *self.scalars, base), consts)
+
+    def scratch_per_program(self, info: dict) -> int:
+        """Elements of one program's scratch memory (DESCRIPTION's scratch axes)."""
+        return sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
+
+    def scratch(self, info: dict, programs: int) -> list[torch.Tensor]:
+        """The scratch-memory argument of a kernel that has scratch, for `programs` programs, or none."""
+        if not info["scratch"]:
+            return []
+        return [torch.empty(programs * self.scratch_per_program(info), device=self.cu.device, dtype=self.dtype)]
+
+    def wave(self, info: dict) -> int:
+        """Chunks per launch of a chunk kernel: all of them, or as many as the scratch budget holds (at least 1)."""
+        per_chunk = self.programs * self.scratch_per_program(info) * torch.finfo(self.dtype).bits // 8
+        budget = SCRATCH_BYTES if self.cu.is_cuda else INTERPRETER_SCRATCH_BYTES or SCRATCH_BYTES
+        return self.max_chunks if per_chunk == 0 else max(1, min(self.max_chunks, budget // per_chunk))
 
     def size(self, axis: str) -> int:
         return {"t": self.C, "s": self.C, "u": self.C, "o": self.D, "i": self.D, "h": self.HID, "g": self.HID}[axis]
-
-    def sequential(self) -> tuple[int, int]:
-        return (self.programs, 1)
-
-    def per_chunk(self) -> tuple[int, int]:
-        return (self.programs, self.max_chunks)
 
 
 # The hidden block each kernel fell back to on this device, by (kernel, sizes): a kernel that needs more shared memory
