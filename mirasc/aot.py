@@ -105,7 +105,7 @@ def generated_description(text: str) -> dict:
 
 
 def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, num_warps: int, num_stages: int,
-                 queue) -> None:
+                 maxnreg: int | None, queue) -> None:
     """In a child process: compile one kernel and put its figures (or its error) on the queue."""
     os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # a cached kernel would report no compile time
@@ -138,7 +138,8 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
         t0 = time.time()
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
                                   target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+                                  options={"num_warps": num_warps, "num_stages": num_stages,
+                                           **({"maxnreg": maxnreg} if maxnreg else {})})
         seconds = time.time() - t0
         usage, sass = _cuobjdump(compiled.asm["cubin"])
 
@@ -165,9 +166,9 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
-    the launcher's warps, pipelining stages and blocks for the target unless `warps`, `stages`, `block_hidden` or
+    the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`, `block_hidden` or
     `block_value` say otherwise."""
-    from .backends.triton import hidden_block, num_stages, num_warps, value_block
+    from .backends.triton import hidden_block, max_registers, num_stages, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
 
@@ -199,7 +200,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             kernel_consts = {**consts, "BV": bv if blocked != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,
-                                                          warps_here, stages_here, queue))
+                                                          warps_here, stages_here, max_registers(arch), queue))
             proc.start()
             proc.join(timeout)
             if proc.is_alive():

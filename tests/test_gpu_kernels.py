@@ -176,6 +176,18 @@ def test_mlp_memory_kernels_compile_for_an_h100():
         assert r.ok and r.mma > 0, (r.kernel, r.error)
 
 
+def test_an_a100_gets_the_register_ceiling():
+    """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
+    the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.backends.triton import max_registers
+
+    assert max_registers(80) == 255 and max_registers(90) is None
+    (row,) = aot_report("titans", arch=80, chunk_size=64, head_dim=64, only=["chunk_out_fwd_kernel"], timeout=240)
+    assert row.ok and row.regs > 128 and row.stack < 5200, (row.regs, row.stack, row.error)
+
+
 @pytest.mark.parametrize("stem", ["titans", "memora"])
 def test_a_sum_of_hidden_axis_contractions_keeps_one_accumulator(stem):
     """Where a value is the plain sum of contractions over the hidden axis made in one loop (titans' weights and
