@@ -166,8 +166,8 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
-    the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`, `block_hidden` or
-    `block_value` say otherwise."""
+    the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`,
+    `block_hidden` or `block_value` say otherwise."""
     from .backends.triton import hidden_block, max_registers, num_stages, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
