@@ -66,15 +66,17 @@ def ops():
 
 
 # Every prebuilt spec at chunk 16 with one token and with one partial chunk; several chunks (one partial) at
-# chunk 16 for a representative set (an MLP memory with KL retention, momentum, a delta rule) and at chunk 64
+# chunk 16 for a representative set (an MLP memory with momentum, a delta rule) and at chunk 64
 # for Moneta. The interpreter runs each op statement per head in numpy (a channel-decay product is a loop of C or D
 # steps), so the full T x C matrix stays out of the default run: memora at C = 64 took 65 s here, yaad (Moneta's
 # memory with a Huber bias) at chunk 16 and T = 40 33 s. Also out (2026-12-02, 740 s of tests in all before):
 # moneta at chunk 16 with T = 15 and T = 40 (16 s, 49 s) and memora with T = 15 (17 s), whose one partial chunk
-# moneta at chunk 64 with T = 100 and memora at chunk 16 with T = 40 end in too.
+# moneta at chunk 64 with T = 100 ends in too. Also out (2026-12-02, third session; the suite took 897 s on this
+# machine): memora at chunk 16 with T = 40 (60 s), whose several chunks with a partial one
+# test_triton_float64_matches_torch checks (T = 37, every gradient, to 1e-10) and whose fp32 bars the T = 1 case does.
 PARTIAL_ELSEWHERE = ("moneta", "memora")
 CASES = [(name, 16, T) for name in SPECS for T in (1, 15) if not (T == 15 and name in PARTIAL_ELSEWHERE)] + [
-    (name, 16, 40) for name in ("memora", "titans", "gated_deltanet")] + [("moneta", 64, 100)]
+    (name, 16, 40) for name in ("titans", "gated_deltanet")] + [("moneta", 64, 100)]
 
 
 @pytest.mark.parametrize("name,chunk,T", CASES)
