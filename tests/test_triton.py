@@ -331,6 +331,8 @@ def test_triton_hidden_blocks_match_one_block(ops, name, monkeypatch):
     err = _errors(blocks, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
     jobs = tri.triton_module.DESCRIPTION["kernels"].values()
+    # (launches, chunks per launch) of each job over the two chunks: a state pass once, a chunk kernel with scratch
+    # once per chunk, one without it once for both
     per_job = [(1, 1) if info["grid"] == "sequences" else (2, 1) if info["scratch"] else (1, 2) for info in jobs]
     assert sum(n for n, _ in per_job) > len(per_job)  # some kernels keep scratch: they run in waves
     assert sorted(grid[1] for grid in waves) == sorted(w for n, w in per_job for _ in range(n)), waves
