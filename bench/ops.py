@@ -236,7 +236,7 @@ def titans_row(op, B: int, T: int, H: int, D: int, chunk: int, dtype, device, se
     from titans_pytorch.memory_models import MemoryMLP
 
     mem_meta = op.meta.memory
-    depth = mem_meta.depth if mem_meta.kind == "mlp" else 1
+    depth = mem_meta.depth
     expansion = float(mem_meta.expansion)
     torch.manual_seed(seed)
     model = MemoryMLP(dim=D, depth=depth, expansion_factor=expansion)
@@ -247,9 +247,9 @@ def titans_row(op, B: int, T: int, H: int, D: int, chunk: int, dtype, device, se
         chunk_size=chunk,
         batch_size=chunk,
         model=model,
-        momentum=op.meta.algorithm == "momentum",
+        momentum=op.meta.algorithm.name == "momentum",
         store_memory_loss_fn=TITANS_LOSS.get(op.name, _l2_loss),
-        mem_model_norm_add_residual=bool(mem_meta.residual),
+        mem_model_norm_add_residual=bool(mem_meta.arguments.get("residual", False)),
     ).to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, T, H * D, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)

@@ -52,17 +52,13 @@ class ChunkForm:
 
 def _nonlinear_part(spec: S.Spec) -> str | None:
     """Why the update is not affine in the state apart from the loss, or None."""
-    m = spec.memory
-    if m.depth != 1:
-        return f"the memory is a depth-{m.depth} MLP, nonlinear in its weights"
-    if m.norm != "none":
-        return "the memory's LayerNorm makes its prediction nonlinear in the weights"
+    why = spec.memory.nonlinear_reason()
+    if why is not None:
+        return why
     rmap = spec.retention.map
     if rmap is not None:
         return f"the boundary map `{rmap.keyword}` is nonlinear in the state"
-    if spec.algorithm.kind != "gd":
-        return f"the `{spec.algorithm.kind}` algorithm (exact chunking is derived for plain gd)"
-    return None
+    return spec.algorithm.exact_refusal()
 
 
 def chunk_form(spec: S.Spec, loss: LossDerivation | None = None) -> ChunkForm:

@@ -41,9 +41,9 @@ def metadata(spec: S.Spec) -> dict:
     return {
         "name": spec.name,
         "memory": {"kind": m.kind, "depth": m.depth, "expansion": m.expansion, "activation": m.activation,
-                   "residual": m.residual, "norm": m.norm},
+                   "initial_state": m.initial_state, "arguments": m.metadata()},
         "map": _map_metadata(spec.retention.map),
-        "algorithm": spec.algorithm.kind,
+        "algorithm": {"name": spec.algorithm.keyword, "buffer": spec.algorithm.buffer},
         "chunk_form": chunk_form(spec).kind,
         "gates": [{"name": g.name, "kind": g.kind, "data_dependent": g.data_dependent,
                    "low": g.low, "high": g.high, "low_open": g.low_open, "high_open": g.high_open,

@@ -235,14 +235,7 @@ def explain(d: Derivation, latex: bool = False) -> str:
         out += ["", "∂²ℓ/∂y² (diagonal; used by the backward pass):", _indent(_fmt(h, latex))]
     else:
         out += ["", "∂²ℓ/∂y∂y: dense (the loss has reductions); the backward pass differentiates the graph above."]
-    m = s.memory
-    if m.kind == "mlp":
-        out += ["", f"memory: M(x) = {'x + ' if m.residual else ''}{'LN(' if m.norm == 'layernorm' else '('}"
-                f"W{m.depth} σ(… σ(W1 x))), depth {m.depth}, hidden {m.expansion}·D, σ = {m.activation}",
-                "  σ(x) =", _indent(_fmt(d.act, latex)), "  σ'(x) =", _indent(_fmt(d.act_prime, latex)),
-                "  σ''(x) =", _indent(_fmt(d.act_second, latex))]
-    else:
-        out += ["", "memory: M(x) = W x (a D×D matrix per head)"]
+    out += ["", *s.memory.explain(lambda e: _fmt(e, latex), (d.act, d.act_prime, d.act_second))]
     at = "α_t ⊙ W_(t−1)" if s.algorithm.gradient_at == "decayed" else "W_(t−1)"
     out += ["", f"update (per token; G_t = ∇_W ℓ(M(k_t; W), v_t) at W = {at}, per layer G = z̄ ⊗ x):",
             _update_text(s)]
@@ -296,10 +289,7 @@ def _operand(o: S.Operand | None, default: str = "1") -> str:
 def _update_text(s: S.Spec) -> str:
     a = _operand(s.retention.decay)
     lr = _operand(s.algorithm.lr)
-    if s.algorithm.kind == "momentum":
-        core = f"  S_t = {_operand(s.algorithm.momentum)} ⊙ S_(t−1) − {lr} ⊙ G_t;  P_t = {a} ⊙ P_(t−1) + S_t"
-    else:
-        core = f"  P_t = {a} ⊙ P_(t−1) − {lr} ⊙ G_t"
+    core = s.algorithm.explain(a, _operand)
     m = s.retention.map
     if m is None:
         return core + ";  W_t = P_t"

@@ -1,8 +1,11 @@
 """lower: the chunk program of a spec, as an IR graph over one chunk of C tokens (batched over heads).
 
-Inputs: the chunk-start state (`w1..wL`, and `s1..sL` with momentum), `q`, `k` (t, i), `v` (t, o), one
-input per gate (`gate_<name>`: data-dependent (t) or (t, i); static () or (i)), and the LayerNorm
-parameters (`ln_weight`, `ln_bias`: (o)). Outputs: `out` (t, o) and the next state `new_w1..`.
+Inputs: the chunk-start state (`w1..wL`, and the algorithm's buffer `s1..sL` with momentum), `q`, `k` (t, i),
+`v` (t, o), one input per gate (`gate_<name>`: data-dependent (t) or (t, i); static () or (i)), and the memory's
+outer parameters (a LayerNorm's `ln_weight`, `ln_bias`: (o)). Outputs: `out` (t, o) and the next state `new_w1..`.
+
+The memory architecture and the learning algorithm are components (mirasc.components): the memory gives its
+layers and output map (MemoryLowering), the algorithm Eq. 28's coefficients; this module names neither.
 
 The steps follow docs/semantics.md: base weights (mirror map or lag step), the key path's forward pass and
 inner gradient at those weights (back-propagated with the IR's own reverse mode), the in-chunk decay and
@@ -27,8 +30,8 @@ from .lower_memory import MemoryLowering
 def state_names(spec: S.Spec) -> list[str]:
     n = spec.memory.depth
     names = [f"w{j + 1}" for j in range(n)]
-    if spec.algorithm.kind == "momentum":
-        names += [f"s{j + 1}" for j in range(n)]
+    if spec.algorithm.buffer is not None:
+        names += [f"{spec.algorithm.buffer}{j + 1}" for j in range(n)]
     return names
 
 
@@ -46,9 +49,8 @@ class ChunkLowering(MemoryLowering):
     def declare_inputs(self) -> None:
         g = self.g
         self.P = [g.input(f"w{j + 1}", ax) for j, ax in enumerate(self.axes)]
-        self.Smom = None
-        if self.spec.algorithm.kind == "momentum":
-            self.Smom = [g.input(f"s{j + 1}", ax) for j, ax in enumerate(self.axes)]
+        buffer = self.spec.algorithm.buffer
+        self.S = None if buffer is None else [g.input(f"{buffer}{j + 1}", ax) for j, ax in enumerate(self.axes)]
         self.q = g.input("q", ("t", "i"))
         self.k = g.input("k", ("t", "i"))
         self.v = g.input("v", ("t", "o"))
@@ -56,8 +58,7 @@ class ChunkLowering(MemoryLowering):
         for gate in self.spec.gates:
             axes = (("t",) if gate.data_dependent else ()) + (("i",) if gate.kind == "channel" else ())
             self.gates[gate.name] = g.input(f"gate_{gate.name}", axes)
-        params = [self.g.input(name, ("o",)) for name, _ in outer_params(self.spec)]
-        self.ln = tuple(params) if params else None  # (weight, bias) of the memory's LayerNorm
+        self.params = {name: g.input(name, ("o",)) for name, _ in outer_params(self.spec)}
 
     # ---------------------------------------------------------------- the exact chunk of an affine update
     def solved_signals(self, alpha: Value | None, coef: Coefficients) -> tuple[list[Value], list[Value]]:
@@ -123,8 +124,8 @@ class ChunkLowering(MemoryLowering):
         else:  # an elementwise mirror map: W' x + (a - 1) P' x
             am1 = g.ew(lambda c: c - 1, a) if a is not None else None
             inner = g.einsum(keep, x, P, am1) if am1 is not None else None
-        if coef.momentum_read is not None:
-            mom = g.einsum(keep, x, self.Smom[j], self.on_layer(coef.momentum_read, j))
+        if coef.buffer_read is not None:
+            mom = g.einsum(keep, x, self.S[j], self.on_layer(coef.buffer_read, j))
             inner = mom if inner is None else g.ew(lambda p, m: p + m, inner, mom)
         split = None if coef.split is None else coef.split.on(lambda v: self.on_layer(v, j))
         gterm = self.grad_term(x, xk[j], zbar[j], self.on_layer(coef.grad, j), out_ax, in_ax, split)
@@ -155,14 +156,14 @@ class ChunkLowering(MemoryLowering):
         P = self.P[j]
         a_end = last(coef.decay)
         kept = P if a_end is None else g.ew(lambda a, p: a * p, a_end, P)
-        if coef.momentum_read is not None:
-            kept = g.ew(lambda p, b, s: p + b * s, kept, last(coef.momentum_read), self.Smom[j])
+        if coef.buffer_read is not None:
+            kept = g.ew(lambda p, b, s: p + b * s, kept, last(coef.buffer_read), self.S[j])
         new_P = named(g.ew(lambda p, gr: p - gr, kept, grads), f"layer {j + 1} end state")
-        if coef.momentum_grad is None:
+        if coef.buffer_grad is None:
             return new_P, None
-        mgrads = g.einsum((out_ax, in_ax), self.on_layer(coef.momentum_grad_end, j),
+        mgrads = g.einsum((out_ax, in_ax), self.on_layer(coef.buffer_grad_end, j),
                           g.rename(zbar[j], t="s"), g.rename(xk[j], t="s"))
-        new_S = g.ew(lambda c, s, gr: c * s - gr, last(coef.momentum_decay), self.Smom[j], mgrads)
+        new_S = g.ew(lambda c, s, gr: c * s - gr, last(coef.buffer_decay), self.S[j], mgrads)
         return new_P, new_S
 
     # ---------------------------------------------------------------- the whole program
@@ -173,7 +174,6 @@ class ChunkLowering(MemoryLowering):
         rmap = spec.retention.map
         alpha = self.operand(spec.retention.decay)
         eta = self.operand(spec.algorithm.lr)
-        theta = self.operand(spec.algorithm.momentum)
         if "t" not in eta.axes:
             eta = g.broadcast(eta, eta.axes + ("t",))
         kind = rmap.kind if rmap is not None else None
@@ -196,12 +196,13 @@ class ChunkLowering(MemoryLowering):
                 self.mirror_slope = [rmap.lower_slope(self.maps, P) for P in self.P]
         else:
             base, kappa = list(self.P), [None] * self.depth
+        algorithm = spec.algorithm
         if self.form.solves:
-            coef = self.decay.coefficients(alpha, eta, theta)
+            coef = algorithm.lower_coefficients(self.decay, alpha, eta, self.operand)
             xk, zbar = self.solved_signals(alpha, coef)
         else:
             xk, zbar = self.inner_gradient(base, self.k, self.v, self.gates)
-            coef = self.decay.coefficients(alpha, eta, theta)
+            coef = algorithm.lower_coefficients(self.decay, alpha, eta, self.operand)
         out = self.read(self.q, base, kappa, coef, xk, zbar)
         new_state = [self.end_state(j, coef, xk, zbar) for j in range(self.depth)]
         carried = [P for P, _ in new_state]
@@ -218,7 +219,7 @@ class ChunkLowering(MemoryLowering):
             g.outputs[f"new_w{j + 1}"] = P
         for j, (_, Snew) in enumerate(new_state):
             if Snew is not None:
-                g.outputs[f"new_s{j + 1}"] = Snew
+                g.outputs[f"new_{algorithm.buffer}{j + 1}"] = Snew
         return g
 
 
@@ -233,9 +234,9 @@ def lower(derivation: Derivation, channel_decay: str = "pairwise") -> Graph:
 
 
 def outer_params(spec: S.Spec) -> list[tuple[str, float]]:
-    """The memory's outer parameters (axis o) with the value each entry takes when the caller passes none: a
-    LayerNorm's weight and bias."""
-    return [("ln_weight", 1.0), ("ln_bias", 0.0)] if spec.memory.norm == "layernorm" else []
+    """The memory's outer parameters (axis o) with the value each entry takes when the caller passes none (a
+    LayerNorm's weight and bias)."""
+    return spec.memory.outer_params()
 
 
 @dataclass(frozen=True)

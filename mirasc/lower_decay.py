@@ -33,12 +33,12 @@ class Coefficients:
 
     decay: Value | None  # a_t = prod_{j<=t} alpha_j  (t[, i]); None = 1
     grad: Value  # Gamma[t, s] (t, s[, i]): weight of token s's gradient in P_t (sign included: P -= ...)
-    momentum_read: Value | None = None  # b_t: weight of S' in P_t
-    momentum_decay: Value | None = None  # theta cum-product: S_t = c_t S' - ...
-    momentum_grad: Value | None = None  # weight of token s's gradient in S_t
+    buffer_read: Value | None = None  # b_t: weight of the buffer S' in P_t (momentum)
+    buffer_decay: Value | None = None  # c_t: S_t = c_t S' - ... (momentum: theta's cumulative product)
+    buffer_grad: Value | None = None  # weight of token s's gradient in S_t
     grad_end: Value | None = None  # Gamma[last, s]: weight of token s's gradient in the end state
     split: DecaySplit | None = None  # channel decay kept apart from Gamma (the factored or the products program)
-    momentum_grad_end: Value | None = None  # weight of token s's gradient in the end momentum
+    buffer_grad_end: Value | None = None  # weight of token s's gradient in the end buffer
 
 
 @dataclass
@@ -102,31 +102,23 @@ class InChunkDecay:
         return (named(cumulative, "cumulative decay in the chunk"), named(pair, "pairwise decay D[t,s]"),
                 named(last_row, "decay from token s to the chunk's end"))
 
-    def coefficients(self, alpha: Value | None, eta: Value, theta: Value | None) -> Coefficients:
+    def coefficients(self, alpha: Value | None, eta: Value) -> Coefficients:
+        """Eq. 28 for plain gd: P_t = a_t P' − Σ_s D[t, s] η_s G_s (an algorithm with a buffer builds its own from
+        tiles(): mirasc.components.algorithms)."""
         g = self.g
         a_cum, a_pair, a_end = self.tiles(alpha)
         eta_s = g.rename(eta, t="s")
-        if theta is None:
-            split = None
-            if self.channel_decay == "products" and "i" in a_pair.axes + eta_s.axes:
-                # Γ has a channel axis (a channel decay, static or per token, or a channel step size): kept apart
-                # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast); a decay
-                # without a channel axis stays the (t, s) tile it is
-                split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s,
-                                   None if "i" in a_pair.axes else a_pair)
-            elif self.channel_decay == "factored" and a_cum is not None and "i" in a_cum.axes:
-                split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
-            return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
-                                grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
-        th_cum, th_pair, th_end = self.tiles(theta)
-        a_tu = g.rename(a_pair, s="u")
-        grad_s = g.ew(lambda p, e: p * e, th_pair, eta_s)  # weight of G_s in S_t
-        chan = ("i",) if any("i" in x.axes for x in (a_tu, grad_s, th_cum)) else ()
-        total = g.einsum(("t", "s") + chan, a_tu, g.rename(grad_s, t="u"))
-        read = g.einsum(("t",) + chan, a_tu, g.rename(th_cum, t="u"))
-        total_end = g.einsum(("s",) + chan, g.rename(a_end, s="u"), g.rename(grad_s, t="u"))
-        return Coefficients(a_cum, total, read, th_cum, grad_s, grad_end=total_end,
-                            momentum_grad_end=g.ew(lambda p, e: p * e, th_end, eta_s))
+        split = None
+        if self.channel_decay == "products" and "i" in a_pair.axes + eta_s.axes:
+            # Γ has a channel axis (a channel decay, static or per token, or a channel step size): kept apart
+            # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast); a decay
+            # without a channel axis stays the (t, s) tile it is
+            split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s,
+                               None if "i" in a_pair.axes else a_pair)
+        elif self.channel_decay == "factored" and a_cum is not None and "i" in a_cum.axes:
+            split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
+        return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
+                            grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
 
     def _on_channels(self, log: Value | None, token: str = "t") -> Value:
         """A cumulative log-decay on (token, i): 0 without decay, a scalar gate's broadcast over the channels."""
@@ -205,7 +197,7 @@ DECAY_SPREAD_LIMIT = 40.0
 
 
 def factorable(spec: S.Spec) -> bool:
-    """Whether a factored program exists: a channel-wise decay gate and no momentum."""
+    """Whether a factored program exists: a channel-wise decay gate and an algorithm without a buffer."""
     d = spec.retention.decay
     return (isinstance(d, S.GateRef) and spec.gate(d.name).kind == "channel"
-            and spec.gate(d.name).data_dependent and spec.algorithm.kind == "gd")
+            and spec.gate(d.name).data_dependent and spec.algorithm.buffer is None)

@@ -33,8 +33,8 @@ def channel_axis(depth: int, layer: int) -> str | None:
 
 
 class MemoryLowering:
-    """The graph, the spec's memory and its layers' axes; the inputs (self.P, self.k, self.v, self.gates, self.ln)
-    are declared by the chunk program that derives from it."""
+    """The graph, the spec's memory and its layers' axes; the inputs (self.P, self.k, self.v, self.gates, and the
+    memory's outer parameters by name, self.params) are declared by the chunk program that derives from it."""
 
     def __init__(self, derivation: Derivation):
         self.d = derivation
@@ -64,18 +64,8 @@ class MemoryLowering:
         return self.g.ew(lambda *a: expr.xreplace(dict(zip(syms, a))), *args)
 
     def output_map(self, z: Value, x: Value) -> Value:
-        g = self.g
-        y = z
-        if self.ln is not None:
-            dsize = g.size("o")
-            mu = g.ew(lambda s, n: s / n, g.sum(z, "o"), dsize)
-            zc = g.ew(lambda a, b: a - b, z, mu)
-            var = g.ew(lambda s, n: s / n, g.sum(g.ew(lambda a: a**2, zc), "o"), dsize)
-            eps = self.mem.norm_eps
-            y = g.ew(lambda c, vr, w, b: c / sp.sqrt(vr + eps) * w + b, zc, var, *self.ln)
-        if self.mem.residual:
-            y = g.ew(lambda a, b: a + b, y, g.rename(x, i="o"))
-        return y
+        """The memory's output map of the last pre-activation z for input x (its component's lowering)."""
+        return self.mem.lower_output(self, z, x)
 
     def forward(self, W: list[Value], x: Value):
         """M(x; W) for fixed weights: returns (layer inputs, pre-activations, output)."""

@@ -18,20 +18,20 @@ CHECK_ENV = "MIRASC_CHECK"
 def default_state(meta: OpMeta, batch: int, heads: int, head_dim: int, dtype=torch.float32, device="cpu") -> list:
     """The default initial state (what initial_state=None means), one tensor per state field.
 
-    A linear memory with no map, or with the projection, starts at zero (as linear attention and the delta
-    rule do). Every other memory starts from fixed pseudo-random matrices, the same for every batch
-    element and head, drawn from a generator seeded with 0: N(0, 1/fan_in) entries, or N(0, 1) logits
-    for the sigmoid map, or row-wise softmax of N(0, 1) logits for the KL map. An MLP memory at zero is a
-    dead fixed point (no gradient reaches the first layer), and lq normalisation is undefined at zero.
-    Momentum buffers start at zero.
+    A memory whose component starts at zero (the linear memory, as linear attention and the delta rule do), with
+    no map or with the projection, starts at zero. Every other memory starts from fixed pseudo-random matrices,
+    the same for every batch element and head, drawn from a generator seeded with 0: N(0, 1/fan_in) entries, or
+    N(0, 1) logits for the sigmoid map, or row-wise softmax of N(0, 1) logits for the KL map. An MLP memory at zero
+    is a dead fixed point (no gradient reaches the first layer), and lq normalisation is undefined at zero.
+    The algorithm's buffers (momentum) start at zero.
     """
     shapes = meta.state_shapes(batch, heads, head_dim)
     rmap = meta.map
     gen = torch.Generator().manual_seed(0)
-    zero = meta.memory.kind == "linear" and (rmap is None or rmap.kind == "projection")
+    zero = meta.memory.initial_state == "zero" and (rmap is None or rmap.kind == "projection")
     out = []
     for j, shape in enumerate(shapes.values()):
-        if j >= meta.memory.depth or zero:  # the fields after the weight matrices are momentum buffers
+        if j >= meta.memory.depth or zero:  # the fields after the weight matrices are the algorithm's buffer
             out.append(torch.zeros(shape, dtype=dtype, device=device))
             continue
         base = torch.randn(shape[2:], generator=gen, dtype=torch.float64)

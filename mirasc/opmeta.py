@@ -40,12 +40,24 @@ class ParamInfo:
 
 @dataclass(frozen=True)
 class MemoryInfo:
-    kind: Literal["linear", "mlp"]
+    """The memory architecture (mirasc.components.memories): its DSL name, its layers (depth, hidden size
+    expansion·D, activation), how its weights start (`zero` or `scaled`) and its arguments as the spec bound them."""
+
+    kind: str
     depth: int
     expansion: int
     activation: str
-    residual: bool
-    norm: str
+    initial_state: Literal["zero", "scaled"]
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The learning algorithm (mirasc.components.algorithms): its DSL name and its buffer's state-field letter
+    (`s` for momentum's s1..sL; None: no buffer)."""
+
+    name: str
+    buffer: str | None
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class OpMeta:
     name: str
     memory: MemoryInfo
     map: MapInfo | None
-    algorithm: Literal["gd", "momentum"]
+    algorithm: AlgorithmInfo
     chunk_form: str
     gates: tuple[GateInfo, ...]
     params: tuple[ParamInfo, ...]
@@ -78,7 +90,7 @@ class OpMeta:
             name=d["name"],
             memory=MemoryInfo(**d["memory"]),
             map=None if d["map"] is None else MapInfo(**d["map"]),
-            algorithm=d["algorithm"],
+            algorithm=AlgorithmInfo(**d["algorithm"]),
             chunk_form=d["chunk_form"],
             gates=tuple(GateInfo(**{**g, "roles": tuple(g["roles"])}) for g in d["gates"]),
             params=tuple(ParamInfo(**p) for p in d["params"]),
@@ -97,13 +109,14 @@ class OpMeta:
         return {p.name: (H, D) for p in self.params}
 
     def state_shapes(self, B: int, H: int, D: int) -> dict[str, tuple[int, ...]]:
-        """Each state field's shape [B, H, out, in]: the weight matrices, then the momentum buffers."""
+        """Each state field's shape [B, H, out, in]: the weight matrices, then the algorithm's buffer (momentum)."""
         mem = self.memory
         depth, hid = mem.depth, mem.expansion * D
         dims = [D] + [hid] * (depth - 1) + [D]
         shapes = {f"w{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)}
-        if self.algorithm == "momentum":
-            shapes.update({f"s{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
+        buffer = self.algorithm.buffer
+        if buffer is not None:
+            shapes.update({f"{buffer}{j + 1}": (B, H, dims[j + 1], dims[j]) for j in range(depth)})
         return shapes
 
     @property
@@ -111,4 +124,4 @@ class OpMeta:
         return [p.name for p in self.params]
 
 
-__all__ = ["GateInfo", "MapInfo", "MemoryInfo", "OpMeta", "ParamInfo"]
+__all__ = ["AlgorithmInfo", "GateInfo", "MapInfo", "MemoryInfo", "OpMeta", "ParamInfo"]

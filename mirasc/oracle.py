@@ -4,7 +4,8 @@ This is the yardstick generated kernels are tested against (relative RMS error <
 follows the document literally and shares nothing with the compiler: a Python loop over tokens, batched
 over the N = B*H heads (row n = b*H + h), in plain torch. A boundary map's step is its component's own reference
 (`reference_map`, `reference_slope`, `reference_lag_write` of mirasc.components.maps), written in torch apart from
-the map's lowering. The inner gradient G of every token comes from
+the map's lowering; so are the memory's output map (`reference_output`) and the learning algorithm's write
+(`reference_write`). The inner gradient G of every token comes from
 `torch.func.grad` of the caller's loss, never from a hand derivation, and everything stays differentiable
 with ordinary autograd (outputs and final state w.r.t. q, k, v, the gates, the params and the initial state).
 
@@ -39,13 +40,12 @@ _ACTIVATIONS = {
 
 @dataclass
 class _Run:
-    """Everything fixed for one call: the spec, the loss, the per-head LayerNorm affine, the shapes."""
+    """Everything fixed for one call: the spec, the loss, the memory's outer parameters per row, the shapes."""
 
     spec: Spec
     loss_fn: LossFn
     depth: int
-    ln_weight: torch.Tensor | None  # [N, D]
-    ln_bias: torch.Tensor | None  # [N, D]
+    params: dict[str, torch.Tensor]  # name -> [N, D] (a LayerNorm's weight and bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,26 +53,16 @@ class _Run:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _layer_norm(z: torch.Tensor, eps: float) -> torch.Tensor:
-    mean = z.mean(-1, keepdim=True)
-    var = ((z - mean) ** 2).mean(-1, keepdim=True)
-    return (z - mean) / torch.sqrt(var + eps)
-
-
 def _memory(run: _Run, ws: Weights, x: torch.Tensor) -> torch.Tensor:
-    """M(x; W) for x [N, D]: x_l = act(W_l x_{l-1}) for l < L, z = W_L x_{L-1}, then [x +] N(z)."""
+    """M(x; W) for x [N, D]: x_l = act(W_l x_{l-1}) for l < L, z = W_L x_{L-1}, then the memory's output map."""
     mem = run.spec.memory
-    act = _ACTIVATIONS[mem.activation] if mem.kind == "mlp" else _ACTIVATIONS["identity"]
+    act = _ACTIVATIONS[mem.activation]
     h = x
     for l, w in enumerate(ws):
         h = torch.einsum("noi,ni->no", w, h)
         if l < len(ws) - 1:
             h = act(h)
-    if mem.kind == "mlp" and mem.norm == "layernorm":
-        h = _layer_norm(h, mem.norm_eps) * run.ln_weight + run.ln_bias
-    if mem.kind == "mlp" and mem.residual:
-        h = x + h
-    return h
+    return mem.reference_output(h, x, run.params)
 
 
 def _inner_grad(run: _Run, ws: Weights, k: torch.Tensor, v: torch.Tensor, g: dict) -> Weights:
@@ -177,19 +167,14 @@ def _end_map(run: _Run, ps: Weights, g: dict) -> Weights:
 
 
 def _linear_write(run: _Run, ps: Weights, ss: Weights, grads: Weights, g: dict) -> tuple[Weights, Weights]:
-    """gd: P = α ⊙ P − η ⊙ G.  momentum: S = θ ⊙ S − η ⊙ G; P = α ⊙ P + S.  Returns (P, S)."""
+    """The algorithm's write (its reference_write) from kept = α ⊙ P and step = η ⊙ G (gd: P = α ⊙ P − η ⊙ G;
+    momentum: S = θ ⊙ S − η ⊙ G, P = α ⊙ P + S).  Returns (P, S)."""
     spec = run.spec
     alpha = _operand(spec.retention.decay, g, 1.0)
     eta = _operand(spec.algorithm.lr, g, 0.0)
     step = _scale(eta, grads, run.depth)
     kept = _scale(alpha, ps, run.depth)
-    if spec.algorithm.kind == "gd":
-        return [a - s for a, s in zip(kept, step)], ss
-    if spec.algorithm.momentum is None:
-        raise ValueError("momentum needs a momentum operand")
-    theta = _operand(spec.algorithm.momentum, g, 0.0)
-    ss = [a - s for a, s in zip(_scale(theta, ss, run.depth), step)]
-    return [a + s for a, s in zip(kept, ss)], ss
+    return spec.algorithm.reference_write(kept, step, ss, lambda o, ms: _scale(_operand(o, g, 0.0), ms, run.depth))
 
 
 def _lag_write(run: _Run, ws: Weights, grads: Weights, g: dict) -> Weights:
@@ -272,7 +257,7 @@ def _chunked(run: _Run, ps, ss, qs, ks, vs, gs, chunk_size: int):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _ln_param(params: dict, name: str, fill: float, b: int, h: int, d: int, dtype) -> torch.Tensor:
+def _outer_param(params: dict, name: str, fill: float, b: int, h: int, d: int, dtype) -> torch.Tensor:
     x = (params or {}).get(name)
     if x is None:
         x = torch.full((h, d), fill, dtype=dtype)
@@ -293,25 +278,25 @@ def recurrent(
     """The op of `spec` on q, k, v `[B, T, H, D]`; returns (o `[B, T, H, D]`, final state).
 
     gates: name -> `[B, T, H]` / `[B, T, H, D]` (data-dependent) or `[H]` / `[H, D]` (static).
-    params: `ln_weight`, `ln_bias` (`[H, D]` or `[D]`) for a layernorm MLP; absent means ones / zeros.
-    initial_state / final state: `w1 … wL` then, with momentum, `s1 … sL`, each `[B, H, out, in]`.
+    params: the memory's outer parameters (`ln_weight`, `ln_bias` of a layernorm MLP), `[H, D]` or `[D]`; absent
+    means the memory's defaults (ones / zeros).
+    initial_state / final state: `w1 … wL` then, with an algorithm's buffer (momentum), `s1 … sL`, each
+    `[B, H, out, in]`.
     chunk_size None is the exact per-token recurrence; an int C is the chunked semantics.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if spec.retention.map is not None and spec.retention.map.momentum_refusal and spec.algorithm.kind == "momentum":
-        raise ValueError(f"{spec.retention.map.keyword} with momentum is not defined")
+    if spec.retention.map is not None and spec.retention.map.buffer_refusal and spec.algorithm.buffer is not None:
+        raise ValueError(f"{spec.retention.map.keyword} with {spec.algorithm.keyword} is not defined")
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     b, t_len, h, d = q.shape
     n = b * h
-    depth = 1 if spec.memory.kind == "linear" else spec.memory.depth
-    n_state = 2 * depth if spec.algorithm.kind == "momentum" else depth
+    depth = spec.memory.depth
+    n_state = 2 * depth if spec.algorithm.buffer is not None else depth
     if len(initial_state) != n_state:
         raise ValueError(f"expected {n_state} state tensors, got {len(initial_state)}")
-    run = _Run(spec, loss_fn, depth, None, None)
-    if spec.memory.kind == "mlp" and spec.memory.norm == "layernorm":
-        run.ln_weight = _ln_param(params, "ln_weight", 1.0, b, h, d, dtype)
-        run.ln_bias = _ln_param(params, "ln_bias", 0.0, b, h, d, dtype)
+    run = _Run(spec, loss_fn, depth, {name: _outer_param(params, name, fill, b, h, d, dtype)
+                                      for name, fill in spec.memory.outer_params()})
 
     def rows(x: torch.Tensor, t: int) -> torch.Tensor:
         return x[:, t].to(dtype).reshape(n, d)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mirasc.components.base import BoundaryMap
+from mirasc.components.base import BoundaryMap, LearningAlgorithm, MemoryArchitecture
 
 
 @dataclass(frozen=True)
@@ -155,42 +155,9 @@ Operand = GateRef | Const
 
 
 @dataclass(frozen=True)
-class Memory:
-    """`linear`: M(x) = W x (one D x D matrix per head).
-    `mlp`: M(x) = [x +] N(W_L s(... s(W_1 x))), hidden size expansion * D, no biases, N = LayerNorm or none.
-    """
-
-    kind: Literal["linear", "mlp"]
-    depth: int = 1
-    expansion: int = 1
-    activation: str = "identity"  # gelu | silu | relu | tanh | identity
-    residual: bool = False
-    norm: Literal["layernorm", "none"] = "none"
-    norm_eps: float = 1e-5
-    span: Span = NO_SPAN
-
-
-
-
-@dataclass(frozen=True)
 class Retention:
     decay: Operand | None = None  # W <- decay * W (a gate in (0, 1] or a constant)
     map: BoundaryMap | None = None  # a record of mirasc.components.maps (the registry's)
-    span: Span = NO_SPAN
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """gd: P_t = decay P_{t-1} - lr G_t.  momentum: S_t = momentum S_{t-1} - lr G_t; P_t = decay P_{t-1} + S_t.
-
-    gradient_at: where G_t is taken. 'previous' (Eq. 9): at W_{t-1}. 'decayed' (the Gated DeltaNet paper):
-    at decay ⊙ W_{t-1}, i.e. S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ for the l2 bias; gd only, and
-    only where the chunk form is exact (mirasc.chunkform)."""
-
-    kind: Literal["gd", "momentum"]
-    lr: Operand
-    momentum: Operand | None = None
-    gradient_at: Literal["previous", "decayed"] = "previous"
     span: Span = NO_SPAN
 
 
@@ -223,11 +190,11 @@ class Spec:
     name: str
     file: str
     source: str
-    memory: Memory
+    memory: MemoryArchitecture  # a record of mirasc.components.memories
     gates: tuple[Gate, ...]
     bias: Bias
     retention: Retention
-    algorithm: Algorithm
+    algorithm: LearningAlgorithm  # a record of mirasc.components.algorithms
     chunk_size: int = 64
     surrogates: Surrogates = field(default_factory=Surrogates)
     options: tuple[tuple[str, str], ...] = ()  # resolved option values, in declaration order

@@ -13,6 +13,8 @@ import pytest
 from mirasc.check import check, stdlib_defs
 from mirasc.components.maps.kl import KLMap
 from mirasc.components.maps.lq import LqMap
+from mirasc.components.memories.linear import LinearMemory
+from mirasc.components.memories.mlp import MLPMemory
 from mirasc.errors import SpecError
 from mirasc.loader import load
 from mirasc.parse import parse
@@ -22,7 +24,6 @@ from mirasc.spec import (
     Compare,
     Const,
     GateRef,
-    Memory,
     Neg,
     Num,
     Reduce,
@@ -124,7 +125,7 @@ def test_language_md_example_loads():
     s = load(text)
     assert isinstance(s, Spec)
     assert s.name == "moneta" and s.file == "<string>" and s.source == text
-    assert s.memory == Memory("mlp", 2, 4, "gelu", True, "layernorm", 1e-5, span=s.memory.span)
+    assert s.memory == MLPMemory(2, 4, "gelu", True, "layernorm", 1e-5, span=s.memory.span)
     assert [g.name for g in s.gates] == ["alpha", "eta"]
     alpha = s.gate("alpha")
     assert (alpha.kind, alpha.low, alpha.high, alpha.low_open, alpha.high_open) == ("channel", 0, 1, True, False)
@@ -155,7 +156,7 @@ def test_example_and_models_load():
 def test_defaults_and_names(tmp_path):
     s = load("memory linear\nbias dot()\nalgorithm gd(lr = 1)\n")
     assert s.name == "spec"
-    assert s.memory == Memory("linear", 1, 1, "identity", False, "none", span=s.memory.span)
+    assert s.memory == LinearMemory(span=s.memory.span)
     assert s.retention.decay is None and s.retention.map is None
     assert s.chunk_size == 64 and s.gates == () and s.options == () and s.params == ()
     assert s.algorithm.lr == Const(1.0, s.algorithm.lr.span)
@@ -163,7 +164,7 @@ def test_defaults_and_names(tmp_path):
     f.write_text("memory mlp\nbias l2()\nalgorithm gd(lr = 0.1)\n", encoding="utf-8")
     s = load(f)
     assert s.name == "my_model" and s.file == str(f)
-    assert s.memory == Memory("mlp", 2, 4, "gelu", True, "layernorm", 1e-5, span=s.memory.span)
+    assert s.memory == MLPMemory(2, 4, "gelu", True, "layernorm", 1e-5, span=s.memory.span)
     assert dataclasses.replace(load(f.read_bytes()).memory, span=s.memory.span) == s.memory
 
 

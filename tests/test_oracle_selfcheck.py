@@ -1,6 +1,7 @@
 """Self-checks of the reference oracle (`mirasc/oracle.py`) against hand-written recurrences.
 
-Specs are built straight from the `mirasc.spec` dataclasses (no parser), losses are written by hand.
+Specs are built straight from the `mirasc.spec` dataclasses and the component records (no parser), losses are
+written by hand.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ import pytest
 import torch
 
 from mirasc import oracle
+from mirasc.components.algorithms.gd import GradientDescent
+from mirasc.components.algorithms.momentum import Momentum
+from mirasc.components.base import LearningAlgorithm, MemoryArchitecture
 from mirasc.components.maps.kl import KLMap
 from mirasc.components.maps.lq import LqMap
 from mirasc.components.maps.sigmoid import SigmoidMap
 from mirasc.components.maps.softthreshold import SoftThresholdMap
+from mirasc.components.memories.linear import LinearMemory
+from mirasc.components.memories.mlp import MLPMemory
 from mirasc.spec import (
-    Algorithm,
     Bias,
     Const,
     Gate,
     GateRef,
-    Memory,
     Num,
     Retention,
     Spec,
@@ -27,10 +31,10 @@ from mirasc.spec import (
 
 F64 = torch.float64
 
-LINEAR = Memory(kind="linear")
-MLP_LN = Memory(kind="mlp", depth=2, expansion=2, activation="gelu", residual=True, norm="layernorm")
-MLP_PLAIN = Memory(kind="mlp", depth=2, expansion=2, activation="tanh", residual=False, norm="none")
-MLP_DEEP = Memory(kind="mlp", depth=3, expansion=1, activation="silu", residual=True, norm="none")
+LINEAR = LinearMemory()
+MLP_LN = MLPMemory(depth=2, expansion=2, activation="gelu", residual=True, norm="layernorm")
+MLP_PLAIN = MLPMemory(depth=2, expansion=2, activation="tanh", residual=False, norm="none")
+MLP_DEEP = MLPMemory(depth=3, expansion=1, activation="silu", residual=True, norm="none")
 
 # Gate ranges by role; the value generator below draws inside (lo, hi).
 RANGES = {"alpha": (0.7, 1.0), "eta": (0.05, 0.4), "theta": (0.3, 0.9), "gamma": (0.0, 0.05)}
@@ -55,7 +59,8 @@ def gate(name: str, kind: str = "scalar", static: bool = False) -> Gate:
     return Gate(name, kind, lo, hi, True, False, None, not static)
 
 
-def make_spec(memory: Memory, gates: list[Gate], retention: Retention, algorithm: Algorithm) -> Spec:
+def make_spec(memory: MemoryArchitecture, gates: list[Gate], retention: Retention,
+              algorithm: LearningAlgorithm) -> Spec:
     bias = Bias(Num(0.0), "hand-written loss_fn")
     return Spec("t", "<test>", "", memory, tuple(gates), bias, retention, algorithm)
 
@@ -103,8 +108,8 @@ def make_case(spec: Spec, b=2, t=7, h=2, d=4, seed=0):
     return q, k, v, gates, params, make_state(spec, b, h, d, gen)
 
 
-GD = Algorithm("gd", GateRef("eta"))
-MOMENTUM = Algorithm("momentum", GateRef("eta"), GateRef("theta"))
+GD = GradientDescent(GateRef("eta"))
+MOMENTUM = Momentum(GateRef("eta"), GateRef("theta"))
 DECAY = Retention(decay=GateRef("alpha"))
 
 CONFIGS = {
@@ -155,7 +160,7 @@ CONFIGS = {
             MLP_PLAIN,
             [gate("eta", "channel")],
             Retention(map=SoftThresholdMap(Const(0.02), "ftrl")),
-            Algorithm("gd", GateRef("eta")),
+            GradientDescent(GateRef("eta")),
         ),
         l2,
     ),
@@ -249,7 +254,7 @@ def test_delta_rule():
 
 
 def test_gated_linear_attention():
-    spec = make_spec(LINEAR, [gate("alpha")], DECAY, Algorithm("gd", Const(1.0)))
+    spec = make_spec(LINEAR, [gate("alpha")], DECAY, GradientDescent(Const(1.0)))
     q, k, v, gates, _, (s0,) = make_case(spec, seed=2)
     o, _ = oracle.recurrent(spec, dot, q, k, v, gates, {}, (torch.zeros_like(s0),))
     alpha, t_len = gates["alpha"], q.shape[1]
@@ -264,7 +269,7 @@ def test_gated_linear_attention():
 
 def test_gla_channel_decay_scales_the_key_axis():
     """A channel decay on a D x D memory scales its input (key) columns, as GLA does."""
-    spec = make_spec(LINEAR, [gate("alpha", "channel")], DECAY, Algorithm("gd", Const(1.0)))
+    spec = make_spec(LINEAR, [gate("alpha", "channel")], DECAY, GradientDescent(Const(1.0)))
     q, k, v, gates, _, (s0,) = make_case(spec, seed=2)
     o, _ = oracle.recurrent(spec, dot, q, k, v, gates, {}, (torch.zeros_like(s0),))
     alpha, t_len = gates["alpha"], q.shape[1]  # [B, T, H, D]

@@ -114,8 +114,9 @@ def _check_program(ctx: Context, program: A.Program) -> Spec:
     ctx.require(singles, "algorithm")
     algorithm = C.read_algorithm(ctx, singles["algorithm"])  # type: ignore[arg-type]
     rmap = retention.map
-    if rmap is not None and rmap.momentum_refusal and algorithm.kind == "momentum":
-        ctx.err(rmap.span, f"`{rmap.keyword}` retention cannot be combined with `momentum`: {rmap.momentum_refusal}")
+    if rmap is not None and rmap.buffer_refusal and algorithm.buffer is not None:
+        ctx.err(rmap.span, f"`{rmap.keyword}` retention cannot be combined with `{algorithm.keyword}`: "
+                           f"{rmap.buffer_refusal}")
     chunk = C.read_chunk(ctx, singles.get("chunk"))  # type: ignore[arg-type]
     surrogates = C.read_surrogates(ctx, singles.get("surrogate abs"), singles.get("surrogate sign"))  # type: ignore[arg-type]
     C.check_gradient_at(ctx, algorithm, retention, bias, surrogates)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import math
 
 from mirasc import ast as A
-from mirasc.components import boundary_maps
-from mirasc.components.base import Argument, BoundaryMap
+from mirasc.components import boundary_maps, learning_algorithms, memory_architectures
+from mirasc.components.base import Argument, BoundaryMap, Component, LearningAlgorithm, MemoryArchitecture
 from mirasc.spec import (
-    Algorithm,
     Bias,
     Const,
     Gate,
     GateRef,
-    Memory,
     Operand,
     Retention,
     Span,
@@ -27,14 +25,9 @@ from mirasc.spec import (
 )
 
 from .context import (
-    ALGORITHMS,
     GATE_ACTIVATIONS,
     GATE_FLAGS,
     GATE_KINDS,
-    GRADIENT_AT,
-    MEMORY_KINDS,
-    MLP_ACTIVATIONS,
-    MLP_NORMS,
     SURROGATE_FORMS,
     Context,
     Range,
@@ -94,40 +87,16 @@ def read_gate(ctx: Context, st: A.GateStmt) -> Gate:
     )
 
 
-def read_memory(ctx: Context, st: A.MemoryStmt) -> Memory:
+def read_memory(ctx: Context, st: A.MemoryStmt) -> MemoryArchitecture:
+    """The memory architecture's record (mirasc.components.memories), its arguments bound by its signature."""
     kind = st.kind.value
-    if kind not in MEMORY_KINDS:
-        ctx.err(st.kind.span, f"unknown memory `{kind}` (use `linear` or `mlp`)" + suggest(kind, MEMORY_KINDS))
-    if kind == "linear":
-        if st.args is not None:
-            ctx.err(st.kind.span, "`memory linear` takes no arguments")
-        return Memory(
-            kind="linear", depth=1, expansion=1, activation="identity", residual=False, norm="none", span=st.span
-        )
-    names = ("depth", "expansion", "activation", "residual", "norm", "norm_eps")
-    b = ctx.bind(st.args, names, (), "mlp", st.kind.span, positional=False)
-    depth = ctx.int_arg(b["depth"], 1, 8, "depth") if "depth" in b else 2
-    expansion = ctx.int_arg(b["expansion"], 1, 16, "expansion") if "expansion" in b else 4
-    activation = ctx.word(b["activation"], MLP_ACTIVATIONS, "activation") if "activation" in b else "gelu"
-    residual = ctx.word(b["residual"], ("true", "false"), "residual") == "true" if "residual" in b else True
-    norm = ctx.word(b["norm"], MLP_NORMS, "norm") if "norm" in b else "layernorm"
-    eps = 1e-5
-    if "norm_eps" in b:
-        eps = ctx.const(b["norm_eps"].value, "norm_eps")
-        if not eps > 0:
-            ctx.err(b["norm_eps"].value.span, f"norm_eps must be > 0, got {fmt_num(eps)}")
-    if depth == 1:  # one D x D matrix: no hidden layer, so expansion and activation have no meaning
-        expansion, activation = 1, "identity"
-    return Memory(
-        kind="mlp",
-        depth=depth,
-        expansion=expansion,
-        activation=activation,
-        residual=residual,
-        norm=norm,
-        norm_eps=eps,
-        span=st.span,
-    )  # type: ignore[arg-type]
+    known = memory_architectures()
+    if kind not in known:
+        ctx.err(st.kind.span, f"unknown memory `{kind}` (use {_either(known)})" + suggest(kind, tuple(known)))
+    cls = known[kind]
+    if not cls.arguments and st.args is not None:
+        ctx.err(st.kind.span, f"`memory {kind}` takes no arguments")
+    return read_component(ctx, cls, st.args, st.kind.span, st.span)  # type: ignore[return-value]
 
 
 def read_operand(ctx: Context, a: A.Arg, role: str, lo: float, hi: float, weights: bool = True) -> Operand:
@@ -203,45 +172,57 @@ def read_map(ctx: Context, term: A.RetentionTerm) -> BoundaryMap:
     cls = boundary_maps()[name]
     if not cls.arguments and term.args:
         ctx.err(term.args[0].span, f"`{name}` takes no arguments")
-    names = tuple(a.name for a in cls.arguments)
-    b = ctx.bind(term.args, names, tuple(a.name for a in cls.arguments if a.required), name, term.name.span)
-    values = {a.name: _read_argument(ctx, a, b[a.name]) if a.name in b else a.default for a in cls.arguments}
+    return read_component(ctx, cls, term.args, term.name.span, term.span)  # type: ignore[return-value]
+
+
+def read_component(ctx: Context, cls: type[Component], args: tuple[A.Arg, ...] | None, name_span: Span,
+                   span: Span, spans: dict[str, Span] | None = None) -> Component:
+    """A component's record: the statement's arguments bound by the signature cls declares (mirasc.components),
+    each checked, then checked together (cls.validate). spans, when given, receives where each argument was
+    written."""
+    arguments = cls.arguments
+    b = ctx.bind(args, tuple(a.name for a in arguments), tuple(a.name for a in arguments if a.required),
+                 cls.keyword, name_span, positional=cls.positional)
+    values = {a.name: _read_argument(ctx, a, b[a.name]) if a.name in b else a.default for a in arguments}
+    if spans is not None:
+        spans.update({n: arg.value.span for n, arg in b.items()})
 
     def error(arg: str, message: str) -> None:
-        ctx.err(b[arg].value.span if arg in b else term.span, message)
+        ctx.err(b[arg].value.span if arg in b else span, message)
 
     cls.validate(values, error)
-    return cls(**values, span=term.span)
+    return cls.build(values, span)
 
 
 def _read_argument(ctx: Context, spec: Argument, a: A.Arg):
     if spec.kind == "number":
         return ctx.const_arg(a, spec.name, positive=spec.positive, at_least=spec.at_least)
+    if spec.kind == "integer":
+        return ctx.int_arg(a, int(spec.low), int(spec.high), spec.name)
     if spec.kind == "word":
         return ctx.word(a, spec.choices, spec.name)
     e = a.value
     if spec.static and isinstance(e, A.EName) and e.name in ctx.gates and ctx.gates[e.name].data_dependent:
         ctx.err(e.span, f"boundary maps act at chunk ends where no token's gate applies; declare `{e.name}` static")
-    return read_operand(ctx, a, spec.name, spec.low, spec.high, weights=False)
+    return read_operand(ctx, a, spec.name, spec.low, spec.high, weights=spec.on_weights)
 
 
-def read_algorithm(ctx: Context, st: A.AlgorithmStmt) -> Algorithm:
+def read_algorithm(ctx: Context, st: A.AlgorithmStmt) -> LearningAlgorithm:
+    """The learning algorithm's record (mirasc.components.algorithms), its arguments bound by its signature."""
     kind = st.kind.value
-    if kind not in ALGORITHMS:
-        ctx.err(st.kind.span, f"unknown algorithm `{kind}` (use `gd` or `momentum`)" + suggest(kind, ALGORITHMS))
-    if kind == "gd":
-        b = ctx.bind(st.args, ("lr", "gradient_at"), ("lr",), "gd", st.kind.span)
-        at = ctx.word(b["gradient_at"], GRADIENT_AT, "gradient_at") if "gradient_at" in b else "previous"
-        ctx.gradient_at_span = b["gradient_at"].value.span if "gradient_at" in b else None
-        return Algorithm("gd", read_operand(ctx, b["lr"], "lr", 0.0, math.inf), gradient_at=at,  # type: ignore[arg-type]
-                         span=st.span)
-    b = ctx.bind(st.args, ("lr", "momentum"), ("lr", "momentum"), "momentum", st.kind.span)
-    lr = read_operand(ctx, b["lr"], "lr", 0.0, math.inf)
-    mom = read_operand(ctx, b["momentum"], "momentum", 0.0, 1.0)
-    return Algorithm("momentum", lr, mom, span=st.span)
+    known = learning_algorithms()
+    if kind not in known:
+        ctx.err(st.kind.span, f"unknown algorithm `{kind}` (use {_either(known)})" + suggest(kind, tuple(known)))
+    return read_component(ctx, known[kind], st.args, st.kind.span, st.span,  # type: ignore[return-value]
+                          spans=ctx.algorithm_spans)
 
 
-def check_gradient_at(ctx: Context, algorithm: Algorithm, retention: Retention, bias: Bias,
+def _either(known: dict) -> str:
+    names = [f"`{k}`" for k in known]
+    return " or ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def check_gradient_at(ctx: Context, algorithm: LearningAlgorithm, retention: Retention, bias: Bias,
                        surrogates: Surrogates) -> None:
     """`gradient_at = decayed` is defined where chunks are exact (the per-token step is then the chunk's
     semantics at every chunk size); elsewhere the chunk approximation takes every gradient at W'."""
@@ -253,7 +234,7 @@ def check_gradient_at(ctx: Context, algorithm: Algorithm, retention: Retention, 
                  bias=bias, retention=retention, algorithm=algorithm, surrogates=surrogates)
     form = chunk_form(probe)
     if not form.exact:
-        ctx.err(ctx.gradient_at_span or algorithm.span,
+        ctx.err(ctx.algorithm_spans.get("gradient_at", algorithm.span),
                  f"`gradient_at = decayed` needs an exactly chunked update; this spec gets the {form.describe()}")
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from mirasc import ast as A
+from mirasc.components.base import MemoryArchitecture
 from mirasc.errors import SpecError
 from mirasc.parse import _number, parse
 from mirasc.resources import resource_file
-from mirasc.spec import ELEMENTWISE_FUNCTIONS, REDUCTIONS, Gate, Memory, Span
+from mirasc.spec import ELEMENTWISE_FUNCTIONS, REDUCTIONS, Gate, Span
 
 STDLIB_FILE = "<stdlib>"
 
@@ -37,9 +38,6 @@ VARIABLES = ("y", "v", "r")
 GATE_KINDS = ("scalar", "channel")
 GATE_ACTIVATIONS = ("sigmoid", "softplus", "exp", "identity", "tanh")
 GATE_FLAGS = ("static", "data_dependent")
-MEMORY_KINDS = ("linear", "mlp")
-MLP_ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
-MLP_NORMS = ("layernorm", "none")
 
 
 def retention_terms() -> tuple[str, ...]:
@@ -47,8 +45,6 @@ def retention_terms() -> tuple[str, ...]:
     from mirasc.components import boundary_maps
 
     return ("decay", *boundary_maps(), "none")
-ALGORITHMS = ("gd", "momentum")
-GRADIENT_AT = ("previous", "decayed")
 SURROGATE_FORMS = {"abs": ("exact", "sqrt", "logcosh"), "sign": ("exact", "tanh")}
 RESERVED = frozenset(VARIABLES) | {"inf", "nan", "true", "false"} | frozenset(ARITY)
 
@@ -136,8 +132,8 @@ class Context:
         self.lets: dict[str, A.LetStmt] = {}
         self.defs: dict[str, A.DefStmt] = {}
         self.gate_roles: dict[str, list[str]] = {}  # the gates used so far, with what each is used as
-        self.memory: Memory | None = None
-        self.gradient_at_span: Span | None = None
+        self.memory: MemoryArchitecture | None = None
+        self.algorithm_spans: dict[str, Span] = {}  # where each argument of the algorithm was written
 
     def use_gate(self, name: str, role: str) -> None:
         roles = self.gate_roles.setdefault(name, [])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..components import boundary_maps
+from ..components import boundary_maps, learning_algorithms
 from ..opmeta import GateInfo
 
 __all__ = ["GATE_INIT", "GATE_INIT_FOR_MAP", "GateProjection", "clamp_to_range", "gate_activation", "gate_init_value",
@@ -22,8 +22,9 @@ __all__ = ["GATE_INIT", "GATE_INIT_FOR_MAP", "GateProjection", "clamp_to_range",
 GATE_INIT = {
     "decay": 0.99,  # retention: keep almost everything
     "lr": 0.5,  # inner learning rate (the midpoint of a sigmoid step): 0.1 left DeltaNet, TTT-Linear and Moneta slow
-    "momentum": 0.5,
     "bias": 1.0,  # read by the attentional bias: a threshold such as Huber's δ
+    # and each learning algorithm's own operands (mirasc.components.algorithms: momentum's θ starts at 0.5)
+    **{role: value for cls in learning_algorithms().values() for role, value in cls.gate_init.items()},
 }
 # By boundary map (op.meta.map.name), values that replace GATE_INIT's: each map's own `gate_init`
 # (mirasc.components.maps; Memora's KL map steps in log space and starts at η = 2). A table, so that an ablation

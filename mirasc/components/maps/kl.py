@@ -28,8 +28,8 @@ class KLMap(BoundaryMap):
     # The step acts in log space on rows of softmax weights of about 1/n each: η = 0.5 barely moved them
     # (measured in bench/README.md, "Initialisation").
     gate_init: ClassVar[dict[str, float]] = {"lr": 2.0}
-    momentum_refusal: ClassVar[str | None] = ("its lag step is an exact softmax step on the weights, which has no "
-                                             "momentum buffer")
+    buffer_refusal: ClassVar[str | None] = ("its lag step is an exact softmax step on the weights, which has no "
+                                           "momentum buffer")
 
     eps: float = 1e-6
     span: Span = NO_SPAN

@@ -1,0 +1,1 @@
+"""Learning algorithms: one module per `algorithm` a spec can declare (mirasc.components.base.LearningAlgorithm)."""
