@@ -73,6 +73,8 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
         cfg["contamination"] = rho
     if chunk is not None:
         cfg["chunk_size"] = chunk
+    if args.torch_compile:
+        cfg["torch_compile"] = True
     cfg["spec"], cfg["spec_options"] = spec_and_options(model)
     t0 = time.perf_counter()
     try:
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-init", nargs="+", default=[], metavar="ROLE=VALUE",
                    help="initial gate values by role for every spec (replacing mirasc.nn.gates.GATE_INIT and "
                         "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="run the chunk programs through torch.compile (MemoryOp.compile_chunks): same model, faster")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per run (1: on a shared CPU two OpenMP threads wait on each other)")
     p.add_argument("--out", default="bench/results/tasks")
