@@ -113,14 +113,14 @@ class InChunkDecay:
             # Γ has a channel axis (a channel decay, static or per token, or a channel step size): kept apart
             # as products, with Λ on the channel axis (0 without decay, a scalar gate's Λ broadcast); a decay
             # without a channel axis stays the (t, s) tile it is
-            split = DecaySplit(self._on_channels(self.log_cum), self._on_channels(self.log_cum, "s"), eta_s,
+            split = DecaySplit(self.on_channels(self.log_cum), self.on_channels(self.log_cum, "s"), eta_s,
                                None if "i" in a_pair.axes else a_pair)
         elif self.channel_decay == "factored" and a_cum is not None and "i" in a_cum.axes:
             split = DecaySplit(self.log_cum, g.rename(self.log_cum, t="s"), eta_s)
         return Coefficients(a_cum, g.ew(lambda p, e: p * e, a_pair, eta_s),
                             grad_end=g.ew(lambda p, e: p * e, a_end, eta_s), split=split)
 
-    def _on_channels(self, log: Value | None, token: str = "t") -> Value:
+    def on_channels(self, log: Value | None, token: str = "t") -> Value:
         """A cumulative log-decay on (token, i): 0 without decay, a scalar gate's broadcast over the channels."""
         g = self.g
         log = g.const(0.0) if log is None else log
@@ -148,7 +148,7 @@ class InChunkDecay:
             pairwise = None
             if coef.split.pairwise is not None:  # the same on every channel: the (t, s) tile, strictly below
                 pairwise = masked_decay(g, strict, before, g.rename(cum, t="s"))
-            return a_prev, None, DecaySplit(self._on_channels(before), coef.split.log_s, coef.split.weight, pairwise)
+            return a_prev, None, DecaySplit(self.on_channels(before), coef.split.log_s, coef.split.weight, pairwise)
         pair = g.ew(lambda m, a, b, e: sp.exp(m * (a - b)) * m * e, strict, before, g.rename(cum, t="s"), eta_s)
         return a_prev, named(pair, "decay from token s to token t - 1, times eta_s"), None
 

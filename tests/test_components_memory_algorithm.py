@@ -188,9 +188,7 @@ def test_the_triton_generator_takes_them(rms_mlp, ema_momentum):
     the algorithm's buffer as a state field beside the weights."""
     source = generate_triton(load(MEMORY_SPEC.format(eps=1e-6)))
     assert "['rms_weight', ['o'], False]" in source and "'states': {'w1': ['h', 'i'], 'w2': ['o', 'h']}" in source
-    # a scalar step here: with a buffer, a channel step's Γ[t, s, i] stays a (C, C, D) tile, which the Triton emitter
-    # refuses (mirasc.emit_triton.CubeTileError; the torch backend above takes it)
-    source = generate_triton(load(ALGORITHM_SPEC.replace("gate eta : channel", "gate eta : scalar")))
+    source = generate_triton(load(ALGORITHM_SPEC))
     assert "'states': {'w1': ['o', 'i'], 's1': ['o', 'i']}" in source
 
 

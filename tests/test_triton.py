@@ -155,6 +155,13 @@ CHANNEL_WEIGHT_SPECS = {  # a channel axis in the weight of one token's gradient
         bias l2()
         retention decay(alpha)
         algorithm gd(lr = eta)""",
+    "momentum_channel_step": """memory linear
+        gate alpha : scalar, range (0, 1], activation sigmoid
+        gate eta : channel, range [0, inf), activation sigmoid
+        gate theta : scalar, range [0, 1), activation sigmoid
+        bias l2()
+        retention decay(alpha)
+        algorithm momentum(lr = eta, momentum = theta)""",
     "static_channel_decay": """memory linear
         gate alpha : channel, range (0, 1], static
         bias dot()
