@@ -114,8 +114,8 @@ class MemoryStmt:
 
 @dataclass(frozen=True)
 class GateAttr:
-    key: str  # 'range' | 'activation' | 'flag'
-    value: Interval | Name
+    key: str  # 'range' | 'activation' | 'init' | 'flag'
+    value: Interval | Name | AExpr
     span: Span
 
 

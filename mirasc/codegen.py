@@ -47,7 +47,7 @@ def metadata(spec: S.Spec) -> dict:
         "chunk_form": chunk_form(spec).kind,
         "gates": [{"name": g.name, "kind": g.kind, "data_dependent": g.data_dependent,
                    "low": g.low, "high": g.high, "low_open": g.low_open, "high_open": g.high_open,
-                   "activation": g.activation, "roles": list(g.roles)} for g in spec.gates],
+                   "activation": g.activation, "roles": list(g.roles), "init": g.init} for g in spec.gates],
         "params": [{"name": name, "default": default} for name, default in outer_params(spec)],
         "chunk_size": spec.chunk_size,
     }

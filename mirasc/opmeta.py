@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class GateInfo:
-    """An input gate: its shape kind, whether it comes per token, its declared range and activation, and its roles
-    (what it fills: `decay`, `lr`, `momentum`, `gamma`, or `bias`; mirasc.spec.Gate)."""
+    """An input gate: its shape kind, whether it comes per token, its declared range and activation, its roles
+    (what it fills: `decay`, `lr`, `momentum`, `gamma`, or `bias`; mirasc.spec.Gate) and its declared `init`."""
 
     name: str
     kind: Literal["scalar", "channel"]
@@ -25,6 +25,7 @@ class GateInfo:
     high_open: bool
     activation: str | None
     roles: tuple[str, ...] = ()
+    init: float | None = None  # the spec's declared initial value (a layer's start), or None: by role
 
     def interval(self) -> str:
         return ("(" if self.low_open else "[") + f"{self.low:g}, {self.high:g}" + (")" if self.high_open else "]")

@@ -150,6 +150,9 @@ class _ToAst(Transformer):
     def gate_activation(self, meta, ch):
         return A.GateAttr("activation", self._name(ch[0]), self._span(meta))
 
+    def gate_init(self, meta, ch):
+        return A.GateAttr("init", ch[0], self._span(meta))
+
     def gate_flag(self, meta, ch):
         return A.GateAttr("flag", self._name(ch[0]), self._span(meta))
 

@@ -133,6 +133,7 @@ class Gate:
     # `momentum`, `gamma`) or `bias` (read by the attentional bias); a layer initialises a gate by its role
     roles: tuple[str, ...] = ()
     span: Span = NO_SPAN
+    init: float | None = None  # the value a layer starts it at (`init` in the spec); None: by its role
 
     def contains(self, low: float, high: float) -> bool:
         """Whether this gate's range lies inside [low, high]."""

@@ -375,6 +375,11 @@ GOLDEN = [
         "<string>:3:6: error: the attentional bias does not depend on the memory's prediction (y or r)\n"
         "bias sum(v^2) * eta\n     ^",
     ),
+    (  # a gate's init outside its range
+        BASE.replace("range [0, inf)", "range [0, inf), init -0.5").format(bias="l2()"),
+        "<string>:2:41: error: init -0.5 is outside the gate's range [0, inf)\n"
+        "gate eta : scalar, range [0, inf), init -0.5\n" + " " * 40 + "^",
+    ),
     (  # unknown memory kind
         "memory mpl\n",
         "<string>:1:8: error: unknown memory `mpl` (use `linear` or `mlp`); did you mean `mlp`?\nmemory mpl\n       ^",

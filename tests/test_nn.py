@@ -277,3 +277,23 @@ def test_gates_start_by_their_role_not_their_name():
     got = {n: x.mean().item() for n, x in m.gates(torch.randn(2, 5, HID)).items()}
     for name, role in (("keep", "decay"), ("step", "lr"), ("cut", "bias")):
         assert abs(got[name] - GATE_INIT[role]) < 0.05, (name, got)
+
+
+def test_a_gates_init_in_the_spec_comes_first():
+    """A gate declared with `init X` starts at X, before its map's and its role's defaults, data-dependent (the
+    projection's bias) and static (the parameter) alike."""
+    text = """
+        memory linear
+        param start = 0.2
+        gate keep : scalar, range (0, 1], activation sigmoid, static, init 0.9
+        gate step : scalar, range [0, inf), activation softplus, init start
+        bias l2()
+        retention decay(keep)
+        algorithm gd(lr = step)
+    """
+    m = MirasLayer(text, hidden_size=HID, num_heads=2)
+    assert [g.init for g in m.op.meta.gates] == [0.9, 0.2]
+    gates = m.gates(torch.randn(2, 5, HID))
+    assert abs(gates["keep"].mean().item() - 0.9) < 1e-4 and abs(gates["step"].mean().item() - 0.2) < 0.05
+    plain = MirasLayer(text.replace(", init start", ""), hidden_size=HID, num_heads=2)
+    assert abs(plain.gates(torch.randn(2, 5, HID))["step"].mean().item() - 0.5) < 0.05  # GATE_INIT's lr

@@ -47,7 +47,8 @@ METADATA = {'name': 'deltanet',
             'low_open': False,
             'high_open': True,
             'activation': 'sigmoid',
-            'roles': ['lr']}],
+            'roles': ['lr'],
+            'init': None}],
  'params': [],
  'chunk_size': 64}
 

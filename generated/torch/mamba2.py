@@ -46,7 +46,8 @@ METADATA = {'name': 'mamba2',
             'low_open': True,
             'high_open': False,
             'activation': 'exp',
-            'roles': ['decay']}],
+            'roles': ['decay'],
+            'init': None}],
  'params': [],
  'chunk_size': 64}
 

@@ -46,7 +46,8 @@ METADATA = {'name': 'retnet',
             'low_open': True,
             'high_open': False,
             'activation': None,
-            'roles': ['decay']}],
+            'roles': ['decay'],
+            'init': None}],
  'params': [],
  'chunk_size': 64}
 

@@ -50,7 +50,8 @@ METADATA = {'name': 'ttt_mlp',
             'low_open': False,
             'high_open': True,
             'activation': 'sigmoid',
-            'roles': ['lr']}],
+            'roles': ['lr'],
+            'init': None}],
  'params': [{'name': 'ln_weight', 'default': 1.0}, {'name': 'ln_bias', 'default': 0.0}],
  'chunk_size': 64}
 

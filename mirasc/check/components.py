@@ -48,13 +48,14 @@ def read_gate(ctx: Context, st: A.GateStmt) -> Gate:
     rng = Range(-math.inf, math.inf, True, True)
     activation: str | None = None
     static: bool | None = None
+    init: A.AExpr | None = None
     seen: dict[str, Span] = {}
     for at in st.attrs:
         key = at.key
         if key == "flag":
             flag = at.value.value  # type: ignore[union-attr]
             if flag not in GATE_FLAGS:
-                known = (*GATE_FLAGS, "range", "activation")
+                known = (*GATE_FLAGS, "range", "activation", "init")
                 ctx.err(at.span, f"unknown gate attribute `{flag}`" + suggest(flag, known))
             key = "static/data_dependent"
         if key in seen:
@@ -72,6 +73,8 @@ def read_gate(ctx: Context, st: A.GateStmt) -> Gate:
                     + suggest(act, GATE_ACTIVATIONS),
                 )
             activation = act
+        elif at.key == "init":
+            init = at.value  # type: ignore[assignment]
         else:
             static = at.value.value == "static"  # type: ignore[union-attr]
     return Gate(
@@ -84,7 +87,18 @@ def read_gate(ctx: Context, st: A.GateStmt) -> Gate:
         activation=activation,
         data_dependent=not static,
         span=st.name.span,
+        init=None if init is None else _gate_init(ctx, init, rng),
     )
+
+
+def _gate_init(ctx: Context, e: A.AExpr, rng: Range) -> float:
+    """A gate's declared initial value: a constant inside its range."""
+    x = ctx.const(e, "a gate's init")
+    inside = (x > rng.low if rng.low_open else x >= rng.low) and (x < rng.high if rng.high_open else x <= rng.high)
+    if not inside:
+        ctx.err(e.span, f"init {fmt_num(x)} is outside the gate's range "
+                        f"{fmt_range(rng.low, rng.high, rng.low_open, rng.high_open)}")
+    return x
 
 
 def read_memory(ctx: Context, st: A.MemoryStmt) -> MemoryArchitecture:

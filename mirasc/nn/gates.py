@@ -76,9 +76,11 @@ def clamp_to_range(x: torch.Tensor, g: GateInfo) -> torch.Tensor:
 
 
 def gate_init_value(g: GateInfo, map_name: str | None = None) -> float:
-    """The target initial value of a gate: by its first role that GATE_INIT_FOR_MAP[map_name] or GATE_INIT names
-    with a value inside the gate's range, else the range midpoint (documented fallback). map_name is the op's
-    boundary map, op.meta.map.name (e.g. "kl")."""
+    """The target initial value of a gate: the spec's own (`init`), else by its first role that
+    GATE_INIT_FOR_MAP[map_name] or GATE_INIT names with a value inside the gate's range, else the range midpoint
+    (documented fallback). map_name is the op's boundary map, op.meta.map.name (e.g. "kl")."""
+    if g.init is not None:
+        return float(g.init)
     lo, hi = float(g.low), float(g.high)
     table = {**GATE_INIT, **GATE_INIT_FOR_MAP.get(map_name or "", {})}
     inside = [table[r] for r in g.roles if r in table and _in_range(table[r], g)]
