@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="init the layer's q/k/v projections normal(0, STD) instead of nn.Linear's default")
     p.add_argument("--gate-init", nargs="+", default=[], metavar="ROLE=VALUE",
                    help="initial gate values by role for every spec (replacing mirasc.nn.gates.GATE_INIT and "
-                        "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate")
+                        "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate; a gate the spec declares "
+                        "with `init` keeps it (Moneta's eta: set its param, moneta:eta_init=0.5)")
     p.add_argument("--torch-compile", action="store_true",
                    help="run the chunk programs through torch.compile (MemoryOp.compile_chunks): same model, faster")
     p.add_argument("--threads", type=int, default=1,
