@@ -17,9 +17,10 @@ to move that LayerNorm output towards v. With the q, k, v projections at a langu
 So q, k and v always get PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (std 1/sqrt(3·fan_in), as titans-pytorch's
 projections), whatever the model's `initializer_range` (that still sets the embeddings, the output gate and
 projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) init for ablations. Gates start at
-GATE_INIT by role (decay 0.99, learning rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning
-rate 2 for the KL map, GATE_INIT_FOR_MAP) with a small data-dependent spread
-(GateProjection); the initial memory is `op.init_state` (learned from there), the memory's LayerNorm the identity.
+the value the spec declares (`init`: Moneta's learning rate 0.2), else at GATE_INIT by role (decay 0.99, learning
+rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning rate 1 for the KL map,
+GATE_INIT_FOR_MAP), with a small data-dependent spread (GateProjection); the initial memory is `op.init_state`
+(learned from there), the memory's LayerNorm the identity.
 
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
 packed) are handled exactly: each row's (segment's) real tokens are gathered to the front and the op runs once
