@@ -30,8 +30,6 @@ SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, 
 #   before issue 10 (q, k, v normal(0, 0.02); eta 0.1):                    titans 0.293 / 0.180 / 0.559,
 #                                                                          yaad 0.254 / 0.191 / 0.297,
 #                                                                          memora 0.188 / 0.125 / 0.117
-# The KL map's learning rate now starts at 1 (chosen at the main job's budget, bench/README.md): memora 0.355 / 0.395 /
-# 0.473 here, against 0.391 / 0.410 / 0.418 from 2 (2026-12-02, fourth session, another machine than the above).
 # Single seeds overlap (titans' old init reached 0.559 at seed 2; yaad's new one 0.344 at seed 0, which passed
 # 0.45 on an earlier session's machine: training amplifies rounding, which differs between machines), so the test
 # takes the mean of seeds 0 and 1: 0.60 / 0.52 / 0.41 with the layer's init against 0.24 / 0.22 / 0.16 before; each

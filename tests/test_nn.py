@@ -247,7 +247,7 @@ def test_qkv_init_std_restores_a_normal_init(monkeypatch):
 
 
 def test_kl_map_gets_its_own_eta_init():
-    """Memora's KL map steps in log space: its learning rate starts at GATE_INIT_FOR_MAP's 1, the others (whose spec
+    """Memora's KL map steps in log space: its learning rate starts at GATE_INIT_FOR_MAP's 2, the others (whose spec
     declares no `init`) at GATE_INIT's 0.5."""
     from mirasc.nn.gates import GATE_INIT, GATE_INIT_FOR_MAP
 

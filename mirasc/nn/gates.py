@@ -27,7 +27,7 @@ GATE_INIT = {
     **{role: value for cls in learning_algorithms().values() for role, value in cls.gate_init.items()},
 }
 # By boundary map (op.meta.map.name), values that replace GATE_INIT's: each map's own `gate_init`
-# (mirasc.components.maps; Memora's KL map steps in log space and starts at η = 1). A table, so that an ablation
+# (mirasc.components.maps; Memora's KL map steps in log space and starts at η = 2). A table, so that an ablation
 # (bench.tasks --gate-init) can edit it in place.
 GATE_INIT_FOR_MAP = {key: dict(cls.gate_init) for key, cls in boundary_maps().items() if cls.gate_init}
 GATE_MARGIN = 1e-6  # how far inside an open bound a gate is clamped

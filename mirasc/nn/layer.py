@@ -18,7 +18,7 @@ So q, k and v always get PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (std 1
 projections), whatever the model's `initializer_range` (that still sets the embeddings, the output gate and
 projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) init for ablations. Gates start at
 the value the spec declares (`init`: Moneta's learning rate 0.2), else at GATE_INIT by role (decay 0.99, learning
-rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning rate 1 for the KL map,
+rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning rate 2 for the KL map,
 GATE_INIT_FOR_MAP), with a small data-dependent spread (GateProjection); the initial memory is `op.init_state`
 (learned from there), the memory's LayerNorm the identity.
 
