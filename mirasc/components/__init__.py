@@ -67,12 +67,12 @@ def _load_builtin() -> None:
 
 
 def components(kind: type[Component]) -> dict[str, type[Component]]:
-    """keyword -> record class of every registered component of a kind, the package's own in file-name order."""
+    """keyword -> record class of every registered component of a kind: the package's own in file-name order, then
+    those registered from outside by module name."""
     _load_builtin()
-    outside = registered_outside()
-    own = sorted((c.__module__, k) for k, c in _REGISTRY[kind].items() if c not in outside.values())
-    table = {k: _REGISTRY[kind][k] for _, k in own}
-    return table | {k: c for k, c in _REGISTRY[kind].items() if k not in table}
+    own = f"{__name__}."
+    return dict(sorted(_REGISTRY[kind].items(),
+                       key=lambda kc: (not kc[1].__module__.startswith(own), kc[1].__module__)))
 
 
 def boundary_maps() -> dict[str, type[BoundaryMap]]:
