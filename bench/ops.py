@@ -1,7 +1,7 @@
 """Time a compiled spec's op, forward and forward+backward, side by side with the exact recurrence and titans-pytorch.
 
     python -m bench.ops [--spec moneta] [--B 2 --T 1024 --H 4 --D 32 --chunk 64] [--repeats 5 --warmup 2]
-                        [--json [PATH]] [--csv [PATH]] [--no-recurrent] [--no-titans]
+                        [--json [PATH]] [--csv [PATH]] [--no-recurrent] [--no-titans] [--autotune]
 
 Rows, all in this one process, on CUDA when it is available and on the CPU otherwise:
   mirasc (chunk C)       the compiled torch backend, op(q, k, v, gates=..., params=..., chunk_size=C)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -159,6 +160,28 @@ def triton_row(op, inputs, chunk: int) -> Row:
         return op(q, k, v, gates=gates, params=params, chunk_size=chunk)[0]
 
     return memory_op_row(f"mirasc triton (chunk {chunk})", call, inputs)
+
+
+def autotuned_row(op, inputs, chunk: int, args, device, memory: bool, log) -> dict:
+    """The Triton row again with autotuning on: the first fwd+bwd times each kernel's candidate configs; the row
+    carries what was chosen (and every candidate's time) per kernel."""
+    from mirasc.backends import tuning
+
+    row = triton_row(op, inputs, chunk)
+    row.name += ", autotuned"
+    tuning.set_autotune(True)
+    try:
+        log(f"  {row.name}: first fwd+bwd (compiles and times every candidate config) ...")
+        first_s = time_ms(row.fwdbwd, 1, 0, device)[0] / 1e3
+        out = run_row(row, args.repeats, args.warmup, device, memory, log)
+    finally:
+        tuning.set_autotune(None)
+    out["first_call_s"] = first_s
+    out["note"] = f"first fwd+bwd {first_s:.1f} s (tunes every kernel; not in the times)"
+    out["configs"] = [{"kernel": r["kernel"], "chosen": dataclasses.asdict(r["chosen"]),
+                       "ms": {str(dataclasses.astuple(c)): round(t * 1e3, 4) for c, t in r["seconds"].items()}}
+                      for r in tuning.tuned_configs()]
+    return out
 
 
 def fla_row(spec_name: str, inputs, chunk: int) -> Row | None:
@@ -327,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-factored", action="store_true",
                     help="always run the (C, C, D) chunk programs for channel-wise decay (op.use_factored(False))")
+    ap.add_argument("--autotune", action="store_true",
+                    help="on CUDA, add a row of the Triton kernels with their launch configs autotuned "
+                         "(mirasc.backends.tuning; the first call times every candidate and is not in the times)")
     ap.add_argument("--torch-compile", action="store_true",
                     help="add a row with the chunk functions compiled by torch.compile (Inductor)")
     args = ap.parse_args(argv)
@@ -366,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(0, run_row(trow, args.repeats, args.warmup, device, memory, log))
         rows[0]["first_call_s"] = first_s
         rows[0]["note"] = f"first fwd+bwd {first_s:.1f} s (Triton compiles each kernel; not in the times)"
+        if args.autotune:
+            rows.insert(1, autotuned_row(top, inputs, C, args, device, memory, log))
         try:
             frow = fla_row(op.name, inputs, C)
         except ImportError as e:

@@ -22,6 +22,9 @@ from types import ModuleType
 
 import torch
 
+from . import tuning
+from .tuning import Config, autotune_enabled, candidates
+
 PRECISIONS = ("tf32", "ieee")
 
 
@@ -145,6 +148,7 @@ class _Launch:
         dtype, dot, prec = _tl_dtypes(q.dtype, precision)
         self.programs = states[0].shape[0]
         device = q.device
+        self.on_gpu = q.is_cuda
         if cu_seqlens is None:
             self.cu = self.offsets = torch.zeros(1, dtype=torch.int32, device=device)
             self.max_chunks = -(-self.T // self.C)
@@ -169,12 +173,27 @@ class _Launch:
         """The kernels of this call by job (DESCRIPTION["kernels"]), each with its entry there."""
         return {job: (getattr(self.module, f"chunk_{job}_kernel"), info) for job, info in self.desc["kernels"].items()}
 
-    def run(self, kernels: dict, job: str, *args) -> None:
-        """Launch one job's kernel: one program per sequence, or per chunk in waves of chunks (all of them at once
-        unless the kernel's scratch memory, a slot per program, would pass the scratch budget)."""
-        fn, info = kernels[job]
+    def config(self, info: dict) -> Config:
+        """A kernel's default launch config: its warps from its register tiles, BV and BH from the head dim."""
         bv = self.BV if info["value_blocks"] != "none" else self.D
-        consts = {**self.consts, "BV": bv, "num_warps": num_warps(self.C, self.D, self.HID, info["tiles"])}
+        return Config(num_warps(self.C, self.D, self.HID, info["tiles"]), bv, self.BH)
+
+    def run(self, kernels: dict, job: str, *args) -> None:
+        """Launch one job's kernel with its default config or, when autotuning is on, with the fastest of its
+        candidates at these sizes (mirasc.backends.tuning; the candidates are timed on the first launch)."""
+        fn, info = kernels[job]
+        config = self.config(info)
+        if autotune_enabled(self.on_gpu, tuning.TUNER):
+            key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
+            configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu)
+            config = tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args))
+        self.launch(fn, info, config, args)
+
+    def launch(self, fn, info: dict, config: Config, args: tuple) -> None:
+        """One program per sequence, or per chunk in waves of chunks (all of them at once unless the kernel's scratch
+        memory, a slot per program, would pass the scratch budget)."""
+        bv = config.block_value
+        consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs)
             launch_fitting(fn, (self.programs, 1, self.D // bv), (*args, *scratch, *self.scalars, 0), consts)

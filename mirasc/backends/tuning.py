@@ -1,0 +1,125 @@
+"""Choosing each kernel's launch config by timing the candidates on the GPU (autotuning), once per set of sizes.
+
+The launcher (mirasc.backends.triton) has a default config per kernel: its warps from the kernel's register tiles,
+the value block BV and the hidden block BH from the head dim, all read from ahead-of-time compiles. Those compiles
+show no single config best for every kernel (bench/README.md: BV 16 spills less in the backward state passes at
+D = 128, 4 warps repeat no products but spill where 8 do not), and only a GPU can weigh spills against repeated
+products and the number of programs. With tuning on, the first launch of a kernel at a set of sizes runs each
+candidate (`candidates`) and keeps the fastest; later launches at those sizes use it.
+
+Off by default: every candidate is a compile (1 to 30 s per kernel on the CPU of a GPU machine, the MLP memories'
+the slowest), and no GPU timing has yet shown what tuning gains over the defaults. `MIRASC_AUTOTUNE=1` (read at each
+launch) or `set_autotune(True)` turns it on; under the Triton interpreter it runs only with a `Tuner` given a timer
+(the tests), since interpreter times say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Config:
+    """One launch config of a kernel: warps per program, the value block BV and the hidden block BH."""
+
+    num_warps: int
+    block_value: int
+    block_hidden: int
+
+
+def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool) -> list[Config]:
+    """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
+    half the value block for a kernel run by blocks of value columns, half the hidden block for an MLP memory's
+    kernel. Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a
+    sum (value_blocks "partial") keeps the default BV: the launcher sizes those shares' buffer from it."""
+    smallest = 16 if on_gpu else 1
+    out = [default]
+    if on_gpu:
+        out.append(replace(default, num_warps=12 - default.num_warps))  # 4 <-> 8
+    if value_blocks == "columns" and default.block_value // 2 >= smallest:
+        out.append(replace(default, block_value=default.block_value // 2))
+    if hidden > head_dim and default.block_hidden // 2 >= smallest:
+        out.append(replace(default, block_hidden=default.block_hidden // 2))
+    return out
+
+
+def cuda_time(run: Callable[[], None], config: Config, repeats: int = 3) -> float:
+    """Seconds of the fastest of `repeats` runs, after one that compiles and warms up."""
+    run()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = math.inf
+    for _ in range(repeats):
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return best
+
+
+class Tuner:
+    """The fastest config of each kernel, by key (the kernel and its compile-time sizes), found on first use.
+
+    `timer(run, config)` returns the seconds `run` takes with `config` (it must call `run`); a candidate that does not
+    fit the device (Triton's OutOfResources) is skipped. `interpreter`: tune under the Triton interpreter too (for
+    tests, with a timer of their own)."""
+
+    def __init__(self, timer: Callable[[Callable[[], None], Config], float] = cuda_time, interpreter: bool = False):
+        self.timer, self.interpreter = timer, interpreter
+        self.best: dict[Hashable, Config] = {}
+        self.timings: dict[Hashable, dict[Config, float]] = {}
+
+    def choose(self, key: Hashable, configs: list[Config], run: Callable[[Config], None]) -> Config:
+        if key in self.best:
+            return self.best[key]
+        from triton.runtime.errors import OutOfResources
+
+        times = {}
+        for config in configs:
+            try:
+                times[config] = self.timer(lambda config=config: run(config), config)
+            except OutOfResources:
+                continue
+        if not times:
+            raise RuntimeError(f"autotuning: no candidate config fits the device for {key!r}: {configs}")
+        self.best[key] = min(times, key=times.__getitem__)  # dict order: the default wins ties
+        self.timings[key] = times
+        return self.best[key]
+
+
+TUNER = Tuner()
+_AUTOTUNE: bool | None = None  # None: the environment's MIRASC_AUTOTUNE decides
+
+
+def set_autotune(on: bool | None) -> None:
+    """Turn autotuning on or off for this process (None: follow MIRASC_AUTOTUNE again)."""
+    global _AUTOTUNE
+    _AUTOTUNE = on
+
+
+def autotune_enabled(on_gpu: bool, tuner: Tuner) -> bool:
+    """Whether launches tune: asked for (set_autotune, else MIRASC_AUTOTUNE=1), and on a GPU or by a tuner meant
+    for the interpreter (whose times say nothing about a GPU)."""
+    asked = _AUTOTUNE if _AUTOTUNE is not None else os.environ.get("MIRASC_AUTOTUNE", "0") == "1"
+    return asked and (on_gpu or tuner.interpreter)
+
+
+def tuned_configs(tuner: Tuner | None = None) -> list[dict]:
+    """What tuning chose so far: one row per kernel and set of sizes, with every candidate's time (for reports)."""
+    tuner = tuner or TUNER
+    rows = []
+    for key, best in tuner.best.items():
+        kernel, *sizes = key
+        rows.append({"kernel": getattr(kernel, "__name__", str(kernel)), "sizes": dict(sizes), "chosen": best,
+                     "seconds": dict(tuner.timings[key])})
+    return rows
+
+
+__all__ = ["Config", "TUNER", "Tuner", "autotune_enabled", "candidates", "cuda_time", "set_autotune",
+           "tuned_configs"]

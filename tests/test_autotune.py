@@ -1,0 +1,118 @@
+"""Autotuning the Triton kernels' launch configs (mirasc.backends.tuning), under the interpreter with a timer of the
+test's own: which candidates are tried, that the fastest is kept per kernel and set of sizes and timed only once,
+and that every candidate leaves the same results as the torch backend (whichever config wins, the kernels' results
+must not depend on it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_inputs, outputs_and_grads, rel_rms
+
+import mirasc
+from mirasc.backends import tuning
+from mirasc.backends.tuning import Config, Tuner, autotune_enabled, candidates, tuned_configs
+
+pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+D = 8
+
+
+def test_candidates_start_with_the_default_and_keep_blocks_legal():
+    default = Config(num_warps=8, block_value=32, block_hidden=32)
+    # on a GPU: the other warp count, half the value block for a kernel by value columns, half the hidden block
+    assert candidates(default, "columns", 64, 256, on_gpu=True) == [
+        default, Config(4, 32, 32), Config(8, 16, 32), Config(8, 32, 16)]
+    # a kernel whose value blocks write shares of a sum keeps its BV (the launcher sizes the shares' buffer from it);
+    # a linear memory (hidden = D) has no hidden block to vary
+    assert candidates(default, "partial", 64, 64, on_gpu=True) == [default, Config(4, 32, 32)]
+    # blocks stay at least 16 on a GPU (tl.dot's smallest side); under the interpreter warps mean nothing
+    small = Config(num_warps=4, block_value=16, block_hidden=16)
+    assert candidates(small, "columns", 64, 256, on_gpu=True) == [small, Config(8, 16, 16)]
+    assert candidates(Config(4, 8, 32), "columns", 8, 32, on_gpu=False) == [
+        Config(4, 8, 32), Config(4, 4, 32), Config(4, 8, 16)]
+
+
+def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):
+    monkeypatch.delenv("MIRASC_AUTOTUNE", raising=False)
+    plain, for_tests = Tuner(), Tuner(timer=lambda run, config: 0.0, interpreter=True)
+    assert not autotune_enabled(True, plain)  # off unless asked for
+    monkeypatch.setenv("MIRASC_AUTOTUNE", "1")
+    assert autotune_enabled(True, plain)
+    assert not autotune_enabled(False, plain) and autotune_enabled(False, for_tests)
+    tuning.set_autotune(False)
+    try:
+        assert not autotune_enabled(True, plain)  # the process's choice beats the environment
+    finally:
+        tuning.set_autotune(None)
+
+
+def _run(op, ins, chunk):
+    return outputs_and_grads(
+        lambda q, k, v, g, p, s: op(q, k, v, gates=g, params=p, initial_state=s, output_final_state=True,
+                                    chunk_size=chunk), *ins)
+
+
+def _max_error(a, b) -> float:
+    errors = [rel_rms(a[0], b[0])] + [rel_rms(x, y) for x, y in zip(a[1], b[1])]
+    return max(errors + [rel_rms(a[2][n], b[2][n]) for n in b[2]])
+
+
+# an MLP memory: ttt_mlp rather than titans, whose 28 kernels took 51 s here against 20 s
+@pytest.mark.parametrize("name, prefer", [
+    ("mamba2", lambda c: c.block_value),  # smallest value block first: the columns kernels change config
+    ("ttt_mlp", lambda c: c.block_hidden),  # smallest hidden block first
+])
+def test_tuned_kernels_match_torch_and_are_timed_once(name, prefer, monkeypatch):
+    tri = mirasc.compile(MODELS / f"{name}.miras", backend="triton")
+    ref = mirasc.compile(MODELS / f"{name}.miras", backend="torch")
+    timed = []
+
+    def timer(run, config):
+        run()
+        timed.append(config)
+        return float(prefer(config))
+
+    tuner = Tuner(timer=timer, interpreter=True)
+    monkeypatch.setattr(tuning, "TUNER", tuner)
+    tuning.set_autotune(True)
+    try:
+        ins = make_inputs(ref, 1, 13, 2, D, dtype=torch.float64, seed=5)  # two chunks of 8, the last partial
+        err = _max_error(_run(tri, ins, 8), _run(ref, ins, 8))
+        assert err < 1e-10, err
+        jobs = tri.triton_module.DESCRIPTION["kernels"]
+        first = len(timed)
+        assert len(tuner.best) == len(jobs)  # one choice per kernel at these sizes
+        assert first == sum(len(t) for t in tuner.timings.values()) > len(jobs)  # each candidate timed once
+        _run(tri, make_inputs(ref, 1, 13, 2, D, dtype=torch.float64, seed=6), 8)
+        assert len(timed) == first  # the same sizes again: the choices are reused, nothing is timed
+    finally:
+        tuning.set_autotune(None)
+    rows = {row["kernel"]: row for row in tuned_configs(tuner)}
+    assert set(rows) == {f"chunk_{job}_kernel" for job in jobs}
+    for job, info in jobs.items():
+        row = rows[f"chunk_{job}_kernel"]
+        assert row["chosen"] == min(row["seconds"], key=row["seconds"].get)
+        assert row["sizes"]["D"] == str(D)
+        if info["value_blocks"] == "columns":
+            assert row["chosen"].block_value == D // 2, (job, row)
+        if name == "ttt_mlp":
+            assert row["chosen"].block_hidden == 2 * D, (job, row)  # hidden 4·D in two blocks
+
+
+def test_a_candidate_that_does_not_fit_is_skipped():
+    from triton.runtime.errors import OutOfResources
+
+    configs = [Config(8, 32, 32), Config(4, 32, 32)]
+
+    def run(config):
+        if config.num_warps == 8:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+
+    tuner = Tuner(timer=lambda go, config: (go(), 1.0)[1], interpreter=True)
+    assert tuner.choose("k", configs, run) == Config(4, 32, 32)
+    with pytest.raises(RuntimeError, match="no candidate config fits"):
+        tuner.choose("k2", configs[:1], run)
