@@ -131,8 +131,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
-    total = _slot_offset(kept, len(kept))
-    slot = {v.id: f"scratch_ptr + slot * ({total}) + {_slot_offset(kept, k)}" for k, v in enumerate(kept)}
+    slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
 
     def fetch(v: Value, here: int) -> list[str]:
         """Lines making a wide value read in loop `here` available: its block from memory if made elsewhere."""
@@ -144,6 +143,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         return []
 
     lines: list[str] = []
+    if kept:  # the program's slot holds the blocks of these values one after another
+        lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
+                     f"{', '.join(name(v) for v in kept)}")
     for j, seg in enumerate(segments):
         if not isinstance(seg, _Loop):
             if isinstance(seg.op, ir.Input):
@@ -207,8 +209,11 @@ def _read(v: Value) -> list[Value]:
 
 
 def _slot_offset(kept: list[Value], k: int) -> str:
-    parts = [_size(v.axes) for v in kept[:k]]
-    return " + ".join(parts) if parts else "0"
+    """Where the k-th kept value's block starts in the slot: the sizes before it, each size counted once."""
+    counts: dict[str, int] = {}
+    for v in kept[:k]:
+        counts[_size(v.axes)] = counts.get(_size(v.axes), 0) + 1
+    return " + ".join(size if n == 1 else f"{n} * {size}" for size, n in counts.items()) or "0"
 
 
 def _with_hint(v: Value, lines: list[str]) -> list[str]:

@@ -474,6 +474,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        scratch = scratch_ptr + slot * (2 * C * HID + D * HID)  # v22, v23, v21
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -491,10 +492,10 @@ def chunk_state_fwd_kernel(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
             v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :], v22)
+            tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
             v23_c0 = (0.5 * v22)
             v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+            tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v16 = (w2 * w2 * w2 * w2)
             v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -507,8 +508,8 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-            tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-            v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+            v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v25 = tl.sum((v24), axis=1)
@@ -556,9 +557,9 @@ def chunk_state_fwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v21 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v22 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+            v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
             v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v62 = v47
@@ -568,7 +569,7 @@ def chunk_state_fwd_kernel(
             v70 = (v69 - v66)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v70.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v70.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
-            v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v63 = v23
             v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -615,6 +616,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * D * HID)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -631,12 +633,12 @@ def chunk_out_fwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -649,8 +651,8 @@ def chunk_out_fwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -697,14 +699,14 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v117 = (v116[:, None] * w2)
         v118 = (v117 - v115)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
         v124 = (v118 * v118 * v118 * v118)
         v125 += tl.sum(tl.sum((v124), axis=1), axis=0)
     tl.debug_barrier()
@@ -716,21 +718,21 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v118 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v118 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v128)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v128)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v111 = (v110[None, :] * w1)
         v112 = (v111 - v108)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v112)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v112)
         v119 = (v112 * v112 * v112 * v112)
         v120 += tl.sum(tl.sum((v119), axis=1), axis=0)
     tl.debug_barrier()
@@ -743,13 +745,13 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v112 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v112 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
         v131 = (v123 * v130[None, :])
         v132 = tl.sum((v131), axis=1)
         v133_c0 = (0.5 * v132)
         v133 = (v133_c0 * (1.0 + tl.math.erf((v133_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v128 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
     v136 = tl.sum((v135), axis=0)
@@ -775,12 +777,12 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -794,15 +796,15 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -818,7 +820,7 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -837,8 +839,8 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -892,6 +894,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
+        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -908,12 +911,12 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+            tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
             v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
             v31_c0 = (0.5 * v30)
             v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+            tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v16 = (w2 * w2 * w2 * w2)
             v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -926,8 +929,8 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-            v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+            v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v33 = tl.sum((v32), axis=1)
@@ -974,14 +977,14 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v89 = v31
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+            tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
             v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v114 = (v113[:, None] * w2)
             v115 = (v114 - v112)  # layer 2 end state
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+            tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
             v121 = (v115 * v115 * v115 * v115)
             v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
         tl.debug_barrier()
@@ -993,22 +996,22 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
             v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-            v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+            v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-            v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v73 = v55
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+            tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
             v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v108 = (v107[None, :] * w1)
             v109 = (v108 - v105)  # layer 1 end state
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+            tl.store(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
             v116 = (v109 * v109 * v109 * v109)
             v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
         tl.debug_barrier()
@@ -1021,15 +1024,15 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
             v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
             v128 = (v120 * v127[None, :])
             v129 = tl.sum((v128), axis=1)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + offs_h, v129)
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h, v129)
             v130_c0 = (0.5 * v129)
             v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + offs_h, v130)
-            v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h, v130)
+            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
             v131 = (v125 * v130[None, :])
             v132 += tl.sum((v131), axis=1)
         tl.debug_barrier()
@@ -1056,17 +1059,17 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
             v156 = (v125 * v155[:, None])
             v157 = tl.sum((v156), axis=0)
-            v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + offs_h)
+            v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h)
             v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
             v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v160 = (v127[None, :] * v159[:, None])
-            v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
             v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
             v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
             v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
             v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
         tl.debug_barrier()
@@ -1087,21 +1090,21 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
             v172 = (4.0 * v171 * (v109 * v109 * v109))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+            v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v179 = (d_new_w1 + v167 + v172)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v179)
+            tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v179)
             v180 = ((-1.0) * v179)
             v182 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + offs_s[:, None] * HID + offs_h[None, :], v182)
-            v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v182)
+            v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
             v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v77 = (v71 - v76)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
@@ -1115,16 +1118,16 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v78 = (v77 * v25)
-            v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+            v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v79 + v78)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             v81_c0 = (0.5 * v80)
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v93 = tl.zeros((C, BV), DTYPE)
@@ -1140,7 +1143,7 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v85 = (v83 * v84)
@@ -1159,8 +1162,8 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = (v96 + v95)
         v98 = tl.sum((v97), axis=1)
@@ -1195,36 +1198,36 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
             v202 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v209 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v211 = (v193 + v202 + v209)
-            v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v212_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v212 = (v211 * (0.5 + (0.5 * tl.math.erf(v212_c0)) + (v212_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
+            tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
             v214 = (v25 * v212)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
+            tl.store(scratch + 4 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
             v217 = ((-1.0) * v214)
             v218 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v217.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v182 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+            v182 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
             v219 = (v182 + v218)
             v220 = v219
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
-            v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
+            v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v223_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v223 = (v220 * (0.5 + (0.5 * tl.math.erf(v223_c0)) + (v223_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
+            tl.store(scratch + 4 * HID * D + 12 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
             v225 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v223).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + offs_h)
+            v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h)
             v158 = (v130[None, :] * v155[:, None])
-            v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
             v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
             v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
             v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
             v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
         tl.debug_barrier()
@@ -1235,15 +1238,15 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
             v166 = (4.0 * v165 * (v115 * v115 * v115))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v161 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v173 = (d_new_w2 + v161 + v166)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
             v174 = ((-1.0) * v173)
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
-            v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 5 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
             v176 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v177 = (v110 * v176)
@@ -1293,20 +1296,20 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v255 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v254).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v174 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v174 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 5 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v178 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v203 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v199.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v206 = (v178 + v203)
             v207 = v206
             v257 = (v207 + v255)
-            v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v258_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v258 = (v257 * (0.5 + (0.5 * tl.math.erf(v258_c0)) + (v258_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v54 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v220 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v220 = tl.load(scratch + 4 * HID * D + 11 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v222_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v222_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v222_c2 = (0.5 * (v30 * v30))
@@ -1314,16 +1317,16 @@ def chunk_state_bwd_kernel(
             v222 = (v54 * v220 * ((v222_c0 * v222_c1 * v222_c3) - (v222_c0 * v222_c1 * v222_c2 * v222_c3)))
             v259 = (v222 + v258)
             v260 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v259.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v212 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v212 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v213 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v277 = (v213 + v260)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v278_c0 = tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0))
             v278 = (v277 * ((v14 * (v278_c0 * v278_c0) * (w1 * w1)) + (2.0 * v278_c0 * w1 * v14 * tl.abs(w1))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v278)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v278)
             v279 = (v277 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
             v280 += tl.sum(tl.sum((v279), axis=1), axis=0)
-            v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v215 = (v77 * v212)
             v216 += tl.sum(tl.sum((v215), axis=1), axis=0)
         tl.debug_barrier()
@@ -1343,26 +1346,26 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v284 = (4.0 * v283 * (w1 * w1 * w1))
-            v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+            v179 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v181 = (v107[None, :] * v179)
-            v214 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v214 = tl.load(scratch + 4 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v221 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v214.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v268 = (2.0 * w1 * v267)
-            v278 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+            v278 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v286 = (v181 + v221 + v268 + v278 + v284)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v256 = tl.trans(tl.dot(tl.trans(v31).to(DOT_DTYPE), v254.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v223 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v223 = tl.load(scratch + 4 * HID * D + 12 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v224 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v223.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v194 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v192.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v269 = (v194 + v224 + v256)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v270_c0 = tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0))
             v270 = (v269 * ((v20 * (v270_c0 * v270_c0) * (w2 * w2)) + (2.0 * v270_c0 * w2 * v20 * tl.abs(w2))))
-            tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v270)
+            tl.store(scratch + 5 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v270)
             v271 = (v269 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
             v272 += tl.sum(tl.sum((v271), axis=1), axis=0)
         tl.debug_barrier()
@@ -1377,12 +1380,12 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v276 = (4.0 * v275 * (w2 * w2 * w2))
-            v173 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v173 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v175 = (v113[:, None] * v173)
-            v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v210 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v264 = (2.0 * w2 * v263)
-            v270 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+            v270 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v285 = (v175 + v210 + v264 + v270 + v276)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1426,6 +1429,7 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + 3 * D * HID + HID)  # v69, v22, v21, v23, v70, v81, v90, v76, v86
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v105 = tl.sum((v104), axis=0)
@@ -1453,7 +1457,7 @@ def chunk_grad_q_0_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = (v68[None, :] * w1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v69)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v69)
         v9 = (w1 * w1 * w1 * w1)
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     tl.debug_barrier()
@@ -1466,7 +1470,7 @@ def chunk_grad_q_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
         v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v22)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v22)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -1479,11 +1483,11 @@ def chunk_grad_q_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v22 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v22 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -1512,16 +1516,16 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v22 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v69 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v69 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -1538,19 +1542,19 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 2 * HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v81)
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + offs_h, v90)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h, v90)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
-        v23 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + D * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -1560,10 +1564,10 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
-        v90 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + offs_h)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + 2 * D * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v92 = (v86 * v91[None, :])
@@ -1589,13 +1593,13 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID * D + 2 * C * HID + 2 * D * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
         v117 = (v86 * v116[:, None])
         v118 = tl.sum((v117), axis=0)
-        v90 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + offs_h)
+        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + D * HID + C * HID + HID * D + HID * D + HID + D * HID + D * HID) + HID * D + C * HID + D * HID + C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v81 * v119[:, None])
         v121 += tl.sum((v120), axis=0)
     v122 = (v106 + v121)
@@ -1678,6 +1682,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v73, v74, v82
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1694,12 +1699,12 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -1712,8 +1717,8 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -1761,9 +1766,9 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
@@ -1771,7 +1776,7 @@ def chunk_grad_q_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -1786,18 +1791,18 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
@@ -1813,7 +1818,7 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -1832,8 +1837,8 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -1868,17 +1873,17 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v121 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v121.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1918,6 +1923,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1934,12 +1940,12 @@ def chunk_grad_q_3_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -1952,8 +1958,8 @@ def chunk_grad_q_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -2001,18 +2007,18 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2027,18 +2033,18 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
@@ -2054,7 +2060,7 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -2073,8 +2079,8 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -2109,19 +2115,19 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
@@ -2168,6 +2174,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v73, v74, v82
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2184,12 +2191,12 @@ def chunk_grad_q_4_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -2202,8 +2209,8 @@ def chunk_grad_q_4_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -2251,9 +2258,9 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
@@ -2261,7 +2268,7 @@ def chunk_grad_q_4_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2276,18 +2283,18 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
@@ -2303,7 +2310,7 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -2322,8 +2329,8 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -2358,14 +2365,14 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
@@ -2410,6 +2417,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * D * HID + HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2426,12 +2434,12 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -2444,8 +2452,8 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -2492,14 +2500,14 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -2511,21 +2519,21 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -2538,14 +2546,14 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -2572,17 +2580,17 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v158_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = (v127[None, :] * v158[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v160_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v160 = (v159 * ((v119 * (v160_c0 * v160_c0) * (v109 * v109)) + (2.0 * v160_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h[:, None] * D + offs_i[None, :], v160)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h[:, None] * D + offs_i[None, :], v160)
         v161 = (v159 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v162 += tl.sum(tl.sum((v161), axis=1), axis=0)
     tl.debug_barrier()
@@ -2593,13 +2601,13 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v165 = (4.0 * v164 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v160 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h[:, None] * D + offs_i[None, :])
+        v160 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h[:, None] * D + offs_i[None, :])
         v166 = (d_new_w1 + v160 + v165)
         v167 = ((-1.0) * v166)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.dot(v73.to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v169 = (v68 * v168)
     v74 = (v72 * v67)
@@ -2616,12 +2624,12 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2635,16 +2643,16 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -2660,7 +2668,7 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -2679,8 +2687,8 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -2714,19 +2722,19 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v180 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v179).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v184 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v183).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v186 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v185).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v187 = (v180 + v184 + v186)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v188_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v188 = (v187 * (0.5 + (0.5 * tl.math.erf(v188_c0)) + (v188_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v189 = (v25 * v188)
         v190 = ((-1.0) * v189)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v192 = tl.zeros((C, D), DTYPE)
     for v192_j in range(0, C):  # the summed axis t, one position at a time
@@ -2776,6 +2784,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2792,12 +2801,12 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -2810,8 +2819,8 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -2858,14 +2867,14 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -2877,21 +2886,21 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -2904,15 +2913,15 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -2939,17 +2948,17 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -2970,20 +2979,20 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2997,16 +3006,16 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -3022,7 +3031,7 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3041,8 +3050,8 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -3077,32 +3086,32 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3113,13 +3122,13 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -3185,6 +3194,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3201,12 +3211,12 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -3219,8 +3229,8 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -3267,14 +3277,14 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -3286,22 +3296,22 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -3314,15 +3324,15 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -3349,17 +3359,17 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -3380,20 +3390,20 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v178 = (d_new_w1 + v167 + v172)
         v179 = ((-1.0) * v178)
         v180 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v179).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v180)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v180)
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -3407,16 +3417,16 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -3432,7 +3442,7 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3451,8 +3461,8 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -3487,33 +3497,33 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v191 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v197 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v205 = (v191 + v197 + v204)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v206_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v206 = (v205 * (0.5 + (0.5 * tl.math.erf(v206_c0)) + (v206_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v207 = (v25 * v206)
         v208 = ((-1.0) * v207)
         v209 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v180 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v180 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v210 = (v180 + v209)
         v211 = v210
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v213_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v213 = (v211 * (0.5 + (0.5 * tl.math.erf(v213_c0)) + (v213_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v214 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3524,14 +3534,14 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v176 = (v110 * v175)
@@ -3580,27 +3590,27 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v244 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v243).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v174 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v174 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v194.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v177 + v198)
         v202 = v201
         v245 = (v202 + v244)
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v246_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v246 = (v245 * (0.5 + (0.5 * tl.math.erf(v246_c0)) + (v246_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v54 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v211 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v212_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v212_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v212_c2 = (0.5 * (v30 * v30))
         v212_c3 = tl.exp(((-1.0) * v212_c2))
         v212 = (v54 * v211 * ((v212_c0 * v212_c1 * v212_c3) - (v212_c0 * v212_c1 * v212_c2 * v212_c3)))
         v247 = (v212 + v246)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + C * HID + D * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v248 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v247).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v248.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3640,6 +3650,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3656,12 +3667,12 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -3674,8 +3685,8 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -3722,14 +3733,14 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -3741,21 +3752,21 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -3768,15 +3779,15 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -3803,17 +3814,17 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -3834,20 +3845,20 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -3861,16 +3872,16 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -3886,7 +3897,7 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3905,8 +3916,8 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -3941,32 +3952,32 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3977,13 +3988,13 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -4047,6 +4058,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4063,12 +4075,12 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -4081,8 +4093,8 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -4129,14 +4141,14 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -4148,21 +4160,21 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -4175,15 +4187,15 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -4210,17 +4222,17 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -4241,20 +4253,20 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4268,16 +4280,16 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -4293,7 +4305,7 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -4312,8 +4324,8 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -4348,32 +4360,32 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -4384,13 +4396,13 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -4451,6 +4463,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4467,12 +4480,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -4485,8 +4498,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -4534,9 +4547,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
@@ -4544,7 +4557,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4559,15 +4572,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
@@ -4584,7 +4597,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -4603,8 +4616,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -4669,6 +4682,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4685,12 +4699,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -4703,8 +4717,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -4752,18 +4766,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4778,18 +4792,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
@@ -4805,7 +4819,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -4824,8 +4838,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -4860,19 +4874,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
@@ -4922,6 +4936,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4938,12 +4953,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -4956,8 +4971,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -5004,14 +5019,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -5023,21 +5038,21 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -5050,15 +5065,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -5085,12 +5100,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -5101,10 +5116,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v174 = (w2 * v173)
@@ -5114,17 +5129,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -5135,10 +5150,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v178 = (w1 * v177)
@@ -5159,12 +5174,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -5178,16 +5193,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -5203,7 +5218,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -5222,8 +5237,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -5257,14 +5272,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v192 + v196 + v198)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -5315,6 +5330,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * D * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5341,10 +5357,10 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
         v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + 0 + offs_t[:, None] * HID + offs_h[None, :], v22)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -5357,8 +5373,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -5396,14 +5412,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -5417,16 +5433,16 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        tl.store(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -5439,17 +5455,17 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + offs_h, v90)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h, v90)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     tl.debug_barrier()
@@ -5476,12 +5492,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v91 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v91 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h)
         v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
         v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        tl.store(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
         v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
         v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
     tl.debug_barrier()
@@ -5492,13 +5508,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v126 = (4.0 * v125 * (v76 * v76 * v76))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121 = tl.load(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v133 = (d_new_w2 + v121 + v126)
         v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v64 * v135)
     v137 = v136
@@ -5506,17 +5522,17 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v116 = (v86 * v115[:, None])
         v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + offs_h)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
         v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        tl.store(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
         v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
     tl.debug_barrier()
@@ -5527,13 +5543,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v132 = (4.0 * v131 * (v70 * v70 * v70))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127 = tl.load(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v138 = (d_new_w1 + v127 + v132)
         v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v62 = tl.load(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v141 = (v61 * v140)
     v142 = (v137 + v141)
@@ -5581,6 +5597,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5597,12 +5614,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -5615,8 +5632,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -5663,14 +5680,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -5682,21 +5699,21 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -5709,15 +5726,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -5744,12 +5761,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -5760,13 +5777,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v90 * v175)
     v177 = v176
@@ -5774,17 +5791,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -5795,13 +5812,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v178 = (d_new_w1 + v167 + v172)
         v179 = ((-1.0) * v178)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v180 += tl.dot(v73.to(DOT_DTYPE), v179.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v181 = (v72 * v180)
     v209 = (v177 + v181)
@@ -5821,12 +5838,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -5840,16 +5857,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -5865,7 +5882,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -5884,8 +5901,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -5919,19 +5936,19 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v201 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v202 = (v192 + v198 + v201)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v203_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v203 = (v202 * (0.5 + (0.5 * tl.math.erf(v203_c0)) + (v203_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v204 = (v25 * v203)
         v205 = ((-1.0) * v204)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + HID * D + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v207 = tl.zeros((C, D), DTYPE)
     for v207_j in range(0, C):  # the summed axis t, one position at a time
@@ -5992,6 +6009,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6008,12 +6026,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6026,8 +6044,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -6075,9 +6093,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
@@ -6085,7 +6103,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -6100,15 +6118,15 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
@@ -6125,7 +6143,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -6144,8 +6162,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -6216,6 +6234,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6232,12 +6251,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6250,8 +6269,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -6299,18 +6318,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -6325,18 +6344,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
@@ -6352,7 +6371,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -6371,8 +6390,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -6407,19 +6426,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID + C * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis t, one position at a time
@@ -6468,6 +6487,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * D * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
     v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -6493,10 +6513,10 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
         v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + 0 + offs_t[:, None] * HID + offs_h[None, :], v22)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6509,8 +6529,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -6549,14 +6569,14 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v23 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -6570,16 +6590,16 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + 0 + offs_t[:, None] * HID + offs_h[None, :])
+        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        tl.store(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -6592,17 +6612,17 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + offs_h, v90)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h, v90)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     tl.debug_barrier()
@@ -6629,12 +6649,12 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v91 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v91 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h)
         v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
         v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        tl.store(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
         v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
         v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
     tl.debug_barrier()
@@ -6645,13 +6665,13 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v126 = (4.0 * v125 * (v76 * v76 * v76))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121 = tl.load(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v133 = (d_new_w2 + v121 + v126)
         v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v64 * v135)
     v137 = v136
@@ -6659,17 +6679,17 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v116 = (v86 * v115[:, None])
         v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + offs_h)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
         v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        tl.store(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
         v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
     tl.debug_barrier()
@@ -6680,13 +6700,13 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v132 = (4.0 * v131 * (v70 * v70 * v70))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127 = tl.load(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v138 = (d_new_w1 + v127 + v132)
         v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch_ptr + slot * (C * HID + C * HID + D * HID + C * HID + D * HID + C * HID + HID * D + HID + HID + D * HID + D * HID + HID * D) + C * HID + C * HID + D * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v62 = tl.load(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v141 = (v61 * v140)
     v142 = (v137 + v141)
@@ -6730,6 +6750,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * D * HID + 2 * C * HID + HID * D)  # v75, v22, v23, v21, v76, v86, v70
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v53 = tl.cumsum(v52, axis=0, reverse=False)
@@ -6753,7 +6774,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + 0 + offs_o[:, None] * HID + offs_h[None, :], v75)
+        tl.store(scratch + offs_o[:, None] * HID + offs_h[None, :], v75)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v9 = (w1 * w1 * w1 * w1)
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
@@ -6767,10 +6788,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
         v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
+        tl.store(scratch + D * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6783,8 +6804,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -6815,12 +6836,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v23 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v75 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + 0 + offs_o[:, None] * HID + offs_h[None, :])
+        v75 = tl.load(scratch + offs_o[:, None] * HID + offs_h[None, :])
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 2 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -6832,20 +6853,20 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 2 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v22 = tl.load(scratch + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * D * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -6858,13 +6879,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * D * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v86 = tl.load(scratch_ptr + slot * (D * HID + C * HID + C * HID + D * HID + D * HID + D * HID + HID * D) + D * HID + C * HID + C * HID + D * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     v94 = tl.sum((v93), axis=0)
@@ -6915,6 +6936,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6931,12 +6953,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6949,8 +6971,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -6998,9 +7020,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
@@ -7008,7 +7030,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7023,15 +7045,15 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
@@ -7048,7 +7070,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -7067,8 +7089,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + C * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
@@ -7119,6 +7141,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7135,12 +7158,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -7153,8 +7176,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -7201,14 +7224,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -7220,21 +7243,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -7247,15 +7270,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -7282,17 +7305,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -7313,20 +7336,20 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7340,16 +7363,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -7365,7 +7388,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -7384,8 +7407,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -7420,32 +7443,32 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -7456,13 +7479,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -7523,6 +7546,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7539,12 +7563,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -7557,8 +7581,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -7605,14 +7629,14 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -7624,21 +7648,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -7651,15 +7675,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -7686,17 +7710,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -7717,20 +7741,20 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7744,16 +7768,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -7769,7 +7793,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -7788,8 +7812,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -7824,32 +7848,32 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -7860,13 +7884,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -7924,6 +7948,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7940,12 +7965,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -7958,8 +7983,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -8006,14 +8031,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -8025,21 +8050,21 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -8052,15 +8077,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -8087,17 +8112,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -8118,20 +8143,20 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -8145,16 +8170,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -8170,7 +8195,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -8189,8 +8214,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -8225,32 +8250,32 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -8261,13 +8286,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
@@ -8414,6 +8439,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8430,12 +8456,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :], v15)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -8448,8 +8474,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -8496,14 +8522,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -8515,21 +8541,21 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -8542,15 +8568,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h, v130)
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -8577,17 +8603,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -8608,20 +8634,20 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -8635,16 +8661,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
-        v15 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + 0 + offs_h[:, None] * D + offs_i[None, :])
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
@@ -8660,7 +8686,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -8679,8 +8705,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
@@ -8715,32 +8741,32 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
-        v30 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -8751,13 +8777,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch_ptr + slot * (HID * D + C * HID + C * HID + D * HID + C * HID + D * HID + D * HID + C * HID + HID * D + HID + HID + HID * D + C * HID + C * HID + C * HID + C * HID + D * HID) + HID * D + C * HID + C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
     v194 = tl.zeros((C, BV), DTYPE)
