@@ -84,6 +84,7 @@ def generated_path(out_dir: Path, spec_file: str, backend: str) -> Path:
 
 def cmd_compile(args) -> int:
     from .codegen import generate, generate_triton
+    from .emit_triton import CubeTileError
     from .errors import SpecError
     from .loader import load
     from .module_cache import write_atomic
@@ -106,7 +107,12 @@ def cmd_compile(args) -> int:
             continue
         for backend in BACKENDS:
             make = generate if backend == "torch" else generate_triton
-            text = make(spec, _options(args.option), command=command)
+            try:
+                text = make(spec, _options(args.option), command=command)
+            except CubeTileError as e:  # no Triton form for this spec's chunk program: its torch module stands
+                print(f"{file}: error: no {backend} module: {e}", file=sys.stderr)
+                status = 1
+                continue
             target = generated_path(out_dir, file, backend)
             if args.check:
                 current = target.read_text(encoding="utf-8") if target.exists() else None
@@ -127,6 +133,7 @@ def cmd_aot(args) -> int:
     import json
 
     from .aot import aot_report, as_json, format_rows
+    from .emit_triton import CubeTileError
     from .errors import SpecError
 
     status, rows = 0, []
@@ -138,6 +145,10 @@ def cmd_aot(args) -> int:
                                warps=args.num_warps, stages=args.num_stages, only=args.only)
         except SpecError as e:
             print(e, file=sys.stderr)
+            status = 1
+            continue
+        except CubeTileError as e:
+            print(f"{spec}: error: no Triton kernels to compile: {e}", file=sys.stderr)
             status = 1
             continue
         for r in found:

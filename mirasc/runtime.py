@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import warnings
 from collections import namedtuple
 from pathlib import Path
 from types import ModuleType
@@ -44,11 +45,28 @@ def compile(spec_or_path, backend: str = "auto", options: dict | None = None) ->
         torch_module, _ = generated_module(text, file, options, "torch", spec)
         triton_module = None
         if backend == "triton" or (backend == "auto" and triton_usable()):
-            triton_module, _ = generated_module(text, file, options, "triton", spec)
+            triton_module = _triton_module(text, file, options, spec, required=backend == "triton")
         op = MemoryOp(torch_module, text, file, options, backend=backend, triton_module=triton_module)
         op._spec = spec
         _OPS[key] = op
         return op
+
+
+def _triton_module(text: str, file, options, spec, required: bool) -> ModuleType | None:
+    """The spec's Triton module; where its chunk program has no Triton form (a tile with three axes, e.g. momentum
+    with a channel decay gate), an error naming the spec when Triton was asked for, else a warning and None (the
+    torch backend runs every call)."""
+    from .emit_triton import CubeTileError
+
+    try:
+        return generated_module(text, file, options, "triton", spec)[0]
+    except CubeTileError as err:
+        where = f"{file}: " if file else ""
+        if required:
+            raise CubeTileError(f"{where}the Triton backend cannot run this spec: {err}") from None
+        warnings.warn(f"{where}no Triton kernels for this spec, the torch backend runs it on every device ({err})",
+                      stacklevel=3)
+        return None
 
 
 class MemoryOp:

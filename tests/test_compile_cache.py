@@ -351,3 +351,45 @@ def test_cli_takes_prebuilt_names(capsys):
     assert "moneta: ok" in out and "yaad: ok" in out
     assert main(["check", "monet"]) == 1
     assert "did you mean 'moneta'" in capsys.readouterr().err
+
+
+# Momentum with a channel decay gate: its chunk program keeps a (C, C, D) tile, which no Triton kernel holds.
+NO_TRITON_FORM = """model channel_momentum
+memory linear
+gate alpha : channel, range (0, 1], activation sigmoid
+gate eta   : scalar, range [0, inf), activation softplus
+gate theta : scalar, range [0, 1), activation sigmoid
+bias l2()
+retention decay(alpha)
+algorithm momentum(lr = eta, momentum = theta)
+"""
+
+
+def test_a_spec_without_a_triton_form_is_refused_plainly_and_runs_on_torch(tmp_path, monkeypatch, capsys):
+    """Asked for Triton: an error naming the file and the tile. "auto" on a GPU machine: a warning, and the torch
+    backend runs the op. `mirasc compile -o`: the torch module is written, the Triton one is one line on stderr."""
+    from mirasc import runtime
+    from mirasc.cli import main
+    from mirasc.emit_triton import CubeTileError
+
+    spec = tmp_path / "channel_momentum.miras"
+    spec.write_text(NO_TRITON_FORM)
+    with pytest.raises(CubeTileError, match=r"channel_momentum\.miras: the Triton backend cannot run this spec: .*"
+                                            r"three axes"):
+        mirasc.compile(spec, backend="triton")
+    monkeypatch.setattr(runtime, "triton_usable", lambda: True)  # as on a machine with a GPU and triton
+    with pytest.warns(UserWarning, match="no Triton kernels for this spec, the torch backend runs it"):
+        op = mirasc.compile(spec, backend="auto")
+    assert op.triton_module is None
+    q = torch.randn(1, 5, 1, 4)
+    gates = {n: torch.full(op.gate_shapes(1, 5, 1, 4)[n], 0.5) for n in ("alpha", "eta", "theta")}
+    out, _ = op(q, q, q, gates=gates)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    assert main(["compile", str(spec), "-o", str(tmp_path / "gen")]) == 1
+    err = capsys.readouterr().err
+    assert "no triton module" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "gen" / "torch" / "channel_momentum.py").exists()
+    assert not (tmp_path / "gen" / "triton" / "channel_momentum.py").exists()
+    assert main(["aot", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "no Triton kernels to compile" in err and len(err.strip().splitlines()) == 1
