@@ -5,8 +5,9 @@ respect to q, k, v, every gate, every param and every initial-state tensor, over
 
 The chunked oracle is a Python loop over tokens (a few ms per token with gradients), so the full sequence-length
 set runs for four representative specs only (moneta, memora, titans, gated_deltanet: lq mirror map, KL lag step,
-momentum, linear delta rule); the other specs, yaad's `huber_form = token` and moneta's other `normalisation`
-variants run a reduced set {1, 63, 100} (one token; a short last chunk; several chunks and a partial one).
+momentum, linear delta rule); the other specs, yaad's `huber_form = token` and `learning = momentum` and moneta's
+other `normalisation` variants run a reduced set {1, 63, 100} (one token; a short last chunk; several chunks and a
+partial one).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ REPRESENTATIVE = ("moneta", "memora", "titans", "gated_deltanet")
 FULL_T = (1, 15, 63, 64, 100, 257)
 REDUCED_T = (1, 63, 100)
 YAAD_TOKEN = ("yaad", (("huber_form", "token"),))
+YAAD_MOMENTUM = ("yaad", (("learning", "momentum"),))  # momentum with a channel decay gate
 # moneta's three normalisations (docs/semantics.md, "Boundary maps"): every one that is not the default
 MONETA_FORMS = [("moneta", (("normalisation", form),)) for form in ("lq", "pnorm", "none")
                 if form != dict(mirasc.load(model_path("moneta")).options)["normalisation"]]
-VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN] + MONETA_FORMS
+VARIANTS = [(stem, ()) for stem in PREBUILT] + [YAAD_TOKEN, YAAD_MOMENTUM] + MONETA_FORMS
 B, H, D = 2, 2, 8
 
 
