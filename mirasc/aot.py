@@ -168,7 +168,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
     the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`,
     `block_hidden` or `block_value` say otherwise."""
-    from .backends.triton import hidden_block, max_registers, num_stages, num_warps, value_block
+    from .backends.triton import check_sizes, hidden_block, max_registers, num_stages, num_warps, value_block
     from .codegen import generate_triton
     from .loader import load
 
@@ -179,6 +179,10 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     checked = load(spec, options=options) if not hasattr(spec, "memory") else spec
     text = generate_triton(checked, options)
     hidden = head_dim * (checked.memory.expansion if checked.memory.depth > 1 else 1)
+    check_sizes(chunk_size, head_dim, hidden, on_gpu=True)
+    for what, block, whole in (("block_hidden", block_hidden, hidden), ("block_value", block_value, head_dim)):
+        if block is not None and (block < 16 or block > whole or block & (block - 1)):
+            raise ValueError(f"{what}: expected a power of two from 16 to {whole}, got {block}")
     consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden, head_dim),
               "IS_VARLEN": False, "DTYPE": "fp32",
               "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
@@ -187,6 +191,10 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         path = Path(d) / f"{checked.name}_triton.py"
         path.write_text(text, encoding="utf-8")
         names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
+        unknown = sorted(set(only or ()) - set(names))
+        if unknown:
+            raise ValueError(f"only: {checked.name} has no kernel {', '.join(unknown)}; "
+                             f"its kernels: {', '.join(names)}")
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:

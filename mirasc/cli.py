@@ -122,8 +122,12 @@ def cmd_compile(args) -> int:
                 elif not args.quiet:
                     print(f"{target}: up to date")
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, text)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, text)
+            except OSError as e:
+                print(f"{target}: error: cannot write it: {e.strerror or e}", file=sys.stderr)
+                return 1
             if not args.quiet:
                 print(f"{file} -> {target}")
     return status
@@ -151,6 +155,9 @@ def cmd_aot(args) -> int:
             print(f"{spec}: error: no Triton kernels to compile: {e}", file=sys.stderr)
             status = 1
             continue
+        except ValueError as e:  # sizes or blocks the kernels do not take, a kernel the spec does not have
+            print(f"mirasc aot: error: {e}", file=sys.stderr)
+            return 2
         for r in found:
             if args.json:
                 print(json.dumps(as_json(r)), flush=True)

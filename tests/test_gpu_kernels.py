@@ -162,6 +162,32 @@ def test_aot_finds_every_kernel_in_the_description():
     assert sorted(job_of(n) for n in names) == sorted(jobs)
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--head-dim", "48"], "head dim D: the Triton backend needs a power of two, got 48"),
+    (["--chunk-size", "0"], "chunk_size: the Triton backend needs a power of two, got 0"),
+    (["--chunk-size", "8"], "need chunk_size and D of at least 16"),
+    (["--block-value", "8"], "block_value: expected a power of two from 16 to 64, got 8"),
+    (["--only", "chunk_nope_kernel"], "titans has no kernel chunk_nope_kernel; its kernels: chunk_state_fwd_kernel"),
+])
+def test_aot_refuses_sizes_and_kernels_before_compiling(args, said, capsys):
+    """Sizes the kernels do not take and kernels the spec does not have are one line and exit 2, before anything is
+    compiled (they were one failed compile per kernel, or no output and exit 0)."""
+    from mirasc.cli import main
+
+    assert main(["aot", "titans", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mirasc aot: error: ") and said in err and len(err.strip().splitlines()) == 1
+
+
+def test_compile_reports_a_folder_it_cannot_write(tmp_path, capsys):
+    from mirasc.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["compile", "titans", "-o", str(tmp_path / "file" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "error: cannot write it" in err and len(err.strip().splitlines()) == 1
+
+
 def test_mlp_memory_kernels_compile_for_an_h100():
     """Kernels with loops over the hidden blocks compile for a GPU, which checks what the interpreter does not: a
     variable a loop assigns keeps its type (two values' temporaries once shared a name, and Moneta's backward

@@ -116,8 +116,17 @@ def _tl_dtypes(token_dtype: torch.dtype, precision: str):
 
 
 def _power_of_two(name: str, size: int) -> None:
-    if size & (size - 1):
+    if size < 1 or size & (size - 1):
         raise ValueError(f"{name}: the Triton backend needs a power of two, got {size}")
+
+
+def check_sizes(chunk_size: int, head_dim: int, hidden: int, on_gpu: bool) -> None:
+    """The sizes the kernels take: powers of two, and on a GPU at least 16 (tl.dot's smallest tile side)."""
+    for what, size in (("chunk_size", chunk_size), ("head dim D", head_dim), ("hidden size", hidden)):
+        _power_of_two(what, size)
+    if on_gpu and min(chunk_size, head_dim) < 16:
+        raise ValueError(f"the Triton kernels on a GPU need chunk_size and D of at least 16 (tensor-core tiles), "
+                         f"got chunk_size={chunk_size}, D={head_dim}")
 
 
 class _Launch:
@@ -137,11 +146,7 @@ class _Launch:
         # the interpreter runs every block's operations one by one)
         self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         self.BV = value_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
-        for what, size in (("chunk_size", self.C), ("head dim D", self.D), ("hidden size", self.HID)):
-            _power_of_two(what, size)
-        if q.is_cuda and min(self.C, self.D) < 16:
-            raise ValueError(f"the Triton kernels on a GPU need chunk_size and D of at least 16 (tensor-core tiles), "
-                             f"got chunk_size={self.C}, D={self.D}")
+        check_sizes(self.C, self.D, self.HID, on_gpu=q.is_cuda)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         self.dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
