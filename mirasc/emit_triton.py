@@ -5,7 +5,8 @@ by its axes in ir.AXIS_ORDER (no batch axis): token axes have the constexpr leng
 HID. Every contraction is a `tl.dot` of two 2-D tiles (operands cast to DOT_DTYPE: bf16/fp16 as given, fp32 on
 tf32 tensor cores unless DOT_PRECISION is "ieee", fp64 exact; fp32 accumulation, fp64 for fp64) or a product whose
 tile has at most two axes; a value or product with three axes (a (C, C, D) tile) is refused, naming it. Channel
-decay between tokens comes as ir.DecayedProduct, made one position of its summed axis at a time.
+decay between tokens comes as ir.DecayedProduct, made one position of its summed axis at a time (its factors read a
+slice at a time from the program's scratch memory).
 
 The sequence length is a runtime argument (one compile serves every length): the chunk loop is a `while` over
 the sequence's tokens. Sequences are rows of [rows, T, ...] inputs, or, with IS_VARLEN, segments
@@ -173,25 +174,52 @@ def _elementwise(v: Value) -> list[str]:
     return lines
 
 
-def _decayed_product(v: Value) -> list[str]:
+def staged_factors(v: Value) -> list[Value]:
+    """The factors of an ir.DecayedProduct that hold its summed axis: each is stored to the program's scratch memory
+    (`stage`) and read back one slice at a time (`decayed_product`)."""
+    (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
+    return [z for z in v.args if m in z.axes]
+
+
+def _local_offsets(axes: tuple[str, ...]) -> str:
+    """Offsets of a tile stored row-major by its register extents (SHAPE), from its slot's start."""
+    if len(axes) == 1:
+        return f"tl.arange(0, {SHAPE[axes[0]]})"
+    return f"tl.arange(0, {SHAPE[axes[0]]})[:, None] * {SHAPE[axes[1]]} + tl.arange(0, {SHAPE[axes[1]]})[None, :]"
+
+
+def stage(z: Value, base: str) -> str:
+    """The line storing z's tile at `base` (row-major by its register extents) for `decayed_product`."""
+    return f"tl.store({base} + {_local_offsets(z.axes)}, {name(z)})"
+
+
+def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
     """ir.DecayedProduct: Σ over the axis m the result lacks of x·y·e^{a − b}·mask, one position of m at a time, each
-    step a register tile of the result's shape (a factor holding m gives its slice at that position). The exponent
-    is clamped at 0, which changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D)
-    tile; exact for any decay, with no guard on the host."""
+    step a register tile of the result's shape. A factor holding m was staged in scratch memory at bases[id] and its
+    slice at position j is loaded from there: a register tile's slice would cost a masked sum over the whole tile (C·D
+    operations and a cross-thread reduction per factor and step), a load costs C. The exponent is clamped at 0, which
+    changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D) tile; exact for any decay,
+    with no guard on the host."""
     x, y, a, b, mask = v.args
     (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
     nm, j = name(v), f"{name(v)}_j"
     slices: list[str] = []
 
     def at(z: Value, label: str) -> str:
-        """z aligned to the result: whole if it lacks m, else its slice at position j (a vector, made first)."""
+        """z aligned to the result: whole if it lacks m, else its slice at position j (loaded first)."""
         if m not in z.axes:
             return align(z, v.axes)
-        (rest,) = [ax for ax in z.axes if ax != m]
-        k = z.axes.index(m)
-        pos = f"tl.arange(0, {SHAPE[m]}){'[:, None]' if k == 0 else '[None, :]'}"
-        slices.append(f"    {nm}_{label} = tl.sum(tl.where({pos} == {j}, {name(z)}, 0.0), axis={k})")
-        return f"{nm}_{label}{'[:, None]' if v.axes.index(rest) == 0 else '[None, :]'}"
+        if z.axes == (m,):
+            offsets = j
+        elif z.axes[1] == m:
+            offsets = f"tl.arange(0, {SHAPE[z.axes[0]]}) * {SHAPE[m]} + {j}"
+        else:
+            offsets = f"{j} * {SHAPE[z.axes[1]]} + tl.arange(0, {SHAPE[z.axes[1]]})"
+        slices.append(f"    {nm}_{label} = tl.load({bases[z.id]} + {offsets})")
+        rest = [ax for ax in z.axes if ax != m]
+        if not rest:
+            return f"{nm}_{label}"
+        return f"{nm}_{label}{'[:, None]' if v.axes.index(rest[0]) == 0 else '[None, :]'}"
 
     factors = [at(x, "x"), at(y, "y"), at(mask, "m")]
     exponent = f"{at(a, 'a')} - {at(b, 'b')}"  # a[t, c] − b[s, c] ≤ 0 wherever the mask holds
@@ -217,7 +245,7 @@ def line(v: Value) -> list[str]:  # noqa: C901 - one case per op
     if isinstance(op, ir.TriInverse):
         return _tri_inverse(v)
     if isinstance(op, ir.DecayedProduct):
-        return _decayed_product(v)
+        raise TypeError(f"{describe(v)}: made by mirasc.kernel_body (decayed_product), which stages its factors")
     if isinstance(op, ir.LogSumExp):
         a = v.args[0]
         k = a.axes.index(op.axis)

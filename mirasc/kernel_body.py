@@ -14,7 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ir
-from .emit_triton import OFFS, SIZE, inlined, line, name, reduces_hidden, reduction_lines, wide
+from .emit_triton import (
+    OFFS,
+    SIZE,
+    decayed_product,
+    inlined,
+    line,
+    name,
+    reduces_hidden,
+    reduction_lines,
+    stage,
+    staged_factors,
+    wide,
+)
 from .ir import Graph, Value
 from .kernel_plan import peak_units, schedule, summands
 
@@ -131,7 +143,10 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
+    # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product)
+    kept += list({z.id: z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v)}.values())
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
+    staged: set[int] = set()
 
     def fetch(v: Value, here: int) -> list[str]:
         """Lines making a wide value read in loop `here` available: its block from memory if made elsewhere."""
@@ -145,12 +160,14 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     lines: list[str] = []
     if kept:  # the program's slot holds the blocks of these values one after another
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
-                     f"{', '.join(name(v) for v in kept)}")
+                     f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
     for j, seg in enumerate(segments):
         if not isinstance(seg, _Loop):
             if isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
                     lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
+            elif isinstance(seg.op, ir.DecayedProduct):
+                lines += _decayed_product_lines(seg, slot, staged)
             elif seg.id not in accumulated:  # a shared accumulator is made in its terms' loop
                 lines += _with_hint(seg, line(seg))
             continue
@@ -181,6 +198,16 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     return Body(lines, [v.axes for v in kept], peak_units(graph, order))
 
 
+def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:
+    """A channel-decay product: its factors that hold the summed axis stored to their slots (once per chunk), then
+    the product reading their slices; barriers around it, since every thread reads slices of tiles other threads
+    stored, and (in a kernel walking its chunks) the next chunk stores them again."""
+    lines = [stage(z, slot[z.id]) for z in staged_factors(v) if z.id not in staged]
+    staged.update(z.id for z in staged_factors(v))
+    return (lines + ["tl.debug_barrier()"] + _with_hint(v, decayed_product(v, slot)) +
+            ["tl.debug_barrier()  # every slice read before the slots are written again"])
+
+
 def _shared_accumulators(graph: Graph, loop_of: dict[int, int]) -> dict[int, Value]:
     """{term: sum} for each value that is a plain sum of contractions over the hidden axis made in one loop
     (`loop_of`: the loop each looped value is made in), where each term is read by that sum alone: the terms then
@@ -208,11 +235,17 @@ def _read(v: Value) -> list[Value]:
     return out
 
 
+# A value's extent in a scratch slot: its extent in memory, but the value axis's block (BV, which is D in a kernel
+# that does not run by value blocks), since each block of value columns has a slot of its own.
+SLOT_SIZE = {**SIZE, "o": "BV"}
+
+
 def _slot_offset(kept: list[Value], k: int) -> str:
     """Where the k-th kept value's block starts in the slot: the sizes before it, each size counted once."""
     counts: dict[str, int] = {}
     for v in kept[:k]:
-        counts[_size(v.axes)] = counts.get(_size(v.axes), 0) + 1
+        size = " * ".join(SLOT_SIZE[a] for a in v.axes) or "1"
+        counts[size] = counts.get(size, 0) + 1
     return " + ".join(size if n == 1 else f"{n} * {size}" for size, n in counts.items()) or "0"
 
 

@@ -9,7 +9,8 @@ An MLP memory's hidden axis is made in blocks of BH inside loops over the blocks
 writes each chunk's lines and the loads and stores around them). The hidden-axis state matrices then live in
 memory: the state pass reads a chunk's start state from `starts` and writes the next one there, the backward state
 pass likewise with `carries`, and a block made in one loop and read in another goes through the program's scratch
-memory (one slot per program; the launcher runs chunk kernels with scratch in waves that fit its budget).
+memory (one slot per program; the launcher runs chunk kernels with scratch in waves that fit its budget). The
+factors of a channel-decay product go through the same scratch memory (mirasc.emit_triton.decayed_product).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def _state_forward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_fwd_kernel", doc, "up", args,
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
-                      value_blocks="columns" if not b.scratch and value_local(part) else "none", tiles=b.tiles)
+                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -195,8 +196,8 @@ def _outputs(a: _Assembler) -> Kernel:
     return Kernel("chunk_out_fwd_kernel", "one chunk's outputs, from its stored start state", "chunk",
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
-                  [], b.scratch, value_blocks="columns" if not a.hidden and not b.scratch and value_local(part)
-                  else "none", tiles=b.tiles)
+                  [], b.scratch, value_blocks="columns" if not a.hidden and value_local(part) else "none",
+                  tiles=b.tiles)
 
 
 def _state_backward(a: _Assembler) -> Kernel:
@@ -215,7 +216,7 @@ def _state_backward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_bwd_kernel", doc, "down", args,
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-                      value_blocks="columns" if not b.scratch and value_local(part) else "none", tiles=b.tiles)
+                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -254,7 +255,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             grad = (store(ptr, axes[n], "", g, token=True) if token[n] else store(ptr, axes[n], a.at, g, mask="nv > 0"))
             args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
                     [f"{k}_ptr" for k in a.kept] + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
-            kinds = None if a.hidden or b.scratch else value_kinds(part)
+            kinds = None if a.hidden else value_kinds(part)
             blocks = "none" if kinds is None else kinds[part.outputs["term"].id]
             blocks = "none" if blocks == "whole" else blocks
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]

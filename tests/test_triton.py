@@ -368,6 +368,29 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
+def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
+    """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
+    go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one
+    buffer; fp64 against the torch backend. The scratch buffer, NaN-poisoned before each launch, must be written
+    everywhere (blocks sharing a slot would mix their tiles on a GPU; the interpreter runs programs one at a time)."""
+    import mirasc.backends.triton as backend
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "specs" / "gla.miras"
+    tri, ref = mirasc.compile(path, backend="triton"), mirasc.compile(path, backend="torch")
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert any(info["scratch"] and info["value_blocks"] == "columns" for info in jobs.values()), jobs
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=7)
+    monkeypatch.setattr(backend, "INTERPRETER_VALUE_BLOCK", D // 4)
+    monkeypatch.setattr(backend, "INTERPRETER_SCRATCH_BYTES", 1)
+    launch = backend.launch_fitting
+    monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, args, consts: _every_slot_written(
+        launch, fn, grid, args, consts))
+    got = _run(tri, _to(ins), 16)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    err = _errors(got, _run(ref, ins, 16))
+    assert max(err.values()) < 1e-10, err
+
+
 def test_dot_precision_is_checked(ops):
     tri, _ = ops("mamba2")
     assert tri.dot_precision == "tf32" and tri.with_dot_precision("ieee").dot_precision == "ieee"

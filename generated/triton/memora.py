@@ -47,7 +47,15 @@ DESCRIPTION = {'spec': 'memora',
                                      ['o', 'h'],
                                      ['o'],
                                      ['o', 'h'],
-                                     ['t', 'h']],
+                                     ['t', 'h'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 's'],
+                                     ['s', 'o'],
+                                     ['s', 'o'],
+                                     ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 10.0},
              'state_bwd': {'grid': 'sequences',
@@ -76,7 +84,17 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['h', 'i'],
                                        ['h'],
-                                       ['h']],
+                                       ['h'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 27.0},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
@@ -92,7 +110,18 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 12.0},
              'grad_q_2_bwd': {'grid': 'chunks',
@@ -106,7 +135,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
              'grad_k_0_bwd': {'grid': 'chunks',
@@ -121,7 +160,18 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0},
              'grad_k_1_bwd': {'grid': 'chunks',
@@ -136,7 +186,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
              'grad_k_2_bwd': {'grid': 'chunks',
@@ -156,7 +216,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
              'grad_k_3_bwd': {'grid': 'chunks',
@@ -184,7 +254,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o'],
                                           ['o', 'h'],
                                           ['h', 'i'],
-                                          ['h']],
+                                          ['h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 27.0},
              'grad_v_0_bwd': {'grid': 'chunks',
@@ -199,7 +279,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
              'grad_v_1_bwd': {'grid': 'chunks',
@@ -222,7 +312,17 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
-                                          ['o']],
+                                          ['o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 26.5},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
@@ -238,7 +338,18 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 22.0},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
@@ -263,7 +374,17 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['o', 'h'],
                                                    ['o', 'h'],
-                                                   ['o']],
+                                                   ['o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 27.0},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
@@ -278,7 +399,18 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']],
+                                                 ['s', 'h'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 15.0},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
@@ -302,7 +434,17 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['o', 'h'],
                                                  ['o', 'h'],
-                                                 ['o']],
+                                                 ['o'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 26.0},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
@@ -314,7 +456,15 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o'],
                                                   ['o', 'h'],
-                                                  ['t', 'h']],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
@@ -329,7 +479,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
@@ -344,7 +504,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
@@ -359,7 +529,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
@@ -382,7 +562,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']],
+                                                  ['o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
              'grad_ln_weight_5_bwd': {'grid': 'chunks',
@@ -405,7 +595,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']],
+                                                  ['o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
              'grad_ln_weight_6_bwd': {'grid': 'chunks',
@@ -428,7 +628,17 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
-                                                  ['o']],
+                                                  ['o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
@@ -444,7 +654,17 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['o', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
-                                                ['t', 'h']],
+                                                ['t', 'h'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 17.0},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
@@ -467,7 +687,17 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'h'],
                                                 ['o', 'h'],
                                                 ['o', 'h'],
-                                                ['o']],
+                                                ['o'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 26.5}},
  'stored': []}
@@ -512,7 +742,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v109, v63, v58, v59, v60, v64
+        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -617,11 +847,11 @@ def chunk_state_fwd_kernel(
             offs_g = offs_h
             v58 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-            tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+            tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
             v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v64_c0 = (0.5 * v63)
             v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v64)
+            tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
             v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v66 = tl.sum((v65), axis=1)
@@ -651,7 +881,7 @@ def chunk_state_fwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -663,7 +893,7 @@ def chunk_state_fwd_kernel(
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v110.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v110.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v115 = (v114[:, None] * v60)
-            v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v103 = v64
             v113 = tl.dot(tl.trans(v112).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v116 = (v115 - v113)  # layer 2 end state
@@ -708,7 +938,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v102
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v91, v111, v112, v107, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -798,7 +1028,7 @@ def chunk_out_fwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -831,13 +1061,19 @@ def chunk_out_fwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, q, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v90, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v91, 0.0), axis=1)
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
+        v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
     v110 = v85
@@ -849,7 +1085,7 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -861,25 +1097,31 @@ def chunk_out_fwd_kernel(
         v101 = (v95 - v100)
         v102_c0 = (0.5 * v101)
         v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, v111, 0.0), axis=1)
-        v113_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v112, 0.0), axis=0)
-        v113_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v113_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v107, 0.0), axis=0)
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v105 = (v103 * v104)
     v114 = (v105 - v113)
@@ -933,7 +1175,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D)  # v19, v20, v47, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v218, v219, v231, v236, v238
+        scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v47, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v218, v219, v231, v236, v238, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
@@ -1026,7 +1268,7 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
             v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -1059,13 +1301,19 @@ def chunk_state_bwd_kernel(
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v93 = tl.cumsum(v92, axis=0, reverse=False)
         v94 = v93
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+        tl.debug_barrier()
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, D):  # the summed axis i, one position at a time
-            v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-            v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-            v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-            v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+            v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+            v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+            v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+            v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
             v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        tl.debug_barrier()  # every slice read before the slots are written again
         v98 = tl.exp(v93)  # cumulative decay in the chunk
         v101 = (q * v98)
         v117 = v85
@@ -1077,9 +1325,9 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
             v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
             v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1088,29 +1336,35 @@ def chunk_state_bwd_kernel(
             v54 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
             v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v108 = (v102 - v107)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
             v109_c0 = (0.5 * v108)
             v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
             v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v116 = v64
-            tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
             v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()
         v120 = tl.zeros((C, BV), DTYPE)
         for v120_j in range(0, C):  # the summed axis s, one position at a time
-            v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-            v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-            v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+            v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+            v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+            v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+            v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
             v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v110 = v98
         v111 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v112 = (v110 * v111)
         v121 = (v112 - v120)
@@ -1132,13 +1386,17 @@ def chunk_state_bwd_kernel(
         v153 = (v152 / (D))
         v154 = (v150 + v153[:, None])
         v155 = ((-1.0) * v154)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+        tl.debug_barrier()
         v156 = tl.zeros((C, C), DTYPE)
         for v156_j in range(0, BV):  # the summed axis o, one position at a time
-            v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-            v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-            v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-            v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+            v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+            v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+            v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+            v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
             v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v165 = (v110 * v154)
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -1146,13 +1404,15 @@ def chunk_state_bwd_kernel(
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         v100 = (v97 * v99)
         v143 = (v100 * v103)
+        tl.debug_barrier()
         v157 = tl.zeros((C, BV), DTYPE)
         for v157_j in range(0, C):  # the summed axis t, one position at a time
-            v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-            v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-            v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+            v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+            v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+            v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+            v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
             v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v158 = (v115 * v157)
         v130 = v100
         v178 = tl.zeros((C, BV), DTYPE)
@@ -1160,15 +1420,15 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+            v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v168 = (v159 + v166)
-            v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
             v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
             v170 = ((-1.0) * v169)
             v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1176,15 +1436,15 @@ def chunk_state_bwd_kernel(
             v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v172 = (v144 + v171)
             v173 = v172
-            tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
             v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
             v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
             v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
             v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v138 = (v130 * v137)
@@ -1227,16 +1487,16 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v136 = (v131[:, None] * d_new_w2)
             v213 = (v136 + v167 + v177 + v208)
             v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v214 = (v213 * tl.exp((v58 - v59[:, None])))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
             v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
             v216 += tl.sum((v215), axis=1)
         tl.debug_barrier()
@@ -1247,19 +1507,19 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-            v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v218 = (v214 + v217)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :], v218)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v218)
             v219 = ((-1.0) * v35[:, None] * v218)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :], v219)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v219)
             v20 = tl.load(scratch + HID + offs_h)
             v222 = (v20[None, :] * v219)
             v242 += tl.sum((v222), axis=1)
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+            v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v163 = (v140 + v160)
             v164 = v163
@@ -1267,8 +1527,8 @@ def chunk_state_bwd_kernel(
             v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
             v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-            v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v175_c2 = (0.5 * (v63 * v63))
@@ -1276,7 +1536,7 @@ def chunk_state_bwd_kernel(
             v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
             v211 = (v175 + v210)
             v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+            v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v142 = (v129[None, :] * d_new_w1)
@@ -1288,15 +1548,15 @@ def chunk_state_bwd_kernel(
             v229 = tl.sum((v228), axis=1)
             v230 = (v229[:, None] * tl.exp((v52 - v53[:, None])))
             v231 = (v227 + v230)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h[:, None] * D + offs_i[None, :], v231)
+            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :], v231)
             v232 = ((-1.0) * v13[None, :] * v231)
             v235 = (v15[None, :] * v232)
             v236 = tl.sum((v235), axis=1)
-            tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h, v236)
+            tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h, v236)
             v19 = tl.load(scratch + offs_h)
             v238_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
             v238 = (v236 * (0.5 + (0.5 * tl.math.erf(v238_c0)) + (v238_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h, v238)
+            tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h, v238)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v240 = (w2 * v238[None, :])
             v242 += tl.sum((v240), axis=1)
@@ -1334,7 +1594,7 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v270 = (w2 * v269[:, None])
             v271 = tl.sum((v270), axis=0)
-            v219 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :])
+            v219 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
             v224 = (v45[:, None] * v219)
             v225 = tl.sum((v224), axis=0)
             v273 = (v225 + v271)
@@ -1342,7 +1602,7 @@ def chunk_state_bwd_kernel(
             v274_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
             v274 = (v273 * (0.5 + (0.5 * tl.math.erf(v274_c0)) + (v274_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v47 = tl.load(scratch + 2 * HID + offs_h)
-            v236 = tl.load(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h)
+            v236 = tl.load(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h)
             v237_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v237_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v237_c2 = (0.5 * (v19 * v19))
@@ -1350,7 +1610,7 @@ def chunk_state_bwd_kernel(
             v237 = (v47 * v236 * ((v237_c0 * v237_c1 * v237_c3) - (v237_c0 * v237_c1 * v237_c2 * v237_c3)))
             v275 = (v237 + v274)
             v276 = (v15[None, :] * v275[:, None])
-            v231 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h[:, None] * D + offs_i[None, :])
+            v231 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :])
             v233 = (v11[None, :] * v231)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v234 = (v233 * tl.where((tl.full((), -1e-06, DTYPE) + w1) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-06, DTYPE), w1)))
@@ -1359,10 +1619,10 @@ def chunk_state_bwd_kernel(
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v278.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             v20 = tl.load(scratch + HID + offs_h)
             v272 = (v20[None, :] * v269[:, None])
-            v218 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :])
+            v218 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
             v220 = (v34[:, None] * v218)
             v221 = (v220 * tl.where((tl.full((), -1e-06, DTYPE) + w2) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-06, DTYPE), w2)))
-            v238 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * D * HID + 2 * D + offs_h)
+            v238 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h)
             v239 = (v45[:, None] * v238[None, :])
             v277 = (v221 + v239 + v272)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v277.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
@@ -1446,7 +1706,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v101, v102, v109
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v101, v102, v109, q, v98, v90, v91, v111, v112, v107, causal, v134, v106, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1536,7 +1796,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -1569,13 +1829,19 @@ def chunk_grad_q_1_bwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, q, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v90, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v91, 0.0), axis=1)
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
+        v99_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
     v110 = v85
@@ -1587,40 +1853,46 @@ def chunk_grad_q_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v97 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v97)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v95 = tl.dot(v94.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v101 = (v95 - v100)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v101)
         v102_c0 = (0.5 * v101)
         v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, v111, 0.0), axis=1)
-        v113_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v112, 0.0), axis=0)
-        v113_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v113_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v107, 0.0), axis=0)
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v105 = (v103 * v104)
     v114 = (v105 - v113)
@@ -1642,36 +1914,43 @@ def chunk_grad_q_1_bwd_kernel(
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v106)
+    tl.debug_barrier()
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v134, 0.0), axis=1)
-        v135_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v112, 0.0), axis=1)
-        v135_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v106, 0.0), axis=1)
-        v135_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v107, 0.0), axis=1)
+        v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
+        v135_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v135_j)
         v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v142 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v136 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v138 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v139 = (v136 + v138)
-        v101 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v140_c0 = (0.5 * v101 * tl.full((), 1.4142135623730951, DTYPE))
         v140 = (v139 * (0.5 + (0.5 * tl.math.erf(v140_c0)) + (v140_c0 * tl.exp(((-0.5) * (v101 * v101))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v141 = ((-1.0) * v140)
-        v97 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v97 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
+    tl.debug_barrier()
     v143 = tl.zeros((C, D), DTYPE)
     for v143_j in range(0, C):  # the summed axis s, one position at a time
-        v143_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v143_j, v142, 0.0), axis=1)
-        v143_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v143_j, v98, 0.0), axis=0)
-        v143_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v143_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v143_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v143_j, v91, 0.0), axis=0)
+        v143_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v143_j)
+        v143_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_j * D + tl.arange(0, D))
+        v143_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v143_j)
+        v143_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + v143_j * D + tl.arange(0, D))
         v143 += v143_x[:, None] * v143_y[None, :] * v143_m[:, None] * tl.exp(tl.minimum(v90 - v143_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -1710,7 +1989,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, q, v98, v90, v91, v111, v112, v107, causal, v134, v106
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1800,7 +2079,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -1833,13 +2112,19 @@ def chunk_grad_q_2_bwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, q, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v90, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v91, 0.0), axis=1)
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
+        v99_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
     v110 = v85
@@ -1851,7 +2136,7 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -1861,29 +2146,35 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v95 = tl.dot(v94.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v101 = (v95 - v100)
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v101)
         v102_c0 = (0.5 * v101)
         v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = v64
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, v111, 0.0), axis=1)
-        v113_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v112, 0.0), axis=0)
-        v113_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v113_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v107, 0.0), axis=0)
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v102 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v105 = (v103 * v104)
     v114 = (v105 - v113)
@@ -1905,24 +2196,28 @@ def chunk_grad_q_2_bwd_kernel(
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v106)
+    tl.debug_barrier()
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v134, 0.0), axis=1)
-        v135_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v112, 0.0), axis=1)
-        v135_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v106, 0.0), axis=1)
-        v135_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v135_j, v107, 0.0), axis=1)
+        v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
+        v135_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v135_j)
         v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v141 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v136 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v138 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v139 = (v136 + v138)
-        v101 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v140_c0 = (0.5 * v101 * tl.full((), 1.4142135623730951, DTYPE))
         v140 = (v139 * (0.5 + (0.5 * tl.math.erf(v140_c0)) + (v140_c0 * tl.exp(((-0.5) * (v101 * v101))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
@@ -1966,7 +2261,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, q, v105, v93, v94, v118, v119, v114, causal, v144, v113, v152
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2056,7 +2351,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -2089,13 +2384,19 @@ def chunk_grad_k_0_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -2107,40 +2408,46 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v104 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v104)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -2162,36 +2469,43 @@ def chunk_grad_k_0_bwd_kernel(
     v142 = (v141 / (D))
     v143 = (v139 + v142[:, None])
     v144 = ((-1.0) * v143)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v144)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v145 = tl.zeros((C, C), DTYPE)
     for v145_j in range(0, BV):  # the summed axis o, one position at a time
-        v145_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v145_j, v144, 0.0), axis=1)
-        v145_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v145_j, v119, 0.0), axis=1)
-        v145_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v145_j, v113, 0.0), axis=1)
-        v145_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v145_j, v114, 0.0), axis=1)
+        v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v145_j)
+        v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v145_j)
+        v145_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v145_j)
+        v145_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v145_j)
         v145 += v145_x[:, None] * v145_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v145_a[:, None] - v145_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v147 = (v110 * v143)
     v152 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v146 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v148 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v147).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v149 = (v146 + v148)
-        v108 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v150_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v150 = (v149 * (0.5 + (0.5 * tl.math.erf(v150_c0)) + (v150_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v151 = ((-1.0) * v150)
-        v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
+    tl.debug_barrier()
     v153 = tl.zeros((C, D), DTYPE)
     for v153_j in range(0, C):  # the summed axis t, one position at a time
-        v153_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v153_j, v152, 0.0), axis=0)
-        v153_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v153_j, q, 0.0), axis=0)
-        v153_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v153_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v153_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v153_j, v93, 0.0), axis=0)
+        v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v153_j * C + tl.arange(0, C))
+        v153_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v153_j * D + tl.arange(0, D))
+        v153_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v153_j * C + tl.arange(0, C))
+        v153_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v153_j * D + tl.arange(0, D))
         v153 += v153_x[:, None] * v153_y[None, :] * v153_m[:, None] * tl.exp(tl.minimum(v153_a[None, :] - v94, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v154 = (v99 * v153)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -2204,7 +2518,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v131 = ((-1.0) * d_new_w1)
-        v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v132 += tl.dot(v104.to(DOT_DTYPE), v131.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v133 = (v100 * v132)
     v155 = (v133 + v154)
@@ -2247,7 +2561,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2338,7 +2652,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -2366,7 +2680,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -2379,13 +2693,19 @@ def chunk_grad_k_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -2406,7 +2726,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -2414,10 +2734,10 @@ def chunk_grad_k_1_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -2429,16 +2749,22 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2458,24 +2784,30 @@ def chunk_grad_k_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2484,12 +2816,12 @@ def chunk_grad_k_1_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -2550,7 +2882,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, q, v105, v93, v94, v118, v119, v114, causal, v150, v113
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -2638,11 +2970,11 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64_c0 = (0.5 * v63)
         v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v64)
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -2680,13 +3012,19 @@ def chunk_grad_k_2_bwd_kernel(
     v138 = (v100 * v103)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v110 = v98
@@ -2694,13 +3032,13 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v137 = ((-1.0) * d_new_w1)
         v139 = tl.dot(v138.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v139)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v139)
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2709,13 +3047,13 @@ def chunk_grad_k_2_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -2728,16 +3066,22 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2757,13 +3101,17 @@ def chunk_grad_k_2_bwd_kernel(
     v148 = (v147 / (D))
     v149 = (v145 + v148[:, None])
     v150 = ((-1.0) * v149)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v151 = tl.zeros((C, C), DTYPE)
     for v151_j in range(0, BV):  # the summed axis o, one position at a time
-        v151_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v151_j, v150, 0.0), axis=1)
-        v151_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v151_j, v119, 0.0), axis=1)
-        v151_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v151_j, v113, 0.0), axis=1)
-        v151_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v151_j, v114, 0.0), axis=1)
+        v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v151_j)
+        v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v151_j)
+        v151_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v151_j)
+        v151_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v151_j)
         v151 += v151_x[:, None] * v151_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v151_a[:, None] - v151_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v110 * v149)
     v128 = v100
     v135 = (v128 * v117)
@@ -2771,46 +3119,48 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v154 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v161 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v160).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v162 = (v154 + v161)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v163_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 = ((-1.0) * v163)
         v165 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v164.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v139 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v139 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v166 = (v139 + v165)
         v167 = v166
-        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v167)
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v168_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v168_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v168_c2 = (0.5 * (v63 * v63))
         v168_c3 = tl.exp(((-1.0) * v168_c2))
         v168 = (v86 * v167 * ((v168_c0 * v168_c1 * v168_c3) - (v168_c0 * v168_c1 * v168_c2 * v168_c3)))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v168)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v168)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v136 = tl.dot(v135.to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v155 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v151.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v158 = (v136 + v155)
         v159 = v158
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v159)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v159)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v134 = (v128 * v133)
+    tl.debug_barrier()
     v152 = tl.zeros((C, BV), DTYPE)
     for v152_j in range(0, C):  # the summed axis t, one position at a time
-        v152_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v152_j, v150, 0.0), axis=0)
-        v152_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v152_j, v118, 0.0), axis=0)
-        v152_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v152_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v152_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v152_j, v113, 0.0), axis=0)
+        v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v152_j * BV + tl.arange(0, BV))
+        v152_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + v152_j * C + tl.arange(0, C))
+        v152_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v152_j * C + tl.arange(0, C))
+        v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v152_j * BV + tl.arange(0, BV))
         v152 += v152_x[None, :] * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v115 * v152)
     v156 = (v134 + v153)
     v157 = v156
@@ -2819,10 +3169,10 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v167 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v170 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v171 = (v157 + v170)
     v172 = tl.sum((v171), axis=1)
@@ -2856,14 +3206,14 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v199 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v198).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v159 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v159 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v200 = (v159 + v199)
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v201 = (v200 * (0.5 + (0.5 * tl.math.erf(v201_c0)) + (v201_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v168 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v168 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v202 = (v168 + v201)
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v203 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v202).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -2905,7 +3255,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D)  # v19, v20, v47, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v219, v230, v232
+    scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v47, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v219, v230, v232, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2999,7 +3349,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -3032,13 +3382,19 @@ def chunk_grad_k_3_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -3050,9 +3406,9 @@ def chunk_grad_k_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3061,29 +3417,35 @@ def chunk_grad_k_3_bwd_kernel(
         v54 = tl.load(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -3105,13 +3467,17 @@ def chunk_grad_k_3_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -3119,13 +3485,15 @@ def chunk_grad_k_3_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -3133,15 +3501,15 @@ def chunk_grad_k_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -3149,15 +3517,15 @@ def chunk_grad_k_3_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -3200,16 +3568,16 @@ def chunk_grad_k_3_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -3220,18 +3588,18 @@ def chunk_grad_k_3_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :], v219)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v219)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v239 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -3239,8 +3607,8 @@ def chunk_grad_k_3_bwd_kernel(
         v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -3248,7 +3616,7 @@ def chunk_grad_k_3_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -3261,10 +3629,10 @@ def chunk_grad_k_3_bwd_kernel(
         v228 = (v227[:, None] * tl.exp((v52 - v53[:, None])))
         v229 = (v225 + v228)
         v230 = ((-1.0) * v13[None, :] * v229)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_h[:, None] * D + offs_i[None, :], v230)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :], v230)
         v231 = (v15[None, :] * v230)
         v232 = tl.sum((v231), axis=1)
-        tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_h, v232)
+        tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h, v232)
         v19 = tl.load(scratch + offs_h)
         v236_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v236 = (v232 * (0.5 + (0.5 * tl.math.erf(v236_c0)) + (v236_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
@@ -3308,7 +3676,7 @@ def chunk_grad_k_3_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v268 = (w2 * v267[:, None])
         v269 = tl.sum((v268), axis=0)
-        v219 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D + offs_o[:, None] * HID + offs_h[None, :])
+        v219 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
         v222 = (v45[:, None] * v219)
         v223 = tl.sum((v222), axis=0)
         v270 = (v223 + v269)
@@ -3316,7 +3684,7 @@ def chunk_grad_k_3_bwd_kernel(
         v271_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v271 = (v270 * (0.5 + (0.5 * tl.math.erf(v271_c0)) + (v271_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v47 = tl.load(scratch + 2 * HID + offs_h)
-        v232 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_h)
+        v232 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h)
         v235_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v235_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v235_c2 = (0.5 * (v19 * v19))
@@ -3327,7 +3695,7 @@ def chunk_grad_k_3_bwd_kernel(
         v273 = (w1 * v272[:, None])
         v274 += tl.sum((v273), axis=0)
         v48 = tl.load(scratch + 3 * HID + offs_h)
-        v230 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D + offs_h[:, None] * D + offs_i[None, :])
+        v230 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :])
         v233 = (v48[:, None] * v230)
         v234 += tl.sum((v233), axis=0)
     v275 = (v234 + v256 + v274)
@@ -3370,7 +3738,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3461,7 +3829,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -3489,7 +3857,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -3502,13 +3870,19 @@ def chunk_grad_v_0_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -3529,7 +3903,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -3537,10 +3911,10 @@ def chunk_grad_v_0_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -3552,16 +3926,22 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3581,24 +3961,30 @@ def chunk_grad_v_0_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3607,12 +3993,12 @@ def chunk_grad_v_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -3673,7 +4059,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3765,7 +4151,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -3798,13 +4184,19 @@ def chunk_grad_v_1_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -3816,9 +4208,9 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3827,29 +4219,35 @@ def chunk_grad_v_1_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -3871,13 +4269,17 @@ def chunk_grad_v_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -3885,13 +4287,15 @@ def chunk_grad_v_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -3899,15 +4303,15 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -3915,15 +4319,15 @@ def chunk_grad_v_1_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -3966,16 +4370,16 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -3986,17 +4390,17 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -4004,8 +4408,8 @@ def chunk_grad_v_1_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -4013,7 +4417,7 @@ def chunk_grad_v_1_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -4084,7 +4488,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v106, v107, v114, v166
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v106, v107, v114, v166, q, v103, v93, v94, v116, v117, v112, causal, v153, v111, v168
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4174,7 +4578,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -4207,13 +4611,19 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v104 = tl.zeros((C, C), DTYPE)
     for v104_j in range(0, D):  # the summed axis i, one position at a time
-        v104_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v104_j, q, 0.0), axis=1)
-        v104_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v104_j, v103, 0.0), axis=1)
-        v104_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v104_j, v93, 0.0), axis=1)
-        v104_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v104_j, v94, 0.0), axis=1)
+        v104_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v104_j)
+        v104_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v104_j)
+        v104_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
+        v104_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v104_j)
         v104 += v104_x[:, None] * v104_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v104_a[:, None] - v104_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v97 = tl.exp(v93)  # cumulative decay in the chunk
     v99 = (q * v97)
     v115 = v85
@@ -4225,40 +4635,46 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v102 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v102)
         v105 = tl.dot(v104.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v100 = tl.dot(v99.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v106 = (v100 - v105)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v106)
+        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v106)
         v107_c0 = (0.5 * v106)
         v107 = (v107_c0 * (1.0 + tl.math.erf((v107_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v107)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v114)
+        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v114)
         v116 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v118 = tl.zeros((C, BV), DTYPE)
     for v118_j in range(0, C):  # the summed axis s, one position at a time
-        v118_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v118_j, v116, 0.0), axis=1)
-        v118_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v118_j, v117, 0.0), axis=0)
-        v118_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v118_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v118_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v118_j, v112, 0.0), axis=0)
+        v118_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v118_j)
+        v118_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v118_j * BV + tl.arange(0, BV))
+        v118_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v118_j)
+        v118_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v118_j * BV + tl.arange(0, BV))
         v118 += v118_x[:, None] * v118_y[None, :] * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v108 = v97
     v109 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v109 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v110 = (v108 * v109)
     v119 = (v110 - v118)
@@ -4280,45 +4696,52 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v151 = (v150 / (D))
     v152 = (v148 + v151[:, None])
     v153 = ((-1.0) * v152)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v111)
+    tl.debug_barrier()
     v154 = tl.zeros((C, C), DTYPE)
     for v154_j in range(0, BV):  # the summed axis o, one position at a time
-        v154_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v154_j, v153, 0.0), axis=1)
-        v154_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v154_j, v117, 0.0), axis=1)
-        v154_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v154_j, v111, 0.0), axis=1)
-        v154_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v154_j, v112, 0.0), axis=1)
+        v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v154_j)
+        v154_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v154_j)
+        v154_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v154_j)
+        v154_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v154_j)
         v154 += v154_x[:, None] * v154_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v154_a[:, None] - v154_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v161 = (v108 * v152)
     v168 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 = tl.trans(tl.dot(tl.trans(v114).to(DOT_DTYPE), tl.trans(v154).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v162 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v165 = (v158 + v162)
-        v106 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v166_c0 = (0.5 * v106 * tl.full((), 1.4142135623730951, DTYPE))
         v166 = (v165 * (0.5 + (0.5 * tl.math.erf(v166_c0)) + (v166_c0 * tl.exp(((-0.5) * (v106 * v106))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v166)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v166)
         v167 = ((-1.0) * v166)
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
     tl.debug_barrier()
     v169 = tl.zeros((C, D), DTYPE)
     for v169_j in range(0, C):  # the summed axis s, one position at a time
-        v169_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v169_j, v103, 0.0), axis=0)
-        v169_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v169_j, v168, 0.0), axis=1)
-        v169_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v169_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v169_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v169_j, v94, 0.0), axis=0)
+        v169_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v169_j * D + tl.arange(0, D))
+        v169_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v169_j)
+        v169_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v169_j)
+        v169_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + v169_j * D + tl.arange(0, D))
         v169 += v169_x[None, :] * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v170 = (q * v169)
     v173 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v166 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v166 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v173 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v174 = (q * v173)
     v163 = (v152 * v109)
@@ -4327,7 +4750,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v130 = (v60 * d_new_w2)
         v131 += tl.sum((v130), axis=1)
@@ -4344,21 +4767,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v140 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v139[None, :])
     v177 = (v140 + v164 + v174)
     v178 = (v177 * tl.exp(v93))
+    tl.debug_barrier()
     v171 = tl.zeros((C, D), DTYPE)
     for v171_j in range(0, C):  # the summed axis t, one position at a time
-        v171_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v171_j, q, 0.0), axis=0)
-        v171_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v171_j, v168, 0.0), axis=0)
-        v171_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v171_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v171_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v171_j, v93, 0.0), axis=0)
+        v171_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v171_j * D + tl.arange(0, D))
+        v171_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v171_j * C + tl.arange(0, C))
+        v171_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v171_j * C + tl.arange(0, C))
+        v171_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v171_j * D + tl.arange(0, D))
         v171 += v171_x[None, :] * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a[None, :] - v94, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v172 = ((-1.0) * v103 * v171)
+    tl.debug_barrier()
     v156 = tl.zeros((C, BV), DTYPE)
     for v156_j in range(0, C):  # the summed axis t, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v156_j, v116, 0.0), axis=0)
-        v156_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v156_j, v153, 0.0), axis=0)
-        v156_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v156_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v156_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v156_j, v111, 0.0), axis=0)
+        v156_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + v156_j * C + tl.arange(0, C))
+        v156_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v156_j * BV + tl.arange(0, BV))
+        v156_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v156_j * C + tl.arange(0, C))
+        v156_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v156_j * BV + tl.arange(0, BV))
         v156 += v156_x[:, None] * v156_y[None, :] * v156_m[:, None] * tl.exp(tl.minimum(v156_a[None, :] - v112, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v157 = ((-1.0) * v117 * v156)
     v159 = v157
     v133 = tl.zeros((C, BV), DTYPE)
@@ -4367,7 +4794,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v129 = ((-1.0) * d_new_w2)
-        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v133 += tl.dot(v114.to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v134 = (v115 * v133)
     v135 = v134
@@ -4377,7 +4804,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v136 = ((-1.0) * d_new_w1)
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v141 += tl.dot(v102.to(DOT_DTYPE), v136.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v142 = (v101 * v141)
     v175 = (v135 + v142)
@@ -4435,7 +4862,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 3 * HID * D + 9 * C * HID + 5 * D * HID + 2 * D)  # v19, v20, v50, v52, v53, v54, v63, v64, v56, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v50, v52, v53, v54, v63, v64, v56, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4517,7 +4944,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v56)
         v57 = (v34[:, None] * v56)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
         v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
         v59_max = v59_new
@@ -4527,9 +4954,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -4562,13 +4989,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -4580,9 +5013,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4591,29 +5024,35 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -4635,13 +5074,17 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -4649,13 +5092,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -4663,15 +5108,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -4679,15 +5124,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -4730,11 +5175,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -4742,8 +5187,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -4751,7 +5196,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -4768,15 +5213,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v228 += tl.sum((v227), axis=0)
         v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -4784,9 +5229,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v56 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v219 = (v56 * v218)
@@ -4832,7 +5277,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, q, v104, v93, v94, v117, v118, v113, causal, v147, v112, v158
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4922,7 +5367,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -4955,13 +5400,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v105 = tl.zeros((C, C), DTYPE)
     for v105_j in range(0, D):  # the summed axis i, one position at a time
-        v105_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v105_j, q, 0.0), axis=1)
-        v105_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v105_j, v104, 0.0), axis=1)
-        v105_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v105_j, v93, 0.0), axis=1)
-        v105_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v105_j, v94, 0.0), axis=1)
+        v105_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v105_j)
+        v105_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v105_j)
+        v105_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
+        v105_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v105_j)
         v105 += v105_x[:, None] * v105_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v105_a[:, None] - v105_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v100 = (q * v98)
     v116 = v85
@@ -4973,40 +5424,46 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v103 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v103)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
         v106 = tl.dot(v105.to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v107 = (v101 - v106)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v107)
+        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
         v108_c0 = (0.5 * v107)
         v108 = (v108_c0 * (1.0 + tl.math.erf((v108_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v115 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v115)
         v117 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v119 = tl.zeros((C, BV), DTYPE)
     for v119_j in range(0, C):  # the summed axis s, one position at a time
-        v119_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v119_j, v117, 0.0), axis=1)
-        v119_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v119_j, v118, 0.0), axis=0)
-        v119_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v119_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v119_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v119_j, v113, 0.0), axis=0)
+        v119_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v119_j)
+        v119_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v119_j * BV + tl.arange(0, BV))
+        v119_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v119_j)
+        v119_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v119_j * BV + tl.arange(0, BV))
         v119 += v119_x[:, None] * v119_y[None, :] * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v109 = v98
     v110 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v108 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v110 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v111 = (v109 * v110)
     v120 = (v111 - v119)
@@ -5028,44 +5485,53 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v145 = (v144 / (D))
     v146 = (v142 + v145[:, None])
     v147 = ((-1.0) * v146)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.debug_barrier()
     v148 = tl.zeros((C, C), DTYPE)
     for v148_j in range(0, BV):  # the summed axis o, one position at a time
-        v148_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v148_j, v147, 0.0), axis=1)
-        v148_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v148_j, v118, 0.0), axis=1)
-        v148_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v148_j, v112, 0.0), axis=1)
-        v148_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v148_j, v113, 0.0), axis=1)
+        v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v148_j)
+        v148_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v148_j)
+        v148_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v148_j)
+        v148_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v148_j)
         v148 += v148_x[:, None] * v148_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v148_a[:, None] - v148_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v109 * v146)
     v158 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 = tl.trans(tl.dot(tl.trans(v115).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v154 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (v151 + v154)
-        v107 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v107 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156_c0 = (0.5 * v107 * tl.full((), 1.4142135623730951, DTYPE))
         v156 = (v155 * (0.5 + (0.5 * tl.math.erf(v156_c0)) + (v156_c0 * tl.exp(((-0.5) * (v107 * v107))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v157 = ((-1.0) * v156)
-        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
+    tl.debug_barrier()
     v159 = tl.zeros((C, D), DTYPE)
     for v159_j in range(0, C):  # the summed axis t, one position at a time
-        v159_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v159_j, v158, 0.0), axis=0)
-        v159_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v159_j, q, 0.0), axis=0)
-        v159_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v159_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v159_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v159_j, v93, 0.0), axis=0)
+        v159_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v159_j * C + tl.arange(0, C))
+        v159_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v159_j * D + tl.arange(0, D))
+        v159_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v159_j * C + tl.arange(0, C))
+        v159_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v159_j * D + tl.arange(0, D))
         v159 += v159_x[:, None] * v159_y[None, :] * v159_m[:, None] * tl.exp(tl.minimum(v159_a[None, :] - v94, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v102 * v159)
+    tl.debug_barrier()
     v149 = tl.zeros((C, BV), DTYPE)
     for v149_j in range(0, C):  # the summed axis t, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v149_j, v147, 0.0), axis=0)
-        v149_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v149_j, v117, 0.0), axis=0)
-        v149_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v149_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v149_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v149_j, v112, 0.0), axis=0)
+        v149_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v149_j * BV + tl.arange(0, BV))
+        v149_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + v149_j * C + tl.arange(0, C))
+        v149_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v149_j * C + tl.arange(0, C))
+        v149_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v149_j * BV + tl.arange(0, BV))
         v149 += v149_x[None, :] * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a[None, :] - v113, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v150 = (v116 * v149)
     v152 = v150
     v131 = tl.zeros((C, BV), DTYPE)
@@ -5074,7 +5540,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v130 = ((-1.0) * d_new_w2)
-        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.dot(v115.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v132 = (v116 * v131)
     v133 = v132
@@ -5084,7 +5550,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v134 = ((-1.0) * d_new_w1)
-        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v103.to(DOT_DTYPE), v134.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v102 * v135)
     v161 = (v133 + v136)
@@ -5134,7 +5600,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5227,7 +5693,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -5260,13 +5726,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -5278,9 +5750,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5289,29 +5761,35 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -5333,13 +5811,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -5347,13 +5829,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -5361,15 +5845,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -5377,15 +5861,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -5428,11 +5912,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -5440,8 +5924,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -5449,7 +5933,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -5466,7 +5950,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v228 += tl.sum((v227), axis=0)
         v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -5474,7 +5958,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -5484,7 +5968,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v20 = tl.load(scratch + HID + offs_h)
         v219 = ((-1.0) * ((v45[:, None] * v20[None, :])) * v218)
@@ -5530,7 +6014,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * D * HID + D)  # v19, v20, v54, v63, v64, v58, v59, v60, v102
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v91, v111, v112, v107, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5620,7 +6104,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -5653,13 +6137,19 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, q, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v90, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v99_j, v91, 0.0), axis=1)
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
+        v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
     v110 = v85
@@ -5671,7 +6161,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -5683,25 +6173,31 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v101 = (v95 - v100)
         v102_c0 = (0.5 * v101)
         v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, v111, 0.0), axis=1)
-        v113_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v112, 0.0), axis=0)
-        v113_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v113_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v113_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v113_j, v107, 0.0), axis=0)
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v105 = (v103 * v104)
     v114 = (v105 - v113)
@@ -5752,7 +6248,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -5843,7 +6339,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -5875,7 +6371,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -5888,13 +6384,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -5911,7 +6413,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -5919,10 +6421,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -5934,16 +6436,22 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -5963,24 +6471,30 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5989,12 +6503,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -6053,7 +6567,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6144,7 +6658,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -6176,7 +6690,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -6189,13 +6703,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -6212,7 +6732,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -6220,10 +6740,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -6235,16 +6755,22 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -6264,24 +6790,30 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6290,12 +6822,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -6351,7 +6883,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6442,7 +6974,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -6470,7 +7002,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -6483,13 +7015,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -6510,7 +7048,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -6518,10 +7056,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -6533,16 +7071,22 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -6562,24 +7106,30 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6588,12 +7138,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -6655,7 +7205,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6747,7 +7297,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -6780,13 +7330,19 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -6798,9 +7354,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6809,29 +7365,35 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -6853,13 +7415,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -6867,13 +7433,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -6881,15 +7449,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -6897,15 +7465,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -6948,16 +7516,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -6968,17 +7536,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -6986,8 +7554,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -6995,7 +7563,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -7062,7 +7630,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7154,7 +7722,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -7187,13 +7755,19 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -7205,9 +7779,9 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7216,29 +7790,35 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -7260,13 +7840,17 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -7274,13 +7858,15 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -7288,15 +7874,15 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -7304,15 +7890,15 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -7355,16 +7941,16 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -7375,17 +7961,17 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -7393,8 +7979,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -7402,7 +7988,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -7466,7 +8052,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7558,7 +8144,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -7591,13 +8177,19 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -7609,9 +8201,9 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7620,29 +8212,35 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -7664,13 +8262,17 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -7678,13 +8280,15 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -7692,15 +8296,15 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -7708,15 +8312,15 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -7759,16 +8363,16 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -7779,17 +8383,17 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -7797,8 +8401,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -7806,7 +8410,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)
@@ -7915,7 +8519,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * D * HID + D)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8006,7 +8610,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -8034,7 +8638,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -8047,13 +8651,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -8074,7 +8684,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -8082,10 +8692,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v104 = v87
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v112 = (v110 * v111)
@@ -8097,16 +8707,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8126,24 +8742,30 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v148, 0.0), axis=0)
-        v150_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v118, 0.0), axis=0)
-        v150_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v150_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v150_j, v113, 0.0), axis=0)
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
+    tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v148, 0.0), axis=1)
-        v149_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v119, 0.0), axis=1)
-        v149_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v113, 0.0), axis=1)
-        v149_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v149_j, v114, 0.0), axis=1)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8152,12 +8774,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w1)
         v137 = tl.dot(v136.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v156 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v157 = (v152 + v156)
-        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = ((-1.0) * v158)
@@ -8218,7 +8840,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * D * HID + 2 * D)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8310,7 +8932,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -8343,13 +8965,19 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
+    tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, q, 0.0), axis=1)
-        v106_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v105, 0.0), axis=1)
-        v106_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v93, 0.0), axis=1)
-        v106_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v106_j, v94, 0.0), axis=1)
+        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
+        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
+        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v117 = v85
@@ -8361,9 +8989,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8372,29 +9000,35 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v108)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v109_c0 = (0.5 * v108)
         v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, v118, 0.0), axis=1)
-        v120_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v119, 0.0), axis=0)
-        v120_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v120_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v120_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v120_j, v114, 0.0), axis=0)
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v112 = (v110 * v111)
     v121 = (v112 - v120)
@@ -8416,13 +9050,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v155, 0.0), axis=1)
-        v156_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v119, 0.0), axis=1)
-        v156_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v113, 0.0), axis=1)
-        v156_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v156_j, v114, 0.0), axis=1)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -8430,13 +9068,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v155, 0.0), axis=0)
-        v157_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v118, 0.0), axis=0)
-        v157_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v157_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v157_j, v113, 0.0), axis=0)
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
     v130 = v100
     v178 = tl.zeros((C, BV), DTYPE)
@@ -8444,15 +9084,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * D * HID + D + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v169)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         v170 = ((-1.0) * v169)
         v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -8460,15 +9100,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v173)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :], v176)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
@@ -8511,16 +9151,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -8531,17 +9171,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * D * HID + D + offs_o[:, None] * HID + offs_h[None, :])
+        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v163 = (v140 + v160)
         v164 = v163
@@ -8549,8 +9189,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
@@ -8558,7 +9198,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * D * HID + D + offs_t[:, None] * HID + offs_h[None, :])
+        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v142 = (v129[None, :] * d_new_w1)

@@ -41,7 +41,15 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['s', 'h'],
                                      ['h', 'i'],
                                      ['t', 'h'],
-                                     ['t', 'h']],
+                                     ['t', 'h'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 's'],
+                                     ['s', 'o'],
+                                     ['s', 'o'],
+                                     ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 12.5},
              'state_bwd': {'grid': 'sequences',
@@ -71,7 +79,17 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['h', 'i'],
-                                       ['o', 'h']],
+                                       ['o', 'h'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 28.5},
              'grad_q_0_bwd': {'grid': 'chunks',
@@ -95,7 +113,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.0},
              'grad_q_3_bwd': {'grid': 'chunks',
@@ -107,7 +135,18 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0},
              'grad_q_4_bwd': {'grid': 'chunks',
@@ -118,7 +157,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.5},
              'grad_k_0_bwd': {'grid': 'chunks',
@@ -135,7 +184,18 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 16.0},
              'grad_k_1_bwd': {'grid': 'chunks',
@@ -155,7 +215,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']],
+                                          ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
              'grad_k_2_bwd': {'grid': 'chunks',
@@ -178,7 +248,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['o', 'h']],
+                                          ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0},
              'grad_v_0_bwd': {'grid': 'chunks',
@@ -198,7 +278,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']],
+                                          ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
              'grad_v_1_bwd': {'grid': 'chunks',
@@ -218,7 +308,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h']],
+                                          ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
@@ -227,7 +327,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['o', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 12.0},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
@@ -239,7 +347,18 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 15.0},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
@@ -258,7 +377,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 16.0},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
@@ -292,7 +421,18 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 18.0},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
@@ -301,7 +441,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['o', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'h']],
+                                                 ['t', 'h'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 11.0},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
@@ -313,7 +463,18 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']],
+                                                 ['s', 'h'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 14.0},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
@@ -347,7 +508,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h']],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 11.0},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
@@ -367,7 +536,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']],
+                                                  ['o', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
@@ -387,7 +566,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']],
+                                                  ['o', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
@@ -407,7 +596,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['o', 'h']],
+                                                  ['o', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
@@ -429,7 +628,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['o', 'h']],
+                                                ['o', 'h'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 18.0}},
  'stored': []}
@@ -474,7 +683,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * C * HID + D * HID)  # v22, v23, v21
+        scratch = scratch_ptr + slot * (2 * C * HID + BV * HID)  # v22, v23, v21
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -616,7 +825,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * D * HID)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81
+    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, q, v74, v61, v62, v91, v92, v87, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -701,12 +910,12 @@ def chunk_out_fwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v115 = tl.dot(tl.trans(v114).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v117 = (v116[:, None] * w2)
         v118 = (v117 - v115)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
         v124 = (v118 * v118 * v118 * v118)
         v125 += tl.sum(tl.sum((v124), axis=1), axis=0)
     tl.debug_barrier()
@@ -718,21 +927,21 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v118 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v118 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v128)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v128)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v111 = (v110[None, :] * w1)
         v112 = (v111 - v108)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v112)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v112)
         v119 = (v112 * v112 * v112 * v112)
         v120 += tl.sum(tl.sum((v119), axis=1), axis=0)
     tl.debug_barrier()
@@ -745,13 +954,13 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v112 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v112 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v123 = (v122 * (v112 * v112) * tl.abs(v112) * tl.where(v112 > 0, 1.0, tl.where(v112 < 0, -1.0, 0.0)))
         v131 = (v123 * v130[None, :])
         v132 = tl.sum((v131), axis=1)
         v133_c0 = (0.5 * v132)
         v133 = (v133_c0 * (1.0 + tl.math.erf((v133_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
     v136 = tl.sum((v135), axis=0)
@@ -764,25 +973,31 @@ def chunk_out_fwd_kernel(
     v143 = v130
     v144 = (v142 + v143)  # memory output M(x)
     v74 = (v72 * v67)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -796,31 +1011,37 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -839,7 +1060,7 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -894,7 +1115,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270
+        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, q, v74, v61, v62, v91, v92, v87, causal, v198, v86
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -979,12 +1200,12 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v89 = v31
-            tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+            tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
             v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v114 = (v113[:, None] * w2)
             v115 = (v114 - v112)  # layer 2 end state
-            tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+            tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
             v121 = (v115 * v115 * v115 * v115)
             v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
         tl.debug_barrier()
@@ -996,22 +1217,22 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-            tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+            tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+            tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
             v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v73 = v55
-            tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+            tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
             v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v108 = (v107[None, :] * w1)
             v109 = (v108 - v105)  # layer 1 end state
-            tl.store(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+            tl.store(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
             v116 = (v109 * v109 * v109 * v109)
             v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
         tl.debug_barrier()
@@ -1024,15 +1245,15 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
             v128 = (v120 * v127[None, :])
             v129 = tl.sum((v128), axis=1)
-            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h, v129)
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_h, v129)
             v130_c0 = (0.5 * v129)
             v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h, v130)
-            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v131 = (v125 * v130[None, :])
             v132 += tl.sum((v131), axis=1)
         tl.debug_barrier()
@@ -1059,17 +1280,17 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v156 = (v125 * v155[:, None])
             v157 = tl.sum((v156), axis=0)
-            v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h)
+            v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_h)
             v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
             v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v160 = (v127[None, :] * v159[:, None])
-            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
             v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+            tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
             v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
             v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
         tl.debug_barrier()
@@ -1077,34 +1298,40 @@ def chunk_state_bwd_kernel(
         v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
         v171 = (v170 / (HID * D))
         v74 = (v72 * v67)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+        tl.debug_barrier()
         v75 = tl.zeros((C, C), DTYPE)
         for v75_j in range(0, D):  # the summed axis i, one position at a time
-            v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-            v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-            v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-            v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+            v75_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+            v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+            v75_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
             v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        tl.debug_barrier()  # every slice read before the slots are written again
         v69 = ((-1.0) + v66)
         v70 = (q * v69)
         v23 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v172 = (4.0 * v171 * (v109 * v109 * v109))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v179 = (d_new_w1 + v167 + v172)
-            tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v179)
+            tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v179)
             v180 = ((-1.0) * v179)
             v182 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 4 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v182)
-            v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v182)
+            v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v77 = (v71 - v76)
-            tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
@@ -1118,32 +1345,38 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v78 = (v77 * v25)
             v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v79 + v78)
-            tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             v81_c0 = (0.5 * v80)
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.debug_barrier()
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()
         v93 = tl.zeros((C, BV), DTYPE)
         for v93_j in range(0, C):  # the summed axis s, one position at a time
-            v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-            v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-            v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
             v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v82 = v66
         v83 = ((-1.0) + v82)
         v84 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v85 = (v83 * v84)
@@ -1162,7 +1395,7 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = (v96 + v95)
@@ -1185,13 +1418,17 @@ def chunk_state_bwd_kernel(
         v192 = (v188 + v191[:, None])
         v195 = (v29 * v192)
         v198 = ((-1.0) * v195)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+        tl.debug_barrier()
         v199 = tl.zeros((C, C), DTYPE)
         for v199_j in range(0, BV):  # the summed axis o, one position at a time
-            v199_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v199_j, v198, 0.0), axis=1)
-            v199_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v199_j, v92, 0.0), axis=1)
-            v199_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v199_j, v86, 0.0), axis=1)
-            v199_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v199_j, v87, 0.0), axis=1)
+            v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v199_j)
+            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v199_j)
+            v199_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v199_j)
+            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v199_j)
             v199 += v199_x[:, None] * v199_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v199_a[:, None] - v199_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v208 = (v83 * v195)
         v225 = tl.zeros((C, BV), DTYPE)
         v163 = tl.zeros((), DTYPE)
@@ -1200,34 +1437,34 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v202 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v209 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v211 = (v193 + v202 + v209)
-            v80 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v80 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v212_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v212 = (v211 * (0.5 + (0.5 * tl.math.erf(v212_c0)) + (v212_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
+            tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
             v214 = (v25 * v212)
-            tl.store(scratch + 4 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
+            tl.store(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
             v217 = ((-1.0) * v214)
             v218 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v217.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v182 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v182 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
             v219 = (v182 + v218)
             v220 = v219
-            tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
+            tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
             v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v223_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v223 = (v220 * (0.5 + (0.5 * tl.math.erf(v223_c0)) + (v223_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 12 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
+            tl.store(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
             v225 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v223).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h)
+            v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h)
             v158 = (v130[None, :] * v155[:, None])
-            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
             v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
             v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
             v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
         tl.debug_barrier()
@@ -1238,25 +1475,27 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v166 = (4.0 * v165 * (v115 * v115 * v115))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v161 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v161 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v173 = (d_new_w2 + v161 + v166)
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
             v174 = ((-1.0) * v173)
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 5 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
-            v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v176 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v177 = (v110 * v176)
+        tl.debug_barrier()
         v200 = tl.zeros((C, BV), DTYPE)
         for v200_j in range(0, C):  # the summed axis t, one position at a time
-            v200_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v200_j, v198, 0.0), axis=0)
-            v200_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v200_j, v91, 0.0), axis=0)
-            v200_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v200_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v200_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v200_j, v86, 0.0), axis=0)
+            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v200_j * BV + tl.arange(0, BV))
+            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + v200_j * C + tl.arange(0, C))
+            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v200_j * C + tl.arange(0, C))
+            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v200_j * BV + tl.arange(0, BV))
             v200 += v200_x[None, :] * v200_y[:, None] * v200_m[:, None] * tl.exp(tl.minimum(v200_a[None, :] - v87, 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v201 = (v88 * v200)
         v204 = (v177 + v201)
         v205 = v204
@@ -1298,9 +1537,9 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v255 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v254).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v174 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 5 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v174 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v178 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v203 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v199.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v206 = (v178 + v203)
             v207 = v206
@@ -1308,8 +1547,8 @@ def chunk_state_bwd_kernel(
             v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v258_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v258 = (v257 * (0.5 + (0.5 * tl.math.erf(v258_c0)) + (v258_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v220 = tl.load(scratch + 4 * HID * D + 11 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v220 = tl.load(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v222_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v222_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v222_c2 = (0.5 * (v30 * v30))
@@ -1317,16 +1556,16 @@ def chunk_state_bwd_kernel(
             v222 = (v54 * v220 * ((v222_c0 * v222_c1 * v222_c3) - (v222_c0 * v222_c1 * v222_c2 * v222_c3)))
             v259 = (v222 + v258)
             v260 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v259.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v212 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v212 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v213 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v277 = (v213 + v260)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v278_c0 = tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0))
             v278 = (v277 * ((v14 * (v278_c0 * v278_c0) * (w1 * w1)) + (2.0 * v278_c0 * w1 * v14 * tl.abs(w1))))
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v278)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v278)
             v279 = (v277 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
             v280 += tl.sum(tl.sum((v279), axis=1), axis=0)
-            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v215 = (v77 * v212)
             v216 += tl.sum(tl.sum((v215), axis=1), axis=0)
         tl.debug_barrier()
@@ -1346,26 +1585,26 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v284 = (4.0 * v283 * (w1 * w1 * w1))
-            v179 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v179 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v181 = (v107[None, :] * v179)
-            v214 = tl.load(scratch + 4 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v214 = tl.load(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v221 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v214.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v268 = (2.0 * w1 * v267)
-            v278 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v278 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v286 = (v181 + v221 + v268 + v278 + v284)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v256 = tl.trans(tl.dot(tl.trans(v31).to(DOT_DTYPE), v254.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v223 = tl.load(scratch + 4 * HID * D + 12 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v223 = tl.load(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v224 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v223.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v194 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v192.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v269 = (v194 + v224 + v256)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v270_c0 = tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0))
             v270 = (v269 * ((v20 * (v270_c0 * v270_c0) * (w2 * w2)) + (2.0 * v270_c0 * w2 * v20 * tl.abs(w2))))
-            tl.store(scratch + 5 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v270)
+            tl.store(scratch + 5 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v270)
             v271 = (v269 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
             v272 += tl.sum(tl.sum((v271), axis=1), axis=0)
         tl.debug_barrier()
@@ -1380,12 +1619,12 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v276 = (4.0 * v275 * (w2 * w2 * w2))
-            v173 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v173 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v175 = (v113[:, None] * v173)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v210 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v264 = (2.0 * w2 * v263)
-            v270 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 6 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v270 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v285 = (v175 + v210 + v264 + v270 + v276)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1429,7 +1668,7 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + 3 * D * HID + HID)  # v69, v22, v21, v23, v70, v81, v90, v76, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + 3 * BV * HID + HID)  # v69, v22, v21, v23, v70, v81, v90, v76, v86
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
     v105 = tl.sum((v104), axis=0)
@@ -1487,7 +1726,7 @@ def chunk_grad_q_0_bwd_kernel(
         v22 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + HID * D + C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -1525,7 +1764,7 @@ def chunk_grad_q_0_bwd_kernel(
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v69 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -1542,19 +1781,19 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        tl.store(scratch + 2 * HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v81)
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h, v90)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + BV * HID + offs_h, v90)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
-        v23 = tl.load(scratch + HID * D + C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 3 * HID * D + 2 * C * HID + D * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + BV * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -1564,10 +1803,10 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * HID * D + 2 * C * HID + BV * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 3 * HID * D + 2 * C * HID + 2 * D * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v86)
-        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h)
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + 2 * BV * HID + HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + BV * HID + offs_h)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v92 = (v86 * v91[None, :])
@@ -1593,13 +1832,13 @@ def chunk_grad_q_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch + 3 * HID * D + 2 * C * HID + 2 * D * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID * D + 2 * C * HID + 2 * BV * HID + HID + offs_o[:, None] * HID + offs_h[None, :])
         v117 = (v86 * v116[:, None])
         v118 = tl.sum((v117), axis=0)
-        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + D * HID + offs_h)
+        v90 = tl.load(scratch + 3 * HID * D + 2 * C * HID + BV * HID + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v81 = tl.load(scratch + 2 * HID * D + 2 * C * HID + D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v81 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v81 * v119[:, None])
         v121 += tl.sum((v120), axis=0)
     v122 = (v106 + v121)
@@ -1682,7 +1921,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v73, v74, v82
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1752,13 +1991,19 @@ def chunk_grad_q_2_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -1776,7 +2021,7 @@ def chunk_grad_q_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -1791,34 +2036,40 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -1837,7 +2088,7 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -1861,13 +2112,17 @@ def chunk_grad_q_2_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v114, 0.0), axis=1)
-        v115_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v85, 0.0), axis=1)
-        v115_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v79, 0.0), axis=1)
-        v115_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v80, 0.0), axis=1)
+        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v121 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1875,12 +2130,12 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
@@ -1923,7 +2178,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1993,13 +2248,19 @@ def chunk_grad_q_3_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -2013,12 +2274,12 @@ def chunk_grad_q_3_bwd_kernel(
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2033,34 +2294,40 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -2079,7 +2346,7 @@ def chunk_grad_q_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -2103,13 +2370,17 @@ def chunk_grad_q_3_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v114, 0.0), axis=1)
-        v115_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v85, 0.0), axis=1)
-        v115_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v79, 0.0), axis=1)
-        v115_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v80, 0.0), axis=1)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2117,25 +2388,28 @@ def chunk_grad_q_3_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
-        v124_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v124_j, v123, 0.0), axis=1)
-        v124_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v67, 0.0), axis=0)
-        v124_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v124_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v124_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v59, 0.0), axis=0)
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -2174,7 +2448,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v73, v74, v82
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2244,13 +2518,19 @@ def chunk_grad_q_4_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -2268,7 +2548,7 @@ def chunk_grad_q_4_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2283,34 +2563,40 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -2329,7 +2615,7 @@ def chunk_grad_q_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -2353,13 +2639,17 @@ def chunk_grad_q_4_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v114, 0.0), axis=1)
-        v115_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v85, 0.0), axis=1)
-        v115_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v79, 0.0), axis=1)
-        v115_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v80, 0.0), axis=1)
+        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v122 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2367,12 +2657,12 @@ def chunk_grad_q_4_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
@@ -2417,7 +2707,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * D * HID + HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v182, v86, v191
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2502,12 +2792,12 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -2519,21 +2809,21 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -2546,14 +2836,14 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -2580,17 +2870,17 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v158_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v158 = (v157 * (0.5 + (0.5 * tl.math.erf(v158_c0)) + (v158_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v159 = (v127[None, :] * v158[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v160_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v160 = (v159 * ((v119 * (v160_c0 * v160_c0) * (v109 * v109)) + (2.0 * v160_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h[:, None] * D + offs_i[None, :], v160)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h[:, None] * D + offs_i[None, :], v160)
         v161 = (v159 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v162 += tl.sum(tl.sum((v161), axis=1), axis=0)
     tl.debug_barrier()
@@ -2601,35 +2891,41 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v165 = (4.0 * v164 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v160 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h[:, None] * D + offs_i[None, :])
+        v160 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h[:, None] * D + offs_i[None, :])
         v166 = (d_new_w1 + v160 + v165)
         v167 = ((-1.0) * v166)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.dot(v73.to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v169 = (v68 * v168)
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -2643,32 +2939,38 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -2687,7 +2989,7 @@ def chunk_grad_k_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -2710,13 +3012,17 @@ def chunk_grad_k_0_bwd_kernel(
     v179 = (v175 + v178[:, None])
     v181 = (v29 * v179)
     v182 = ((-1.0) * v181)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v182)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v183 = tl.zeros((C, C), DTYPE)
     for v183_j in range(0, BV):  # the summed axis o, one position at a time
-        v183_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v183_j, v182, 0.0), axis=1)
-        v183_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v183_j, v92, 0.0), axis=1)
-        v183_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v183_j, v86, 0.0), axis=1)
-        v183_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v183_j, v87, 0.0), axis=1)
+        v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v183_j)
+        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v183_j)
+        v183_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v183_j)
+        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v183_j)
         v183 += v183_x[:, None] * v183_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v183_a[:, None] - v183_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v185 = (v83 * v181)
     v191 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2724,25 +3030,28 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v180 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v179).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v184 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v183).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v186 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v185).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v187 = (v180 + v184 + v186)
-        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v188_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v188 = (v187 * (0.5 + (0.5 * tl.math.erf(v188_c0)) + (v188_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v189 = (v25 * v188)
         v190 = ((-1.0) * v189)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
+    tl.debug_barrier()
     v192 = tl.zeros((C, D), DTYPE)
     for v192_j in range(0, C):  # the summed axis t, one position at a time
-        v192_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v192_j, v191, 0.0), axis=0)
-        v192_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v192_j, q, 0.0), axis=0)
-        v192_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v192_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v192_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v192_j, v61, 0.0), axis=0)
+        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 4 * C * BV + v192_j * C + tl.arange(0, C))
+        v192_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v192_j * D + tl.arange(0, D))
+        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + v192_j * C + tl.arange(0, C))
+        v192_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + v192_j * D + tl.arange(0, D))
         v192 += v192_x[:, None] * v192_y[None, :] * v192_m[:, None] * tl.exp(tl.minimum(v192_a[None, :] - v62, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v193 = (v67 * v192)
     v194 = (v169 + v193)
     v195 = v194
@@ -2784,7 +3093,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2869,12 +3178,12 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -2886,21 +3195,21 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -2913,15 +3222,15 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -2948,17 +3257,17 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -2966,33 +3275,39 @@ def chunk_grad_k_1_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -3006,32 +3321,38 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3050,7 +3371,7 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -3073,13 +3394,17 @@ def chunk_grad_k_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -3088,30 +3413,30 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3122,22 +3447,24 @@ def chunk_grad_k_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -3194,7 +3521,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174
+    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, q, v74, v61, v62, v91, v92, v87, causal, v193, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3279,12 +3606,12 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -3296,22 +3623,22 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -3324,15 +3651,15 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -3359,17 +3686,17 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -3377,33 +3704,39 @@ def chunk_grad_k_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 5 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v178 = (d_new_w1 + v167 + v172)
         v179 = ((-1.0) * v178)
         v180 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v179).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v180)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v180)
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -3417,32 +3750,38 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3461,7 +3800,7 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -3484,13 +3823,17 @@ def chunk_grad_k_2_bwd_kernel(
     v190 = (v186 + v189[:, None])
     v192 = (v29 * v190)
     v193 = ((-1.0) * v192)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v194 = tl.zeros((C, C), DTYPE)
     for v194_j in range(0, BV):  # the summed axis o, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v194_j, v193, 0.0), axis=1)
-        v194_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v194_j, v92, 0.0), axis=1)
-        v194_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v194_j, v86, 0.0), axis=1)
-        v194_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v194_j, v87, 0.0), axis=1)
+        v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v194_j)
+        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v194_j)
+        v194_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v194_j)
+        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v194_j)
         v194 += v194_x[:, None] * v194_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v194_a[:, None] - v194_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v203 = (v83 * v192)
     v214 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -3499,31 +3842,31 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v191 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v197 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v205 = (v191 + v197 + v204)
-        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v206_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v206 = (v205 * (0.5 + (0.5 * tl.math.erf(v206_c0)) + (v206_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v207 = (v25 * v206)
         v208 = ((-1.0) * v207)
         v209 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v180 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v180 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v210 = (v180 + v209)
         v211 = v210
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v213_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v213 = (v211 * (0.5 + (0.5 * tl.math.erf(v213_c0)) + (v213_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v214 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3534,24 +3877,26 @@ def chunk_grad_k_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v195 = tl.zeros((C, BV), DTYPE)
     for v195_j in range(0, C):  # the summed axis t, one position at a time
-        v195_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v195_j, v193, 0.0), axis=0)
-        v195_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v195_j, v91, 0.0), axis=0)
-        v195_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v195_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v195_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v195_j, v86, 0.0), axis=0)
+        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v195_j * BV + tl.arange(0, BV))
+        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + v195_j * C + tl.arange(0, C))
+        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v195_j * C + tl.arange(0, C))
+        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v195_j * BV + tl.arange(0, BV))
         v195 += v195_x[None, :] * v195_y[:, None] * v195_m[:, None] * tl.exp(tl.minimum(v195_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v196 = (v88 * v195)
     v199 = (v176 + v196)
     v200 = v199
@@ -3592,9 +3937,9 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v244 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v243).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v174 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v174 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v194.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v177 + v198)
         v202 = v201
@@ -3602,8 +3947,8 @@ def chunk_grad_k_2_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v246_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v246 = (v245 * (0.5 + (0.5 * tl.math.erf(v246_c0)) + (v246_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v212_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v212_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v212_c2 = (0.5 * (v30 * v30))
@@ -3650,7 +3995,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3735,12 +4080,12 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -3752,21 +4097,21 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -3779,15 +4124,15 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -3814,17 +4159,17 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -3832,33 +4177,39 @@ def chunk_grad_v_0_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -3872,32 +4223,38 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -3916,7 +4273,7 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -3939,13 +4296,17 @@ def chunk_grad_v_0_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -3954,30 +4315,30 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -3988,22 +4349,24 @@ def chunk_grad_v_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -4058,7 +4421,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4143,12 +4506,12 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -4160,21 +4523,21 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -4187,15 +4550,15 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -4222,17 +4585,17 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -4240,33 +4603,39 @@ def chunk_grad_v_1_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4280,32 +4649,38 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -4324,7 +4699,7 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -4347,13 +4722,17 @@ def chunk_grad_v_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -4362,30 +4741,30 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -4396,22 +4775,24 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -4463,7 +4844,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4533,13 +4914,19 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -4557,7 +4944,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4572,32 +4959,38 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -4616,7 +5009,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -4682,7 +5075,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4752,13 +5145,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -4772,12 +5171,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -4792,34 +5191,40 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -4838,7 +5243,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -4862,13 +5267,17 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v114, 0.0), axis=1)
-        v115_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v85, 0.0), axis=1)
-        v115_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v79, 0.0), axis=1)
-        v115_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v80, 0.0), axis=1)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4876,25 +5285,28 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
-        v124_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v67, 0.0), axis=0)
-        v124_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v124_j, v123, 0.0), axis=1)
-        v124_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v124_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v124_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v59, 0.0), axis=0)
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[None, :] * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (q * v124)
     v126 = tl.cumsum(v125, axis=0, reverse=True)
     v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -4936,7 +5348,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v194, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5021,12 +5433,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -5038,21 +5450,21 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -5065,15 +5477,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -5100,12 +5512,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -5116,10 +5528,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v174 = (w2 * v173)
@@ -5129,17 +5541,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -5150,10 +5562,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v178 = (w1 * v177)
@@ -5161,25 +5573,31 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v180 = (v176 + v179)
     v181 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -5193,32 +5611,38 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -5237,7 +5661,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -5260,13 +5684,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v194, 0.0), axis=1)
-        v195_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v92, 0.0), axis=1)
-        v195_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v86, 0.0), axis=1)
-        v195_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v87, 0.0), axis=1)
+        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
+        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v195_j)
         v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v197 = (v83 * v193)
     v204 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5274,12 +5702,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v192 + v196 + v198)
-        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -5330,7 +5758,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 4 * D * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5414,12 +5842,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_g = offs_h
         v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
-        tl.store(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -5439,10 +5867,10 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
-        tl.store(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -5455,17 +5883,17 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h, v90)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     tl.debug_barrier()
@@ -5492,12 +5920,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v91 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h)
+        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
         v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
         v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
         v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
         v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
     tl.debug_barrier()
@@ -5508,13 +5936,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v126 = (4.0 * v125 * (v76 * v76 * v76))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v133 = (d_new_w2 + v121 + v126)
         v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v64 * v135)
     v137 = v136
@@ -5522,17 +5950,17 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v116 = (v86 * v115[:, None])
         v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
         v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
         v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
     tl.debug_barrier()
@@ -5543,13 +5971,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v132 = (4.0 * v131 * (v70 * v70 * v70))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v138 = (d_new_w1 + v127 + v132)
         v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v141 = (v61 * v140)
     v142 = (v137 + v141)
@@ -5597,7 +6025,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v194, v86, v206
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5682,12 +6110,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -5699,21 +6127,21 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -5726,15 +6154,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -5761,12 +6189,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -5777,13 +6205,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v90 * v175)
     v177 = v176
@@ -5791,17 +6219,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -5812,38 +6240,44 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v178 = (d_new_w1 + v167 + v172)
         v179 = ((-1.0) * v178)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v180 += tl.dot(v73.to(DOT_DTYPE), v179.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v181 = (v72 * v180)
     v209 = (v177 + v181)
     v210 = (v67 * v209)
     v211 = ((-1.0) * v59[:, None] * v210 * tl.exp((v64[None, :] - v62)))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -5857,32 +6291,38 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -5901,7 +6341,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -5924,13 +6364,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v194, 0.0), axis=1)
-        v195_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v92, 0.0), axis=1)
-        v195_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v86, 0.0), axis=1)
-        v195_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v195_j, v87, 0.0), axis=1)
+        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
+        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v195_j)
         v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v200 = (v83 * v193)
     v206 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5938,33 +6382,38 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v201 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v202 = (v192 + v198 + v201)
-        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v203_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v203 = (v202 * (0.5 + (0.5 * tl.math.erf(v203_c0)) + (v203_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v204 = (v25 * v203)
         v205 = ((-1.0) * v204)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
+    tl.debug_barrier()
     v207 = tl.zeros((C, D), DTYPE)
     for v207_j in range(0, C):  # the summed axis t, one position at a time
-        v207_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v207_j, q, 0.0), axis=0)
-        v207_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v207_j, v206, 0.0), axis=0)
-        v207_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v207_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v207_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v207_j, v61, 0.0), axis=0)
+        v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v207_j * D + tl.arange(0, D))
+        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v207_j * C + tl.arange(0, C))
+        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v207_j * C + tl.arange(0, C))
+        v207_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v207_j * D + tl.arange(0, D))
         v207 += v207_x[None, :] * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a[None, :] - v62, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v208 = ((-1.0) * v74 * v207)
+    tl.debug_barrier()
     v196 = tl.zeros((C, BV), DTYPE)
     for v196_j in range(0, C):  # the summed axis t, one position at a time
-        v196_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v196_j, v91, 0.0), axis=0)
-        v196_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v196_j, v194, 0.0), axis=0)
-        v196_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v196_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v196_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v196_j, v86, 0.0), axis=0)
+        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v196_j * C + tl.arange(0, C))
+        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v196_j * BV + tl.arange(0, BV))
+        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v196_j * C + tl.arange(0, C))
+        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v196_j * BV + tl.arange(0, BV))
         v196 += v196_x[:, None] * v196_y[None, :] * v196_m[:, None] * tl.exp(tl.minimum(v196_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v197 = ((-1.0) * v92 * v196)
     v199 = v197
     v212 = (v199 + v208 + v211)
@@ -6009,7 +6458,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal, v113, v79
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6079,13 +6528,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -6103,7 +6558,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -6118,32 +6573,38 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -6162,7 +6623,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -6186,13 +6647,17 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v114 = tl.zeros((C, BV), DTYPE)
     for v114_j in range(0, C):  # the summed axis t, one position at a time
-        v114_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v114_j, v113, 0.0), axis=0)
-        v114_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v114_j, v84, 0.0), axis=0)
-        v114_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v114_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v114_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v114_j, v79, 0.0), axis=0)
+        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v114_j * BV + tl.arange(0, BV))
+        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + v114_j * C + tl.arange(0, C))
+        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v114_j * C + tl.arange(0, C))
+        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v114_j * BV + tl.arange(0, BV))
         v114 += v114_x[None, :] * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a[None, :] - v80, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v115 = (v83 * v114)
     v116 = v115
     v117 = v116
@@ -6234,7 +6699,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + D * HID)  # v15, v30, v31, v21, v66, v70, v73, v74, v82
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6304,13 +6769,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -6324,12 +6795,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -6344,34 +6815,40 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -6390,7 +6867,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -6414,13 +6891,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v114, 0.0), axis=1)
-        v115_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v85, 0.0), axis=1)
-        v115_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v79, 0.0), axis=1)
-        v115_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v115_j, v80, 0.0), axis=1)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6428,25 +6909,28 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis t, one position at a time
-        v124_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v123, 0.0), axis=0)
-        v124_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, q, 0.0), axis=0)
-        v124_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v124_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v124_j, v58, 0.0), axis=0)
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v124_j * C + tl.arange(0, C))
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_j * D + tl.arange(0, D))
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v124_j * C + tl.arange(0, C))
+        v124_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v124_a[None, :] - v59, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (v65 * v124)
     v126 = v125
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6487,7 +6971,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 4 * D * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127
     v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -6571,12 +7055,12 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_g = offs_h
         v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
-        tl.store(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = (v74[:, None] * w2)
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -6596,10 +7080,10 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
-        tl.store(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -6612,17 +7096,17 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h, v90)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     tl.debug_barrier()
@@ -6649,12 +7133,12 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v91 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + HID + offs_h)
+        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
         v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
         v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
         v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
         v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
     tl.debug_barrier()
@@ -6665,13 +7149,13 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v126 = (4.0 * v125 * (v76 * v76 * v76))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch + 4 * C * HID + 3 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v133 = (d_new_w2 + v121 + v126)
         v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v64 * v135)
     v137 = v136
@@ -6679,17 +7163,17 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v86 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v116 = (v86 * v115[:, None])
         v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch + 4 * C * HID + 2 * D * HID + HID * D + offs_h)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
         v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
         v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
         v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
     tl.debug_barrier()
@@ -6700,13 +7184,13 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v132 = (4.0 * v131 * (v70 * v70 * v70))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch + 4 * C * HID + 4 * D * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v138 = (d_new_w1 + v127 + v132)
         v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch + 3 * C * HID + 2 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v141 = (v61 * v140)
     v142 = (v137 + v141)
@@ -6750,7 +7234,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * D * HID + 2 * C * HID + HID * D)  # v75, v22, v23, v21, v76, v86, v70
+    scratch = scratch_ptr + slot * (4 * BV * HID + 2 * C * HID + HID * D)  # v75, v22, v23, v21, v76, v86, v70
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v53 = tl.cumsum(v52, axis=0, reverse=False)
@@ -6788,10 +7272,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
         v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + D * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
+        tl.store(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
         v23_c0 = (0.5 * v22)
         v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        tl.store(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -6804,8 +7288,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v25 = tl.sum((v24), axis=1)
@@ -6836,12 +7320,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v23 = tl.load(scratch + D * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v63 = v23
         v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v75 = tl.load(scratch + offs_o[:, None] * HID + offs_h[None, :])
         v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 2 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
         v82 = (v76 * v76 * v76 * v76)
         v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
     tl.debug_barrier()
@@ -6853,20 +7337,20 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch + 2 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 3 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch + D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v22 = tl.load(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v62 = v47
         v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * D * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        tl.store(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
         v77 = (v70 * v70 * v70 * v70)
         v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
     tl.debug_barrier()
@@ -6879,13 +7363,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * D * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v70 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
         v89 = (v81 * v88[None, :])
         v90 = tl.sum((v89), axis=1)
         v91_c0 = (0.5 * v90)
         v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v86 = tl.load(scratch + 3 * D * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v92 = (v86 * v91[None, :])
         v93 += tl.sum((v92), axis=1)
     v94 = tl.sum((v93), axis=0)
@@ -6936,7 +7420,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + D * HID)  # v15, v30, v31, v21, v70, v74
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7006,13 +7490,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
+    tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, q, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v67, 0.0), axis=1)
-        v68_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v58, 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v68_j, v59, 0.0), axis=1)
+        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
+        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
+        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
@@ -7030,7 +7520,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7045,32 +7535,38 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, v84, 0.0), axis=1)
-        v86_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v85, 0.0), axis=0)
-        v86_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v86_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v86_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v86_j, v80, 0.0), axis=0)
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v78 = (v76 * v77)
@@ -7089,7 +7585,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
@@ -7141,7 +7637,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7226,12 +7722,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -7243,21 +7739,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -7270,15 +7766,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -7305,17 +7801,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -7323,33 +7819,39 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7363,32 +7865,38 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -7407,7 +7915,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -7430,13 +7938,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -7445,30 +7957,30 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -7479,22 +7991,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -7546,7 +8060,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7631,12 +8145,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -7648,21 +8162,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -7675,15 +8189,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -7710,17 +8224,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -7728,33 +8242,39 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -7768,32 +8288,38 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -7812,7 +8338,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -7835,13 +8361,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -7850,30 +8380,30 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -7884,22 +8414,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -7948,7 +8480,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8033,12 +8565,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -8050,21 +8582,21 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -8077,15 +8609,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -8112,17 +8644,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -8130,33 +8662,39 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -8170,32 +8708,38 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -8214,7 +8758,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -8237,13 +8781,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -8252,30 +8800,30 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -8286,22 +8834,24 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197
@@ -8439,7 +8989,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * D * HID + 2 * HID)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8524,12 +9074,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
         v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = (v113[:, None] * w2)
         v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
         v121 = (v115 * v115 * v115 * v115)
         v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
     tl.debug_barrier()
@@ -8541,21 +9091,21 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = (v107[None, :] * w1)
         v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
         v116 = (v109 * v109 * v109 * v109)
         v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
     tl.debug_barrier()
@@ -8568,15 +9118,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v128 = (v120 * v127[None, :])
         v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h, v129)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
         v130_c0 = (0.5 * v129)
         v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v131 = (v125 * v130[None, :])
         v132 += tl.sum((v131), axis=1)
     tl.debug_barrier()
@@ -8603,17 +9153,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v156 = (v125 * v155[:, None])
         v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + offs_h)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
         v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
         v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
         v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
         v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
         v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
     tl.debug_barrier()
@@ -8621,33 +9171,39 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
+    tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, q, 0.0), axis=1)
-        v75_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v74, 0.0), axis=1)
-        v75_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v61, 0.0), axis=1)
-        v75_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v75_j, v62, 0.0), axis=1)
+        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
+        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * D * HID + offs_h[:, None] * D + offs_i[None, :])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v172 = (4.0 * v171 * (v109 * v109 * v109))
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v177 = (d_new_w1 + v167 + v172)
         v178 = ((-1.0) * v177)
         v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
@@ -8661,32 +9217,38 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v91, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v87, 0.0), axis=0)
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v85 = (v83 * v84)
@@ -8705,7 +9267,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v97 = (v96 + v95)
@@ -8728,13 +9290,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v192, 0.0), axis=1)
-        v193_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v92, 0.0), axis=1)
-        v193_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v86, 0.0), axis=1)
-        v193_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v193_j, v87, 0.0), axis=1)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
     v163 = tl.zeros((), DTYPE)
@@ -8743,30 +9309,30 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * D * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
         v204 = ((-1.0) * v203)
         v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * D * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 = (v179 + v205)
         v207 = v206
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * D * HID + HID + offs_h)
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
@@ -8777,22 +9343,24 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + D * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * D * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + D * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v192, 0.0), axis=0)
-        v194_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v91, 0.0), axis=0)
-        v194_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v194_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v194_j, v86, 0.0), axis=0)
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
     v198 = v197

@@ -32,7 +32,17 @@ DESCRIPTION = {'spec': 'yaad',
                            'value_blocks': 'none',
                            'tiles': 8.0},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                         'scratch': [['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 's'],
+                                     ['s', 'o'],
+                                     ['s', 'o'],
+                                     ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 9.5},
              'state_bwd': {'grid': 'sequences',
@@ -45,7 +55,17 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['o', 'h']],
+                                       ['o', 'h'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 27.0},
              'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
@@ -55,11 +75,36 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 12.0},
              'grad_q_2_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
              'grad_k_0_bwd': {'grid': 'chunks',
@@ -68,11 +113,36 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0},
              'grad_k_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
              'grad_k_2_bwd': {'grid': 'chunks',
@@ -85,19 +155,67 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0},
              'grad_v_0_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
              'grad_v_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
@@ -106,7 +224,18 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 14.0},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
@@ -114,7 +243,17 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 13.0},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
@@ -127,11 +266,34 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 18.5},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                     'scratch': [['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
@@ -140,7 +302,18 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']],
+                                                 ['s', 'h'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 13.0},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
@@ -152,7 +325,17 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 19.0},
              'grad_gate_delta_1_bwd': {'grid': 'chunks',
@@ -160,28 +343,104 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 18.0},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0},
              'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['t', 'h'], ['t', 'h']],
+                                    'scratch': [['t', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 19.0}},
  'stored': []}
@@ -347,7 +606,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v10, v11, v52
+    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -395,13 +654,19 @@ def chunk_out_fwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -430,13 +695,19 @@ def chunk_out_fwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -497,7 +768,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (9 * C * HID + D * HID)  # v10, v11, v36, v58, v59, v66, v119, v123, v126, v85
+        scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v36, v58, v59, v66, v119, v123, v126, v85, q, v55, v43, v44, v68, v69, v64, causal, v105, v63
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -545,13 +816,19 @@ def chunk_state_bwd_kernel(
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
         v44 = v43
+        tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+        tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+        tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+        tl.debug_barrier()
         v56 = tl.zeros((C, C), DTYPE)
         for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-            v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-            v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-            v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+            v56_x = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C) * D + v56_j)
+            v56_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v56_j)
+            v56_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+            v56_b = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
             v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        tl.debug_barrier()  # every slice read before the slots are written again
         v48 = tl.exp(v43)  # cumulative decay in the chunk
         v51 = (q * v48)
         v67 = v35
@@ -583,13 +860,19 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.debug_barrier()
         v70 = tl.zeros((C, BV), DTYPE)
         for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-            v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-            v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-            v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+            v70_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+            v70_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+            v70_m = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+            v70_b = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
             v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v60 = v48
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -618,13 +901,17 @@ def chunk_state_bwd_kernel(
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
         v105 = ((-1.0) * v104)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+        tl.debug_barrier()
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, BV):  # the summed axis o, one position at a time
-            v106_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v105, 0.0), axis=1)
-            v106_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v69, 0.0), axis=1)
-            v106_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v63, 0.0), axis=1)
-            v106_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v106_j, v64, 0.0), axis=1)
+            v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v106_j)
+            v106_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v106_j)
+            v106_a = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v106_j)
+            v106_b = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v106_j)
             v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v115 = (v60 * v104)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -632,13 +919,15 @@ def chunk_state_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v50 = (v47 * v49)
         v93 = (v50 * v53)
+        tl.debug_barrier()
         v107 = tl.zeros((C, BV), DTYPE)
         for v107_j in range(0, C):  # the summed axis t, one position at a time
-            v107_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v105, 0.0), axis=0)
-            v107_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v68, 0.0), axis=0)
-            v107_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-            v107_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v107_j, v63, 0.0), axis=0)
+            v107_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v107_j * BV + tl.arange(0, BV))
+            v107_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + v107_j * C + tl.arange(0, C))
+            v107_m = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v107_j * C + tl.arange(0, C))
+            v107_a = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v107_j * BV + tl.arange(0, BV))
             v107 += v107_x[None, :] * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a[None, :] - v64, 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
         v108 = (v65 * v107)
         v80 = v50
         v128 = tl.zeros((C, BV), DTYPE)
@@ -829,7 +1118,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v10, v11, v47, v51, v52, v59
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -877,13 +1166,19 @@ def chunk_grad_q_1_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -915,13 +1210,19 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -950,13 +1251,17 @@ def chunk_grad_q_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -973,13 +1278,16 @@ def chunk_grad_q_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+        v93_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
+        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 6 * C * HID + 3 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -1018,7 +1326,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v51, v52, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1066,13 +1374,19 @@ def chunk_grad_q_2_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -1103,13 +1417,19 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1138,13 +1458,17 @@ def chunk_grad_q_2_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v91 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1199,7 +1523,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v10, v11, v54, v58, v59, v66
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v54, v58, v59, v66, q, v55, v43, v44, v68, v69, v64, causal, v94, v63, v102
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1247,13 +1571,19 @@ def chunk_grad_k_0_bwd_kernel(
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
     v67 = v35
@@ -1285,13 +1615,19 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v60 = v48
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1320,13 +1656,17 @@ def chunk_grad_k_0_bwd_kernel(
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
     v94 = ((-1.0) * v93)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v94)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v95 = tl.zeros((C, C), DTYPE)
     for v95_j in range(0, BV):  # the summed axis o, one position at a time
-        v95_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v94, 0.0), axis=1)
-        v95_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v69, 0.0), axis=1)
-        v95_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v63, 0.0), axis=1)
-        v95_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v95_j, v64, 0.0), axis=1)
+        v95_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v95_j)
+        v95_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v95_j)
+        v95_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v95_j)
+        v95_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v95_j)
         v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v97 = (v60 * v93)
     v102 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1343,13 +1683,16 @@ def chunk_grad_k_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
+    tl.debug_barrier()
     v103 = tl.zeros((C, D), DTYPE)
     for v103_j in range(0, C):  # the summed axis t, one position at a time
-        v103_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v102, 0.0), axis=0)
-        v103_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, q, 0.0), axis=0)
-        v103_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v103_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v103_j, v43, 0.0), axis=0)
+        v103_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v103_j * C + tl.arange(0, C))
+        v103_y = tl.load(scratch + 6 * C * HID + v103_j * D + tl.arange(0, D))
+        v103_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v103_j * C + tl.arange(0, C))
+        v103_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v103_j * D + tl.arange(0, D))
         v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v104 = (v49 * v103)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -1405,7 +1748,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1464,13 +1807,19 @@ def chunk_grad_k_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1514,13 +1863,19 @@ def chunk_grad_k_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -1540,24 +1895,30 @@ def chunk_grad_k_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1633,7 +1994,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, q, v55, v43, v44, v68, v69, v64, causal, v100, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1687,13 +2048,19 @@ def chunk_grad_k_2_bwd_kernel(
     v88 = (v50 * v53)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v55 = (v53 * v49)
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 10 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
     v60 = v48
@@ -1738,13 +2105,19 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 10 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -1764,13 +2137,17 @@ def chunk_grad_k_2_bwd_kernel(
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
     v100 = ((-1.0) * v99)
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v101 = tl.zeros((C, C), DTYPE)
     for v101_j in range(0, BV):  # the summed axis o, one position at a time
-        v101_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v100, 0.0), axis=1)
-        v101_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v69, 0.0), axis=1)
-        v101_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v63, 0.0), axis=1)
-        v101_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v101_j, v64, 0.0), axis=1)
+        v101_x = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v101_j)
+        v101_y = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v101_j)
+        v101_a = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v101_j)
+        v101_b = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v101_j)
         v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v110 = (v60 * v99)
     v78 = v50
     v85 = (v78 * v67)
@@ -1811,13 +2188,15 @@ def chunk_grad_k_2_bwd_kernel(
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v84 = (v78 * v83)
+    tl.debug_barrier()
     v102 = tl.zeros((C, BV), DTYPE)
     for v102_j in range(0, C):  # the summed axis t, one position at a time
-        v102_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v100, 0.0), axis=0)
-        v102_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v68, 0.0), axis=0)
-        v102_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v102_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v102_j, v63, 0.0), axis=0)
+        v102_x = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v102_j * BV + tl.arange(0, BV))
+        v102_y = tl.load(scratch + 10 * C * HID + 4 * C * D + v102_j * C + tl.arange(0, C))
+        v102_m = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + v102_j * C + tl.arange(0, C))
+        v102_a = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v102_j * BV + tl.arange(0, BV))
         v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v103 = (v65 * v102)
     v106 = (v84 + v103)
     v107 = v106
@@ -1913,7 +2292,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1972,13 +2351,19 @@ def chunk_grad_v_0_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2022,13 +2407,19 @@ def chunk_grad_v_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2048,24 +2439,30 @@ def chunk_grad_v_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2139,7 +2536,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2198,13 +2595,19 @@ def chunk_grad_v_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2248,13 +2651,19 @@ def chunk_grad_v_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2274,24 +2683,30 @@ def chunk_grad_v_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2362,7 +2777,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v10, v11, v52
+    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2410,13 +2825,19 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -2445,13 +2866,19 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2522,7 +2949,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v10, v11, v47, v51, v52, v59
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2570,13 +2997,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -2608,13 +3041,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2643,13 +3082,17 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2666,13 +3109,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v48, 0.0), axis=0)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, v92, 0.0), axis=1)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v41, 0.0), axis=0)
+        v93_x = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
+        v93_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 6 * C * HID + 3 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (q * v93)
     v95 = tl.cumsum(v94, axis=0, reverse=True)
     v96 = (v95 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -2714,7 +3160,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v52, v53, v60
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v52, v53, v60, q, v49, v41, v42, v62, v63, v58, causal, v92, v57
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2762,13 +3208,19 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
+    tl.debug_barrier()
     v50 = tl.zeros((C, C), DTYPE)
     for v50_j in range(0, D):  # the summed axis i, one position at a time
-        v50_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, q, 0.0), axis=1)
-        v50_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v49, 0.0), axis=1)
-        v50_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v41, 0.0), axis=1)
-        v50_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v50_j, v42, 0.0), axis=1)
+        v50_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v50_j)
+        v50_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v50_j)
+        v50_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
+        v50_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v50_j)
         v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
     v45 = (q * v43)
     v61 = v35
@@ -2799,13 +3251,19 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v58)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v64 = tl.zeros((C, BV), DTYPE)
     for v64_j in range(0, C):  # the summed axis s, one position at a time
-        v64_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, v62, 0.0), axis=1)
-        v64_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v63, 0.0), axis=0)
-        v64_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v64_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v64_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v64_j, v58, 0.0), axis=0)
+        v64_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v64_j)
+        v64_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v64_j * BV + tl.arange(0, BV))
+        v64_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v64_j)
+        v64_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v64_j * BV + tl.arange(0, BV))
         v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v54 = v43
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2834,13 +3292,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
     v92 = ((-1.0) * v91)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.debug_barrier()
     v93 = tl.zeros((C, C), DTYPE)
     for v93_j in range(0, BV):  # the summed axis o, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v92, 0.0), axis=1)
-        v93_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v63, 0.0), axis=1)
-        v93_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v57, 0.0), axis=1)
-        v93_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v93_j, v58, 0.0), axis=1)
+        v93_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v93_j)
+        v93_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v93_j)
+        v93_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v93_j)
+        v93_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v93_j)
         v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v95 = (v54 * v91)
     v101 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3040,7 +3502,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v10, v11, v52, v56, v57, v64
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v52, v56, v57, v64, q, v53, v43, v44, v66, v67, v62, causal, v96, v61, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3088,13 +3550,19 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v54 = tl.zeros((C, C), DTYPE)
     for v54_j in range(0, D):  # the summed axis i, one position at a time
-        v54_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, q, 0.0), axis=1)
-        v54_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v53, 0.0), axis=1)
-        v54_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v43, 0.0), axis=1)
-        v54_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v54_j, v44, 0.0), axis=1)
+        v54_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v54_j)
+        v54_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v54_j)
+        v54_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
+        v54_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v54_j)
         v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v47 = tl.exp(v43)  # cumulative decay in the chunk
     v49 = (q * v47)
     v65 = v35
@@ -3126,13 +3594,19 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v68 = tl.zeros((C, BV), DTYPE)
     for v68_j in range(0, C):  # the summed axis s, one position at a time
-        v68_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, v66, 0.0), axis=1)
-        v68_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v67, 0.0), axis=0)
-        v68_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v68_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v68_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v68_j, v62, 0.0), axis=0)
+        v68_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v68_j)
+        v68_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v68_j * BV + tl.arange(0, BV))
+        v68_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v68_j)
+        v68_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v68_j * BV + tl.arange(0, BV))
         v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v58 = v47
     v59 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3161,13 +3635,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
     v96 = ((-1.0) * v95)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v61)
+    tl.debug_barrier()
     v97 = tl.zeros((C, C), DTYPE)
     for v97_j in range(0, BV):  # the summed axis o, one position at a time
-        v97_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v96, 0.0), axis=1)
-        v97_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v67, 0.0), axis=1)
-        v97_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v61, 0.0), axis=1)
-        v97_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v97_j, v62, 0.0), axis=1)
+        v97_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v97_j)
+        v97_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v97_j)
+        v97_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v97_j)
+        v97_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v97_j)
         v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v102 = (v58 * v95)
     v107 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3184,21 +3662,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v106 = ((-1.0) * v105)
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
+    tl.debug_barrier()
     v108 = tl.zeros((C, D), DTYPE)
     for v108_j in range(0, C):  # the summed axis t, one position at a time
-        v108_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, q, 0.0), axis=0)
-        v108_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v107, 0.0), axis=0)
-        v108_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v108_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v108_j, v43, 0.0), axis=0)
+        v108_x = tl.load(scratch + 6 * C * HID + v108_j * D + tl.arange(0, D))
+        v108_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v108_j * C + tl.arange(0, C))
+        v108_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v108_j * C + tl.arange(0, C))
+        v108_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v108_j * D + tl.arange(0, D))
         v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v109 = ((-1.0) * v53 * v108)
+    tl.debug_barrier()
     v98 = tl.zeros((C, BV), DTYPE)
     for v98_j in range(0, C):  # the summed axis t, one position at a time
-        v98_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v66, 0.0), axis=0)
-        v98_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v96, 0.0), axis=0)
-        v98_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v98_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v98_j, v61, 0.0), axis=0)
+        v98_x = tl.load(scratch + 6 * C * HID + 4 * C * D + v98_j * C + tl.arange(0, C))
+        v98_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v98_j * BV + tl.arange(0, BV))
+        v98_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v98_j * C + tl.arange(0, C))
+        v98_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v98_j * BV + tl.arange(0, BV))
         v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v99 = ((-1.0) * v67 * v98)
     v101 = v99
     v80 = tl.zeros((C, BV), DTYPE)
@@ -3268,7 +3751,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v10, v11, v52
+    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal, v84, v56
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3316,13 +3799,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -3351,13 +3840,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3386,13 +3881,17 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.debug_barrier()
     v85 = tl.zeros((C, BV), DTYPE)
     for v85_j in range(0, C):  # the summed axis t, one position at a time
-        v85_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v84, 0.0), axis=0)
-        v85_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v61, 0.0), axis=0)
-        v85_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v85_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v85_j, v56, 0.0), axis=0)
+        v85_x = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v85_j * BV + tl.arange(0, BV))
+        v85_y = tl.load(scratch + 3 * C * HID + 4 * C * D + v85_j * C + tl.arange(0, C))
+        v85_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + v85_j * C + tl.arange(0, C))
+        v85_a = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v85_j * BV + tl.arange(0, BV))
         v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v86 = (v60 * v85)
     v87 = v86
     v88 = v87
@@ -3434,7 +3933,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v10, v11, v47, v51, v52, v59
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3482,13 +3981,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -3520,13 +4025,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3555,13 +4066,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v84, 0.0), axis=1)
-        v85_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v62, 0.0), axis=1)
-        v85_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v56, 0.0), axis=1)
-        v85_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v85_j, v57, 0.0), axis=1)
+        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3578,13 +4093,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis t, one position at a time
-        v93_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v92, 0.0), axis=0)
-        v93_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, q, 0.0), axis=0)
-        v93_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v93_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v93_j, v40, 0.0), axis=0)
+        v93_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v93_j * C + tl.arange(0, C))
+        v93_y = tl.load(scratch + 6 * C * HID + v93_j * D + tl.arange(0, D))
+        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v93_j * C + tl.arange(0, C))
+        v93_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (v46 * v93)
     v95 = v94
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3740,7 +4258,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3799,13 +4317,19 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -3849,13 +4373,19 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -3875,24 +4405,30 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3966,7 +4502,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4025,13 +4561,19 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4075,13 +4617,19 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -4101,24 +4649,30 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4189,7 +4743,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v10, v11, v52
+    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4237,13 +4791,19 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, q, 0.0), axis=1)
-        v49_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v48, 0.0), axis=1)
-        v49_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v40, 0.0), axis=1)
-        v49_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v49_j, v41, 0.0), axis=1)
+        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
+        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
+        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
     v60 = v35
@@ -4272,13 +4832,19 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, v61, 0.0), axis=1)
-        v63_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v62, 0.0), axis=0)
-        v63_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v63_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v63_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v63_j, v57, 0.0), axis=0)
+        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4336,7 +4902,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4396,13 +4962,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -4445,13 +5017,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -4471,24 +5049,30 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4561,7 +5145,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4621,13 +5205,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -4670,13 +5260,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -4696,24 +5292,30 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4783,7 +5385,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4842,13 +5444,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4892,13 +5500,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -4918,24 +5532,30 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5051,7 +5671,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v10, v11, v66, v58, v59
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5110,13 +5730,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
+    tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, q, 0.0), axis=1)
-        v56_y = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v55, 0.0), axis=1)
-        v56_a = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v43, 0.0), axis=1)
-        v56_b = tl.sum(tl.where(tl.arange(0, D)[None, :] == v56_j, v44, 0.0), axis=1)
+        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
+        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
+        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5160,13 +5786,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, v68, 0.0), axis=1)
-        v70_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v69, 0.0), axis=0)
-        v70_m = tl.sum(tl.where(tl.arange(0, C)[None, :] == v70_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=1)
-        v70_b = tl.sum(tl.where(tl.arange(0, C)[:, None] == v70_j, v64, 0.0), axis=0)
+        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -5186,24 +5818,30 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v98, 0.0), axis=0)
-        v100_y = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v68, 0.0), axis=0)
-        v100_m = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0), 0.0), axis=0)
-        v100_a = tl.sum(tl.where(tl.arange(0, C)[:, None] == v100_j, v63, 0.0), axis=0)
+        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
+    tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v98, 0.0), axis=1)
-        v99_y = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v69, 0.0), axis=1)
-        v99_a = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v63, 0.0), axis=1)
-        v99_b = tl.sum(tl.where(tl.arange(0, BV)[None, :] == v99_j, v64, 0.0), axis=1)
+        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time

@@ -198,30 +198,32 @@ class _Launch:
         """One program per sequence, or per chunk in waves of chunks (all of them at once unless the kernel's scratch
         memory, a slot per program, would pass the scratch budget)."""
         bv = config.block_value
+        blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
         consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "num_warps": config.num_warps}
         if info["grid"] != "chunks":
-            scratch = self.scratch(info, self.programs)
-            launch_fitting(fn, (self.programs, 1, self.D // bv), (*args, *scratch, *self.scalars, 0), consts)
+            scratch = self.scratch(info, self.programs * blocks, bv)
+            launch_fitting(fn, (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts)
             return
-        wave = self.wave(info)
-        scratch = self.scratch(info, self.programs * wave)  # one buffer: the waves run one after another
+        wave = self.wave(info, bv)
+        scratch = self.scratch(info, self.programs * wave * blocks, bv)  # one buffer: the waves run in turn
         for base in range(0, self.max_chunks, wave):
-            grid = (self.programs, min(wave, self.max_chunks - base), self.D // bv)
+            grid = (self.programs, min(wave, self.max_chunks - base), blocks)
             launch_fitting(fn, grid, (*args, *scratch, *self.scalars, base), consts)
 
-    def scratch_per_program(self, info: dict) -> int:
-        """Elements of one program's scratch memory (DESCRIPTION's scratch axes)."""
-        return sum(math.prod(self.size(a) for a in axes) for axes in info["scratch"])
+    def scratch_per_program(self, info: dict, bv: int) -> int:
+        """Elements of one program's scratch memory (DESCRIPTION's scratch axes; the value axis by its block)."""
+        return sum(math.prod(bv if a == "o" else self.size(a) for a in axes) for axes in info["scratch"])
 
-    def scratch(self, info: dict, programs: int) -> list[torch.Tensor]:
+    def scratch(self, info: dict, programs: int, bv: int) -> list[torch.Tensor]:
         """The scratch-memory argument of a kernel that has scratch, for `programs` programs, or none."""
         if not info["scratch"]:
             return []
-        return [torch.empty(programs * self.scratch_per_program(info), device=self.cu.device, dtype=self.dtype)]
+        return [torch.empty(programs * self.scratch_per_program(info, bv), device=self.cu.device, dtype=self.dtype)]
 
-    def wave(self, info: dict) -> int:
+    def wave(self, info: dict, bv: int) -> int:
         """Chunks per launch of a chunk kernel: all of them, or as many as the scratch budget holds (at least 1)."""
-        per_chunk = self.programs * self.scratch_per_program(info) * torch.finfo(self.dtype).bits // 8
+        slots = self.programs * (self.D // bv)  # a chunk's programs, each with its own slot
+        per_chunk = slots * self.scratch_per_program(info, bv) * torch.finfo(self.dtype).bits // 8
         budget = SCRATCH_BYTES if self.cu.is_cuda else INTERPRETER_SCRATCH_BYTES or SCRATCH_BYTES
         return self.max_chunks if per_chunk == 0 else max(1, min(self.max_chunks, budget // per_chunk))
 
