@@ -181,6 +181,17 @@ def staged_factors(v: Value) -> list[Value]:
     return [z for z in v.args if m in z.axes]
 
 
+def same_tile(z: Value) -> Value:
+    """The value whose register tile z is: z itself, or, for a relabelling that keeps the axes' order (a (t, c) tile
+    read as (s, c)), the value it relabels."""
+    while isinstance(z.op, ir.Rename):
+        mapping = dict(z.op.mapping)
+        if [mapping.get(x, x) for x in z.args[0].axes] != list(z.axes):
+            break
+        z = z.args[0]
+    return z
+
+
 def _local_offsets(axes: tuple[str, ...]) -> str:
     """Offsets of a tile stored row-major by its register extents (SHAPE), from its slot's start."""
     if len(axes) == 1:

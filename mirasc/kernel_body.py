@@ -23,6 +23,7 @@ from .emit_triton import (
     name,
     reduces_hidden,
     reduction_lines,
+    same_tile,
     stage,
     staged_factors,
     wide,
@@ -143,9 +144,12 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
-    # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product)
-    kept += list({z.id: z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v)}.values())
+    # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product), each
+    # tile once (a relabelled factor, such as the log-decays as (s, c), reads the slot of the tile it relabels)
+    factors = [z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v)]
+    kept += list({same_tile(z).id: same_tile(z) for z in factors}.values())
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
+    slot.update({z.id: slot[same_tile(z).id] for z in factors})
     staged: set[int] = set()
 
     def fetch(v: Value, here: int) -> list[str]:
@@ -202,8 +206,9 @@ def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> 
     """A channel-decay product: its factors that hold the summed axis stored to their slots (once per chunk), then
     the product reading their slices; barriers around it, since every thread reads slices of tiles other threads
     stored, and (in a kernel walking its chunks) the next chunk stores them again."""
-    lines = [stage(z, slot[z.id]) for z in staged_factors(v) if z.id not in staged]
-    staged.update(z.id for z in staged_factors(v))
+    tiles = list({same_tile(z).id: same_tile(z) for z in staged_factors(v)}.values())
+    lines = [stage(z, slot[z.id]) for z in tiles if z.id not in staged]
+    staged.update(z.id for z in tiles)
     return (lines + ["tl.debug_barrier()"] + _with_hint(v, decayed_product(v, slot)) +
             ["tl.debug_barrier()  # every slice read before the slots are written again"])
 

@@ -51,9 +51,7 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
-                                     ['s', 'i'],
                                      ['t', 's'],
-                                     ['s', 'o'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
@@ -88,12 +86,9 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
                                        ['t', 's'],
-                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 27.0},
@@ -114,12 +109,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -139,12 +131,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
@@ -164,12 +153,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -190,12 +176,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
@@ -220,12 +203,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
@@ -258,12 +238,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 27.0},
@@ -283,12 +260,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
@@ -316,12 +290,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 26.5},
@@ -342,12 +313,9 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -378,12 +346,9 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 27.0},
@@ -403,12 +368,9 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 's']],
                                      'value_blocks': 'none',
@@ -438,12 +400,9 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 26.0},
@@ -460,9 +419,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
@@ -483,12 +440,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
@@ -508,12 +462,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
@@ -533,12 +484,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
@@ -566,12 +514,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
@@ -599,12 +544,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
@@ -632,12 +574,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 26.5},
@@ -658,12 +597,9 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
-                                                ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 17.0},
@@ -691,12 +627,9 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
-                                                ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 26.5}},
@@ -938,7 +871,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v91, v111, v112, v107, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v111, v112, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1064,14 +997,13 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
@@ -1102,17 +1034,16 @@ def chunk_out_fwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
@@ -1175,7 +1106,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v47, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v218, v219, v231, v236, v238, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+        scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v218, v219, v231, v236, v238, q, v105, v93, v118, v119, causal, v155
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
@@ -1304,14 +1235,13 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
         tl.debug_barrier()
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, D):  # the summed axis i, one position at a time
             v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
             v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
             v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-            v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+            v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
             v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -1345,17 +1275,16 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
             v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()
         v120 = tl.zeros((C, BV), DTYPE)
         for v120_j in range(0, C):  # the summed axis s, one position at a time
-            v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-            v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-            v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-            v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+            v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+            v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+            v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+            v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
             v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v110 = v98
@@ -1386,15 +1315,14 @@ def chunk_state_bwd_kernel(
         v153 = (v152 / (D))
         v154 = (v150 + v153[:, None])
         v155 = ((-1.0) * v154)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
         tl.debug_barrier()
         v156 = tl.zeros((C, C), DTYPE)
         for v156_j in range(0, BV):  # the summed axis o, one position at a time
-            v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-            v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-            v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-            v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+            v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+            v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+            v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+            v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
             v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v165 = (v110 * v154)
@@ -1407,10 +1335,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v157 = tl.zeros((C, BV), DTYPE)
         for v157_j in range(0, C):  # the summed axis t, one position at a time
-            v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-            v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-            v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-            v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+            v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+            v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+            v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+            v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
             v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v158 = (v115 * v157)
@@ -1706,7 +1634,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v101, v102, v109, q, v98, v90, v91, v111, v112, v107, causal, v134, v106, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v101, v102, v109, q, v98, v90, v111, v112, causal, v134, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1832,14 +1760,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
@@ -1873,17 +1800,16 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
@@ -1914,15 +1840,14 @@ def chunk_grad_q_1_bwd_kernel(
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v106)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
     tl.debug_barrier()
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
-        v135_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
+        v135_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
+        v135_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
         v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
@@ -1941,14 +1866,14 @@ def chunk_grad_q_1_bwd_kernel(
         v141 = ((-1.0) * v140)
         v97 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
     tl.debug_barrier()
     v143 = tl.zeros((C, D), DTYPE)
     for v143_j in range(0, C):  # the summed axis s, one position at a time
-        v143_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v143_j)
+        v143_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v143_j)
         v143_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_j * D + tl.arange(0, D))
-        v143_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v143_j)
-        v143_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + v143_j * D + tl.arange(0, D))
+        v143_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v143_j)
+        v143_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v143_j * D + tl.arange(0, D))
         v143 += v143_x[:, None] * v143_y[None, :] * v143_m[:, None] * tl.exp(tl.minimum(v90 - v143_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1989,7 +1914,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, q, v98, v90, v91, v111, v112, v107, causal, v134, v106
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, q, v98, v90, v111, v112, causal, v134
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2115,14 +2040,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
@@ -2155,17 +2079,16 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
@@ -2196,15 +2119,14 @@ def chunk_grad_q_2_bwd_kernel(
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v106)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
     tl.debug_barrier()
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
-        v135_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
+        v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
+        v135_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
+        v135_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
         v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
@@ -2261,7 +2183,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, q, v105, v93, v94, v118, v119, v114, causal, v144, v113, v152
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, q, v105, v93, v118, v119, causal, v144, v152
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2387,14 +2309,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -2428,17 +2349,16 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -2469,15 +2389,14 @@ def chunk_grad_k_0_bwd_kernel(
     v142 = (v141 / (D))
     v143 = (v139 + v142[:, None])
     v144 = ((-1.0) * v143)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v144)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v144)
     tl.debug_barrier()
     v145 = tl.zeros((C, C), DTYPE)
     for v145_j in range(0, BV):  # the summed axis o, one position at a time
-        v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v145_j)
-        v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v145_j)
-        v145_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v145_j)
-        v145_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v145_j)
+        v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v145_j)
+        v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v145_j)
+        v145_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v145_j)
+        v145_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v145_j)
         v145 += v145_x[:, None] * v145_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v145_a[:, None] - v145_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v147 = (v110 * v143)
@@ -2496,13 +2415,13 @@ def chunk_grad_k_0_bwd_kernel(
         v151 = ((-1.0) * v150)
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
     tl.debug_barrier()
     v153 = tl.zeros((C, D), DTYPE)
     for v153_j in range(0, C):  # the summed axis t, one position at a time
-        v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v153_j * C + tl.arange(0, C))
+        v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v153_j * C + tl.arange(0, C))
         v153_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v153_j * D + tl.arange(0, D))
-        v153_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v153_j * C + tl.arange(0, C))
+        v153_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v153_j * C + tl.arange(0, C))
         v153_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v153_j * D + tl.arange(0, D))
         v153 += v153_x[:, None] * v153_y[None, :] * v153_m[:, None] * tl.exp(tl.minimum(v153_a[None, :] - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -2561,7 +2480,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2696,14 +2615,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
@@ -2752,17 +2670,16 @@ def chunk_grad_k_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -2784,15 +2701,14 @@ def chunk_grad_k_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -2802,10 +2718,10 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -2882,7 +2798,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, q, v105, v93, v94, v118, v119, v114, causal, v150, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, q, v105, v93, v118, v119, causal, v150
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -3015,14 +2931,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -3069,17 +2984,16 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -3101,15 +3015,14 @@ def chunk_grad_k_2_bwd_kernel(
     v148 = (v147 / (D))
     v149 = (v145 + v148[:, None])
     v150 = ((-1.0) * v149)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
     tl.debug_barrier()
     v151 = tl.zeros((C, C), DTYPE)
     for v151_j in range(0, BV):  # the summed axis o, one position at a time
-        v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v151_j)
-        v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v151_j)
-        v151_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v151_j)
-        v151_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v151_j)
+        v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v151_j)
+        v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v151_j)
+        v151_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v151_j)
+        v151_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v151_j)
         v151 += v151_x[:, None] * v151_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v151_a[:, None] - v151_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v110 * v149)
@@ -3155,10 +3068,10 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     v152 = tl.zeros((C, BV), DTYPE)
     for v152_j in range(0, C):  # the summed axis t, one position at a time
-        v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v152_j * BV + tl.arange(0, BV))
-        v152_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + v152_j * C + tl.arange(0, C))
-        v152_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v152_j * C + tl.arange(0, C))
-        v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v152_j * BV + tl.arange(0, BV))
+        v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v152_j * BV + tl.arange(0, BV))
+        v152_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + v152_j * C + tl.arange(0, C))
+        v152_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v152_j * C + tl.arange(0, C))
+        v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + v152_j * BV + tl.arange(0, BV))
         v152 += v152_x[None, :] * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v115 * v152)
@@ -3255,7 +3168,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v47, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v219, v230, v232, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v219, v230, v232, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3385,14 +3298,13 @@ def chunk_grad_k_3_bwd_kernel(
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -3426,17 +3338,16 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -3467,15 +3378,14 @@ def chunk_grad_k_3_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -3488,10 +3398,10 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -3738,7 +3648,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3873,14 +3783,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
@@ -3929,17 +3838,16 @@ def chunk_grad_v_0_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -3961,15 +3869,14 @@ def chunk_grad_v_0_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -3979,10 +3886,10 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -4059,7 +3966,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4187,14 +4094,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -4228,17 +4134,16 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -4269,15 +4174,14 @@ def chunk_grad_v_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -4290,10 +4194,10 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -4488,7 +4392,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v106, v107, v114, v166, q, v103, v93, v94, v116, v117, v112, causal, v153, v111, v168
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v106, v107, v114, v166, q, v103, v93, v116, v117, causal, v153, v168
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4614,14 +4518,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v104 = tl.zeros((C, C), DTYPE)
     for v104_j in range(0, D):  # the summed axis i, one position at a time
         v104_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v104_j)
         v104_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v104_j)
         v104_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
-        v104_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v104_j)
+        v104_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
         v104 += v104_x[:, None] * v104_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v104_a[:, None] - v104_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v97 = tl.exp(v93)  # cumulative decay in the chunk
@@ -4655,17 +4558,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v114)
         v116 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v118 = tl.zeros((C, BV), DTYPE)
     for v118_j in range(0, C):  # the summed axis s, one position at a time
-        v118_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v118_j)
-        v118_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v118_j * BV + tl.arange(0, BV))
-        v118_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v118_j)
-        v118_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v118_j * BV + tl.arange(0, BV))
+        v118_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v118_j)
+        v118_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v118_j * BV + tl.arange(0, BV))
+        v118_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v118_j)
+        v118_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v118_j * BV + tl.arange(0, BV))
         v118 += v118_x[:, None] * v118_y[None, :] * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v108 = v97
@@ -4696,15 +4598,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v151 = (v150 / (D))
     v152 = (v148 + v151[:, None])
     v153 = ((-1.0) * v152)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
     tl.debug_barrier()
     v154 = tl.zeros((C, C), DTYPE)
     for v154_j in range(0, BV):  # the summed axis o, one position at a time
-        v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v154_j)
-        v154_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v154_j)
-        v154_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v154_j)
-        v154_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v154_j)
+        v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v154_j)
+        v154_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v154_j)
+        v154_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v154_j)
+        v154_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v154_j)
         v154 += v154_x[:, None] * v154_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v154_a[:, None] - v154_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v161 = (v108 * v152)
@@ -4725,14 +4626,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
     tl.debug_barrier()
     v169 = tl.zeros((C, D), DTYPE)
     for v169_j in range(0, C):  # the summed axis s, one position at a time
         v169_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v169_j * D + tl.arange(0, D))
-        v169_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v169_j)
-        v169_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v169_j)
-        v169_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + v169_j * D + tl.arange(0, D))
+        v169_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v169_j)
+        v169_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v169_j)
+        v169_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v169_j * D + tl.arange(0, D))
         v169 += v169_x[None, :] * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v170 = (q * v169)
@@ -4771,8 +4672,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v171 = tl.zeros((C, D), DTYPE)
     for v171_j in range(0, C):  # the summed axis t, one position at a time
         v171_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v171_j * D + tl.arange(0, D))
-        v171_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v171_j * C + tl.arange(0, C))
-        v171_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v171_j * C + tl.arange(0, C))
+        v171_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v171_j * C + tl.arange(0, C))
+        v171_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v171_j * C + tl.arange(0, C))
         v171_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v171_j * D + tl.arange(0, D))
         v171 += v171_x[None, :] * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a[None, :] - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -4780,10 +4681,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()
     v156 = tl.zeros((C, BV), DTYPE)
     for v156_j in range(0, C):  # the summed axis t, one position at a time
-        v156_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + v156_j * C + tl.arange(0, C))
-        v156_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v156_j * BV + tl.arange(0, BV))
-        v156_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v156_j * C + tl.arange(0, C))
-        v156_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v156_j * BV + tl.arange(0, BV))
+        v156_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + v156_j * C + tl.arange(0, C))
+        v156_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v156_j * BV + tl.arange(0, BV))
+        v156_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v156_j * C + tl.arange(0, C))
+        v156_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v156_j * BV + tl.arange(0, BV))
         v156 += v156_x[:, None] * v156_y[None, :] * v156_m[:, None] * tl.exp(tl.minimum(v156_a[None, :] - v112, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v157 = ((-1.0) * v117 * v156)
@@ -4862,7 +4763,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v50, v52, v53, v54, v63, v64, v56, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v50, v52, v53, v54, v63, v64, v56, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4992,14 +4893,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -5033,17 +4933,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -5074,15 +4973,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -5095,10 +4993,10 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -5277,7 +5175,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, q, v104, v93, v94, v117, v118, v113, causal, v147, v112, v158
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, q, v104, v93, v117, v118, causal, v147, v158
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5403,14 +5301,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v105 = tl.zeros((C, C), DTYPE)
     for v105_j in range(0, D):  # the summed axis i, one position at a time
         v105_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v105_j)
         v105_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v105_j)
         v105_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
-        v105_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v105_j)
+        v105_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
         v105 += v105_x[:, None] * v105_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v105_a[:, None] - v105_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -5444,17 +5341,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v115)
         v117 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v119 = tl.zeros((C, BV), DTYPE)
     for v119_j in range(0, C):  # the summed axis s, one position at a time
-        v119_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v119_j)
-        v119_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v119_j * BV + tl.arange(0, BV))
-        v119_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v119_j)
-        v119_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v119_j * BV + tl.arange(0, BV))
+        v119_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v119_j)
+        v119_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v119_j * BV + tl.arange(0, BV))
+        v119_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v119_j)
+        v119_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v119_j * BV + tl.arange(0, BV))
         v119 += v119_x[:, None] * v119_y[None, :] * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v109 = v98
@@ -5485,15 +5381,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v145 = (v144 / (D))
     v146 = (v142 + v145[:, None])
     v147 = ((-1.0) * v146)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
     tl.debug_barrier()
     v148 = tl.zeros((C, C), DTYPE)
     for v148_j in range(0, BV):  # the summed axis o, one position at a time
-        v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v148_j)
-        v148_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v148_j)
-        v148_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v148_j)
-        v148_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v148_j)
+        v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v148_j)
+        v148_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v148_j)
+        v148_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v148_j)
+        v148_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v148_j)
         v148 += v148_x[:, None] * v148_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v148_a[:, None] - v148_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v109 * v146)
@@ -5512,13 +5407,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v157 = ((-1.0) * v156)
         v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
     tl.debug_barrier()
     v159 = tl.zeros((C, D), DTYPE)
     for v159_j in range(0, C):  # the summed axis t, one position at a time
-        v159_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v159_j * C + tl.arange(0, C))
+        v159_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v159_j * C + tl.arange(0, C))
         v159_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v159_j * D + tl.arange(0, D))
-        v159_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v159_j * C + tl.arange(0, C))
+        v159_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v159_j * C + tl.arange(0, C))
         v159_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v159_j * D + tl.arange(0, D))
         v159 += v159_x[:, None] * v159_y[None, :] * v159_m[:, None] * tl.exp(tl.minimum(v159_a[None, :] - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -5526,10 +5421,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, BV), DTYPE)
     for v149_j in range(0, C):  # the summed axis t, one position at a time
-        v149_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v149_j * BV + tl.arange(0, BV))
-        v149_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + v149_j * C + tl.arange(0, C))
-        v149_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v149_j * C + tl.arange(0, C))
-        v149_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v149_j * BV + tl.arange(0, BV))
+        v149_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v149_j * BV + tl.arange(0, BV))
+        v149_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + v149_j * C + tl.arange(0, C))
+        v149_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v149_j * C + tl.arange(0, C))
+        v149_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v149_j * BV + tl.arange(0, BV))
         v149 += v149_x[None, :] * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a[None, :] - v113, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v150 = (v116 * v149)
@@ -5600,7 +5495,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5729,14 +5624,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -5770,17 +5664,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -5811,15 +5704,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -5832,10 +5724,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -6014,7 +5906,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v91, v111, v112, v107, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v111, v112, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6140,14 +6032,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v91)
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v99_j)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
@@ -6178,17 +6069,16 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v107)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v113_j * BV + tl.arange(0, BV))
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
         v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
@@ -6248,7 +6138,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6387,14 +6277,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6439,17 +6328,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -6471,15 +6359,14 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -6489,10 +6376,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -6567,7 +6454,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6706,14 +6593,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6758,17 +6644,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -6790,15 +6675,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -6808,10 +6692,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -6883,7 +6767,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -7018,14 +6902,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
@@ -7074,17 +6957,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -7106,15 +6988,14 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -7124,10 +7005,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -7205,7 +7086,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7333,14 +7214,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -7374,17 +7254,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -7415,15 +7294,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -7436,10 +7314,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -7630,7 +7508,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7758,14 +7636,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -7799,17 +7676,16 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -7840,15 +7716,14 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -7861,10 +7736,10 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -8052,7 +7927,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8180,14 +8055,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -8221,17 +8095,16 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -8262,15 +8135,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -8283,10 +8155,10 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)
@@ -8519,7 +8391,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v94, v118, v119, v114, causal, v148, v113
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8654,14 +8526,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
@@ -8710,17 +8581,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
@@ -8742,15 +8612,14 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + 2 * C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
         v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
@@ -8760,10 +8629,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
         v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
@@ -8840,7 +8709,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 4 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v94, v118, v119, v114, causal, v155, v113
+    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8968,14 +8837,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v94)
     tl.debug_barrier()
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * D + v106_j)
+        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
         v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
@@ -9009,17 +8877,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + v120_j * BV + tl.arange(0, BV))
+        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
+        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
+        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
+        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
         v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
@@ -9050,15 +8917,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
+        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
+        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
+        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
         v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
@@ -9071,10 +8937,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + C * C + 2 * C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 3 * C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
+        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
         v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v158 = (v115 * v157)

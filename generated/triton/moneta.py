@@ -45,9 +45,7 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
-                                     ['s', 'i'],
                                      ['t', 's'],
-                                     ['s', 'o'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
@@ -83,12 +81,9 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
                                        ['t', 's'],
-                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 28.5},
@@ -117,12 +112,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.0},
@@ -139,12 +131,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -161,12 +150,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.5},
@@ -188,12 +174,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -219,12 +202,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
@@ -252,12 +232,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0},
@@ -282,12 +259,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
@@ -312,12 +286,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 17.0},
@@ -331,9 +302,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
-                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -351,12 +320,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -381,12 +347,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 16.0},
@@ -425,12 +388,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -445,12 +405,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 11.0},
@@ -467,12 +424,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 's']],
                                      'value_blocks': 'none',
@@ -512,9 +466,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
@@ -540,12 +492,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
@@ -570,12 +519,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
@@ -600,12 +546,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
@@ -632,12 +575,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
-                                                ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 18.0}},
@@ -825,7 +765,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, q, v74, v61, v62, v91, v92, v87, causal
+    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, q, v74, v61, v91, v92, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -976,14 +916,13 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -1022,17 +961,16 @@ def chunk_out_fwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -1115,7 +1053,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, q, v74, v61, v62, v91, v92, v87, causal, v198, v86
+        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, q, v74, v61, v91, v92, causal, v198
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1301,14 +1239,13 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
         tl.debug_barrier()
         v75 = tl.zeros((C, C), DTYPE)
         for v75_j in range(0, D):  # the summed axis i, one position at a time
             v75_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
             v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
             v75_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
             v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v69 = ((-1.0) + v66)
@@ -1357,17 +1294,16 @@ def chunk_state_bwd_kernel(
             v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()
         v93 = tl.zeros((C, BV), DTYPE)
         for v93_j in range(0, C):  # the summed axis s, one position at a time
-            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
             v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v82 = v66
@@ -1418,15 +1354,14 @@ def chunk_state_bwd_kernel(
         v192 = (v188 + v191[:, None])
         v195 = (v29 * v192)
         v198 = ((-1.0) * v195)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
         tl.debug_barrier()
         v199 = tl.zeros((C, C), DTYPE)
         for v199_j in range(0, BV):  # the summed axis o, one position at a time
-            v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v199_j)
-            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v199_j)
-            v199_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v199_j)
-            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v199_j)
+            v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v199_j)
+            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v199_j)
+            v199_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v199_j)
+            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v199_j)
             v199 += v199_x[:, None] * v199_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v199_a[:, None] - v199_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v208 = (v83 * v195)
@@ -1490,10 +1425,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v200 = tl.zeros((C, BV), DTYPE)
         for v200_j in range(0, C):  # the summed axis t, one position at a time
-            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v200_j * BV + tl.arange(0, BV))
-            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + v200_j * C + tl.arange(0, C))
-            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v200_j * C + tl.arange(0, C))
-            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v200_j * BV + tl.arange(0, BV))
+            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v200_j * BV + tl.arange(0, BV))
+            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + v200_j * C + tl.arange(0, C))
+            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v200_j * C + tl.arange(0, C))
+            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v200_j * BV + tl.arange(0, BV))
             v200 += v200_x[None, :] * v200_y[:, None] * v200_m[:, None] * tl.exp(tl.minimum(v200_a[None, :] - v87, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v201 = (v88 * v200)
@@ -1921,7 +1856,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1994,14 +1929,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -2050,17 +1984,16 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -2112,15 +2045,14 @@ def chunk_grad_q_2_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
@@ -2178,7 +2110,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2251,14 +2183,13 @@ def chunk_grad_q_3_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -2308,17 +2239,16 @@ def chunk_grad_q_3_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -2370,15 +2300,14 @@ def chunk_grad_q_3_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
@@ -2400,14 +2329,14 @@ def chunk_grad_q_3_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
         v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + v124_j * D + tl.arange(0, D))
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_j)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2448,7 +2377,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2521,14 +2450,13 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -2577,17 +2505,16 @@ def chunk_grad_q_4_bwd_kernel(
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -2639,15 +2566,14 @@ def chunk_grad_q_4_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
@@ -2707,7 +2633,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v182, v86, v191
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, q, v74, v61, v91, v92, causal, v182, v191
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2904,14 +2830,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -2951,17 +2876,16 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -3012,15 +2936,14 @@ def chunk_grad_k_0_bwd_kernel(
     v179 = (v175 + v178[:, None])
     v181 = (v29 * v179)
     v182 = ((-1.0) * v181)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v182)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v182)
     tl.debug_barrier()
     v183 = tl.zeros((C, C), DTYPE)
     for v183_j in range(0, BV):  # the summed axis o, one position at a time
-        v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v183_j)
-        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v183_j)
-        v183_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v183_j)
-        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v183_j)
+        v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v183_j)
+        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v183_j)
+        v183_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * BV + v183_j)
+        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * BV + v183_j)
         v183 += v183_x[:, None] * v183_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v183_a[:, None] - v183_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v185 = (v83 * v181)
@@ -3042,13 +2965,13 @@ def chunk_grad_k_0_bwd_kernel(
         v190 = ((-1.0) * v189)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
     tl.debug_barrier()
     v192 = tl.zeros((C, D), DTYPE)
     for v192_j in range(0, C):  # the summed axis t, one position at a time
-        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * C + 4 * C * BV + v192_j * C + tl.arange(0, C))
+        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + v192_j * C + tl.arange(0, C))
         v192_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v192_j * D + tl.arange(0, D))
-        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * C + 2 * C * BV + v192_j * C + tl.arange(0, C))
+        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + v192_j * C + tl.arange(0, C))
         v192_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + v192_j * D + tl.arange(0, D))
         v192 += v192_x[:, None] * v192_y[None, :] * v192_m[:, None] * tl.exp(tl.minimum(v192_a[None, :] - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -3093,7 +3016,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3278,14 +3201,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -3333,17 +3255,16 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -3394,15 +3315,14 @@ def chunk_grad_k_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -3459,10 +3379,10 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -3521,7 +3441,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, q, v74, v61, v62, v91, v92, v87, causal, v193, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, q, v74, v61, v91, v92, causal, v193
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3707,14 +3627,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -3762,17 +3681,16 @@ def chunk_grad_k_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -3823,15 +3741,14 @@ def chunk_grad_k_2_bwd_kernel(
     v190 = (v186 + v189[:, None])
     v192 = (v29 * v190)
     v193 = ((-1.0) * v192)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
     tl.debug_barrier()
     v194 = tl.zeros((C, C), DTYPE)
     for v194_j in range(0, BV):  # the summed axis o, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v194_j)
-        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v194_j)
-        v194_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v194_j)
-        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v194_j)
+        v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v194_j)
+        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v194_j)
+        v194_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v194_j)
+        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v194_j)
         v194 += v194_x[:, None] * v194_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v194_a[:, None] - v194_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v203 = (v83 * v192)
@@ -3891,10 +3808,10 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     v195 = tl.zeros((C, BV), DTYPE)
     for v195_j in range(0, C):  # the summed axis t, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v195_j * BV + tl.arange(0, BV))
-        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + v195_j * C + tl.arange(0, C))
-        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v195_j * C + tl.arange(0, C))
-        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v195_j * BV + tl.arange(0, BV))
+        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v195_j * BV + tl.arange(0, BV))
+        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + v195_j * C + tl.arange(0, C))
+        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v195_j * C + tl.arange(0, C))
+        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v195_j * BV + tl.arange(0, BV))
         v195 += v195_x[None, :] * v195_y[:, None] * v195_m[:, None] * tl.exp(tl.minimum(v195_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v196 = (v88 * v195)
@@ -3995,7 +3912,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4180,14 +4097,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -4235,17 +4151,16 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -4296,15 +4211,14 @@ def chunk_grad_v_0_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -4361,10 +4275,10 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -4421,7 +4335,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4606,14 +4520,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -4661,17 +4574,16 @@ def chunk_grad_v_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -4722,15 +4634,14 @@ def chunk_grad_v_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -4787,10 +4698,10 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -4844,7 +4755,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4917,14 +4828,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -4971,17 +4881,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -5075,7 +4984,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5148,14 +5057,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -5205,17 +5113,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -5267,15 +5174,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
@@ -5297,14 +5203,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
         v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v124_j)
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + v124_j * D + tl.arange(0, D))
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_j)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[None, :] * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (q * v124)
@@ -5348,7 +5254,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v194, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v91, v92, causal, v194
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5576,14 +5482,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -5623,17 +5528,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -5684,15 +5588,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
-        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
+        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
         v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v197 = (v83 * v193)
@@ -6025,7 +5928,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v62, v91, v92, v87, causal, v194, v86, v206
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v91, v92, causal, v194, v206
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6256,14 +6159,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -6303,17 +6205,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -6364,15 +6265,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
-        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
+        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
         v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v200 = (v83 * v193)
@@ -6394,13 +6294,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v205 = ((-1.0) * v204)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
     tl.debug_barrier()
     v207 = tl.zeros((C, D), DTYPE)
     for v207_j in range(0, C):  # the summed axis t, one position at a time
         v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v207_j * D + tl.arange(0, D))
-        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v207_j * C + tl.arange(0, C))
-        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v207_j * C + tl.arange(0, C))
+        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v207_j * C + tl.arange(0, C))
+        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v207_j * C + tl.arange(0, C))
         v207_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v207_j * D + tl.arange(0, D))
         v207 += v207_x[None, :] * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a[None, :] - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -6408,10 +6308,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()
     v196 = tl.zeros((C, BV), DTYPE)
     for v196_j in range(0, C):  # the summed axis t, one position at a time
-        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v196_j * C + tl.arange(0, C))
-        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v196_j * BV + tl.arange(0, BV))
-        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v196_j * C + tl.arange(0, C))
-        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v196_j * BV + tl.arange(0, BV))
+        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v196_j * C + tl.arange(0, C))
+        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v196_j * BV + tl.arange(0, BV))
+        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v196_j * C + tl.arange(0, C))
+        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_j * BV + tl.arange(0, BV))
         v196 += v196_x[:, None] * v196_y[None, :] * v196_m[:, None] * tl.exp(tl.minimum(v196_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v197 = ((-1.0) * v92 * v196)
@@ -6458,7 +6358,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal, v113, v79
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal, v113
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6531,14 +6431,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -6585,17 +6484,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -6647,15 +6545,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
     tl.debug_barrier()
     v114 = tl.zeros((C, BV), DTYPE)
     for v114_j in range(0, C):  # the summed axis t, one position at a time
-        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v114_j * BV + tl.arange(0, BV))
-        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + v114_j * C + tl.arange(0, C))
-        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v114_j * C + tl.arange(0, C))
-        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v114_j * BV + tl.arange(0, BV))
+        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v114_j * BV + tl.arange(0, BV))
+        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + v114_j * C + tl.arange(0, C))
+        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v114_j * C + tl.arange(0, C))
+        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v114_j * BV + tl.arange(0, BV))
         v114 += v114_x[None, :] * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a[None, :] - v80, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v115 = (v83 * v114)
@@ -6699,7 +6596,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v59, v84, v85, v80, causal, v114, v79, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6772,14 +6669,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -6829,17 +6725,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -6891,15 +6786,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v79)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
+        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
         v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
@@ -6921,13 +6815,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis t, one position at a time
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v124_j * C + tl.arange(0, C))
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v124_j * C + tl.arange(0, C))
         v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_j * D + tl.arange(0, D))
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v124_j * C + tl.arange(0, C))
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v124_j * C + tl.arange(0, C))
         v124_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
         v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v124_a[None, :] - v59, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -7420,7 +7314,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v59, v84, v85, v80, causal
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7493,14 +7387,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v59)
     tl.debug_barrier()
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v68_j)
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
         v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
@@ -7547,17 +7440,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v80)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v86_j * BV + tl.arange(0, BV))
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
         v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
@@ -7637,7 +7529,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7822,14 +7714,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -7877,17 +7768,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -7938,15 +7828,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -8003,10 +7892,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -8060,7 +7949,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8245,14 +8134,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -8300,17 +8188,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -8361,15 +8248,14 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -8426,10 +8312,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -8480,7 +8366,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8665,14 +8551,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -8720,17 +8605,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -8781,15 +8665,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -8846,10 +8729,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
@@ -8989,7 +8872,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v62, v91, v92, v87, causal, v192, v86
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9174,14 +9057,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v62)
     tl.debug_barrier()
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * D + v75_j)
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
         v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
@@ -9229,17 +9111,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v87)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + v93_j * BV + tl.arange(0, BV))
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
@@ -9290,15 +9171,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v86)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
+        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
         v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
@@ -9355,10 +9235,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * C + 2 * C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
         v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)

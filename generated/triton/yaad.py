@@ -38,9 +38,7 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
-                                     ['s', 'i'],
                                      ['t', 's'],
-                                     ['s', 'o'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
@@ -59,12 +57,9 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
                                        ['t', 's'],
-                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 27.0},
@@ -79,12 +74,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -98,12 +90,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0},
@@ -117,12 +106,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -136,12 +122,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
@@ -159,12 +142,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0},
@@ -177,12 +157,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 19.0},
@@ -195,12 +172,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0},
@@ -211,9 +185,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
-                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -228,12 +200,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -247,12 +216,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 13.0},
@@ -270,12 +236,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -287,12 +250,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0},
@@ -306,12 +266,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 's']],
                                      'value_blocks': 'none',
@@ -329,12 +286,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 19.0},
@@ -347,12 +301,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 18.0},
@@ -363,9 +314,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
@@ -379,12 +328,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 18.0},
@@ -397,12 +343,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 17.0},
@@ -415,12 +358,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0},
@@ -434,12 +374,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
-                                                ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 19.0}},
@@ -606,7 +543,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
+    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -657,14 +594,13 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -695,17 +631,16 @@ def chunk_out_fwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -768,7 +703,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v36, v58, v59, v66, v119, v123, v126, v85, q, v55, v43, v44, v68, v69, v64, causal, v105, v63
+        scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v58, v59, v66, v119, v123, v126, v85, q, v55, v43, v68, v69, causal, v105
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -819,14 +754,13 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
         tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
         tl.debug_barrier()
         v56 = tl.zeros((C, C), DTYPE)
         for v56_j in range(0, D):  # the summed axis i, one position at a time
             v56_x = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C) * D + v56_j)
             v56_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v56_j)
             v56_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-            v56_b = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+            v56_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
             v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v48 = tl.exp(v43)  # cumulative decay in the chunk
@@ -860,17 +794,16 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()
         v70 = tl.zeros((C, BV), DTYPE)
         for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-            v70_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-            v70_m = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-            v70_b = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+            v70_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+            v70_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+            v70_m = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+            v70_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
             v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v60 = v48
@@ -901,15 +834,14 @@ def chunk_state_bwd_kernel(
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
         v105 = ((-1.0) * v104)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
         tl.debug_barrier()
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, BV):  # the summed axis o, one position at a time
-            v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v106_j)
-            v106_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v106_j)
-            v106_a = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v106_j)
-            v106_b = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v106_j)
+            v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v106_j)
+            v106_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v106_j)
+            v106_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v106_j)
+            v106_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v106_j)
             v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v115 = (v60 * v104)
@@ -922,10 +854,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v107 = tl.zeros((C, BV), DTYPE)
         for v107_j in range(0, C):  # the summed axis t, one position at a time
-            v107_x = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v107_j * BV + tl.arange(0, BV))
-            v107_y = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + v107_j * C + tl.arange(0, C))
-            v107_m = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * C + 2 * C * BV + v107_j * C + tl.arange(0, C))
-            v107_a = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v107_j * BV + tl.arange(0, BV))
+            v107_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v107_j * BV + tl.arange(0, BV))
+            v107_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + v107_j * C + tl.arange(0, C))
+            v107_m = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v107_j * C + tl.arange(0, C))
+            v107_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v107_j * BV + tl.arange(0, BV))
             v107 += v107_x[None, :] * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a[None, :] - v64, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v108 = (v65 * v107)
@@ -1118,7 +1050,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1169,14 +1101,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -1210,17 +1141,16 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -1251,15 +1181,14 @@ def chunk_grad_q_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
@@ -1278,14 +1207,14 @@ def chunk_grad_q_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
         v93_y = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
-        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 6 * C * HID + 3 * C * D + v93_j * D + tl.arange(0, D))
+        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1326,7 +1255,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v51, v52, v59, q, v48, v40, v61, v62, causal, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1377,14 +1306,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -1417,17 +1345,16 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -1458,15 +1385,14 @@ def chunk_grad_q_2_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
@@ -1523,7 +1449,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v54, v58, v59, v66, q, v55, v43, v44, v68, v69, v64, causal, v94, v63, v102
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v54, v58, v59, v66, q, v55, v43, v68, v69, causal, v94, v102
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1574,14 +1500,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
@@ -1615,17 +1540,16 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = v48
@@ -1656,15 +1580,14 @@ def chunk_grad_k_0_bwd_kernel(
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
     v94 = ((-1.0) * v93)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v94)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v94)
     tl.debug_barrier()
     v95 = tl.zeros((C, C), DTYPE)
     for v95_j in range(0, BV):  # the summed axis o, one position at a time
-        v95_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v95_j)
-        v95_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v95_j)
-        v95_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v95_j)
-        v95_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v95_j)
+        v95_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v95_j)
+        v95_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v95_j)
+        v95_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v95_j)
+        v95_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v95_j)
         v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v97 = (v60 * v93)
@@ -1683,13 +1606,13 @@ def chunk_grad_k_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
     tl.debug_barrier()
     v103 = tl.zeros((C, D), DTYPE)
     for v103_j in range(0, C):  # the summed axis t, one position at a time
-        v103_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v103_j * C + tl.arange(0, C))
+        v103_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v103_j * C + tl.arange(0, C))
         v103_y = tl.load(scratch + 6 * C * HID + v103_j * D + tl.arange(0, D))
-        v103_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v103_j * C + tl.arange(0, C))
+        v103_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v103_j * C + tl.arange(0, C))
         v103_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v103_j * D + tl.arange(0, D))
         v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -1748,7 +1671,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1810,14 +1733,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -1863,17 +1785,16 @@ def chunk_grad_k_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -1895,15 +1816,14 @@ def chunk_grad_k_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -1913,10 +1833,10 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -1994,7 +1914,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, q, v55, v43, v44, v68, v69, v64, causal, v100, v63
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, q, v55, v43, v68, v69, causal, v100
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2051,14 +1971,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 10 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
@@ -2105,17 +2024,16 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 10 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 10 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -2137,15 +2055,14 @@ def chunk_grad_k_2_bwd_kernel(
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
     v100 = ((-1.0) * v99)
-    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
-    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()
     v101 = tl.zeros((C, C), DTYPE)
     for v101_j in range(0, BV):  # the summed axis o, one position at a time
-        v101_x = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v101_j)
-        v101_y = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v101_j)
-        v101_a = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v101_j)
-        v101_b = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v101_j)
+        v101_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v101_j)
+        v101_y = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v101_j)
+        v101_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v101_j)
+        v101_b = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v101_j)
         v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = (v60 * v99)
@@ -2191,10 +2108,10 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     v102 = tl.zeros((C, BV), DTYPE)
     for v102_j in range(0, C):  # the summed axis t, one position at a time
-        v102_x = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v102_j * BV + tl.arange(0, BV))
-        v102_y = tl.load(scratch + 10 * C * HID + 4 * C * D + v102_j * C + tl.arange(0, C))
-        v102_m = tl.load(scratch + 10 * C * HID + 4 * C * D + C * C + 2 * C * BV + v102_j * C + tl.arange(0, C))
-        v102_a = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v102_j * BV + tl.arange(0, BV))
+        v102_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + v102_j * BV + tl.arange(0, BV))
+        v102_y = tl.load(scratch + 10 * C * HID + 3 * C * D + v102_j * C + tl.arange(0, C))
+        v102_m = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + v102_j * C + tl.arange(0, C))
+        v102_a = tl.load(scratch + 10 * C * HID + 2 * C * D + v102_j * BV + tl.arange(0, BV))
         v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = (v65 * v102)
@@ -2292,7 +2209,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2354,14 +2271,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -2407,17 +2323,16 @@ def chunk_grad_v_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -2439,15 +2354,14 @@ def chunk_grad_v_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -2457,10 +2371,10 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -2536,7 +2450,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2598,14 +2512,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -2651,17 +2564,16 @@ def chunk_grad_v_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -2683,15 +2595,14 @@ def chunk_grad_v_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -2701,10 +2612,10 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -2777,7 +2688,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
+    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2828,14 +2739,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -2866,17 +2776,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -2949,7 +2858,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3000,14 +2909,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -3041,17 +2949,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -3082,15 +2989,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
@@ -3109,14 +3015,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
-        v93_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 6 * C * HID + 3 * C * D + v93_j * D + tl.arange(0, D))
+        v93_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
+        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
+        v93_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (q * v93)
@@ -3160,7 +3066,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v52, v53, v60, q, v49, v41, v42, v62, v63, v58, causal, v92, v57
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, v53, v60, q, v49, v41, v62, v63, causal, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3211,14 +3117,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()
     v50 = tl.zeros((C, C), DTYPE)
     for v50_j in range(0, D):  # the summed axis i, one position at a time
         v50_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v50_j)
         v50_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v50_j)
         v50_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
-        v50_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v50_j)
+        v50_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
         v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
@@ -3251,17 +3156,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v58)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v64 = tl.zeros((C, BV), DTYPE)
     for v64_j in range(0, C):  # the summed axis s, one position at a time
-        v64_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v64_j)
-        v64_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v64_j * BV + tl.arange(0, BV))
-        v64_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v64_j)
-        v64_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v64_j * BV + tl.arange(0, BV))
+        v64_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v64_j)
+        v64_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v64_j * BV + tl.arange(0, BV))
+        v64_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v64_j)
+        v64_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v64_j * BV + tl.arange(0, BV))
         v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v54 = v43
@@ -3292,15 +3196,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
     v92 = ((-1.0) * v91)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.debug_barrier()
     v93 = tl.zeros((C, C), DTYPE)
     for v93_j in range(0, BV):  # the summed axis o, one position at a time
-        v93_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v93_j)
-        v93_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v93_j)
-        v93_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v93_j)
-        v93_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v93_j)
+        v93_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v93_j)
+        v93_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v93_j)
+        v93_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v93_j)
+        v93_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v93_j)
         v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v95 = (v54 * v91)
@@ -3502,7 +3405,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v52, v56, v57, v64, q, v53, v43, v44, v66, v67, v62, causal, v96, v61, v107
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v52, v56, v57, v64, q, v53, v43, v66, v67, causal, v96, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3553,14 +3456,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v54 = tl.zeros((C, C), DTYPE)
     for v54_j in range(0, D):  # the summed axis i, one position at a time
         v54_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v54_j)
         v54_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v54_j)
         v54_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
-        v54_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v54_j)
+        v54_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
         v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v47 = tl.exp(v43)  # cumulative decay in the chunk
@@ -3594,17 +3496,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v68 = tl.zeros((C, BV), DTYPE)
     for v68_j in range(0, C):  # the summed axis s, one position at a time
-        v68_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v68_j)
-        v68_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v68_j * BV + tl.arange(0, BV))
-        v68_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v68_j)
-        v68_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v68_j * BV + tl.arange(0, BV))
+        v68_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v68_j)
+        v68_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v68_j * BV + tl.arange(0, BV))
+        v68_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v68_j)
+        v68_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v68_j * BV + tl.arange(0, BV))
         v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v58 = v47
@@ -3635,15 +3536,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
     v96 = ((-1.0) * v95)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
     tl.debug_barrier()
     v97 = tl.zeros((C, C), DTYPE)
     for v97_j in range(0, BV):  # the summed axis o, one position at a time
-        v97_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v97_j)
-        v97_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v97_j)
-        v97_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v97_j)
-        v97_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v97_j)
+        v97_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v97_j)
+        v97_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v97_j)
+        v97_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v97_j)
+        v97_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v97_j)
         v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v102 = (v58 * v95)
@@ -3662,13 +3562,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v106 = ((-1.0) * v105)
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
     tl.debug_barrier()
     v108 = tl.zeros((C, D), DTYPE)
     for v108_j in range(0, C):  # the summed axis t, one position at a time
         v108_x = tl.load(scratch + 6 * C * HID + v108_j * D + tl.arange(0, D))
-        v108_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v108_j * C + tl.arange(0, C))
-        v108_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v108_j * C + tl.arange(0, C))
+        v108_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v108_j * C + tl.arange(0, C))
+        v108_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v108_j * C + tl.arange(0, C))
         v108_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v108_j * D + tl.arange(0, D))
         v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -3676,10 +3576,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()
     v98 = tl.zeros((C, BV), DTYPE)
     for v98_j in range(0, C):  # the summed axis t, one position at a time
-        v98_x = tl.load(scratch + 6 * C * HID + 4 * C * D + v98_j * C + tl.arange(0, C))
-        v98_y = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v98_j * BV + tl.arange(0, BV))
-        v98_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v98_j * C + tl.arange(0, C))
-        v98_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v98_j * BV + tl.arange(0, BV))
+        v98_x = tl.load(scratch + 6 * C * HID + 3 * C * D + v98_j * C + tl.arange(0, C))
+        v98_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + v98_j * BV + tl.arange(0, BV))
+        v98_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v98_j * C + tl.arange(0, C))
+        v98_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v98_j * BV + tl.arange(0, BV))
         v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v99 = ((-1.0) * v67 * v98)
@@ -3751,7 +3651,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal, v84, v56
+    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3802,14 +3702,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -3840,17 +3739,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -3881,15 +3779,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()
     v85 = tl.zeros((C, BV), DTYPE)
     for v85_j in range(0, C):  # the summed axis t, one position at a time
-        v85_x = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v85_j * BV + tl.arange(0, BV))
-        v85_y = tl.load(scratch + 3 * C * HID + 4 * C * D + v85_j * C + tl.arange(0, C))
-        v85_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + v85_j * C + tl.arange(0, C))
-        v85_a = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v85_j * BV + tl.arange(0, BV))
+        v85_x = tl.load(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + v85_j * BV + tl.arange(0, BV))
+        v85_y = tl.load(scratch + 3 * C * HID + 3 * C * D + v85_j * C + tl.arange(0, C))
+        v85_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + v85_j * C + tl.arange(0, C))
+        v85_a = tl.load(scratch + 3 * C * HID + 2 * C * D + v85_j * BV + tl.arange(0, BV))
         v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v86 = (v60 * v85)
@@ -3933,7 +3830,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v41, v61, v62, v57, causal, v84, v56, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3984,14 +3881,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -4025,17 +3921,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -4066,15 +3961,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v56)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
+        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
+        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
+        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
         v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
@@ -4093,13 +3987,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis t, one position at a time
-        v93_x = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + v93_j * C + tl.arange(0, C))
+        v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v93_j * C + tl.arange(0, C))
         v93_y = tl.load(scratch + 6 * C * HID + v93_j * D + tl.arange(0, D))
-        v93_m = tl.load(scratch + 6 * C * HID + 4 * C * D + C * C + 2 * C * BV + v93_j * C + tl.arange(0, C))
+        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v93_j * C + tl.arange(0, C))
         v93_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
         v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
@@ -4258,7 +4152,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4320,14 +4214,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -4373,17 +4266,16 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -4405,15 +4297,14 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -4423,10 +4314,10 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -4502,7 +4393,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4564,14 +4455,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -4617,17 +4507,16 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -4649,15 +4538,14 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -4667,10 +4555,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -4743,7 +4631,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v41, v61, v62, v57, causal
+    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4794,14 +4682,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * D + v49_j)
+        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
         v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
@@ -4832,17 +4719,16 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v57)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 4 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 4 * C * D + C * C + C * BV + v63_j * BV + tl.arange(0, BV))
+        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
+        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
+        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
+        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
         v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
@@ -4902,7 +4788,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4965,14 +4851,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5017,17 +4902,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -5049,15 +4933,14 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -5067,10 +4950,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -5145,7 +5028,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5208,14 +5091,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5260,17 +5142,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -5292,15 +5173,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -5310,10 +5190,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -5385,7 +5265,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5447,14 +5327,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -5500,17 +5379,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -5532,15 +5410,14 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -5550,10 +5427,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
@@ -5671,7 +5548,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v44, v68, v69, v64, causal, v98, v63
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5733,14 +5610,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v44)
     tl.debug_barrier()
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * D + v56_j)
+        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
         v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
@@ -5786,17 +5662,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v64)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 4 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + v70_j * BV + tl.arange(0, BV))
+        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
+        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
+        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
+        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
         v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
@@ -5818,15 +5693,14 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 4 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + 2 * C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
+        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
         v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
@@ -5836,10 +5710,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 4 * C * D + C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
+        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
+        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
+        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
         v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
