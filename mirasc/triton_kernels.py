@@ -164,7 +164,7 @@ def _state_forward(a: _Assembler) -> Kernel:
         b = a.body(part, a.tokens)
         loop = ([store(f"starts_{s}_ptr", axes[s], a.at, s) for s in states] + b.lines + keep +
                 [f"{s} = {name(part.outputs['new_' + s])}" for s in states])
-        return Kernel("chunk_state_fwd_kernel", doc, "up", args,
+        return Kernel("chunk_state_fwd_kernel", doc, "up", args + (["scratch_ptr"] if b.scratch else []),
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
                       value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
@@ -213,7 +213,7 @@ def _state_backward(a: _Assembler) -> Kernel:
         b = a.body(part, {**loads, **{f"d_new_{s}": f"carry_{s}" for s in states}})
         loop = ([store(f"carries_{s}_ptr", axes[s], a.at, f"carry_{s}") for s in states] + b.lines +
                 [f"carry_{s} = {name(part.outputs['d_' + s])}" for s in states])
-        return Kernel("chunk_state_bwd_kernel", doc, "down", args,
+        return Kernel("chunk_state_bwd_kernel", doc, "down", args + (["scratch_ptr"] if b.scratch else []),
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
                       value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
